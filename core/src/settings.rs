@@ -1,0 +1,502 @@
+//! Layered, validated settings: documented defaults (`defaults.toml`), an optional
+//! TOML file, then `PIAOJIA_<SECTION>__<KEY>` variables and `DATABASE_URL` /
+//! `REDIS_URL`. Validated once at start; secrets are [`SecretString`]s so a `Debug`
+//! print shows nothing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::pii::{self, KeyError, Keyring};
+
+/// The defaults, documented; also shown by `piaojia config defaults`.
+pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub files: FileSettings,
+    pub security: SecuritySettings,
+    pub log: LogSettings,
+    pub notifier: NotifierSettings,
+    pub ops: OpsSettings,
+    pub wechat: WechatSettings,
+    #[serde(default)]
+    pub agencies: Vec<AgencyProvision>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub workers: usize,
+    pub shutdown_timeout_secs: u64,
+    pub body_limit_bytes: usize,
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// May carry a password: secret.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: SecretString,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileStoreKind {
+    Local,
+    S3,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub max_bytes: u64,
+    pub fetch_timeout_secs: u64,
+    pub allow_private_networks: bool,
+    pub store: FileStoreKind,
+    pub local_dir: String,
+    pub s3_bucket: String,
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    pub master_keys: SecretString,
+    pub active_key_id: String,
+    pub blind_index_key: SecretString,
+    pub clock_skew_secs: u64,
+    pub nonce_ttl_secs: u64,
+    pub app_cache_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifierSettings {
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsSettings {
+    pub token: SecretString,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WechatMode {
+    Sandbox,
+    Live,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WechatSettings {
+    pub mode: WechatMode,
+    pub api_base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgencyProvision {
+    pub code: String,
+    pub name: String,
+    #[serde(default)]
+    pub file_hosts: Vec<String>,
+    #[serde(default)]
+    pub issuer_apps: Vec<AppProvision>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppProvision {
+    pub app_id: String,
+    #[serde(default)]
+    pub name: String,
+    pub secret: SecretString,
+    #[serde(default)]
+    pub previous_secret: Option<SecretString>,
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    #[serde(default = "enabled_default")]
+    pub enabled: bool,
+}
+
+impl DatabaseSettings {
+    /// No URL configured: the embedded SQLite file.
+    pub fn url_is_embedded(&self) -> bool {
+        self.url.expose_secret().is_empty()
+    }
+}
+
+fn enabled_default() -> bool {
+    true
+}
+
+/// A settings problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("settings could not be read: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("setting `{key}` {problem}")]
+    Invalid { key: String, problem: String },
+    #[error("setting `{key}`: {source}")]
+    Keys { key: &'static str, source: KeyError },
+    #[error("key file {path}: {problem}")]
+    KeyFile { path: PathBuf, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Which store the URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Postgres,
+    Sqlite,
+}
+
+impl Settings {
+    /// Reads the layers from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load_from(file, std::env::vars().collect())
+    }
+
+    /// Reads the layers from an explicit environment (tests pass their own map).
+    pub fn load_from(file: Option<&Path>, env: HashMap<String, String>) -> Result<Self, SettingsError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml));
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("PIAOJIA_CONFIG").map(PathBuf::from));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        }
+        let piaojia_env: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("PIAOJIA_") && k.as_str() != "PIAOJIA_CONFIG")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("PIAOJIA")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(piaojia_env)),
+        );
+        // The conventional variables count when the PIAOJIA_ form is absent.
+        if !env.contains_key("PIAOJIA_DATABASE__URL")
+            && let Some(url) = env.get("DATABASE_URL")
+        {
+            builder = builder.set_override("database.url", url.as_str())?;
+        }
+        if !env.contains_key("PIAOJIA_REDIS__URL")
+            && let Some(url) = env.get("REDIS_URL")
+        {
+            builder = builder.set_override("redis.url", url.as_str())?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what the types cannot; every error names its key.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.server.host.trim().is_empty() {
+            return Err(invalid("server.host", "must not be empty"));
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        let db = self.database.url.expose_secret();
+        if !db.is_empty() && self.store_kind_of(db).is_none() {
+            return Err(invalid(
+                "database.url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        }
+        let redis = self.redis.url.expose_secret();
+        if !redis.is_empty() && !redis.starts_with("redis://") && !redis.starts_with("rediss://") {
+            return Err(invalid("redis.url", "must start with redis:// or rediss://"));
+        }
+        if self.files.max_bytes == 0 {
+            return Err(invalid("files.max_bytes", "must be at least 1"));
+        }
+        if self.files.store == FileStoreKind::S3 && self.files.s3_bucket.is_empty() {
+            return Err(invalid("files.s3_bucket", "is required when files.store = \"s3\""));
+        }
+        if !(30..=3600).contains(&self.security.clock_skew_secs) {
+            return Err(invalid("security.clock_skew_secs", "must be between 30 and 3600"));
+        }
+        if self.security.nonce_ttl_secs < 2 * self.security.clock_skew_secs {
+            // A nonce must be remembered for the whole window a timestamp is accepted in.
+            return Err(invalid(
+                "security.nonce_ttl_secs",
+                "must be at least twice security.clock_skew_secs",
+            ));
+        }
+        if !self.server.public_url.is_empty() && url::Url::parse(&self.server.public_url).is_err() {
+            return Err(invalid("server.public_url", "is not a URL"));
+        }
+        if url::Url::parse(&self.wechat.api_base_url).is_err() {
+            return Err(invalid("wechat.api_base_url", "is not a URL"));
+        }
+        if self.store_kind() == StoreKind::Postgres && self.security.master_keys.expose_secret().is_empty() {
+            return Err(invalid(
+                "security.master_keys",
+                "is required with PostgreSQL: every process must share it (generate one with `piaojia keygen`)",
+            ));
+        }
+        for (i, agency) in self.agencies.iter().enumerate() {
+            if agency.code.trim().is_empty() || agency.name.trim().is_empty() {
+                return Err(invalid(format!("agencies[{i}]"), "needs a code and a name"));
+            }
+            for (j, app) in agency.issuer_apps.iter().enumerate() {
+                if app.secret.expose_secret().len() < 32 {
+                    return Err(invalid(
+                        format!("agencies[{i}].issuer_apps[{j}].secret"),
+                        "must be at least 32 characters",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn store_kind_of(&self, url: &str) -> Option<StoreKind> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(StoreKind::Postgres)
+        } else if url.is_empty() || url.starts_with("sqlite:") {
+            Some(StoreKind::Sqlite)
+        } else {
+            None
+        }
+    }
+
+    pub fn store_kind(&self) -> StoreKind {
+        self.store_kind_of(self.database.url.expose_secret())
+            .unwrap_or(StoreKind::Sqlite)
+    }
+
+    /// The database URL to connect to: the configured one, or the embedded SQLite file.
+    pub fn database_url(&self) -> String {
+        let url = self.database.url.expose_secret();
+        if url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("piaojia.db").display())
+        } else {
+            url.to_owned()
+        }
+    }
+
+    pub fn redis_url(&self) -> Option<&str> {
+        Some(self.redis.url.expose_secret()).filter(|u| !u.is_empty())
+    }
+
+    pub fn files_dir(&self) -> PathBuf {
+        if self.files.local_dir.is_empty() {
+            self.data_dir.join("files")
+        } else {
+            PathBuf::from(&self.files.local_dir)
+        }
+    }
+
+    /// The keyring: from settings, or in embedded mode from `<data_dir>/keys.toml`,
+    /// generated on first use with owner-only permissions.
+    pub fn keyring(&self) -> Result<Keyring, SettingsError> {
+        let configured = self.security.master_keys.expose_secret();
+        let active = Some(self.security.active_key_id.as_str()).filter(|s| !s.is_empty());
+        if !configured.is_empty() {
+            let blind = self.security.blind_index_key.expose_secret();
+            if blind.is_empty() {
+                return Err(invalid(
+                    "security.blind_index_key",
+                    "is required when security.master_keys is set",
+                ));
+            }
+            return Keyring::from_config(configured, active, blind).map_err(|source| SettingsError::Keys {
+                key: "security.master_keys",
+                source,
+            });
+        }
+        let path = self.data_dir.join("keys.toml");
+        let file = EmbeddedKeys::load_or_create(&path)?;
+        Keyring::from_config(&file.master_keys, active, &file.blind_index_key).map_err(|e| SettingsError::KeyFile {
+            path,
+            problem: e.to_string(),
+        })
+    }
+}
+
+#[derive(Deserialize, serde::Serialize)]
+struct EmbeddedKeys {
+    master_keys: String,
+    blind_index_key: String,
+}
+
+impl EmbeddedKeys {
+    fn load_or_create(path: &Path) -> Result<Self, SettingsError> {
+        let err = |problem: String| SettingsError::KeyFile {
+            path: path.to_path_buf(),
+            problem,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => return toml_from_str(&text).map_err(err),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e.to_string())),
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        }
+        let keys = EmbeddedKeys {
+            master_keys: format!("k1:{}", pii::generate_key()),
+            blind_index_key: pii::generate_key(),
+        };
+        let text = format!(
+            "# Generated by piaojia for the embedded mode. Keep it secret and back it up:\n\
+             # without it the personal data in the database cannot be read.\n\
+             master_keys = \"{}\"\nblind_index_key = \"{}\"\n",
+            keys.master_keys, keys.blind_index_key
+        );
+        write_private(path, text.as_bytes()).map_err(|e| err(e.to_string()))?;
+        Ok(keys)
+    }
+}
+
+fn toml_from_str(text: &str) -> Result<EmbeddedKeys, String> {
+    Config::builder()
+        .add_source(File::from_str(text, FileFormat::Toml))
+        .build()
+        .and_then(Config::try_deserialize)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // create_new: two processes starting at once must not overwrite each other's keys.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_mode() {
+        let s = Settings::load_from(None, env(&[])).expect("defaults load");
+        assert_eq!(s.store_kind(), StoreKind::Sqlite);
+        assert_eq!(s.server.port, 8080);
+        assert!(s.redis_url().is_none());
+        assert!(s.database_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn env_layers_and_conventional_urls() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("PIAOJIA_SERVER__PORT", "9001"),
+                ("DATABASE_URL", "postgres://u:pw@db/piaojia"),
+                ("REDIS_URL", "redis://cache:6379"),
+                (
+                    "PIAOJIA_SECURITY__MASTER_KEYS",
+                    "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                ),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.server.port, 9001);
+        assert_eq!(s.store_kind(), StoreKind::Postgres);
+        assert_eq!(s.redis_url(), Some("redis://cache:6379"));
+        // Secrets never show in Debug output.
+        assert!(!format!("{s:?}").contains("pw@db"));
+    }
+
+    #[test]
+    fn file_layer_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "[server]\nport = 7000\n").expect("write");
+        let s = Settings::load_from(Some(&path), env(&[])).expect("loads");
+        assert_eq!(s.server.port, 7000);
+
+        let err = Settings::load_from(None, env(&[("PIAOJIA_SERVER__PORT", "notanumber")])).expect_err("bad port");
+        assert!(err.to_string().contains("port"), "{err}");
+        let err = Settings::load_from(None, env(&[("DATABASE_URL", "mysql://x")])).expect_err("bad scheme");
+        assert!(err.to_string().contains("database.url"), "{err}");
+        let err = Settings::load_from(None, env(&[("DATABASE_URL", "postgres://x/y")])).expect_err("no keys");
+        assert!(err.to_string().contains("security.master_keys"), "{err}");
+        std::fs::write(&path, "[server]\nprot = 7000\n").expect("write");
+        let err = Settings::load_from(Some(&path), env(&[])).expect_err("typo");
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn embedded_keys_are_generated_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().to_str().expect("utf-8 path");
+        let s = Settings::load_from(None, env(&[("PIAOJIA_DATA_DIR", data)])).expect("loads");
+        let a = s.keyring().expect("generated");
+        let sealed = a.seal(b"x", "t");
+        let b = s.keyring().expect("reloaded");
+        assert_eq!(b.open(&sealed, "t").expect("same key"), b"x");
+    }
+}

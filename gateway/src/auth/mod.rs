@@ -1,0 +1,8 @@
+//! Who may call: each caller kind is an extractor, so a handler's signature says
+//! who it serves.
+
+mod operator;
+mod signed;
+
+pub use operator::Operator;
+pub use signed::{CallerAppId, Issuer, SignedApp, read_body};

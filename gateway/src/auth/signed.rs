@@ -1,0 +1,158 @@
+//! Signed app callers (issuers now, reimbursers later): PJ1-HMAC-SHA256 over the
+//! method, raw request target, timestamp, nonce and body hash (DOMAIN.md §3).
+//!
+//! The extractor reads the body to hash it and hands those same bytes to the
+//! handler, so what is parsed is exactly what was signed.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use piaojia_core::signing;
+use piaojia_store::{Agency, AppKind};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// An authenticated app of some kind.
+#[derive(Debug, Clone)]
+pub struct SignedApp {
+    pub app_id: String,
+    pub kind: AppKind,
+    pub agency: Agency,
+    pub callback_url: Option<String>,
+}
+
+/// Marks the request for per-app metrics once its caller is known.
+#[derive(Debug, Clone)]
+pub struct CallerAppId(pub String);
+
+/// A hospital's receipt system, authenticated by signature, with the body the
+/// signature covers (read once, here).
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    pub app: SignedApp,
+    pub body: Bytes,
+}
+
+impl std::ops::Deref for Issuer {
+    type Target = SignedApp;
+    fn deref(&self) -> &SignedApp {
+        &self.app
+    }
+}
+
+impl FromRequest for Issuer {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        let payload = payload.take();
+        Box::pin(async move {
+            let (app, body) = authenticate(&req, payload, AppKind::Issuer).await?;
+            Ok(Issuer { app, body })
+        })
+    }
+}
+
+/// Reads the whole body up to the configured limit.
+pub async fn read_body(limit: usize, mut payload: Payload) -> Result<Bytes, ApiError> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(crate::error::handlers::payload)?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+async fn authenticate(req: &HttpRequest, payload: Payload, kind: AppKind) -> Result<(SignedApp, Bytes), ApiError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState missing")))?
+        .clone();
+
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("auth_missing", "the Authorization header is missing"))?
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("auth_malformed", "the Authorization header is not ASCII"))?;
+    let params = signing::parse_authorization(header).map_err(|e| match e {
+        signing::HeaderError::WrongScheme => ApiError::unauthorized("auth_wrong_scheme", e.to_string()),
+        signing::HeaderError::Malformed(_) => ApiError::unauthorized("auth_malformed", e.to_string()),
+    })?;
+
+    let now = chrono::Utc::now().timestamp();
+    let skew = state.settings.security.clock_skew_secs as i64;
+    if (now - params.timestamp).abs() > skew {
+        return Err(ApiError::unauthorized(
+            "auth_stale_timestamp",
+            format!("the timestamp is more than {skew} s away from the server clock ({now})"),
+        ));
+    }
+
+    let app = state
+        .apps
+        .get(&params.app_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("auth_unknown_app", "no such appId"))?;
+    if app.kind != kind {
+        return Err(ApiError::forbidden(
+            "app_wrong_kind",
+            format!("this API is for {} apps", kind.as_str()),
+        ));
+    }
+    if !app.enabled {
+        return Err(ApiError::forbidden("app_disabled", "this app is disabled"));
+    }
+
+    let body = read_body(state.settings.server.body_limit_bytes, payload).await?;
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path(), |pq| pq.as_str());
+    let method = req.method().as_str();
+    let valid = app
+        .secrets
+        .iter()
+        .any(|secret: &SecretString| signing::verify(secret.expose_secret(), &params, method, target, &body));
+    if !valid {
+        return Err(ApiError::unauthorized(
+            "auth_bad_signature",
+            "the signature does not match",
+        ));
+    }
+
+    // Only after the signature holds, so nobody can burn another app's nonces.
+    let fresh = state
+        .nonces
+        .first_use(&params.app_id, &params.nonce)
+        .await
+        .map_err(|e| ApiError::unavailable("nonce_store_unavailable", e))?;
+    if !fresh {
+        return Err(ApiError::unauthorized(
+            "auth_replayed_nonce",
+            "this nonce was already used",
+        ));
+    }
+
+    req.extensions_mut().insert(CallerAppId(app.app_id.clone()));
+    Ok((
+        SignedApp {
+            app_id: app.app_id.clone(),
+            kind: app.kind,
+            agency: app.agency.clone(),
+            callback_url: app.callback_url.clone(),
+        },
+        body,
+    ))
+}

@@ -1,0 +1,312 @@
+//! The `piaojia` command: one binary, a subcommand per role.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use piaojia_core::settings::{DEFAULTS_TOML, Settings};
+use piaojia_core::{pii, signing};
+use piaojia_store::AppKind;
+use serde::Serialize;
+
+use crate::startup::{Application, open_store};
+use crate::{openapi, provisioning, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "piaojia",
+    version,
+    about = "Delivers fiscal e-receipts from hospitals to payers through WeChat"
+)]
+pub struct Cli {
+    /// Settings file (TOML); also PIAOJIA_CONFIG.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the HTTP gateway (with no configuration: embedded SQLite, sandbox WeChat).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print new master and blind-index keys for the settings.
+    Keygen,
+    /// Write the OpenAPI spec (or check the committed one).
+    Openapi {
+        #[arg(long, default_value = "openapi/openapi.json")]
+        out: PathBuf,
+        /// Fail if the file differs from the code instead of writing it.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Print the documented default settings, or check the effective ones.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Agencies (开票单位).
+    Agency {
+        #[command(subcommand)]
+        command: AgencyCommand,
+    },
+    /// Issuer and reimburser apps and their secrets.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+    /// Sign and send one request as an app, printing the status and body.
+    Call(CallArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// The documented defaults (every key).
+    Defaults,
+    /// Load and validate the effective settings.
+    Check,
+}
+
+#[derive(Subcommand)]
+pub enum AgencyCommand {
+    Create {
+        #[arg(long)]
+        code: String,
+        #[arg(long)]
+        name: String,
+        /// A host receipt files may be fetched from (repeatable).
+        #[arg(long = "file-host")]
+        file_hosts: Vec<String>,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum AppCommand {
+    /// Create an app; prints its secret once.
+    Create {
+        #[arg(long)]
+        agency: String,
+        #[arg(long)]
+        app_id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, value_parser = ["issuer", "reimburser"], default_value = "issuer")]
+        kind: String,
+        /// Where signed status callbacks go.
+        #[arg(long)]
+        callback_url: Option<String>,
+    },
+    /// New secret; the current one stays valid until `retire-old-secrets` (unless --replace).
+    RotateSecret {
+        #[arg(long)]
+        app_id: String,
+        /// Invalidate the current secret at once.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// End a rotation: only the newest secret stays valid.
+    RetireOldSecrets {
+        #[arg(long)]
+        app_id: String,
+    },
+    Disable {
+        #[arg(long)]
+        app_id: String,
+    },
+    Enable {
+        #[arg(long)]
+        app_id: String,
+    },
+    SetCallback {
+        #[arg(long)]
+        app_id: String,
+        /// Omit to remove the callback.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        agency: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct CallArgs {
+    /// Base URL of the gateway.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub base_url: String,
+    #[arg(long, env = "PIAOJIA_APP_ID")]
+    pub app_id: String,
+    /// Prefer the environment variable: arguments show in `ps`.
+    #[arg(long, env = "PIAOJIA_APP_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path with query, e.g. /v1/receipts.
+    pub path: String,
+    /// JSON body file (`-` for stdin).
+    #[arg(long)]
+    pub body: Option<PathBuf>,
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Commands that need no settings.
+    match &cli.command {
+        Command::Keygen => {
+            println!("# add to the environment of every piaojia process (keep secret):");
+            println!("PIAOJIA_SECURITY__MASTER_KEYS=k1:{}", pii::generate_key());
+            println!("PIAOJIA_SECURITY__BLIND_INDEX_KEY={}", pii::generate_key());
+            println!("PIAOJIA_OPS__TOKEN={}", pii::generate_secret());
+            return Ok(());
+        }
+        Command::Openapi { out, check } => return write_openapi(out, *check),
+        Command::Config {
+            command: ConfigCommand::Defaults,
+        } => {
+            print!("{DEFAULTS_TOML}");
+            return Ok(());
+        }
+        Command::Call(args) => return call(args).await,
+        _ => {}
+    }
+
+    let settings = Settings::load(cli.config.as_deref())?;
+    telemetry::init_tracing(&settings.log);
+    match cli.command {
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            tracing::info!(port = app.port(), "piaojia gateway listening");
+            app.run_until_stopped().await?;
+        }
+        Command::Migrate => {
+            let mut settings = settings;
+            settings.database.migrate_on_start = false;
+            let store = open_store(&settings).await?;
+            store.migrate().await?;
+            print_json(&serde_json::json!({ "migrated": true, "database": store.backend().as_str() }))?;
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            settings.keyring()?;
+            print_json(
+                &serde_json::json!({ "valid": true, "database": format!("{:?}", settings.store_kind()).to_lowercase(), "redis": settings.redis_url().is_some() }),
+            )?;
+        }
+        Command::Agency { command } => {
+            let store = open_store(&settings).await?;
+            match command {
+                AgencyCommand::Create { code, name, file_hosts } => {
+                    print_json(&provisioning::create_agency(store.as_ref(), &code, &name, file_hosts).await?)?
+                }
+                AgencyCommand::List => print_json(&store.list_agencies().await?)?,
+            }
+        }
+        Command::App { command } => {
+            let store = open_store(&settings).await?;
+            let keyring = settings.keyring()?;
+            let store = store.as_ref();
+            let view = match command {
+                AppCommand::Create {
+                    agency,
+                    app_id,
+                    name,
+                    kind,
+                    callback_url,
+                } => {
+                    let kind = AppKind::parse(&kind).context("kind")?;
+                    provisioning::create_app(store, &keyring, &agency, kind, &app_id, &name, callback_url).await?
+                }
+                AppCommand::RotateSecret { app_id, replace } => {
+                    provisioning::rotate_secret(store, &keyring, &app_id, !replace).await?
+                }
+                AppCommand::RetireOldSecrets { app_id } => provisioning::retire_old_secrets(store, &app_id).await?,
+                AppCommand::Disable { app_id } => provisioning::set_enabled(store, &app_id, false).await?,
+                AppCommand::Enable { app_id } => provisioning::set_enabled(store, &app_id, true).await?,
+                AppCommand::SetCallback { app_id, url } => provisioning::set_callback(store, &app_id, url).await?,
+                AppCommand::List { agency } => {
+                    return print_json(&provisioning::list_apps(store, agency.as_deref()).await?);
+                }
+            };
+            print_json(&view)?;
+        }
+        Command::Keygen
+        | Command::Openapi { .. }
+        | Command::Call(_)
+        | Command::Config {
+            command: ConfigCommand::Defaults,
+        } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn write_openapi(out: &PathBuf, check: bool) -> anyhow::Result<()> {
+    let spec = openapi::spec_json();
+    if check {
+        let committed = std::fs::read_to_string(out).with_context(|| format!("reading {}", out.display()))?;
+        anyhow::ensure!(
+            committed == spec,
+            "{} is out of date: run `piaojia openapi`",
+            out.display()
+        );
+        return Ok(());
+    }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, spec)?;
+    Ok(())
+}
+
+/// Signs and sends one request: the smallest possible issuer client, for trying
+/// piaojia without writing HMAC code.
+async fn call(args: &CallArgs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = match &args.body {
+        None => Vec::new(),
+        Some(path) if path.as_os_str() == "-" => {
+            use std::io::Read as _;
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            buf
+        }
+        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    };
+    let method = args.method.to_ascii_uppercase();
+    let timestamp = chrono::Utc::now().timestamp();
+    let nonce = pii::random_alnum(24);
+    let auth = signing::authorization(
+        &args.app_id,
+        &args.secret,
+        &method,
+        &args.path,
+        timestamp,
+        &nonce,
+        &body,
+    );
+    let url = format!("{}{}", args.base_url.trim_end_matches('/'), args.path);
+    let mut req = reqwest::Client::new()
+        .request(reqwest::Method::from_bytes(method.as_bytes())?, &url)
+        .header("authorization", auth);
+    if !body.is_empty() {
+        req = req.header("content-type", "application/json").body(body);
+    }
+    let resp = req.send().await.with_context(|| format!("sending to {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    eprintln!("HTTP {status}");
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(json) => print_json(&json)?,
+        Err(_) => println!("{text}"),
+    }
+    anyhow::ensure!(status.is_success(), "the gateway answered {status}");
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! What happens to a receipt an issuer pushes or reverses: files kept, personal
+//! data sealed, the receipt and its deliveries committed in one transaction (the
+//! outbox the notifier drains). HTTP-free: routes map [`IntakeError`] to answers.
+
+use bytes::Bytes;
+use chrono::Utc;
+use piaojia_core::receipt::{FileSource, NewReceipt};
+use piaojia_store::{
+    DeliveryEvent, FileMeta, InsertOutcome, NewDelivery, NewReceiptRecord, Reversal, ReversalOutcome, StoredReceipt,
+};
+use ring::digest;
+use uuid::Uuid;
+
+use crate::auth::SignedApp;
+use crate::files::FileError;
+use crate::state::AppState;
+
+/// The purpose payer data is sealed under.
+pub const PAYER_PURPOSE: &str = "payer";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("a different receipt with this billBatchCode and billNo exists")]
+    Conflict,
+    #[error("no such receipt")]
+    NotFound,
+    #[error("the receipt is {0} by a reimburser and cannot be reversed")]
+    Locked(&'static str),
+    #[error("the receipt was already reversed with a different red receipt")]
+    ReversalConflict,
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Store(#[from] piaojia_store::StoreError),
+}
+
+pub struct Accepted {
+    pub created: bool,
+    pub receipt: StoredReceipt,
+}
+
+/// Stores a pushed receipt; a repeat of the same content returns the first result.
+pub async fn push(state: &AppState, issuer: &SignedApp, receipt: NewReceipt) -> Result<Accepted, IntakeError> {
+    let content_hash = state
+        .keyring
+        .keyed_hash("receipt_content", receipt.content_hash().as_bytes());
+    let agency = &issuer.agency;
+
+    // A repeat must not fetch or write its file again: answer from what we hold.
+    if receipt.file.is_some()
+        && let Some(existing) = state
+            .store
+            .receipt(agency.id, &receipt.bill_batch_code, &receipt.bill_no)
+            .await?
+    {
+        return if existing.content_hash == content_hash {
+            Ok(Accepted {
+                created: false,
+                receipt: existing,
+            })
+        } else {
+            Err(IntakeError::Conflict)
+        };
+    }
+
+    let file = match &receipt.file {
+        None => None,
+        Some(file) => {
+            let bytes = match &file.source {
+                FileSource::Inline(bytes) => {
+                    state.files.check_size(bytes.len())?;
+                    Bytes::copy_from_slice(bytes)
+                }
+                FileSource::Url(url) => state.files.fetch(url, &agency.file_hosts).await?,
+            };
+            let key = format!(
+                "receipts/{}/{}/{}.{}",
+                agency.code,
+                receipt.bill_batch_code,
+                receipt.bill_no,
+                file.format.extension()
+            );
+            let meta = FileMeta {
+                format: file.format.as_str().to_owned(),
+                sha256: hex::encode(digest::digest(&digest::SHA256, &bytes)),
+                size: bytes.len() as i64,
+                object_key: key.clone(),
+            };
+            state.files.put(&key, bytes).await?;
+            Some(meta)
+        }
+    };
+
+    let keyring = &state.keyring;
+    let payer = &receipt.payer;
+    let record = NewReceiptRecord {
+        id: Uuid::now_v7(),
+        agency_id: agency.id,
+        issuer_app_id: issuer.app_id.clone(),
+        bill_batch_code: receipt.bill_batch_code.clone(),
+        bill_no: receipt.bill_no.clone(),
+        random: receipt.random.clone(),
+        bus_no: receipt.bus_no.clone(),
+        bus_type: receipt.bus_type.as_code().to_owned(),
+        payer_type: receipt.payer_type.as_code().to_owned(),
+        issued_at: receipt.issued_at,
+        total_fen: receipt.total_amt,
+        content_hash,
+        payer_sealed: keyring.seal_json(payer, PAYER_PURPOSE),
+        payer_id_index: payer.id_card_no.as_deref().map(|v| keyring.blind_index("id_card", v)),
+        payer_phone_index: payer.tel.as_deref().map(|v| keyring.blind_index("phone", v)),
+        payer_name_index: Some(keyring.blind_index("name", &payer.name)),
+        open_id: receipt.open_id.clone(),
+        details: receipt.details_json(),
+        file,
+        received_at: Utc::now(),
+    };
+    let deliveries = plan_deliveries(issuer, DeliveryEvent::Issued);
+    match state.store.insert_receipt(record, deliveries).await? {
+        InsertOutcome::Created(receipt) => Ok(Accepted { created: true, receipt }),
+        InsertOutcome::Duplicate(receipt) => Ok(Accepted {
+            created: false,
+            receipt,
+        }),
+        InsertOutcome::Conflict { .. } => Err(IntakeError::Conflict),
+    }
+}
+
+/// Records a reversal (冲红); a repeat returns the first result.
+pub async fn reverse(
+    state: &AppState,
+    issuer: &SignedApp,
+    bill_batch_code: &str,
+    bill_no: &str,
+    reversal: Reversal,
+) -> Result<Accepted, IntakeError> {
+    let deliveries = plan_deliveries(issuer, DeliveryEvent::Reversed);
+    match state
+        .store
+        .reverse_receipt(issuer.agency.id, bill_batch_code, bill_no, reversal, deliveries)
+        .await?
+    {
+        ReversalOutcome::Reversed(receipt) => Ok(Accepted { created: true, receipt }),
+        ReversalOutcome::AlreadyReversed(receipt) => Ok(Accepted {
+            created: false,
+            receipt,
+        }),
+        ReversalOutcome::Conflict(_) => Err(IntakeError::ReversalConflict),
+        ReversalOutcome::Locked(state) => Err(IntakeError::Locked(match state {
+            piaojia_store::ReimbursementState::Closure => "closed",
+            _ => "locked",
+        })),
+        ReversalOutcome::NotFound => Err(IntakeError::NotFound),
+    }
+}
+
+pub async fn lookup(
+    state: &AppState,
+    issuer: &SignedApp,
+    bill_batch_code: &str,
+    bill_no: &str,
+) -> Result<StoredReceipt, IntakeError> {
+    state
+        .store
+        .receipt(issuer.agency.id, bill_batch_code, bill_no)
+        .await?
+        .ok_or(IntakeError::NotFound)
+}
+
+/// The deliveries an event calls for. The issuer's own status callback for now;
+/// WeChat channels join when their routing is configured.
+fn plan_deliveries(issuer: &SignedApp, event: DeliveryEvent) -> Vec<NewDelivery> {
+    issuer
+        .callback_url
+        .iter()
+        .map(|url| NewDelivery {
+            id: Uuid::now_v7(),
+            event,
+            channel: "issuer_webhook".to_owned(),
+            target: url.clone(),
+        })
+        .collect()
+}

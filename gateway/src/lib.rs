@@ -1,0 +1,15 @@
+//! The piaojia gateway: the actix-web server, its callers' authentication, the
+//! issuer intake, and the `piaojia` command line.
+
+pub mod auth;
+pub mod cli;
+pub mod error;
+pub mod files;
+pub mod intake;
+pub mod nonces;
+pub mod openapi;
+pub mod provisioning;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,288 @@
+//! Tenants and credentials: agencies and their apps, created from the command line
+//! (`piaojia agency …`, `piaojia app …`) or declared in the settings file.
+//! Secrets are generated with a CSPRNG, shown once, and stored sealed.
+
+use piaojia_core::pii::{self, Keyring};
+use piaojia_core::settings::AgencyProvision;
+use piaojia_store::{Agency, App, AppKind, NewAgency, NewApp, NewAppSecret, Store, StoreError};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::state::secret_purpose;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0} already exists")]
+    Exists(&'static str),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ProvisionError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict("agency_code") => ProvisionError::Exists("agency"),
+            StoreError::Conflict(_) => ProvisionError::Exists("app"),
+            StoreError::NotFound => ProvisionError::NotFound("app"),
+            other => ProvisionError::Store(other),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ProvisionError>;
+
+/// What the command line prints about an app; never a stored secret.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppView {
+    pub app_id: String,
+    pub agency_code: String,
+    pub kind: AppKind,
+    pub name: String,
+    pub enabled: bool,
+    pub callback_url: Option<String>,
+    pub active_secret_ids: Vec<Uuid>,
+    /// Present only right after a secret was generated: shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+fn view(app: App, agency_code: &str, secret: Option<String>) -> AppView {
+    AppView {
+        app_id: app.app_id,
+        agency_code: agency_code.to_owned(),
+        kind: app.kind,
+        name: app.name,
+        enabled: app.enabled,
+        callback_url: app.callback_url,
+        active_secret_ids: app.secrets.iter().map(|s| s.id).collect(),
+        secret,
+    }
+}
+
+fn check_agency(code: &str, name: &str, hosts: &[String]) -> Result<()> {
+    if code.is_empty() || code.len() > 32 || !code.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) {
+        return Err(ProvisionError::Invalid(
+            "agency code must be 1-32 characters [0-9A-Z]".into(),
+        ));
+    }
+    if name.trim().is_empty() || name.chars().count() > 100 {
+        return Err(ProvisionError::Invalid("agency name must be 1-100 characters".into()));
+    }
+    for host in hosts {
+        if url::Host::parse(host).is_err() || host.contains('/') || host.contains(':') && !host.starts_with('[') {
+            return Err(ProvisionError::Invalid(format!(
+                "file host {host:?} is not a host name"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_app(app_id: &str, callback_url: Option<&str>) -> Result<()> {
+    if app_id.is_empty()
+        || app_id.len() > 64
+        || !app_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(ProvisionError::Invalid(
+            "appId must be 1-64 characters [A-Za-z0-9_-]".into(),
+        ));
+    }
+    if let Some(url) = callback_url {
+        let ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some());
+        if !ok {
+            return Err(ProvisionError::Invalid("callback URL must be an http(s) URL".into()));
+        }
+    }
+    Ok(())
+}
+
+pub async fn create_agency(store: &dyn Store, code: &str, name: &str, file_hosts: Vec<String>) -> Result<Agency> {
+    check_agency(code, name, &file_hosts)?;
+    let hosts = file_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect();
+    Ok(store
+        .create_agency(NewAgency {
+            code: code.to_owned(),
+            name: name.trim().to_owned(),
+            file_hosts: hosts,
+        })
+        .await?)
+}
+
+async fn agency_by_code(store: &dyn Store, code: &str) -> Result<Agency> {
+    store
+        .agency_by_code(code)
+        .await?
+        .ok_or(ProvisionError::NotFound("agency"))
+}
+
+fn sealed_secret(keyring: &Keyring, app_id: &str, secret: &str) -> NewAppSecret {
+    NewAppSecret {
+        id: Uuid::now_v7(),
+        sealed: keyring.seal(secret.as_bytes(), &secret_purpose(app_id)),
+    }
+}
+
+/// Creates an issuer app and returns it with its first secret (shown once).
+pub async fn create_app(
+    store: &dyn Store,
+    keyring: &Keyring,
+    agency_code: &str,
+    kind: AppKind,
+    app_id: &str,
+    name: &str,
+    callback_url: Option<String>,
+) -> Result<AppView> {
+    check_app(app_id, callback_url.as_deref())?;
+    let agency = agency_by_code(store, agency_code).await?;
+    let secret = pii::generate_secret();
+    let app = store
+        .create_app(NewApp {
+            app_id: app_id.to_owned(),
+            agency_id: agency.id,
+            kind,
+            name: if name.is_empty() {
+                app_id.to_owned()
+            } else {
+                name.to_owned()
+            },
+            callback_url,
+            secret: sealed_secret(keyring, app_id, &secret),
+        })
+        .await?;
+    Ok(view(app, &agency.code, Some(secret)))
+}
+
+async fn agency_code_of(store: &dyn Store, app: &App) -> Result<String> {
+    Ok(store.agency(app.agency_id).await?.map(|a| a.code).unwrap_or_default())
+}
+
+/// Generates a new secret. With `keep_previous` the current one stays valid until
+/// [`retire_old_secrets`] (zero-downtime rotation).
+pub async fn rotate_secret(store: &dyn Store, keyring: &Keyring, app_id: &str, keep_previous: bool) -> Result<AppView> {
+    let secret = pii::generate_secret();
+    let app = store
+        .add_app_secret(app_id, sealed_secret(keyring, app_id, &secret), keep_previous)
+        .await?;
+    let code = agency_code_of(store, &app).await?;
+    Ok(view(app, &code, Some(secret)))
+}
+
+pub async fn retire_old_secrets(store: &dyn Store, app_id: &str) -> Result<AppView> {
+    let app = store.retire_old_app_secrets(app_id).await?;
+    let code = agency_code_of(store, &app).await?;
+    Ok(view(app, &code, None))
+}
+
+pub async fn set_enabled(store: &dyn Store, app_id: &str, enabled: bool) -> Result<AppView> {
+    let app = store.set_app_enabled(app_id, enabled).await?;
+    let code = agency_code_of(store, &app).await?;
+    Ok(view(app, &code, None))
+}
+
+pub async fn set_callback(store: &dyn Store, app_id: &str, callback_url: Option<String>) -> Result<AppView> {
+    check_app(app_id, callback_url.as_deref())?;
+    let app = store.set_app_callback(app_id, callback_url).await?;
+    let code = agency_code_of(store, &app).await?;
+    Ok(view(app, &code, None))
+}
+
+pub async fn list_apps(store: &dyn Store, agency_code: Option<&str>) -> Result<Vec<AppView>> {
+    let agencies = store.list_agencies().await?;
+    let filter = match agency_code {
+        Some(code) => Some(
+            agencies
+                .iter()
+                .find(|a| a.code == code)
+                .ok_or(ProvisionError::NotFound("agency"))?
+                .id,
+        ),
+        None => None,
+    };
+    let apps = store.list_apps(filter).await?;
+    Ok(apps
+        .into_iter()
+        .map(|app| {
+            let code = agencies
+                .iter()
+                .find(|a| a.id == app.agency_id)
+                .map(|a| a.code.clone())
+                .unwrap_or_default();
+            view(app, &code, None)
+        })
+        .collect())
+}
+
+/// Applies `[[agencies]]` from the settings: idempotent, so it runs at every start.
+pub async fn apply_declared(store: &dyn Store, keyring: &Keyring, declared: &[AgencyProvision]) -> Result<()> {
+    for decl in declared {
+        check_agency(&decl.code, &decl.name, &decl.file_hosts)?;
+        let agency = store
+            .upsert_agency(NewAgency {
+                code: decl.code.clone(),
+                name: decl.name.clone(),
+                file_hosts: decl.file_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            })
+            .await?;
+        for app_decl in &decl.issuer_apps {
+            check_app(&app_decl.app_id, app_decl.callback_url.as_deref())?;
+            let wanted: Vec<&str> = std::iter::once(app_decl.secret.expose_secret())
+                .chain(app_decl.previous_secret.as_ref().map(|s| s.expose_secret()))
+                .collect();
+            let app_id = app_decl.app_id.as_str();
+            let existing = store.app(app_id).await?;
+            let app = match existing {
+                None => {
+                    let first = wanted.last().copied().unwrap_or_default();
+                    store
+                        .create_app(NewApp {
+                            app_id: app_id.to_owned(),
+                            agency_id: agency.id,
+                            kind: AppKind::Issuer,
+                            name: if app_decl.name.is_empty() {
+                                app_id.to_owned()
+                            } else {
+                                app_decl.name.clone()
+                            },
+                            callback_url: app_decl.callback_url.clone(),
+                            secret: sealed_secret(keyring, app_id, first),
+                        })
+                        .await?
+                }
+                Some(app) if app.agency_id != agency.id => {
+                    return Err(ProvisionError::Invalid(format!(
+                        "app {app_id} belongs to another agency"
+                    )));
+                }
+                Some(app) => app,
+            };
+            let purpose = secret_purpose(app_id);
+            let current: Vec<String> = app
+                .secrets
+                .iter()
+                .filter_map(|s| keyring.open(&s.sealed, &purpose).ok())
+                .filter_map(|b| String::from_utf8(b).ok())
+                .collect();
+            // Newest first, as stored: replace the set only when it differs.
+            if current.iter().map(String::as_str).ne(wanted.iter().copied()) {
+                let mut ordered = wanted.clone();
+                ordered.reverse();
+                for (i, secret) in ordered.iter().enumerate() {
+                    store
+                        .add_app_secret(app_id, sealed_secret(keyring, app_id, secret), i > 0)
+                        .await?;
+                }
+            }
+            store.set_app_enabled(app_id, app_decl.enabled).await?;
+            store.set_app_callback(app_id, app_decl.callback_url.clone()).await?;
+        }
+    }
+    Ok(())
+}

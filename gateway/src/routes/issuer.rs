@@ -1,0 +1,493 @@
+//! The issuer API (fixed paths: hospitals code against them).
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, get, post, web};
+use chrono::{DateTime, Utc};
+use piaojia_core::money;
+use piaojia_core::receipt::{self, ReceiptInputError};
+use piaojia_store::{Delivery, FileMeta, Reversal, StoredReceipt};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::Issuer;
+use crate::error::{ApiError, Problem};
+use crate::files::FileError;
+use crate::intake::{self, IntakeError, PAYER_PURPOSE};
+use crate::state::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(push_receipt).service(get_receipt).service(reverse_receipt);
+}
+
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::Conflict => ApiError::conflict("receipt_conflict", e.to_string()),
+            IntakeError::NotFound => ApiError::not_found("receipt_not_found", e.to_string()),
+            IntakeError::Locked(_) => ApiError::conflict("receipt_locked", e.to_string()),
+            IntakeError::ReversalConflict => ApiError::conflict("reversal_conflict", e.to_string()),
+            IntakeError::File(FileError::TooLarge { limit }) => ApiError::unprocessable(
+                "file_too_large",
+                format!("the receipt file exceeds {limit} bytes"),
+            )
+            .field("/file", "file_too_large", format!("at most {limit} bytes")),
+            IntakeError::File(FileError::HostNotAllowed(host)) => ApiError::unprocessable(
+                "file_host_not_allowed",
+                format!("host {host:?} is not on this agency's file host allow-list"),
+            )
+            .field(
+                "/file/url",
+                "host_not_allowed",
+                "ask the operator to allow-list this host",
+            ),
+            IntakeError::File(FileError::PrivateAddress) => {
+                ApiError::unprocessable("file_host_not_allowed", "the file URL resolves to a private address").field(
+                    "/file/url",
+                    "private_address",
+                    "private and loopback addresses are refused",
+                )
+            }
+            IntakeError::File(FileError::Fetch(why)) => ApiError::unprocessable(
+                "file_fetch_failed",
+                format!("the receipt file could not be fetched: {why}"),
+            )
+            .field("/file/url", "fetch_failed", why),
+            IntakeError::File(FileError::Store(e)) => ApiError::internal(e),
+            IntakeError::Store(e) => e.into(),
+        }
+    }
+}
+
+fn receipt_error(e: ReceiptInputError) -> ApiError {
+    match e {
+        ReceiptInputError::Json { pointer, message } => ApiError::invalid_json(pointer, message),
+        ReceiptInputError::Invalid(errors) => ApiError::validation(errors),
+    }
+}
+
+fn require_json(req: &actix_web::HttpRequest) -> Result<(), ApiError> {
+    let ok = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Unsupported media type",
+        )
+        .detail("send Content-Type: application/json"))
+    }
+}
+
+/// A delivery the receipt called for and where it stands.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    pub id: Uuid,
+    /// `issued` or `reversed`.
+    #[schema(example = "issued")]
+    pub event: String,
+    /// Channel kind, e.g. `issuer_webhook`, `wechat_template`, `wechat_subscribe`.
+    #[schema(example = "issuer_webhook")]
+    pub channel: String,
+    /// `pending`, `delivered`, `failed` (a business outcome) or `parked` (waiting for an operator).
+    #[schema(example = "pending")]
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&Delivery> for DeliveryView {
+    fn from(d: &Delivery) -> Self {
+        Self {
+            id: d.id,
+            event: d.event.as_str().to_owned(),
+            channel: d.channel.clone(),
+            status: d.status.as_str().to_owned(),
+            attempts: d.attempts,
+            last_error: d.last_error.clone(),
+            updated_at: d.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileView {
+    #[schema(example = "pdf")]
+    pub format: String,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
+    pub size: i64,
+}
+
+impl From<&FileMeta> for FileView {
+    fn from(f: &FileMeta) -> Self {
+        Self {
+            format: f.format.clone(),
+            sha256: f.sha256.clone(),
+            size: f.size,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReversalView {
+    #[schema(example = "11060124")]
+    pub red_bill_batch_code: String,
+    #[schema(example = "0000000902")]
+    pub red_bill_no: String,
+    pub reversed_at: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// What piaojia holds of a receipt. Times are UTC; amounts are yuan strings with
+/// two decimals plus the exact integer fen.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiptView {
+    pub id: Uuid,
+    #[schema(example = "11060124")]
+    pub bill_batch_code: String,
+    #[schema(example = "0000000901")]
+    pub bill_no: String,
+    pub bus_no: String,
+    #[schema(example = "02")]
+    pub bus_type: String,
+    pub issued_at: DateTime<Utc>,
+    #[schema(example = "128.50")]
+    pub total_amt: String,
+    #[schema(example = 12850)]
+    pub total_fen: i64,
+    /// Masked payer name.
+    #[schema(example = "张*丰")]
+    pub payer: String,
+    #[schema(example = "1")]
+    pub payer_type: String,
+    /// `issued` or `reversed`.
+    #[schema(example = "issued")]
+    pub status: String,
+    /// `INIT`, `LOCK`, `CLOSURE` or `CANCEL`.
+    #[schema(example = "INIT")]
+    pub reimbursement_state: String,
+    pub reversal: Option<ReversalView>,
+    pub file: Option<FileView>,
+    /// Keyed hash of the receipt's canonical content: equal pushes have equal hashes.
+    pub content_hash: String,
+    pub received_at: DateTime<Utc>,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+impl ReceiptView {
+    fn build(state: &AppState, r: &StoredReceipt) -> Self {
+        let payer = state
+            .keyring
+            .open_json::<piaojia_core::receipt::PayerIdentity>(&r.payer_sealed, PAYER_PURPOSE)
+            .map(|p| piaojia_core::mask::name(&p.name))
+            .unwrap_or_else(|e| {
+                tracing::error!(receipt_id = %r.id, error = %e, "payer data cannot be opened");
+                "*".to_owned()
+            });
+        Self {
+            id: r.id,
+            bill_batch_code: r.bill_batch_code.clone(),
+            bill_no: r.bill_no.clone(),
+            bus_no: r.bus_no.clone(),
+            bus_type: r.bus_type.clone(),
+            issued_at: r.issued_at,
+            total_amt: money::format_yuan(r.total_fen),
+            total_fen: r.total_fen,
+            payer,
+            payer_type: r.payer_type.clone(),
+            status: if r.reversal.is_some() { "reversed" } else { "issued" }.to_owned(),
+            reimbursement_state: r.reimbursement_state.as_str().to_owned(),
+            reversal: r.reversal.as_ref().map(|v| ReversalView {
+                red_bill_batch_code: v.red_bill_batch_code.clone(),
+                red_bill_no: v.red_bill_no.clone(),
+                reversed_at: v.reversed_at,
+                reason: v.reason.clone(),
+            }),
+            file: r.file.as_ref().map(FileView::from),
+            content_hash: r.content_hash.clone(),
+            received_at: r.received_at,
+            deliveries: r.deliveries.iter().map(DeliveryView::from).collect(),
+        }
+    }
+}
+
+/// Push one issued receipt.
+///
+/// Answers 201 with the stored receipt and its delivery plan; the same receipt
+/// pushed again answers 200 with the first result; a different receipt with the
+/// same `billBatchCode` + `billNo` answers 409 `receipt_conflict`. The body follows
+/// the dominant vendor's field names (DOMAIN.md §2); unknown fields are ignored.
+#[utoipa::path(
+    post,
+    path = "/v1/receipts",
+    tag = "issuer",
+    security(("pj1_hmac" = [])),
+    request_body(content = crate::openapi::ReceiptPushDoc, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Stored; deliveries planned", body = ReceiptView),
+        (status = 200, description = "Pushed before with the same content: the first result", body = ReceiptView),
+        (status = 400, description = "Not JSON, or a field of the wrong JSON type (`invalid_json`)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Signature missing, malformed, stale, replayed or wrong (`auth_*`)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The app is disabled (`app_disabled`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another receipt holds this code and number (`receipt_conflict`)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large (`payload_too_large`)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not `application/json` (`unsupported_media_type`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (`validation_failed`) or file problems (`file_too_large`, `file_host_not_allowed`, `file_fetch_failed`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/receipts")]
+pub async fn push_receipt(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+    issuer: Issuer,
+) -> Result<HttpResponse, ApiError> {
+    require_json(&req)?;
+    let receipt = receipt::parse_push(&issuer.body).map_err(receipt_error)?;
+    let accepted = intake::push(&state, &issuer, receipt).await?;
+    let status = if accepted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    tracing::info!(
+        receipt_id = %accepted.receipt.id,
+        created = accepted.created,
+        deliveries = accepted.receipt.deliveries.len(),
+        "receipt accepted"
+    );
+    Ok(HttpResponse::build(status).json(ReceiptView::build(&state, &accepted.receipt)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReceiptPath {
+    bill_batch_code: String,
+    bill_no: String,
+}
+
+fn check_identity(path: &ReceiptPath) -> Result<(), ApiError> {
+    let mut err: Option<ApiError> = None;
+    if path.bill_batch_code.len() != 8 || !path.bill_batch_code.bytes().all(|b| b.is_ascii_digit()) {
+        err = Some(
+            err.unwrap_or_else(|| {
+                ApiError::bad_request("invalid_path", "billBatchCode is 8 digits and billNo 10 digits")
+            })
+            .field("/billBatchCode", "invalid_format", "8 digits"),
+        );
+    }
+    if path.bill_no.len() != 10 || !path.bill_no.bytes().all(|b| b.is_ascii_digit()) {
+        err = Some(
+            err.unwrap_or_else(|| {
+                ApiError::bad_request("invalid_path", "billBatchCode is 8 digits and billNo 10 digits")
+            })
+            .field("/billNo", "invalid_format", "10 digits"),
+        );
+    }
+    err.map_or(Ok(()), Err)
+}
+
+/// What piaojia holds of one of the agency's receipts: delivery per channel,
+/// reversal and reimbursement state. Ask this before voiding a receipt.
+#[utoipa::path(
+    get,
+    path = "/v1/receipts/{billBatchCode}/{billNo}",
+    tag = "issuer",
+    security(("pj1_hmac" = [])),
+    params(
+        ("billBatchCode" = String, Path, description = "票据代码, 8 digits", example = "11060124"),
+        ("billNo" = String, Path, description = "票据号码, 10 digits", example = "0000000901"),
+    ),
+    responses(
+        (status = 200, body = ReceiptView),
+        (status = 400, description = "Malformed code or number (`invalid_path`)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not held for this agency (`receipt_not_found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/receipts/{bill_batch_code}/{bill_no}")]
+pub async fn get_receipt(
+    state: web::Data<AppState>,
+    issuer: Issuer,
+    path: web::Path<ReceiptPath>,
+) -> Result<HttpResponse, ApiError> {
+    check_identity(&path)?;
+    let receipt = intake::lookup(&state, &issuer, &path.bill_batch_code, &path.bill_no).await?;
+    Ok(HttpResponse::Ok().json(ReceiptView::build(&state, &receipt)))
+}
+
+/// The red receipt (红票) that reverses an original.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReversalRequest {
+    #[schema(example = "11060124")]
+    pub red_bill_batch_code: Option<String>,
+    #[schema(example = "0000000902")]
+    pub red_bill_no: Option<String>,
+    /// The red receipt's check code, 6 characters [0-9a-z].
+    #[schema(example = "a1b2c3")]
+    pub red_random: Option<String>,
+    /// RFC 3339 with offset.
+    #[schema(example = "2026-11-23T10:00:00+08:00")]
+    pub reversed_at: Option<String>,
+    #[schema(example = "患者退费")]
+    pub reason: Option<String>,
+}
+
+impl ReversalRequest {
+    fn validate(self, path: &ReceiptPath) -> Result<Reversal, ApiError> {
+        let mut err = ApiError::validation(Vec::new());
+        let mut bad = false;
+        let mut fail = |pointer: &str, code: &str, detail: &str| {
+            bad = true;
+            err = std::mem::replace(&mut err, ApiError::validation(Vec::new())).field(pointer, code, detail);
+        };
+        let text = |v: &Option<String>| v.as_deref().map(str::trim).unwrap_or_default().to_owned();
+        let code = text(&self.red_bill_batch_code);
+        let no = text(&self.red_bill_no);
+        let random = text(&self.red_random).to_ascii_lowercase();
+        let reason = text(&self.reason);
+        if code.len() != 8 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            fail(
+                "/redBillBatchCode",
+                if code.is_empty() { "required" } else { "invalid_format" },
+                "8 digits",
+            );
+        }
+        if no.len() != 10 || !no.bytes().all(|b| b.is_ascii_digit()) {
+            fail(
+                "/redBillNo",
+                if no.is_empty() { "required" } else { "invalid_format" },
+                "10 digits",
+            );
+        }
+        if code == path.bill_batch_code && no == path.bill_no {
+            fail(
+                "/redBillNo",
+                "invalid_value",
+                "the red receipt must differ from the original",
+            );
+        }
+        if random.len() != 6 || !random.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()) {
+            fail(
+                "/redRandom",
+                if random.is_empty() {
+                    "required"
+                } else {
+                    "invalid_format"
+                },
+                "6 characters [0-9a-z]",
+            );
+        }
+        let reversed_at = match self.reversed_at.as_deref() {
+            None | Some("") => {
+                fail("/reversedAt", "required", "RFC 3339 time with offset");
+                None
+            }
+            Some(t) => match DateTime::parse_from_rfc3339(t) {
+                Ok(t) => Some(t.with_timezone(&Utc)),
+                Err(_) => {
+                    fail(
+                        "/reversedAt",
+                        "invalid_format",
+                        "RFC 3339 time with offset, e.g. 2026-11-23T10:00:00+08:00",
+                    );
+                    None
+                }
+            },
+        };
+        if reason.is_empty() {
+            fail("/reason", "required", "why the receipt is reversed");
+        } else if reason.chars().count() > 200 {
+            fail("/reason", "too_long", "at most 200 characters");
+        }
+        match (bad, reversed_at) {
+            (false, Some(reversed_at)) => Ok(Reversal {
+                red_bill_batch_code: code,
+                red_bill_no: no,
+                red_random: random,
+                reversed_at,
+                reason,
+                recorded_at: Utc::now(),
+            }),
+            _ => Err(err),
+        }
+    }
+}
+
+/// Reverse (冲红) a receipt with its red receipt.
+///
+/// Repeating the same reversal returns the first result (200). A receipt a
+/// reimburser has locked or closed cannot be reversed: 409 `receipt_locked`.
+#[utoipa::path(
+    post,
+    path = "/v1/receipts/{billBatchCode}/{billNo}/reversal",
+    tag = "issuer",
+    security(("pj1_hmac" = [])),
+    params(
+        ("billBatchCode" = String, Path, description = "票据代码 of the original", example = "11060124"),
+        ("billNo" = String, Path, description = "票据号码 of the original", example = "0000000901"),
+    ),
+    request_body(content = ReversalRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Reversed; payer and reimbursers will be told", body = ReceiptView),
+        (status = 200, description = "Reversed before with the same red receipt: the first result", body = ReceiptView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`receipt_locked` (a reimburser holds it) or `reversal_conflict` (reversed differently before)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/receipts/{bill_batch_code}/{bill_no}/reversal")]
+pub async fn reverse_receipt(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+    issuer: Issuer,
+    path: web::Path<ReceiptPath>,
+) -> Result<HttpResponse, ApiError> {
+    check_identity(&path)?;
+    require_json(&req)?;
+    let request: ReversalRequest = parse_json(&issuer.body)?;
+    let reversal = request.validate(&path)?;
+    let accepted = intake::reverse(&state, &issuer, &path.bill_batch_code, &path.bill_no, reversal).await?;
+    let status = if accepted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(ReceiptView::build(&state, &accepted.receipt)))
+}
+
+/// Parses JSON with the pointer of a mistyped field in the error.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let pointer: String = e
+            .path()
+            .iter()
+            .map(|seg| match seg {
+                serde_path_to_error::Segment::Seq { index } => format!("/{index}"),
+                serde_path_to_error::Segment::Map { key } => format!("/{}", key.replace('~', "~0").replace('/', "~1")),
+                serde_path_to_error::Segment::Enum { variant } => format!("/{variant}"),
+                serde_path_to_error::Segment::Unknown => String::new(),
+            })
+            .collect();
+        let inner = e.into_inner();
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("the body is not valid JSON: {inner}")
+        } else {
+            inner.to_string()
+        };
+        ApiError::invalid_json(pointer, message)
+    })
+}

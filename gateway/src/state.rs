@@ -1,0 +1,98 @@
+//! What every request handler shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use piaojia_core::pii::Keyring;
+use piaojia_core::settings::Settings;
+use piaojia_store::{Agency, AppKind, Store, StoreError};
+use redis::aio::ConnectionManager;
+use secrecy::SecretString;
+
+use crate::files::FileStore;
+use crate::nonces::NonceRegistry;
+
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+    pub nonces: NonceRegistry,
+    pub files: FileStore,
+    pub apps: AppDirectory,
+    pub redis: Option<ConnectionManager>,
+    pub metrics: PrometheusHandle,
+}
+
+/// An app as authentication needs it: secrets opened, agency joined.
+#[derive(Clone)]
+pub struct AuthApp {
+    pub app_id: String,
+    pub kind: AppKind,
+    pub enabled: bool,
+    pub agency: Agency,
+    pub callback_url: Option<String>,
+    pub secrets: Vec<SecretString>,
+}
+
+/// Looks apps up for authentication, caching each for `security.app_cache_secs`
+/// so a busy issuer costs no database round trip per request.
+pub struct AppDirectory {
+    store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+    cache: Option<moka::future::Cache<String, Option<Arc<AuthApp>>>>,
+}
+
+/// The purpose an app secret is sealed under (bound as AES-GCM associated data).
+pub fn secret_purpose(app_id: &str) -> String {
+    format!("app-secret:{app_id}")
+}
+
+impl AppDirectory {
+    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, ttl: Duration) -> Self {
+        let cache = (!ttl.is_zero()).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(ttl)
+                .build()
+        });
+        Self { store, keyring, cache }
+    }
+
+    pub async fn get(&self, app_id: &str) -> Result<Option<Arc<AuthApp>>, StoreError> {
+        match &self.cache {
+            None => self.load(app_id).await,
+            Some(cache) => cache
+                .try_get_with_by_ref(app_id, self.load(app_id))
+                .await
+                .map_err(|e: Arc<StoreError>| StoreError::Corrupt(e.to_string())),
+        }
+    }
+
+    async fn load(&self, app_id: &str) -> Result<Option<Arc<AuthApp>>, StoreError> {
+        let Some(app) = self.store.app(app_id).await? else {
+            return Ok(None);
+        };
+        let agency = self.store.agency(app.agency_id).await?.ok_or(StoreError::NotFound)?;
+        let purpose = secret_purpose(&app.app_id);
+        let secrets = app
+            .secrets
+            .iter()
+            .map(|s| {
+                self.keyring
+                    .open(&s.sealed, &purpose)
+                    .map_err(|e| StoreError::Corrupt(format!("secret of app {}: {e}", app.app_id)))
+                    .and_then(|b| String::from_utf8(b).map_err(|_| StoreError::Corrupt("secret is not UTF-8".into())))
+                    .map(SecretString::from)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Arc::new(AuthApp {
+            app_id: app.app_id,
+            kind: app.kind,
+            enabled: app.enabled,
+            agency,
+            callback_url: app.callback_url,
+            secrets,
+        })))
+    }
+}

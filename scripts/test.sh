@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The piaojia test command: run the whole workspace test suite once.
+#
+#   bash scripts/test.sh [extra cargo-nextest arguments]
+#
+# 1. scripts/services.sh makes sure PostgreSQL (127.0.0.1:5432, database
+#    `test`) and Redis (127.0.0.1:6379) are installed and running.
+# 2. Every API test runs on both stores internally (SQLite, and
+#    PostgreSQL + Redis through PIAOJIA_TEST_DATABASE_URL and
+#    PIAOJIA_TEST_REDIS_URL), so one run covers both. The OpenAPI drift test
+#    is an ordinary test and runs here too.
+# 3. Doc tests run separately (nextest does not run them).
+#
+# Extra arguments go to `cargo nextest run` (or to `cargo test` when nextest is
+# not installed), e.g. a test-name filter `bash scripts/test.sh receipts` or a
+# filter expression `bash scripts/test.sh -E 'package(piaojia-store)'`.
+# Exits non-zero when anything fails.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+section() { printf '\n=== %s\n' "$*"; }
+
+section "services"
+bash scripts/services.sh
+
+export PIAOJIA_TEST_DATABASE_URL="${PIAOJIA_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+export PIAOJIA_TEST_REDIS_URL="${PIAOJIA_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+echo "PIAOJIA_TEST_DATABASE_URL=$PIAOJIA_TEST_DATABASE_URL"
+echo "PIAOJIA_TEST_REDIS_URL=$PIAOJIA_TEST_REDIS_URL"
+
+failed=()
+
+if cargo nextest --version >/dev/null 2>&1; then
+    section "cargo nextest run --workspace --all-targets --no-fail-fast $*"
+    cargo nextest run --workspace --all-targets --no-fail-fast "$@" || failed+=("tests (nextest)")
+else
+    echo "cargo-nextest is not installed (cargo install cargo-nextest --locked); using cargo test" >&2
+    section "cargo test --workspace --all-targets --no-fail-fast $*"
+    cargo test --workspace --all-targets --no-fail-fast "$@" || failed+=("tests (cargo test)")
+fi
+
+section "cargo test --workspace --doc"
+cargo test --workspace --doc || failed+=("doc tests")
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    printf '\nFAILED: %s\n' "${failed[*]}" >&2
+    exit 1
+fi
+printf '\nall tests passed\n'

@@ -1,0 +1,147 @@
+//! Storage of piaojia: one trait, [`Store`], with a PostgreSQL and a SQLite
+//! implementation that behave the same. The backend is chosen from the URL scheme
+//! at start (`postgres://` or `sqlite:`), each has its own embedded migrations, and
+//! queries are runtime `query`/`query_as` so one crate can serve both databases.
+
+mod postgres;
+mod records;
+mod shared;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+pub use postgres::PgStore;
+pub use records::*;
+pub use sqlite::SqliteStore;
+
+/// Errors the storage layer reports; callers map them to HTTP answers.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was violated; the string names the rule (e.g. `agency_code`).
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("unsupported database url: {0}")]
+    UnsupportedUrl(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// Connection options shared by both backends.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+/// Opens the store named by `opts.url`: `postgres://…`/`postgresql://…` or `sqlite:…`.
+/// Migrations are not run here: call [`Store::migrate`] deliberately.
+pub async fn connect(opts: &ConnectOptions) -> Result<Arc<dyn Store>> {
+    let url = opts.url.as_str();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(opts).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(opts).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// Drops the password of a URL so it can be logged or shown in an error.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
+/// Everything piaojia persists. Both implementations must pass the same story
+/// (`store/tests/story.rs`) and the whole API suite.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Applies the embedded migrations of this backend.
+    async fn migrate(&self) -> Result<()>;
+    /// True when every embedded migration has been applied (readiness).
+    async fn migrations_current(&self) -> Result<bool>;
+    /// A cheap round trip (readiness).
+    async fn ping(&self) -> Result<()>;
+
+    // ----- agencies (开票单位, tenants) -----
+    /// Creates an agency; `Conflict("agency_code")` when the code exists.
+    async fn create_agency(&self, agency: NewAgency) -> Result<Agency>;
+    /// Creates or updates (name, file hosts) by code: declarative provisioning.
+    async fn upsert_agency(&self, agency: NewAgency) -> Result<Agency>;
+    async fn agency(&self, id: Uuid) -> Result<Option<Agency>>;
+    async fn agency_by_code(&self, code: &str) -> Result<Option<Agency>>;
+    async fn list_agencies(&self) -> Result<Vec<Agency>>;
+
+    // ----- apps: issuers now, reimbursers later -----
+    /// Creates an app with its first secret; `Conflict("app_id")` when it exists.
+    async fn create_app(&self, app: NewApp) -> Result<App>;
+    /// Fetches an app with its active secrets, newest first.
+    async fn app(&self, app_id: &str) -> Result<Option<App>>;
+    async fn list_apps(&self, agency_id: Option<Uuid>) -> Result<Vec<App>>;
+    /// Adds `secret` as the newest. With `keep_previous`, the newest existing secret
+    /// stays active beside it (rotation); older ones are retired, so at most two are
+    /// active. Without it, every existing secret is retired.
+    async fn add_app_secret(&self, app_id: &str, secret: NewAppSecret, keep_previous: bool) -> Result<App>;
+    /// Retires every secret but the newest (end of a rotation).
+    async fn retire_old_app_secrets(&self, app_id: &str) -> Result<App>;
+    async fn set_app_enabled(&self, app_id: &str, enabled: bool) -> Result<App>;
+    async fn set_app_callback(&self, app_id: &str, callback_url: Option<String>) -> Result<App>;
+
+    // ----- receipts and their outbox -----
+    /// Stores a receipt and the deliveries it calls for in one transaction.
+    /// Identity is (`bill_batch_code`, `bill_no`) across all agencies: a second push
+    /// with the same `content_hash` and agency is `Duplicate`, anything else `Conflict`;
+    /// deliveries are only written for `Created`.
+    async fn insert_receipt(&self, receipt: NewReceiptRecord, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome>;
+    /// A receipt of one agency by its identity, with its deliveries.
+    async fn receipt(&self, agency_id: Uuid, bill_batch_code: &str, bill_no: &str) -> Result<Option<StoredReceipt>>;
+    /// Records a reversal (冲红) and its deliveries atomically, following the rules of
+    /// [`ReversalOutcome`]. Locked or closed receipts are refused.
+    async fn reverse_receipt(
+        &self,
+        agency_id: Uuid,
+        bill_batch_code: &str,
+        bill_no: &str,
+        reversal: Reversal,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<ReversalOutcome>;
+    /// Sets the reimbursement state of a receipt (the reimbursement flow owns the
+    /// transitions; this is the storage primitive).
+    async fn set_reimbursement_state(&self, receipt_id: Uuid, state: ReimbursementState) -> Result<()>;
+    /// Counts receipts of an agency (reconciliation and tests).
+    async fn count_receipts(&self, agency_id: Uuid) -> Result<i64>;
+}

@@ -1,0 +1,289 @@
+//! `spawn_app`: piaojia on a port of its own with a store of its own.
+//!
+//! - [`Mode::Embedded`]: a fresh SQLite file and in-process caches (the default mode).
+//! - [`Mode::ScaleOut`]: a fresh PostgreSQL database and a Redis key prefix of its own
+//!   (`PIAOJIA_TEST_DATABASE_URL`, `PIAOJIA_TEST_REDIS_URL`).
+//!
+//! Logs are quiet unless `TEST_LOG` is set.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use piaojia_core::pii::{self, Keyring};
+use piaojia_core::settings::Settings;
+use piaojia_core::signing;
+use piaojia_gateway::provisioning;
+use piaojia_gateway::startup::Application;
+use piaojia_store::{AppKind, Store};
+use serde_json::Value;
+use sqlx::Connection as _;
+use tempfile::TempDir;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Embedded,
+    ScaleOut,
+}
+
+pub fn test_database_url() -> String {
+    std::env::var("PIAOJIA_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+pub fn test_redis_url() -> String {
+    std::env::var("PIAOJIA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Creates an empty PostgreSQL database for one test and returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    let admin_url = test_database_url();
+    let name = format!("piaojia_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("PostgreSQL is reachable (scripts/services.sh starts it)");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let mut url = url::Url::parse(&admin_url).expect("PIAOJIA_TEST_DATABASE_URL is a URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// The environment a test app is configured through (the same layers as production).
+#[derive(Clone)]
+pub struct TestConfig {
+    pub mode: Mode,
+    pub env: HashMap<String, String>,
+    /// Keeps the data directory alive for restarts.
+    pub data_dir: Arc<TempDir>,
+}
+
+impl TestConfig {
+    pub async fn new(mode: Mode) -> Self {
+        let data_dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let mut env: HashMap<String, String> = [
+            ("PIAOJIA_SERVER__PORT", "0".to_owned()),
+            ("PIAOJIA_SERVER__WORKERS", "2".to_owned()),
+            ("PIAOJIA_SERVER__SHUTDOWN_TIMEOUT_SECS", "1".to_owned()),
+            ("PIAOJIA_DATA_DIR", data_dir.path().display().to_string()),
+            ("PIAOJIA_LOG__FORMAT", "pretty".to_owned()),
+            (
+                "PIAOJIA_LOG__FILTER",
+                if std::env::var_os("TEST_LOG").is_some() {
+                    "info"
+                } else {
+                    "off"
+                }
+                .to_owned(),
+            ),
+            // Tests change apps and expect the change at once.
+            ("PIAOJIA_SECURITY__APP_CACHE_SECS", "0".to_owned()),
+            ("PIAOJIA_DATABASE__MAX_CONNECTIONS", "5".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        if mode == Mode::ScaleOut {
+            env.insert("DATABASE_URL".into(), fresh_postgres_database().await);
+            env.insert("REDIS_URL".into(), test_redis_url());
+            env.insert(
+                "PIAOJIA_REDIS__KEY_PREFIX".into(),
+                format!("test:{}:", uuid::Uuid::new_v4().simple()),
+            );
+            env.insert(
+                "PIAOJIA_SECURITY__MASTER_KEYS".into(),
+                format!("k1:{}", pii::generate_key()),
+            );
+            env.insert("PIAOJIA_SECURITY__BLIND_INDEX_KEY".into(), pii::generate_key());
+        }
+        Self { mode, env, data_dir }
+    }
+
+    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.env.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings::load_from(None, self.env.clone()).expect("test settings are valid")
+    }
+
+    pub async fn spawn(&self) -> TestApp {
+        let settings = self.settings();
+        piaojia_gateway::telemetry::init_tracing(&settings.log);
+        let keyring = Arc::new(settings.keyring().expect("keyring"));
+        let store = piaojia_gateway::startup::open_store(&settings)
+            .await
+            .expect("store opens");
+        let app = Application::build(settings.clone()).await.expect("application builds");
+        let port = app.port();
+        let handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            config: self.clone(),
+            address: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            store,
+            keyring,
+            handle,
+        }
+    }
+}
+
+pub async fn spawn_app(mode: Mode) -> TestApp {
+    TestConfig::new(mode).await.spawn().await
+}
+
+pub struct TestApp {
+    pub config: TestConfig,
+    pub address: String,
+    pub client: reqwest::Client,
+    /// The app's own store, for set-up that has no public API yet and for
+    /// reading what was persisted.
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+    pub handle: ServerHandle,
+}
+
+/// An issuer's credentials as provisioning hands them out.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    pub agency_code: String,
+    pub app_id: String,
+    pub secret: String,
+}
+
+impl TestApp {
+    /// Stops the server gracefully (as SIGTERM does).
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+
+    pub async fn create_agency(&self, code: &str, file_hosts: &[&str]) {
+        provisioning::create_agency(
+            self.store.as_ref(),
+            code,
+            "示例市第一人民医院",
+            file_hosts.iter().map(|h| (*h).to_owned()).collect(),
+        )
+        .await
+        .expect("agency created");
+    }
+
+    pub async fn create_issuer(&self, agency_code: &str, app_id: &str, callback_url: Option<&str>) -> Issuer {
+        let view = provisioning::create_app(
+            self.store.as_ref(),
+            &self.keyring,
+            agency_code,
+            AppKind::Issuer,
+            app_id,
+            "HIS",
+            callback_url.map(str::to_owned),
+        )
+        .await
+        .expect("app created");
+        Issuer {
+            agency_code: agency_code.to_owned(),
+            app_id: view.app_id,
+            secret: view.secret.expect("a new app has a secret"),
+        }
+    }
+
+    /// An agency with one issuer app.
+    pub async fn issuer(&self) -> Issuer {
+        self.create_agency("12110000400000001A", &[]).await;
+        self.create_issuer("12110000400000001A", "hosp01-his", None).await
+    }
+
+    /// Sends a request signed now with a fresh nonce.
+    pub async fn signed(&self, issuer: &Issuer, method: &str, path: &str, body: Option<&Value>) -> reqwest::Response {
+        let body = body.map(|b| serde_json::to_vec(b).expect("json")).unwrap_or_default();
+        self.signed_raw(
+            issuer,
+            method,
+            path,
+            body,
+            chrono::Utc::now().timestamp(),
+            &pii::random_alnum(24),
+        )
+        .await
+    }
+
+    /// Sends exactly these bytes with this timestamp and nonce.
+    pub async fn signed_raw(
+        &self,
+        issuer: &Issuer,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        timestamp: i64,
+        nonce: &str,
+    ) -> reqwest::Response {
+        let auth = signing::authorization(&issuer.app_id, &issuer.secret, method, path, timestamp, nonce, &body);
+        let mut req = self
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                format!("{}{path}", self.address),
+            )
+            .header("authorization", auth);
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn push(&self, issuer: &Issuer, receipt: &Value) -> reqwest::Response {
+        self.signed(issuer, "POST", "/v1/receipts", Some(receipt)).await
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+}
+
+/// Reads a problem+json answer, checking its media type and status.
+pub async fn problem(resp: reqwest::Response, status: u16) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(ct, "application/problem+json", "errors are problem+json");
+    let body: Value = resp.json().await.expect("problem body is JSON");
+    assert_eq!(body["status"].as_u64(), Some(u64::from(status)));
+    assert!(
+        body["code"].is_string() && body["type"].is_string() && body["title"].is_string(),
+        "{body}"
+    );
+    body
+}
+
+/// Runs an async test body once per mode: `both_modes!(name, |mode| async move { … })`.
+#[macro_export]
+macro_rules! both_modes {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded_sqlite() {
+                ($body)($crate::harness::Mode::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn scaleout_postgres_redis() {
+                ($body)($crate::harness::Mode::ScaleOut).await
+            }
+        }
+    };
+}

@@ -1,0 +1,10 @@
+//! The API test suite: every test drives piaojia over HTTP, once on the embedded
+//! SQLite store and once on PostgreSQL + Redis.
+
+mod auth;
+mod files;
+mod operability;
+mod privacy;
+mod receipts;
+mod reversal;
+mod validation;
