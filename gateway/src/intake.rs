@@ -167,6 +167,12 @@ pub async fn lookup(
         .ok_or(IntakeError::NotFound)
 }
 
+/// Webhooks are tracked and broken per target host.
+pub fn webhook_interface(url: &str) -> String {
+    let host = url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+    format!("webhook:{host}")
+}
+
 /// The deliveries an event calls for. The issuer's own status callback for now;
 /// WeChat channels join when their routing is configured.
 fn plan_deliveries(issuer: &SignedApp, event: DeliveryEvent) -> Vec<NewDelivery> {
@@ -178,6 +184,8 @@ fn plan_deliveries(issuer: &SignedApp, event: DeliveryEvent) -> Vec<NewDelivery>
             event,
             channel: "issuer_webhook".to_owned(),
             target: url.clone(),
+            interface: webhook_interface(url),
+            payload: None,
         })
         .collect()
 }

@@ -11,6 +11,7 @@ mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use postgres::PgStore;
@@ -144,4 +145,65 @@ pub trait Store: Send + Sync + 'static {
     async fn set_reimbursement_state(&self, receipt_id: Uuid, state: ReimbursementState) -> Result<()>;
     /// Counts receipts of an agency (reconciliation and tests).
     async fn count_receipts(&self, agency_id: Uuid) -> Result<i64>;
+
+    // ----- the notifier's side of the outbox -----
+    /// Leases up to `limit` pending deliveries due at `now` (not leased, or lease
+    /// expired), oldest due first, to `owner` until `lease_until`. Concurrent
+    /// claimers never get the same row (PostgreSQL: `FOR UPDATE SKIP LOCKED`).
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ClaimedDelivery>>;
+    /// Extends a lease still held by `owner`; false when it was lost.
+    async fn renew_lease(&self, delivery_id: Uuid, owner: &str, lease_until: DateTime<Utc>) -> Result<bool>;
+    /// Records an attempt and moves the delivery on, releasing the lease, and
+    /// inserts `follow_ups` (status webhooks, a fallback channel) in the same
+    /// transaction. Fenced: does nothing and returns false unless `owner` still
+    /// holds the lease.
+    async fn complete_attempt(
+        &self,
+        delivery_id: Uuid,
+        owner: &str,
+        attempt: AttemptRecord,
+        update: DeliveryUpdate,
+        follow_ups: Vec<NewDelivery>,
+    ) -> Result<bool>;
+    /// Releases the lease and postpones without counting an attempt (breaker open).
+    async fn defer_delivery(&self, delivery_id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool>;
+    /// Attempts of one delivery, oldest first.
+    async fn delivery_attempts(&self, delivery_id: Uuid) -> Result<Vec<AttemptRecord>>;
+    async fn delivery(&self, delivery_id: Uuid) -> Result<Option<Delivery>>;
+    /// The delivery that sent `provider_ref` on `channel` (e.g. a template msgid).
+    async fn delivery_by_provider_ref(&self, channel: &str, provider_ref: &str) -> Result<Option<Delivery>>;
+    /// Sets the final state a provider reported later (TEMPLATESENDJOBFINISH).
+    async fn set_delivery_outcome(&self, delivery_id: Uuid, status: DeliveryStatus, error: Option<String>) -> Result<()>;
+    /// Newest first.
+    async fn list_deliveries(&self, filter: &DeliveryFilter, limit: i64) -> Result<Vec<Delivery>>;
+    /// Puts matching parked or failed deliveries back to pending with a fresh
+    /// schedule, due from `start` and spread `spacing` apart oldest first so a
+    /// re-drive does not arrive as one burst. Returns how many.
+    async fn redrive(&self, filter: &DeliveryFilter, start: DateTime<Utc>, spacing: chrono::Duration) -> Result<u64>;
+    async fn backlog(&self) -> Result<Vec<BacklogRow>>;
+
+    // ----- tracking -----
+    /// Inserts or replaces rows by (minute, scope, key, writer).
+    async fn upsert_stats(&self, rows: Vec<StatsRow>) -> Result<()>;
+    async fn stats_since(&self, since: DateTime<Utc>) -> Result<Vec<StatsRow>>;
+
+    // ----- WeChat channels of agencies -----
+    /// Creates or replaces the channel of that kind for the agency.
+    async fn upsert_channel(&self, channel: NewChannel) -> Result<Channel>;
+    async fn channels_for_agency(&self, agency_id: Uuid) -> Result<Vec<Channel>>;
+    async fn channel_by_wechat_app(&self, wechat_app_id: &str) -> Result<Vec<Channel>>;
+
+    // ----- alerts -----
+    /// The firing alert of a rule and key, if any.
+    async fn firing_alert(&self, rule: &str, key: &str) -> Result<Option<Alert>>;
+    /// Inserts or updates by id.
+    async fn save_alert(&self, alert: &Alert) -> Result<()>;
+    /// Newest first.
+    async fn list_alerts(&self, limit: i64) -> Result<Vec<Alert>>;
 }

@@ -209,6 +209,11 @@ pub struct NewDelivery {
     pub channel: String,
     /// Where it goes within the channel (a URL, an openid, …).
     pub target: String,
+    /// The outside interface it calls, e.g. `wechat:wx123:template_send` or
+    /// `webhook:his.hospital.example`: the unit of circuit breaking and tracking.
+    pub interface: String,
+    /// Channel-specific extra content (e.g. the outcome a status webhook reports).
+    pub payload: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,15 +251,182 @@ impl DeliveryStatus {
 pub struct Delivery {
     pub id: Uuid,
     pub receipt_id: Uuid,
+    pub agency_id: Uuid,
     pub event: DeliveryEvent,
     pub channel: String,
     pub target: String,
+    pub interface: String,
+    pub payload: Option<serde_json::Value>,
     pub status: DeliveryStatus,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
+    /// Why it is parked (`exhausted`, `outage`, `quota`), when parked.
+    pub park_reason: Option<String>,
+    /// The outside system's id for what was sent (e.g. a template message's msgid).
+    pub provider_ref: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// What a channel needs of the receipt a delivery is about (no personal data but
+/// the openid the receipt was pushed with).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryReceipt {
+    pub id: Uuid,
+    pub agency_id: Uuid,
+    pub agency_code: String,
+    pub agency_name: String,
+    pub issuer_app_id: String,
+    pub bill_batch_code: String,
+    pub bill_no: String,
+    pub bus_type: String,
+    pub issued_at: DateTime<Utc>,
+    pub total_fen: i64,
+    pub open_id: Option<String>,
+    pub reversed: bool,
+    pub reimbursement_state: ReimbursementState,
+}
+
+/// A delivery claimed under a lease, with its receipt.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub delivery: Delivery,
+    pub receipt: DeliveryReceipt,
+    pub lease_until: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Success,
+    /// Failed in a way a later attempt may fix (timeouts, 5xx, WeChat busy).
+    Retryable,
+    /// Failed in a way retrying cannot fix (43101, 40003, 47003, a webhook's 4xx).
+    Permanent,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Success => "success",
+            AttemptOutcome::Retryable => "retryable",
+            AttemptOutcome::Permanent => "permanent",
+        }
+    }
+}
+
+/// One try at a delivery, kept for audit and operators.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    pub id: Uuid,
+    pub started_at: DateTime<Utc>,
+    pub latency_ms: i64,
+    pub outcome: AttemptOutcome,
+    /// WeChat's errcode or the HTTP status, when there was one.
+    pub code: Option<i64>,
+    pub detail: Option<String>,
+}
+
+/// Where a delivery goes after an attempt.
+#[derive(Debug, Clone)]
+pub enum DeliveryUpdate {
+    Delivered { provider_ref: Option<String> },
+    /// Try again at `at`.
+    Retry { at: DateTime<Utc>, error: String },
+    /// A business outcome: ended, not retried.
+    Failed { error: String },
+    /// Waits for an operator (or, for `outage`, for the interface to recover).
+    Parked { reason: String, error: String },
+}
+
+/// Which deliveries an operator means.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DeliveryFilter {
+    pub ids: Option<Vec<Uuid>>,
+    pub status: Option<DeliveryStatus>,
+    pub channel: Option<String>,
+    pub interface: Option<String>,
+    pub agency_id: Option<Uuid>,
+    pub park_reason: Option<String>,
+}
+
+/// Pending work per channel and interface.
+#[derive(Debug, Clone, Serialize)]
+pub struct BacklogRow {
+    pub channel: String,
+    pub interface: String,
+    pub pending: i64,
+    pub oldest_created_at: Option<DateTime<Utc>>,
+}
+
+/// One writer's counts for one minute and one tracked key. Each process owns its
+/// rows (`writer`), so flushing replaces instead of merging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsRow {
+    /// Start of the minute (UTC, seconds = 0).
+    pub minute: DateTime<Utc>,
+    /// `channel`, `interface` or `inbound`.
+    pub scope: String,
+    pub key: String,
+    pub writer: String,
+    pub attempts: i64,
+    pub successes: i64,
+    /// Counts per latency bucket (bounds fixed by the notifier's tracker).
+    pub latency_buckets: Vec<i64>,
+}
+
+/// A WeChat channel of an agency: which app, template and field mapping to use.
+#[derive(Debug, Clone)]
+pub struct NewChannel {
+    pub agency_id: Uuid,
+    /// `wechat_template` (official account) or `wechat_subscribe` (mini-program).
+    pub kind: String,
+    pub wechat_app_id: String,
+    /// The app's secret, sealed.
+    pub secret_sealed: String,
+    pub template_id: String,
+    /// Template keyword → value template, e.g. `{"thing1": "{agencyName}", "amount2": "{amount}元"}`.
+    pub fields: serde_json::Value,
+    /// Mini-program page or web page opened from the message.
+    pub page: Option<String>,
+    /// Message-server token and EncodingAESKey (sealed), for this app's events.
+    pub message_token_sealed: Option<String>,
+    pub encoding_aes_key_sealed: Option<String>,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub id: Uuid,
+    pub agency_id: Uuid,
+    pub kind: String,
+    pub wechat_app_id: String,
+    pub secret_sealed: String,
+    pub template_id: String,
+    pub fields: serde_json::Value,
+    pub page: Option<String>,
+    pub message_token_sealed: Option<String>,
+    pub encoding_aes_key_sealed: Option<String>,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An operator alert: one row per incident.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    pub id: Uuid,
+    pub rule: String,
+    /// What it is about (a channel or interface key).
+    pub key: String,
+    /// `firing` or `resolved`.
+    pub state: String,
+    pub message: String,
+    pub started_at: DateTime<Utc>,
+    pub last_notified_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
 }
 
 /// A receipt as held, with its states and deliveries.

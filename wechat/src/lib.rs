@@ -1,0 +1,2 @@
+//! WeChat for piaojia (DOMAIN.md §4).
+pub mod errcode;
