@@ -26,6 +26,7 @@ pub struct Settings {
     pub security: SecuritySettings,
     pub log: LogSettings,
     pub notifier: NotifierSettings,
+    pub alerts: AlertSettings,
     pub ops: OpsSettings,
     pub wechat: WechatSettings,
     #[serde(default)]
@@ -110,6 +111,60 @@ pub struct LogSettings {
 #[serde(deny_unknown_fields)]
 pub struct NotifierSettings {
     pub enabled: bool,
+    pub concurrency: usize,
+    pub batch_size: i64,
+    pub poll_interval_ms: u64,
+    pub lease_secs: u64,
+    pub request_timeout_secs: u64,
+    pub retry_schedule: String,
+    pub jitter_percent: u32,
+    pub breaker_failures: u32,
+    pub breaker_failure_rate: f64,
+    pub breaker_window_secs: u64,
+    pub breaker_open_secs: u64,
+    pub breaker_max_open_secs: u64,
+    pub release_spacing_ms: u64,
+    pub wechat_rate_per_sec: u32,
+}
+
+impl NotifierSettings {
+    /// The retry waits, parsed (`15s`, `3m`, `6h`, `250ms`).
+    pub fn retry_waits(&self) -> Result<Vec<std::time::Duration>, String> {
+        self.retry_schedule
+            .split(',')
+            .map(|s| parse_duration(s.trim()))
+            .collect()
+    }
+}
+
+/// `250ms`, `15s`, `3m`, `6h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 15s, 3m or 6h"))?;
+    let secs = match unit {
+        "ms" => return Ok(std::time::Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?} is not a duration like 15s, 3m or 6h")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    pub webhook_url: String,
+    pub evaluate_every_secs: u64,
+    pub renotify_every_secs: u64,
+    pub success_rate_below: f64,
+    pub window_mins: u64,
+    pub min_attempts: i64,
+    pub p95_above_ms: u64,
+    pub backlog_older_than_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,6 +334,35 @@ impl Settings {
         }
         if !self.server.public_url.is_empty() && url::Url::parse(&self.server.public_url).is_err() {
             return Err(invalid("server.public_url", "is not a URL"));
+        }
+        let n = &self.notifier;
+        if n.retry_waits().is_err() || n.retry_waits().is_ok_and(|w| w.is_empty()) {
+            return Err(invalid(
+                "notifier.retry_schedule",
+                "must be a comma-separated list of durations like 15s,3m,6h",
+            ));
+        }
+        if n.concurrency == 0 || n.batch_size < 1 {
+            return Err(invalid(
+                "notifier.concurrency",
+                "and notifier.batch_size must be at least 1",
+            ));
+        }
+        if n.lease_secs <= n.request_timeout_secs {
+            // A lease shorter than a call would let a second worker send while the first still waits.
+            return Err(invalid(
+                "notifier.lease_secs",
+                "must exceed notifier.request_timeout_secs",
+            ));
+        }
+        if !(0.0..=1.0).contains(&n.breaker_failure_rate) || !(0.0..=1.0).contains(&self.alerts.success_rate_below) {
+            return Err(invalid(
+                "notifier.breaker_failure_rate",
+                "and alerts.success_rate_below must be between 0 and 1",
+            ));
+        }
+        if !self.alerts.webhook_url.is_empty() && url::Url::parse(&self.alerts.webhook_url).is_err() {
+            return Err(invalid("alerts.webhook_url", "is not a URL"));
         }
         if url::Url::parse(&self.wechat.api_base_url).is_err() {
             return Err(invalid("wechat.api_base_url", "is not a URL"));

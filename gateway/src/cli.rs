@@ -9,7 +9,7 @@ use piaojia_core::{pii, signing};
 use piaojia_store::AppKind;
 use serde::Serialize;
 
-use crate::startup::{Application, open_store};
+use crate::startup::{Application, Role, open_store};
 use crate::{openapi, provisioning, telemetry};
 
 #[derive(Parser)]
@@ -28,8 +28,11 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run the HTTP gateway (with no configuration: embedded SQLite, sandbox WeChat).
+    /// Run the HTTP gateway (with no configuration: embedded SQLite, sandbox WeChat),
+    /// with the delivery workers in-process when `notifier.enabled`.
     Serve,
+    /// Run only the delivery workers (with /healthz, /readyz and /metrics).
+    Notifier,
     /// Apply database migrations and exit.
     Migrate,
     /// Print new master and blind-index keys for the settings.
@@ -56,6 +59,11 @@ pub enum Command {
     App {
         #[command(subcommand)]
         command: AppCommand,
+    },
+    /// WeChat channels of agencies (official account template, mini-program subscribe).
+    Channel {
+        #[command(subcommand)]
+        command: ChannelCommand,
     },
     /// Sign and send one request as an app, printing the status and body.
     Call(CallArgs),
@@ -133,6 +141,42 @@ pub enum AppCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum ChannelCommand {
+    /// Create or replace the agency's channel of a kind.
+    Set {
+        #[arg(long)]
+        agency: String,
+        #[arg(long, value_parser = ["wechat_template", "wechat_subscribe"])]
+        kind: String,
+        #[arg(long)]
+        wechat_app_id: String,
+        /// The WeChat app secret (prefer the environment variable).
+        #[arg(long, env = "PIAOJIA_WECHAT_SECRET", hide_env_values = true)]
+        secret: String,
+        #[arg(long)]
+        template_id: String,
+        /// Template keyword and value, e.g. `thing1={agencyName}` (repeatable).
+        #[arg(long = "field")]
+        fields: Vec<String>,
+        /// Page opened from the message.
+        #[arg(long)]
+        page: Option<String>,
+        /// Message-server token (official account events).
+        #[arg(long, env = "PIAOJIA_WECHAT_MESSAGE_TOKEN", hide_env_values = true)]
+        message_token: Option<String>,
+        /// EncodingAESKey for secure mode (43 characters).
+        #[arg(long, env = "PIAOJIA_WECHAT_AES_KEY", hide_env_values = true)]
+        encoding_aes_key: Option<String>,
+        #[arg(long)]
+        disabled: bool,
+    },
+    List {
+        #[arg(long)]
+        agency: String,
+    },
+}
+
 #[derive(Args)]
 pub struct CallArgs {
     /// Base URL of the gateway.
@@ -183,8 +227,57 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             let app = Application::build(settings).await?;
-            tracing::info!(port = app.port(), "piaojia gateway listening");
+            tracing::info!(
+                port = app.port(),
+                notifier = app.notifier().is_some(),
+                "piaojia gateway listening"
+            );
             app.run_until_stopped().await?;
+        }
+        Command::Notifier => {
+            let app = Application::build_role(settings, Role::Notifier).await?;
+            tracing::info!(port = app.port(), "piaojia notifier running");
+            app.run_until_stopped().await?;
+        }
+        Command::Channel { command } => {
+            let store = open_store(&settings).await?;
+            let keyring = settings.keyring()?;
+            match command {
+                ChannelCommand::Set {
+                    agency,
+                    kind,
+                    wechat_app_id,
+                    secret,
+                    template_id,
+                    fields,
+                    page,
+                    message_token,
+                    encoding_aes_key,
+                    disabled,
+                } => {
+                    let mut map = serde_json::Map::new();
+                    for f in fields {
+                        let (k, v) = f.split_once('=').context("--field takes keyword=template")?;
+                        map.insert(k.trim().to_owned(), serde_json::Value::String(v.to_owned()));
+                    }
+                    let spec = provisioning::ChannelSpec {
+                        agency_code: agency,
+                        kind,
+                        wechat_app_id,
+                        secret,
+                        template_id,
+                        fields: map,
+                        page,
+                        message_token,
+                        encoding_aes_key,
+                        enabled: !disabled,
+                    };
+                    print_json(&provisioning::set_channel(store.as_ref(), &keyring, spec).await?)?;
+                }
+                ChannelCommand::List { agency } => {
+                    print_json(&provisioning::list_channels(store.as_ref(), &agency).await?)?
+                }
+            }
         }
         Command::Migrate => {
             let mut settings = settings;

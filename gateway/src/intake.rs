@@ -115,9 +115,14 @@ pub async fn push(state: &AppState, issuer: &SignedApp, receipt: NewReceipt) -> 
         file,
         received_at: Utc::now(),
     };
-    let deliveries = plan_deliveries(issuer, DeliveryEvent::Issued);
+    let deliveries = plan_deliveries(state, issuer, DeliveryEvent::Issued, receipt.open_id.as_deref()).await?;
     match state.store.insert_receipt(record, deliveries).await? {
-        InsertOutcome::Created(receipt) => Ok(Accepted { created: true, receipt }),
+        InsertOutcome::Created(receipt) => {
+            if !receipt.deliveries.is_empty() {
+                state.wake.notify().await;
+            }
+            Ok(Accepted { created: true, receipt })
+        }
         InsertOutcome::Duplicate(receipt) => Ok(Accepted {
             created: false,
             receipt,
@@ -134,12 +139,20 @@ pub async fn reverse(
     bill_no: &str,
     reversal: Reversal,
 ) -> Result<Accepted, IntakeError> {
-    let deliveries = plan_deliveries(issuer, DeliveryEvent::Reversed);
-    match state
+    let open_id = state
+        .store
+        .receipt(issuer.agency.id, bill_batch_code, bill_no)
+        .await?
+        .and_then(|r| r.open_id);
+    let deliveries = plan_deliveries(state, issuer, DeliveryEvent::Reversed, open_id.as_deref()).await?;
+    let outcome = state
         .store
         .reverse_receipt(issuer.agency.id, bill_batch_code, bill_no, reversal, deliveries)
-        .await?
-    {
+        .await?;
+    if matches!(&outcome, ReversalOutcome::Reversed(r) if !r.deliveries.is_empty()) {
+        state.wake.notify().await;
+    }
+    match outcome {
         ReversalOutcome::Reversed(receipt) => Ok(Accepted { created: true, receipt }),
         ReversalOutcome::AlreadyReversed(receipt) => Ok(Accepted {
             created: false,
@@ -167,25 +180,21 @@ pub async fn lookup(
         .ok_or(IntakeError::NotFound)
 }
 
-/// Webhooks are tracked and broken per target host.
-pub fn webhook_interface(url: &str) -> String {
-    let host = url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
-    format!("webhook:{host}")
-}
-
-/// The deliveries an event calls for. The issuer's own status callback for now;
-/// WeChat channels join when their routing is configured.
-fn plan_deliveries(issuer: &SignedApp, event: DeliveryEvent) -> Vec<NewDelivery> {
-    issuer
-        .callback_url
-        .iter()
-        .map(|url| NewDelivery {
-            id: Uuid::now_v7(),
+/// The deliveries an event calls for: the payer's WeChat channel when the receipt
+/// carries an openid and the agency has one, else the issuer's status callback.
+async fn plan_deliveries(
+    state: &AppState,
+    issuer: &SignedApp,
+    event: DeliveryEvent,
+    open_id: Option<&str>,
+) -> Result<Vec<NewDelivery>, IntakeError> {
+    let channels = state.apps.channels(issuer.agency.id).await?;
+    Ok(piaojia_notifier::routing::plan(
+        &piaojia_notifier::routing::EventContext {
             event,
-            channel: "issuer_webhook".to_owned(),
-            target: url.clone(),
-            interface: webhook_interface(url),
-            payload: None,
-        })
-        .collect()
+            open_id,
+            callback_url: issuer.callback_url.as_deref(),
+            channels: &channels,
+        },
+    ))
 }

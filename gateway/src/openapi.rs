@@ -5,7 +5,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{FieldProblem, Problem};
-use crate::routes::{health, issuer};
+use crate::routes::{health, issuer, ops};
 
 pub use piaojia_core::receipt::WireReceipt as ReceiptPushDoc;
 
@@ -24,12 +24,17 @@ pub use piaojia_core::receipt::WireReceipt as ReceiptPushDoc;
         health::healthz,
         health::readyz,
         health::metrics,
+        ops::channels,
+        ops::interfaces,
+        ops::alerts,
+        ops::deliveries,
+        ops::redrive,
     ),
     components(schemas(Problem, FieldProblem)),
     modifiers(&Security),
     tags(
         (name = "issuer", description = "Hospital billing and receipt systems push receipts and reversals"),
-        (name = "operations", description = "Health, readiness and metrics"),
+        (name = "operations", description = "Health, readiness, metrics, and the operator API: channel and interface health, alerts, re-drive"),
     )
 )]
 pub struct ApiDoc;

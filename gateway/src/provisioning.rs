@@ -286,3 +286,108 @@ pub async fn apply_declared(store: &dyn Store, keyring: &Keyring, declared: &[Ag
     }
     Ok(())
 }
+
+/// What the command line prints about a WeChat channel; never its secrets.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelView {
+    pub id: Uuid,
+    pub agency_code: String,
+    pub kind: String,
+    pub wechat_app_id: String,
+    pub template_id: String,
+    pub fields: serde_json::Value,
+    pub page: Option<String>,
+    pub message_server: bool,
+    pub enabled: bool,
+}
+
+/// A WeChat channel of an agency as configured.
+pub struct ChannelSpec {
+    pub agency_code: String,
+    /// `wechat_template` or `wechat_subscribe`.
+    pub kind: String,
+    pub wechat_app_id: String,
+    pub secret: String,
+    pub template_id: String,
+    /// Keyword → value template with `{agencyName}`, `{amount}`, `{billNo}`,
+    /// `{billBatchCode}`, `{issuedAt}`, `{busType}`, `{status}`. Empty: a default.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub page: Option<String>,
+    pub message_token: Option<String>,
+    pub encoding_aes_key: Option<String>,
+    pub enabled: bool,
+}
+
+/// Creates or replaces the agency's channel of that kind.
+pub async fn set_channel(store: &dyn Store, keyring: &Keyring, spec: ChannelSpec) -> Result<ChannelView> {
+    if !matches!(spec.kind.as_str(), "wechat_template" | "wechat_subscribe") {
+        return Err(ProvisionError::Invalid(
+            "kind must be wechat_template or wechat_subscribe".into(),
+        ));
+    }
+    let appid_ok = spec.wechat_app_id.len() <= 32
+        && spec.wechat_app_id.starts_with("wx")
+        && spec.wechat_app_id.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !appid_ok {
+        return Err(ProvisionError::Invalid(
+            "the WeChat appid looks like wx followed by letters and digits".into(),
+        ));
+    }
+    if spec.secret.is_empty() || spec.template_id.is_empty() || spec.template_id.len() > 128 {
+        return Err(ProvisionError::Invalid(
+            "a secret and a template id (at most 128 characters) are required".into(),
+        ));
+    }
+    if spec.encoding_aes_key.as_ref().is_some_and(|k| k.len() != 43) {
+        return Err(ProvisionError::Invalid("the EncodingAESKey has 43 characters".into()));
+    }
+    for (key, value) in &spec.fields {
+        if !value.is_string() || key.is_empty() {
+            return Err(ProvisionError::Invalid(format!(
+                "field {key:?} must map to a text template"
+            )));
+        }
+    }
+    let agency = agency_by_code(store, &spec.agency_code).await?;
+    let purpose = piaojia_notifier::channels::wechat::channel_secret_purpose(&spec.wechat_app_id);
+    let channel = store
+        .upsert_channel(piaojia_store::NewChannel {
+            agency_id: agency.id,
+            kind: spec.kind,
+            wechat_app_id: spec.wechat_app_id.clone(),
+            secret_sealed: keyring.seal(spec.secret.as_bytes(), &purpose),
+            template_id: spec.template_id,
+            fields: serde_json::Value::Object(spec.fields),
+            page: spec.page,
+            message_token_sealed: spec.message_token.map(|t| keyring.seal(t.as_bytes(), &purpose)),
+            encoding_aes_key_sealed: spec.encoding_aes_key.map(|k| keyring.seal(k.as_bytes(), &purpose)),
+            enabled: spec.enabled,
+        })
+        .await?;
+    Ok(channel_view(channel, &agency.code))
+}
+
+fn channel_view(c: piaojia_store::Channel, agency_code: &str) -> ChannelView {
+    ChannelView {
+        id: c.id,
+        agency_code: agency_code.to_owned(),
+        kind: c.kind,
+        wechat_app_id: c.wechat_app_id,
+        template_id: c.template_id,
+        fields: c.fields,
+        page: c.page,
+        message_server: c.message_token_sealed.is_some(),
+        enabled: c.enabled,
+    }
+}
+
+pub async fn list_channels(store: &dyn Store, agency_code: &str) -> Result<Vec<ChannelView>> {
+    let agency = agency_by_code(store, agency_code).await?;
+    Ok(store
+        .channels_for_agency(agency.id)
+        .await?
+        .into_iter()
+        .map(|c| channel_view(c, &agency.code))
+        .collect())
+}

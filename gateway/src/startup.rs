@@ -12,6 +12,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use piaojia_core::settings::Settings;
 use piaojia_store::{ConnectOptions, Store};
+use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
 use crate::error::handlers;
@@ -47,8 +48,96 @@ pub async fn open_redis(settings: &Settings) -> anyhow::Result<Option<redis::aio
     Ok(Some(conn))
 }
 
+/// The WeChat client: WeChat's servers in live mode; in sandbox mode the built-in
+/// simulator served by this same process at `/sandbox/wechat`.
+fn wechat_client(
+    settings: &Settings,
+    redis: Option<&redis::aio::ConnectionManager>,
+    own_port: u16,
+) -> anyhow::Result<(
+    Arc<piaojia_wechat::client::WechatClient>,
+    Option<piaojia_wechat_sim::Simulator>,
+)> {
+    use piaojia_core::settings::WechatMode;
+    use piaojia_wechat::client::{TokenCache, WechatClient};
+    let (base, sandbox) = match settings.wechat.mode {
+        WechatMode::Live => (settings.wechat.api_base_url.clone(), None),
+        WechatMode::Sandbox => (
+            format!("http://127.0.0.1:{own_port}/sandbox/wechat"),
+            Some(piaojia_wechat_sim::Simulator::new(
+                piaojia_wechat_sim::SimConfig::default(),
+            )),
+        ),
+    };
+    let cache = match redis {
+        Some(conn) => TokenCache::Redis {
+            conn: conn.clone(),
+            prefix: settings.redis.key_prefix.clone(),
+        },
+        None => TokenCache::Memory,
+    };
+    let mut client =
+        WechatClient::new(&base, cache)?.with_timeout(Duration::from_secs(settings.notifier.request_timeout_secs));
+    if let Some(rate) = std::num::NonZeroU32::new(settings.notifier.wechat_rate_per_sec) {
+        client = client.with_rate_limit(rate);
+    }
+    Ok((Arc::new(client), sandbox))
+}
+
+/// Keeps the sandbox simulator's apps in step with the configured channels, so a
+/// channel added from the command line works in sandbox mode without a restart.
+fn spawn_sandbox_sync(
+    sim: piaojia_wechat_sim::Simulator,
+    store: Arc<dyn Store>,
+    keyring: Arc<piaojia_core::pii::Keyring>,
+    own_port: u16,
+) {
+    tokio::spawn(async move {
+        loop {
+            if let Ok(agencies) = store.list_agencies().await {
+                for agency in agencies {
+                    for channel in store.channels_for_agency(agency.id).await.unwrap_or_default() {
+                        if sim.app(&channel.wechat_app_id).is_some() {
+                            continue;
+                        }
+                        let purpose =
+                            piaojia_notifier::channels::wechat::channel_secret_purpose(&channel.wechat_app_id);
+                        let Ok(secret) = keyring.open(&channel.secret_sealed, &purpose) else {
+                            continue;
+                        };
+                        let secret = String::from_utf8_lossy(&secret).into_owned();
+                        let kind = if channel.kind == piaojia_notifier::routing::WECHAT_TEMPLATE {
+                            piaojia_wechat_sim::AppKind::OfficialAccount
+                        } else {
+                            piaojia_wechat_sim::AppKind::MiniProgram
+                        };
+                        let mut app = piaojia_wechat_sim::SimApp::new(&channel.wechat_app_id, &secret, kind);
+                        if let Some(token) = channel
+                            .message_token_sealed
+                            .as_ref()
+                            .and_then(|t| keyring.open(t, &purpose).ok())
+                        {
+                            app.message_server = Some(piaojia_wechat_sim::MessageServer {
+                                url: format!("http://127.0.0.1:{own_port}/v1/wechat/{}/events", channel.wechat_app_id),
+                                token: String::from_utf8_lossy(&token).into_owned(),
+                                encoding_aes_key: None,
+                            });
+                        }
+                        sim.add_app(app);
+                        if channel.kind == piaojia_notifier::routing::WECHAT_SUBSCRIBE {
+                            // The sandbox behaves as a medical account with a long-term template.
+                            sim.grant_long_term(&channel.wechat_app_id, &channel.template_id);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+}
+
 /// Everything the request handlers share, connected and ready.
-pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
+pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<AppState> {
     // reqwest is built without a default TLS provider (no aws-lc): ring it is.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let keyring = Arc::new(settings.keyring()?);
@@ -68,6 +157,16 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         keyring.clone(),
         Duration::from_secs(settings.security.app_cache_secs),
     );
+    let wake = match (&redis, settings.redis_url()) {
+        (Some(conn), Some(url)) => {
+            piaojia_notifier::Wake::redis(conn.clone(), redis::Client::open(url)?, &settings.redis.key_prefix)
+        }
+        _ => piaojia_notifier::Wake::local(),
+    };
+    let (wechat, sandbox) = wechat_client(&settings, redis.as_ref(), own_port)?;
+    if let Some(sim) = &sandbox {
+        spawn_sandbox_sync(sim.clone(), store.clone(), keyring.clone(), own_port);
+    }
     Ok(AppState {
         settings: Arc::new(settings),
         store,
@@ -77,22 +176,76 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         apps,
         redis,
         metrics: telemetry::metrics_handle(),
+        wake,
+        tracker: piaojia_notifier::tracker::Tracker::new(format!("gw-{}", uuid::Uuid::now_v7().simple())),
+        wechat,
+        sandbox,
     })
+}
+
+/// Which roles a process plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The API, with the notifier in-process when `notifier.enabled`.
+    Gateway,
+    /// Only the delivery workers, with health and metrics endpoints.
+    Notifier,
 }
 
 pub struct Application {
     port: u16,
     server: Server,
+    notifier: Option<(piaojia_notifier::Notifier, CancellationToken)>,
+    sandbox: Option<piaojia_wechat_sim::Simulator>,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_role(settings, Role::Gateway).await
+    }
+
+    pub async fn build_role(settings: Settings, role: Role) -> anyhow::Result<Self> {
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
         let port = listener.local_addr()?.port();
-        let state = build_state(settings).await?;
-        let server = serve(listener, state)?;
-        Ok(Self { port, server })
+        let state = build_state(settings, port).await?;
+        let run_notifier = role == Role::Notifier || state.settings.notifier.enabled;
+        let notifier = if run_notifier {
+            let notifier = piaojia_notifier::Notifier::new(piaojia_notifier::NotifierDeps {
+                settings: state.settings.clone(),
+                store: state.store.clone(),
+                keyring: state.keyring.clone(),
+                wechat: state.wechat.clone(),
+                wake: state.wake.clone(),
+                tracker: state.tracker.clone(),
+            })?;
+            let token = CancellationToken::new();
+            tokio::spawn({
+                let (n, t) = (notifier.clone(), token.clone());
+                async move { n.run(t).await }
+            });
+            Some((notifier, token))
+        } else {
+            None
+        };
+        let sandbox = state.sandbox.clone();
+        let server = serve(listener, state, role)?;
+        Ok(Self {
+            port,
+            server,
+            notifier,
+            sandbox,
+        })
+    }
+
+    /// The built-in WeChat simulator (sandbox mode).
+    pub fn sandbox(&self) -> Option<&piaojia_wechat_sim::Simulator> {
+        self.sandbox.as_ref()
+    }
+
+    /// The in-process notifier, when this process runs one.
+    pub fn notifier(&self) -> Option<&piaojia_notifier::Notifier> {
+        self.notifier.as_ref().map(|(n, _)| n)
     }
 
     pub fn port(&self) -> u16 {
@@ -106,13 +259,18 @@ impl Application {
 
     /// Runs until SIGTERM/SIGINT; in-flight requests get `server.shutdown_timeout_secs`.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        if let Some((_, token)) = &self.notifier {
+            token.cancel();
+        }
+        result
     }
 }
 
-fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Server> {
+fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<Server> {
     let settings = state.settings.clone();
     let body_limit = settings.server.body_limit_bytes;
+    let sandbox = state.sandbox.clone();
     let data = web::Data::new(state);
     let mut server = HttpServer::new(move || {
         App::new()
@@ -128,8 +286,17 @@ fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Server> {
             .wrap(from_fn(telemetry::observe))
             .wrap(TracingLogger::default())
             .configure(routes::health::configure)
-            .configure(routes::issuer::configure)
-            .configure(routes::docs::configure)
+            .configure(|cfg| {
+                if role == Role::Gateway {
+                    routes::issuer::configure(cfg);
+                    routes::ops::configure(cfg);
+                    routes::wechat_events::configure(cfg);
+                    routes::docs::configure(cfg);
+                }
+                if let Some(sim) = &sandbox {
+                    cfg.service(web::scope("/sandbox/wechat").configure(|c| sim.configure(c)));
+                }
+            })
             .default_service(web::to(handlers::not_found))
     })
     .listen(listener)?

@@ -22,6 +22,12 @@ pub struct AppState {
     pub apps: AppDirectory,
     pub redis: Option<ConnectionManager>,
     pub metrics: PrometheusHandle,
+    /// Tells the notifier (here or in other processes) that work is due.
+    pub wake: piaojia_notifier::Wake,
+    pub tracker: Arc<piaojia_notifier::tracker::Tracker>,
+    pub wechat: Arc<piaojia_wechat::client::WechatClient>,
+    /// The built-in WeChat simulator (sandbox mode only).
+    pub sandbox: Option<piaojia_wechat_sim::Simulator>,
 }
 
 /// An app as authentication needs it: secrets opened, agency joined.
@@ -41,6 +47,7 @@ pub struct AppDirectory {
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
     cache: Option<moka::future::Cache<String, Option<Arc<AuthApp>>>>,
+    channels: Option<moka::future::Cache<uuid::Uuid, Arc<Vec<piaojia_store::Channel>>>>,
 }
 
 /// The purpose an app secret is sealed under (bound as AES-GCM associated data).
@@ -56,7 +63,34 @@ impl AppDirectory {
                 .time_to_live(ttl)
                 .build()
         });
-        Self { store, keyring, cache }
+        let channels = (!ttl.is_zero()).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(ttl)
+                .build()
+        });
+        Self {
+            store,
+            keyring,
+            cache,
+            channels,
+        }
+    }
+
+    /// The agency's WeChat channels (cached like apps).
+    pub async fn channels(&self, agency_id: uuid::Uuid) -> Result<Arc<Vec<piaojia_store::Channel>>, StoreError> {
+        match &self.channels {
+            None => Ok(Arc::new(self.store.channels_for_agency(agency_id).await?)),
+            Some(cache) => {
+                let store = self.store.clone();
+                cache
+                    .try_get_with(agency_id, async move {
+                        store.channels_for_agency(agency_id).await.map(Arc::new)
+                    })
+                    .await
+                    .map_err(|e: Arc<StoreError>| StoreError::Corrupt(e.to_string()))
+            }
+        }
     }
 
     pub async fn get(&self, app_id: &str) -> Result<Option<Arc<AuthApp>>, StoreError> {

@@ -88,6 +88,14 @@ pub async fn observe(
             _ => "client_error",
         };
         let app_id = app_id.unwrap_or_else(|| "unauthenticated".to_owned());
+        if let Some(state) = res.request().app_data::<actix_web::web::Data<crate::state::AppState>>() {
+            state.tracker.record(
+                piaojia_notifier::tracker::Scope::Inbound,
+                &format!("issuer:{app_id}"),
+                outcome == "success",
+                (elapsed * 1000.0) as u64,
+            );
+        }
         metrics::counter!("piaojia_issuer_requests_total", "app_id" => app_id.clone(), "outcome" => outcome)
             .increment(1);
         metrics::histogram!("piaojia_issuer_request_duration_seconds", "app_id" => app_id).record(elapsed);

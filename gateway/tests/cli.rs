@@ -38,14 +38,44 @@ impl Drop for Server {
 #[test]
 fn readme_walkthrough() {
     let data = tempfile::tempdir().expect("tempdir");
-    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
 
-    let agency = json(&piaojia(data.path(), port, &["agency", "create", "--code", "12110000400000001A", "--name", "示例市第一人民医院"]));
+    let agency = json(&piaojia(
+        data.path(),
+        port,
+        &[
+            "agency",
+            "create",
+            "--code",
+            "12110000400000001A",
+            "--name",
+            "示例市第一人民医院",
+        ],
+    ));
     assert_eq!(agency["code"], "12110000400000001A");
-    let dup = piaojia(data.path(), port, &["agency", "create", "--code", "12110000400000001A", "--name", "x"]);
+    let dup = piaojia(
+        data.path(),
+        port,
+        &["agency", "create", "--code", "12110000400000001A", "--name", "x"],
+    );
     assert!(!dup.status.success(), "a second agency with the same code is refused");
 
-    let app = json(&piaojia(data.path(), port, &["app", "create", "--agency", "12110000400000001A", "--app-id", "hosp01-his"]));
+    let app = json(&piaojia(
+        data.path(),
+        port,
+        &[
+            "app",
+            "create",
+            "--agency",
+            "12110000400000001A",
+            "--app-id",
+            "hosp01-his",
+        ],
+    ));
     let secret = app["secret"].as_str().expect("secret shown once").to_owned();
     assert_eq!(secret.len(), 43);
     let listed = json(&piaojia(data.path(), port, &["app", "list"]));
@@ -82,13 +112,25 @@ fn readme_walkthrough() {
     assert_eq!(pushed["status"], "issued");
     let read = json(&call("GET", "/v1/receipts/11060124/0000000901", None));
     assert_eq!(read["id"], pushed["id"]);
-    let reversed = json(&call("POST", "/v1/receipts/11060124/0000000901/reversal", Some("reversal.json")));
+    let reversed = json(&call(
+        "POST",
+        "/v1/receipts/11060124/0000000901/reversal",
+        Some("reversal.json"),
+    ));
     assert_eq!(reversed["status"], "reversed");
 
     // Rotation: the old secret keeps working until retired.
-    let rotated = json(&piaojia(data.path(), port, &["app", "rotate-secret", "--app-id", "hosp01-his"]));
+    let rotated = json(&piaojia(
+        data.path(),
+        port,
+        &["app", "rotate-secret", "--app-id", "hosp01-his"],
+    ));
     assert_eq!(rotated["activeSecretIds"].as_array().map(Vec::len), Some(2));
-    let disabled = json(&piaojia(data.path(), port, &["app", "disable", "--app-id", "hosp01-his"]));
+    let disabled = json(&piaojia(
+        data.path(),
+        port,
+        &["app", "disable", "--app-id", "hosp01-his"],
+    ));
     assert_eq!(disabled["enabled"], false);
     drop(server);
 }
@@ -99,7 +141,14 @@ fn keygen_and_config_errors() {
     let text = String::from_utf8(out.stdout).expect("utf-8");
     assert!(text.contains("PIAOJIA_SECURITY__MASTER_KEYS=k1:"));
 
-    let out = Command::new(BIN).args(["config", "check"]).env("DATABASE_URL", "mysql://x").output().expect("runs");
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .env("DATABASE_URL", "mysql://x")
+        .output()
+        .expect("runs");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("database.url"), "errors name the key");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("database.url"),
+        "errors name the key"
+    );
 }

@@ -179,7 +179,12 @@ pub trait Store: Send + Sync + 'static {
     /// The delivery that sent `provider_ref` on `channel` (e.g. a template msgid).
     async fn delivery_by_provider_ref(&self, channel: &str, provider_ref: &str) -> Result<Option<Delivery>>;
     /// Sets the final state a provider reported later (TEMPLATESENDJOBFINISH).
-    async fn set_delivery_outcome(&self, delivery_id: Uuid, status: DeliveryStatus, error: Option<String>) -> Result<()>;
+    async fn set_delivery_outcome(
+        &self,
+        delivery_id: Uuid,
+        status: DeliveryStatus,
+        error: Option<String>,
+    ) -> Result<()>;
     /// Newest first.
     async fn list_deliveries(&self, filter: &DeliveryFilter, limit: i64) -> Result<Vec<Delivery>>;
     /// Puts matching parked or failed deliveries back to pending with a fresh

@@ -12,12 +12,15 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::shared::{
-    self, AgencyRow, AppRow, DeliveryRow, ReceiptRow, SecretRow, agency_columns, app_columns, delivery_columns,
-    receipt_columns, secret_columns, write_error,
+    self, AgencyRow, AlertRow, AppRow, AttemptRow, BacklogDbRow, ChannelRow, DeliveryReceiptRow, DeliveryRow,
+    ReceiptRow, SecretRow, StatsDbRow, agency_columns, alert_columns, app_columns, attempt_columns, channel_columns,
+    delivery_columns, receipt_columns, secret_columns, stats_columns, write_error,
 };
 use crate::{
-    Agency, App, Backend, ConnectOptions, InsertOutcome, NewAgency, NewApp, NewAppSecret, NewDelivery,
-    NewReceiptRecord, ReimbursementState, Result, Reversal, ReversalOutcome, Store, StoreError, StoredReceipt,
+    Agency, Alert, App, AttemptRecord, Backend, BacklogRow, Channel, ClaimedDelivery, ConnectOptions, Delivery,
+    DeliveryFilter, DeliveryStatus, DeliveryUpdate, InsertOutcome, NewAgency, NewApp, NewAppSecret, NewChannel,
+    NewDelivery, NewReceiptRecord, ReimbursementState, Result, Reversal, ReversalOutcome, StatsRow, Store, StoreError,
+    StoredReceipt,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -142,9 +145,9 @@ async fn insert_deliveries(
 ) -> Result<()> {
     for d in deliveries {
         sqlx::query(
-            "INSERT INTO deliveries (id, receipt_id, agency_id, event, channel, target, status, \
-             attempts, next_attempt_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7)",
+            "INSERT INTO deliveries (id, receipt_id, agency_id, event, channel, target, interface, \
+             payload, status, attempts, next_attempt_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $9)",
         )
         .bind(d.id)
         .bind(receipt_id)
@@ -152,6 +155,8 @@ async fn insert_deliveries(
         .bind(d.event.as_str())
         .bind(&d.channel)
         .bind(&d.target)
+        .bind(&d.interface)
+        .bind(d.payload.as_ref().map(Json))
         .bind(now)
         .execute(&mut *conn)
         .await
@@ -514,5 +519,372 @@ impl Store for PgStore {
             .bind(agency_id)
             .fetch_one(&self.pool)
             .await?)
+    }
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ClaimedDelivery>> {
+        let (now, lease_until) = (shared::micros(now), shared::micros(lease_until));
+        // SKIP LOCKED: concurrent claimers pass over each other's rows instead of
+        // waiting; a row leased meanwhile fails the re-checked WHERE.
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<DeliveryRow> = sqlx::query_as(concat!(
+            "UPDATE deliveries SET lease_owner = $1, lease_until = $2 WHERE id IN ",
+            "(SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $3 ",
+            "AND (lease_until IS NULL OR lease_until < $3) ",
+            "ORDER BY next_attempt_at, created_at LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING ",
+            delivery_columns!()
+        ))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let receipts: Vec<DeliveryReceiptRow> = shared::delivery_receipts_query(&shared::receipt_ids(&rows))
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        shared::assemble_claimed(rows, receipts, lease_until)
+    }
+
+    async fn renew_lease(&self, delivery_id: Uuid, owner: &str, lease_until: DateTime<Utc>) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET lease_until = $3 \
+             WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+        )
+        .bind(delivery_id)
+        .bind(owner)
+        .bind(shared::micros(lease_until))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn complete_attempt(
+        &self,
+        delivery_id: Uuid,
+        owner: &str,
+        attempt: AttemptRecord,
+        update: DeliveryUpdate,
+        follow_ups: Vec<NewDelivery>,
+    ) -> Result<bool> {
+        let now = shared::now();
+        let attempt = shared::normalize_attempt(attempt);
+        let t = shared::transition(update, now);
+        let mut tx = self.pool.begin().await?;
+        // The fence: only the lease holder of a pending delivery moves it on.
+        let owned: Option<(Uuid, Uuid)> = sqlx::query_as(
+            "UPDATE deliveries SET status = $3, attempts = attempts + 1, \
+             next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5, park_reason = $6, \
+             provider_ref = CASE WHEN $3 = 'delivered' THEN $7 ELSE provider_ref END, \
+             delivered_at = COALESCE($8, delivered_at), lease_owner = NULL, lease_until = NULL, \
+             updated_at = $9 \
+             WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
+             RETURNING receipt_id, agency_id",
+        )
+        .bind(delivery_id)
+        .bind(owner)
+        .bind(t.status)
+        .bind(t.next_attempt_at)
+        .bind(&t.last_error)
+        .bind(&t.park_reason)
+        .bind(&t.provider_ref)
+        .bind(t.delivered_at)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((receipt_id, agency_id)) = owned else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "INSERT INTO delivery_attempts (id, delivery_id, started_at, latency_ms, outcome, code, \
+             detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(attempt.id)
+        .bind(delivery_id)
+        .bind(attempt.started_at)
+        .bind(attempt.latency_ms)
+        .bind(attempt.outcome.as_str())
+        .bind(attempt.code)
+        .bind(&attempt.detail)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| write_error(e, "attempt_id"))?;
+        insert_deliveries(&mut tx, receipt_id, agency_id, &follow_ups, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn defer_delivery(&self, delivery_id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = $3, lease_owner = NULL, lease_until = NULL, \
+             updated_at = $4 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+        )
+        .bind(delivery_id)
+        .bind(owner)
+        .bind(shared::micros(until))
+        .bind(shared::now())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delivery_attempts(&self, delivery_id: Uuid) -> Result<Vec<AttemptRecord>> {
+        let rows: Vec<AttemptRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM delivery_attempts WHERE delivery_id = $1 ORDER BY started_at, id"
+        ))
+        .bind(delivery_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(AttemptRecord::try_from).collect()
+    }
+
+    async fn delivery(&self, delivery_id: Uuid) -> Result<Option<Delivery>> {
+        let row: Option<DeliveryRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " FROM deliveries WHERE id = $1"
+        ))
+        .bind(delivery_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(DeliveryRow::into_delivery).transpose()
+    }
+
+    async fn delivery_by_provider_ref(&self, channel: &str, provider_ref: &str) -> Result<Option<Delivery>> {
+        let row: Option<DeliveryRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " FROM deliveries WHERE channel = $1 AND provider_ref = $2 ORDER BY created_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(channel)
+        .bind(provider_ref)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(DeliveryRow::into_delivery).transpose()
+    }
+
+    async fn set_delivery_outcome(
+        &self,
+        delivery_id: Uuid,
+        status: DeliveryStatus,
+        error: Option<String>,
+    ) -> Result<()> {
+        let now = shared::now();
+        let done = sqlx::query(
+            "UPDATE deliveries SET status = $2, last_error = $3, updated_at = $4, \
+             delivered_at = CASE WHEN $2 = 'delivered' THEN $4 ELSE delivered_at END, \
+             park_reason = CASE WHEN $2 = 'parked' THEN park_reason END WHERE id = $1",
+        )
+        .bind(delivery_id)
+        .bind(status.as_str())
+        .bind(&error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn list_deliveries(&self, filter: &DeliveryFilter, limit: i64) -> Result<Vec<Delivery>> {
+        let rows: Vec<DeliveryRow> = shared::list_deliveries_query(filter, limit)
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(&self.pool)
+            .await?;
+        shared::into_deliveries(rows)
+    }
+
+    async fn redrive(&self, filter: &DeliveryFilter, start: DateTime<Utc>, spacing: chrono::Duration) -> Result<u64> {
+        let Some(mut candidates) = shared::redrive_candidates_query(filter) else {
+            return Ok(0);
+        };
+        let now = shared::now();
+        candidates.push(" FOR UPDATE");
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = candidates
+            .build_query_scalar()
+            .persistent(false)
+            .fetch_all(&mut *tx)
+            .await?;
+        let schedule = shared::redrive_schedule(ids, start, spacing);
+        let (ids, dues): (Vec<Uuid>, Vec<DateTime<Utc>>) = schedule.iter().copied().unzip();
+        sqlx::query(
+            "UPDATE deliveries AS d SET status = 'pending', attempts = 0, park_reason = NULL, \
+             lease_owner = NULL, lease_until = NULL, next_attempt_at = s.due, updated_at = $3 \
+             FROM unnest($1::uuid[], $2::timestamptz[]) AS s (id, due) WHERE d.id = s.id",
+        )
+        .bind(&ids)
+        .bind(&dues)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(schedule.len() as u64)
+    }
+
+    async fn backlog(&self) -> Result<Vec<BacklogRow>> {
+        let rows: Vec<BacklogDbRow> = sqlx::query_as(
+            "SELECT channel, interface, count(*) AS pending, min(created_at) AS oldest_created_at \
+             FROM deliveries WHERE status = 'pending' GROUP BY channel, interface ORDER BY channel, interface",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(BacklogRow::from).collect())
+    }
+
+    async fn upsert_stats(&self, rows: Vec<StatsRow>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for r in rows.into_iter().map(shared::normalize_stats) {
+            sqlx::query(concat!(
+                "INSERT INTO tracking_stats (",
+                stats_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7) ",
+                "ON CONFLICT (minute, scope, key, writer) DO UPDATE SET attempts = excluded.attempts, ",
+                "successes = excluded.successes, latency_buckets = excluded.latency_buckets"
+            ))
+            .bind(r.minute)
+            .bind(&r.scope)
+            .bind(&r.key)
+            .bind(&r.writer)
+            .bind(r.attempts)
+            .bind(r.successes)
+            .bind(Json(&r.latency_buckets))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn stats_since(&self, since: DateTime<Utc>) -> Result<Vec<StatsRow>> {
+        let rows: Vec<StatsDbRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            stats_columns!(),
+            " FROM tracking_stats WHERE minute >= $1 ORDER BY minute, scope, key, writer"
+        ))
+        .bind(shared::micros(since))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(StatsRow::from).collect())
+    }
+
+    async fn upsert_channel(&self, channel: NewChannel) -> Result<Channel> {
+        let now = shared::now();
+        let row: ChannelRow = sqlx::query_as(concat!(
+            "INSERT INTO channels (",
+            channel_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) ",
+            "ON CONFLICT (agency_id, kind) DO UPDATE SET wechat_app_id = excluded.wechat_app_id, ",
+            "secret_sealed = excluded.secret_sealed, template_id = excluded.template_id, ",
+            "fields = excluded.fields, page = excluded.page, ",
+            "message_token_sealed = excluded.message_token_sealed, ",
+            "encoding_aes_key_sealed = excluded.encoding_aes_key_sealed, enabled = excluded.enabled, ",
+            "updated_at = excluded.updated_at RETURNING ",
+            channel_columns!()
+        ))
+        .bind(Uuid::now_v7())
+        .bind(channel.agency_id)
+        .bind(&channel.kind)
+        .bind(&channel.wechat_app_id)
+        .bind(&channel.secret_sealed)
+        .bind(&channel.template_id)
+        .bind(Json(&channel.fields))
+        .bind(&channel.page)
+        .bind(&channel.message_token_sealed)
+        .bind(&channel.encoding_aes_key_sealed)
+        .bind(channel.enabled)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| write_error(e, "channel_id"))?;
+        Ok(row.into())
+    }
+
+    async fn channels_for_agency(&self, agency_id: Uuid) -> Result<Vec<Channel>> {
+        let rows: Vec<ChannelRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            channel_columns!(),
+            " FROM channels WHERE agency_id = $1 ORDER BY kind"
+        ))
+        .bind(agency_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Channel::from).collect())
+    }
+
+    async fn channel_by_wechat_app(&self, wechat_app_id: &str) -> Result<Vec<Channel>> {
+        let rows: Vec<ChannelRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            channel_columns!(),
+            " FROM channels WHERE wechat_app_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(wechat_app_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Channel::from).collect())
+    }
+
+    async fn firing_alert(&self, rule: &str, key: &str) -> Result<Option<Alert>> {
+        let row: Option<AlertRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            alert_columns!(),
+            " FROM alerts WHERE rule = $1 AND key = $2 AND state = 'firing'"
+        ))
+        .bind(rule)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Alert::from))
+    }
+
+    async fn save_alert(&self, alert: &Alert) -> Result<()> {
+        let a = shared::normalize_alert(alert);
+        sqlx::query(concat!(
+            "INSERT INTO alerts (",
+            alert_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ",
+            "ON CONFLICT (id) DO UPDATE SET rule = excluded.rule, key = excluded.key, ",
+            "state = excluded.state, message = excluded.message, started_at = excluded.started_at, ",
+            "last_notified_at = excluded.last_notified_at, resolved_at = excluded.resolved_at"
+        ))
+        .bind(a.id)
+        .bind(&a.rule)
+        .bind(&a.key)
+        .bind(&a.state)
+        .bind(&a.message)
+        .bind(a.started_at)
+        .bind(a.last_notified_at)
+        .bind(a.resolved_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| write_error(e, "alert_firing"))?;
+        Ok(())
+    }
+
+    async fn list_alerts(&self, limit: i64) -> Result<Vec<Alert>> {
+        let rows: Vec<AlertRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            alert_columns!(),
+            " FROM alerts ORDER BY started_at DESC, id DESC LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Alert::from).collect())
     }
 }

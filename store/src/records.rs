@@ -332,13 +332,23 @@ pub struct AttemptRecord {
 /// Where a delivery goes after an attempt.
 #[derive(Debug, Clone)]
 pub enum DeliveryUpdate {
-    Delivered { provider_ref: Option<String> },
+    Delivered {
+        provider_ref: Option<String>,
+    },
     /// Try again at `at`.
-    Retry { at: DateTime<Utc>, error: String },
+    Retry {
+        at: DateTime<Utc>,
+        error: String,
+    },
     /// A business outcome: ended, not retried.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
     /// Waits for an operator (or, for `outage`, for the interface to recover).
-    Parked { reason: String, error: String },
+    Parked {
+        reason: String,
+        error: String,
+    },
 }
 
 /// Which deliveries an operator means.

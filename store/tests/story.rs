@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use piaojia_store::{
-    AppKind, Backend, ConnectOptions, DeliveryEvent, DeliveryStatus, FileMeta, InsertOutcome, NewAgency, NewApp,
-    NewAppSecret, NewDelivery, NewReceiptRecord, ReimbursementState, Reversal, ReversalOutcome, Store, StoreError,
-    StoredReceipt, connect,
+    Alert, AppKind, AttemptOutcome, AttemptRecord, Backend, ClaimedDelivery, ConnectOptions, DeliveryEvent,
+    DeliveryFilter, DeliveryStatus, DeliveryUpdate, FileMeta, InsertOutcome, NewAgency, NewApp, NewAppSecret,
+    NewChannel, NewDelivery, NewReceiptRecord, ReimbursementState, Reversal, ReversalOutcome, StatsRow, Store,
+    StoreError, StoredReceipt, connect,
 };
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use uuid::Uuid;
@@ -135,6 +136,14 @@ chapters!(
     reversal_rules,
     deliveries_share_the_transaction,
     data_survives_reopening,
+    claims_are_exclusive,
+    leases_fencing_and_due_times,
+    attempt_outcomes_and_follow_ups,
+    listing_and_redrive,
+    backlog_by_channel_and_interface,
+    tracking_stats,
+    channels,
+    alerts,
 );
 
 // ----- builders --------------------------------------------------------------------
@@ -209,6 +218,8 @@ fn delivery(event: DeliveryEvent, channel: &str) -> NewDelivery {
         event,
         channel: channel.to_owned(),
         target: format!("{channel}-target"),
+        interface: format!("{channel}:test"),
+        payload: None,
     }
 }
 
@@ -430,6 +441,11 @@ async fn create_duplicate_conflict(fx: &Fixture) -> TestResult {
         assert_eq!(d.status, DeliveryStatus::Pending);
         assert_eq!(d.attempts, 0);
         assert!(d.last_error.is_none());
+        assert_eq!(d.agency_id, a);
+        assert_eq!(d.interface, format!("{}:test", d.channel));
+        assert!(d.payload.is_none() && d.park_reason.is_none() && d.provider_ref.is_none());
+        assert!(d.delivered_at.is_none());
+        assert_eq!(d.next_attempt_at, d.created_at);
     }
 
     // The same push again (a retry makes a new id): the first result, no new deliveries.
@@ -746,6 +762,847 @@ async fn data_survives_reopening(fx: &Fixture) -> TestResult {
         before.deliveries.iter().map(|d| d.id).collect::<Vec<_>>()
     );
     assert_eq!(store.count_receipts(agency_id).await?, 1);
+    Ok(())
+}
+
+// ----- the notifier's side ----------------------------------------------------------
+
+/// One receipt per delivery, created in order, so `created_at` follows `prefix`+index.
+async fn seed(store: &dyn Store, agency_id: Uuid, prefix: &str, channels: &[&str]) -> Result<Vec<Uuid>, Error> {
+    let mut ids = Vec::new();
+    for (i, channel) in channels.iter().enumerate() {
+        let no = format!("{prefix}{i:06}");
+        let stored = created(
+            store
+                .insert_receipt(
+                    receipt(agency_id, &no, &format!("hash-{no}")),
+                    vec![delivery(DeliveryEvent::Issued, channel)],
+                )
+                .await?,
+        )?;
+        ids.push(stored.deliveries[0].id);
+    }
+    Ok(ids)
+}
+
+fn attempt(outcome: AttemptOutcome, code: Option<i64>) -> AttemptRecord {
+    AttemptRecord {
+        id: Uuid::now_v7(),
+        started_at: Utc::now(),
+        latency_ms: 42,
+        outcome,
+        code,
+        detail: Some(format!("{outcome:?}")),
+    }
+}
+
+fn claimed_ids(batch: &[ClaimedDelivery]) -> Vec<Uuid> {
+    batch.iter().map(|c| c.delivery.id).collect()
+}
+
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    t.trunc_subsecs(6)
+}
+
+async fn must_delivery(store: &dyn Store, id: Uuid) -> Result<piaojia_store::Delivery, Error> {
+    Ok(store.delivery(id).await?.ok_or("delivery missing")?)
+}
+
+/// Claims everything due and completes each claimed delivery with `update(index in ids)`.
+async fn settle(store: &dyn Store, ids: &[Uuid], update: impl Fn(usize) -> DeliveryUpdate) -> Result<(), Error> {
+    let now = Utc::now() + Duration::seconds(1);
+    let batch = store
+        .claim_deliveries("settler", now, now + Duration::seconds(60), 1000)
+        .await?;
+    for c in batch {
+        let Some(i) = ids.iter().position(|id| *id == c.delivery.id) else {
+            continue;
+        };
+        let outcome = match update(i) {
+            DeliveryUpdate::Delivered { .. } => AttemptOutcome::Success,
+            DeliveryUpdate::Retry { .. } | DeliveryUpdate::Parked { .. } => AttemptOutcome::Retryable,
+            DeliveryUpdate::Failed { .. } => AttemptOutcome::Permanent,
+        };
+        let done = store
+            .complete_attempt(c.delivery.id, "settler", attempt(outcome, None), update(i), vec![])
+            .await?;
+        assert!(done, "settler lost its lease");
+    }
+    Ok(())
+}
+
+async fn claims_are_exclusive(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let ids = seed(&*store, a, "C", &["wechat_template"; 50]).await?;
+    let now = Utc::now() + Duration::seconds(1);
+    let lease_until = now + Duration::seconds(60);
+
+    let start = Arc::new(tokio::sync::Barrier::new(2));
+    let mut tasks = Vec::new();
+    for owner in ["worker-a", "worker-b"] {
+        let store = Arc::clone(&store);
+        let start = Arc::clone(&start);
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut got = Vec::new();
+            loop {
+                let batch = store.claim_deliveries(owner, now, lease_until, 10).await?;
+                if batch.is_empty() {
+                    return Ok::<_, StoreError>(got);
+                }
+                assert!(batch.len() <= 10);
+                got.extend(batch);
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    let mut claimed = claimed_ids(&all);
+    claimed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(claimed, expected, "every delivery claimed exactly once");
+    // Everything is leased now.
+    assert!(
+        store
+            .claim_deliveries("worker-c", now, lease_until, 10)
+            .await?
+            .is_empty()
+    );
+
+    // A claim carries the receipt and its agency.
+    let c = &all[0];
+    assert_eq!(c.lease_until, micros(lease_until));
+    assert_eq!(c.receipt.id, c.delivery.receipt_id);
+    assert_eq!(c.receipt.agency_id, a);
+    assert_eq!(c.receipt.agency_code, "A001");
+    assert_eq!(c.receipt.agency_name, "医院 A001");
+    assert_eq!(c.receipt.issuer_app_id, "his-1");
+    assert_eq!(c.receipt.bill_batch_code, "11010125");
+    assert_eq!(c.receipt.bus_type, "02");
+    assert_eq!(c.receipt.total_fen, 12_345);
+    assert_eq!(c.receipt.open_id.as_deref(), Some("o-open-id"));
+    assert!(!c.receipt.reversed);
+    assert_eq!(c.receipt.reimbursement_state, ReimbursementState::Init);
+    assert_eq!(c.delivery.agency_id, a);
+    assert_eq!(c.delivery.interface, "wechat_template:test");
+
+    // A reversed receipt says so.
+    let ReversalOutcome::Reversed(r) = store
+        .reverse_receipt(
+            a,
+            "11010125",
+            "C000000",
+            reversal("退费"),
+            vec![delivery(DeliveryEvent::Reversed, "issuer_webhook")],
+        )
+        .await?
+    else {
+        return Err("reversal refused".into());
+    };
+    let later = Utc::now() + Duration::seconds(1);
+    let batch = store
+        .claim_deliveries("worker-c", later, later + Duration::seconds(60), 10)
+        .await?;
+    assert_eq!(claimed_ids(&batch), [r.deliveries[1].id]);
+    assert_eq!(batch[0].delivery.event, DeliveryEvent::Reversed);
+    assert!(batch[0].receipt.reversed);
+    assert_eq!(batch[0].receipt.reimbursement_state, ReimbursementState::Cancel);
+    Ok(())
+}
+
+async fn leases_fencing_and_due_times(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let d = seed(&*store, a, "L", &["wechat_template"; 3]).await?;
+    let t0 = Utc::now() + Duration::seconds(1);
+    let s = Duration::seconds;
+
+    // Oldest first, up to the limit; leased rows are skipped.
+    let first = store.claim_deliveries("a", t0, t0 + s(30), 2).await?;
+    assert_eq!(claimed_ids(&first), [d[0], d[1]]);
+    let rest = store.claim_deliveries("b", t0 + s(10), t0 + s(40), 10).await?;
+    assert_eq!(claimed_ids(&rest), [d[2]]);
+    // Nothing is due before it was created.
+    assert!(
+        store
+            .claim_deliveries("z", t0 - s(3600), t0 + s(3600), 10)
+            .await?
+            .is_empty()
+    );
+
+    // a's lease expires: b takes over (d2 is still b's).
+    let taken = store.claim_deliveries("b", t0 + s(31), t0 + s(1000), 10).await?;
+    assert_eq!(claimed_ids(&taken), [d[0], d[1]]);
+
+    // a is fenced out: nothing it does changes anything.
+    let before = must_delivery(&*store, d[0]).await?;
+    assert!(!store.renew_lease(d[0], "a", t0 + s(5000)).await?);
+    assert!(!store.defer_delivery(d[0], "a", t0 + s(5000)).await?);
+    let follow = delivery(DeliveryEvent::Issued, "issuer_webhook");
+    assert!(
+        !store
+            .complete_attempt(
+                d[0],
+                "a",
+                attempt(AttemptOutcome::Success, None),
+                DeliveryUpdate::Delivered { provider_ref: None },
+                vec![follow.clone()],
+            )
+            .await?
+    );
+    let after = must_delivery(&*store, d[0]).await?;
+    assert_eq!(after.status, DeliveryStatus::Pending);
+    assert_eq!(after.attempts, 0);
+    assert_eq!(after.next_attempt_at, before.next_attempt_at);
+    assert_eq!(after.updated_at, before.updated_at);
+    assert!(store.delivery_attempts(d[0]).await?.is_empty());
+    assert!(store.delivery(follow.id).await?.is_none());
+    // b still holds it: renewing works, and keeps others out past the old lease.
+    assert!(store.renew_lease(d[0], "b", t0 + s(2000)).await?);
+    assert!(store.renew_lease(d[0], "b", t0 + s(2000)).await?);
+
+    // A retry is due at its time, not before; the lease is released.
+    let retry_at = t0 + s(200) + Duration::nanoseconds(1_500);
+    assert!(
+        store
+            .complete_attempt(
+                d[0],
+                "b",
+                attempt(AttemptOutcome::Retryable, Some(-1)),
+                DeliveryUpdate::Retry {
+                    at: retry_at,
+                    error: "system busy".to_owned()
+                },
+                vec![],
+            )
+            .await?
+    );
+    // The lease is gone: the same owner cannot complete twice.
+    assert!(
+        !store
+            .complete_attempt(
+                d[0],
+                "b",
+                attempt(AttemptOutcome::Success, None),
+                DeliveryUpdate::Delivered { provider_ref: None },
+                vec![],
+            )
+            .await?
+    );
+    assert!(!store.renew_lease(d[0], "b", t0 + s(3000)).await?);
+    let retried = must_delivery(&*store, d[0]).await?;
+    assert_eq!(retried.status, DeliveryStatus::Pending);
+    assert_eq!(retried.attempts, 1);
+    assert_eq!(retried.next_attempt_at, micros(retry_at));
+    assert_eq!(retried.last_error.as_deref(), Some("system busy"));
+    assert_eq!(store.delivery_attempts(d[0]).await?.len(), 1);
+
+    // At t0+150 only d2 (lease expired at t0+40) is claimable; d0 waits, d1 is leased.
+    let mid = store.claim_deliveries("c", t0 + s(150), t0 + s(1000), 10).await?;
+    assert_eq!(claimed_ids(&mid), [d[2]]);
+    let due = store.claim_deliveries("c", retry_at, t0 + s(1000), 10).await?;
+    assert_eq!(claimed_ids(&due), [d[0]]);
+    assert_eq!(due[0].delivery.attempts, 1);
+
+    // Deferring postpones without counting an attempt.
+    assert!(store.defer_delivery(d[0], "c", t0 + s(500)).await?);
+    let deferred = must_delivery(&*store, d[0]).await?;
+    assert_eq!(deferred.attempts, 1);
+    assert_eq!(deferred.next_attempt_at, micros(t0 + s(500)));
+    assert!(
+        !store.renew_lease(d[0], "c", t0 + s(3000)).await?,
+        "defer releases the lease"
+    );
+    assert!(
+        store
+            .claim_deliveries("c", t0 + s(400), t0 + s(1000), 10)
+            .await?
+            .is_empty()
+    );
+    let back = store.claim_deliveries("c", t0 + s(500), t0 + s(1000), 10).await?;
+    assert_eq!(claimed_ids(&back), [d[0]]);
+
+    // Unknown deliveries are simply not held.
+    assert!(!store.renew_lease(Uuid::now_v7(), "c", t0).await?);
+    assert!(!store.defer_delivery(Uuid::now_v7(), "c", t0).await?);
+    Ok(())
+}
+
+async fn attempt_outcomes_and_follow_ups(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let d = seed(&*store, a, "O", &["wechat_template"; 4]).await?;
+    let now = Utc::now() + Duration::seconds(1);
+    let batch = store
+        .claim_deliveries("w", now, now + Duration::seconds(60), 10)
+        .await?;
+    assert_eq!(claimed_ids(&batch), d);
+
+    // Delivered, with a status webhook as follow-up in the same transaction.
+    let webhook = NewDelivery {
+        payload: Some(serde_json::json!({"outcome": "delivered", "channel": "wechat_template"})),
+        interface: "webhook:his.example.org".to_owned(),
+        ..delivery(DeliveryEvent::Issued, "status_webhook")
+    };
+    let success = attempt(AttemptOutcome::Success, Some(0));
+    assert!(
+        store
+            .complete_attempt(
+                d[0],
+                "w",
+                success.clone(),
+                DeliveryUpdate::Delivered {
+                    provider_ref: Some("msg-1".to_owned())
+                },
+                vec![webhook.clone()],
+            )
+            .await?
+    );
+    let done = must_delivery(&*store, d[0]).await?;
+    assert_eq!(done.status, DeliveryStatus::Delivered);
+    assert_eq!(done.attempts, 1);
+    assert_eq!(done.provider_ref.as_deref(), Some("msg-1"));
+    assert!(done.delivered_at.is_some());
+    assert!(done.last_error.is_none());
+    assert!(done.updated_at >= done.created_at);
+    let follow = must_delivery(&*store, webhook.id).await?;
+    assert_eq!(follow.receipt_id, done.receipt_id);
+    assert_eq!(follow.agency_id, a);
+    assert_eq!(follow.status, DeliveryStatus::Pending);
+    assert_eq!(follow.attempts, 0);
+    assert_eq!(follow.channel, "status_webhook");
+    assert_eq!(follow.interface, "webhook:his.example.org");
+    assert_eq!(follow.payload, webhook.payload);
+    assert!(follow.next_attempt_at <= Utc::now());
+    // The receipt lists it too.
+    let stored = store
+        .receipt(a, "11010125", "O000000")
+        .await?
+        .ok_or("receipt missing")?;
+    assert_eq!(
+        stored.deliveries.iter().map(|x| x.id).collect::<Vec<_>>(),
+        [d[0], webhook.id]
+    );
+    assert_eq!(stored.deliveries[1].payload, webhook.payload);
+    // The attempt is kept as given (at stored precision).
+    let attempts = store.delivery_attempts(d[0]).await?;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].id, success.id);
+    assert_eq!(attempts[0].started_at, micros(success.started_at));
+    assert_eq!(attempts[0].latency_ms, 42);
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Success);
+    assert_eq!(attempts[0].code, Some(0));
+    assert_eq!(attempts[0].detail.as_deref(), Some("Success"));
+
+    // Failed: a business outcome.
+    assert!(
+        store
+            .complete_attempt(
+                d[1],
+                "w",
+                attempt(AttemptOutcome::Permanent, Some(43101)),
+                DeliveryUpdate::Failed {
+                    error: "43101 user refused".to_owned()
+                },
+                vec![],
+            )
+            .await?
+    );
+    let failed = must_delivery(&*store, d[1]).await?;
+    assert_eq!(failed.status, DeliveryStatus::Failed);
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(failed.last_error.as_deref(), Some("43101 user refused"));
+    assert!(failed.delivered_at.is_none() && failed.provider_ref.is_none());
+    // Completing again is fenced (no lease, not pending): no attempt, no follow-up.
+    let late = delivery(DeliveryEvent::Issued, "issuer_webhook");
+    assert!(
+        !store
+            .complete_attempt(
+                d[1],
+                "w",
+                attempt(AttemptOutcome::Success, None),
+                DeliveryUpdate::Delivered { provider_ref: None },
+                vec![late.clone()],
+            )
+            .await?
+    );
+    assert_eq!(store.delivery_attempts(d[1]).await?.len(), 1);
+    assert!(store.delivery(late.id).await?.is_none());
+
+    // Parked: waits for an operator.
+    assert!(
+        store
+            .complete_attempt(
+                d[2],
+                "w",
+                attempt(AttemptOutcome::Retryable, Some(504)),
+                DeliveryUpdate::Parked {
+                    reason: "exhausted".to_owned(),
+                    error: "timeout".to_owned()
+                },
+                vec![],
+            )
+            .await?
+    );
+    let parked = must_delivery(&*store, d[2]).await?;
+    assert_eq!(parked.status, DeliveryStatus::Parked);
+    assert_eq!(parked.park_reason.as_deref(), Some("exhausted"));
+    assert_eq!(parked.last_error.as_deref(), Some("timeout"));
+    assert_eq!(parked.attempts, 1);
+
+    // Retry, then delivered: two attempts, oldest first; the error is cleared.
+    let first = attempt(AttemptOutcome::Retryable, Some(-1));
+    assert!(
+        store
+            .complete_attempt(
+                d[3],
+                "w",
+                first.clone(),
+                DeliveryUpdate::Retry {
+                    at: now,
+                    error: "busy".to_owned()
+                },
+                vec![],
+            )
+            .await?
+    );
+    let again = store
+        .claim_deliveries("w2", now, now + Duration::seconds(60), 10)
+        .await?;
+    assert!(claimed_ids(&again).contains(&d[3]));
+    let second = AttemptRecord {
+        started_at: first.started_at + Duration::milliseconds(5),
+        ..attempt(AttemptOutcome::Success, None)
+    };
+    assert!(
+        store
+            .complete_attempt(
+                d[3],
+                "w2",
+                second.clone(),
+                DeliveryUpdate::Delivered { provider_ref: None },
+                vec![],
+            )
+            .await?
+    );
+    let twice = must_delivery(&*store, d[3]).await?;
+    assert_eq!(twice.status, DeliveryStatus::Delivered);
+    assert_eq!(twice.attempts, 2);
+    assert!(twice.last_error.is_none());
+    assert!(twice.provider_ref.is_none());
+    assert_eq!(
+        store
+            .delivery_attempts(d[3])
+            .await?
+            .iter()
+            .map(|x| (x.id, x.outcome))
+            .collect::<Vec<_>>(),
+        [
+            (first.id, AttemptOutcome::Retryable),
+            (second.id, AttemptOutcome::Success)
+        ]
+    );
+
+    // A provider's later report, found by its reference.
+    let by_ref = store
+        .delivery_by_provider_ref("wechat_template", "msg-1")
+        .await?
+        .ok_or("not found by provider ref")?;
+    assert_eq!(by_ref.id, d[0]);
+    assert!(
+        store
+            .delivery_by_provider_ref("issuer_webhook", "msg-1")
+            .await?
+            .is_none()
+    );
+    assert!(
+        store
+            .delivery_by_provider_ref("wechat_template", "msg-2")
+            .await?
+            .is_none()
+    );
+    store
+        .set_delivery_outcome(d[0], DeliveryStatus::Failed, Some("43101 blocked".to_owned()))
+        .await?;
+    let reported = must_delivery(&*store, d[0]).await?;
+    assert_eq!(reported.status, DeliveryStatus::Failed);
+    assert_eq!(reported.last_error.as_deref(), Some("43101 blocked"));
+    assert_eq!(reported.attempts, 1);
+    store
+        .set_delivery_outcome(d[2], DeliveryStatus::Delivered, None)
+        .await?;
+    let late_ok = must_delivery(&*store, d[2]).await?;
+    assert_eq!(late_ok.status, DeliveryStatus::Delivered);
+    assert!(late_ok.delivered_at.is_some());
+    assert!(late_ok.last_error.is_none());
+    assert!(late_ok.park_reason.is_none(), "park_reason only while parked");
+    assert!(matches!(
+        store
+            .set_delivery_outcome(Uuid::now_v7(), DeliveryStatus::Delivered, None)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store.delivery(Uuid::now_v7()).await?.is_none());
+    assert!(store.delivery_attempts(Uuid::now_v7()).await?.is_empty());
+    Ok(())
+}
+
+async fn listing_and_redrive(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let b = one_agency(&*store, "B002").await?;
+    let t = "wechat_template";
+    let w = "issuer_webhook";
+    let d = seed(&*store, a, "R", &[t, t, t, w, w, w]).await?;
+    let far = Utc::now() + Duration::days(1);
+    settle(&*store, &d, |i| match i {
+        0 | 4 => DeliveryUpdate::Parked {
+            reason: "exhausted".to_owned(),
+            error: "timeout".to_owned(),
+        },
+        1 => DeliveryUpdate::Parked {
+            reason: "outage".to_owned(),
+            error: "breaker open".to_owned(),
+        },
+        2 => DeliveryUpdate::Failed {
+            error: "43101".to_owned(),
+        },
+        3 => DeliveryUpdate::Delivered { provider_ref: None },
+        _ => DeliveryUpdate::Retry {
+            at: far,
+            error: "busy".to_owned(),
+        },
+    })
+    .await?;
+
+    let list = async |filter: DeliveryFilter, limit: i64| -> Result<Vec<Uuid>, Error> {
+        Ok(store
+            .list_deliveries(&filter, limit)
+            .await?
+            .iter()
+            .map(|x| x.id)
+            .collect())
+    };
+    let all = DeliveryFilter::default();
+    assert_eq!(list(all.clone(), 100).await?, [d[5], d[4], d[3], d[2], d[1], d[0]]);
+    assert_eq!(list(all.clone(), 2).await?, [d[5], d[4]]);
+    let parked = DeliveryFilter {
+        status: Some(DeliveryStatus::Parked),
+        ..Default::default()
+    };
+    assert_eq!(list(parked.clone(), 100).await?, [d[4], d[1], d[0]]);
+    let exhausted = DeliveryFilter {
+        park_reason: Some("exhausted".to_owned()),
+        ..parked.clone()
+    };
+    assert_eq!(list(exhausted, 100).await?, [d[4], d[0]]);
+    let templates = DeliveryFilter {
+        channel: Some(t.to_owned()),
+        ..Default::default()
+    };
+    assert_eq!(list(templates.clone(), 100).await?, [d[2], d[1], d[0]]);
+    let webhook_iface = DeliveryFilter {
+        interface: Some("issuer_webhook:test".to_owned()),
+        status: Some(DeliveryStatus::Pending),
+        ..Default::default()
+    };
+    assert_eq!(list(webhook_iface, 100).await?, [d[5]]);
+    let by_ids = DeliveryFilter {
+        ids: Some(vec![d[0], d[3], Uuid::now_v7()]),
+        ..Default::default()
+    };
+    assert_eq!(list(by_ids, 100).await?, [d[3], d[0]]);
+    let no_ids = DeliveryFilter {
+        ids: Some(vec![]),
+        ..Default::default()
+    };
+    assert!(list(no_ids, 100).await?.is_empty());
+    let mine = DeliveryFilter {
+        agency_id: Some(a),
+        ..Default::default()
+    };
+    assert_eq!(list(mine, 100).await?.len(), 6);
+    let theirs = DeliveryFilter {
+        agency_id: Some(b),
+        ..Default::default()
+    };
+    assert!(list(theirs, 100).await?.is_empty());
+
+    // Only parked or failed deliveries are re-driven.
+    let start = micros(Utc::now()) + Duration::hours(1);
+    let spacing = Duration::milliseconds(250);
+    for status in [DeliveryStatus::Pending, DeliveryStatus::Delivered] {
+        let filter = DeliveryFilter {
+            status: Some(status),
+            ..Default::default()
+        };
+        assert_eq!(store.redrive(&filter, start, spacing).await?, 0);
+    }
+    let untouched = must_delivery(&*store, d[3]).await?;
+    assert_eq!(untouched.status, DeliveryStatus::Delivered);
+
+    // Parked templates: d0 then d1, spaced, back to a fresh start.
+    let parked_templates = DeliveryFilter {
+        channel: Some(t.to_owned()),
+        ..parked
+    };
+    assert_eq!(store.redrive(&parked_templates, start, spacing).await?, 2);
+    for (k, id) in [d[0], d[1]].into_iter().enumerate() {
+        let x = must_delivery(&*store, id).await?;
+        assert_eq!(x.status, DeliveryStatus::Pending);
+        assert_eq!(x.attempts, 0);
+        assert!(x.park_reason.is_none());
+        assert_eq!(x.next_attempt_at, start + spacing * k as i32);
+    }
+    // d2 (failed) is a template too but was not parked.
+    assert_eq!(must_delivery(&*store, d[2]).await?.status, DeliveryStatus::Failed);
+
+    // Without a status: every parked or failed match, oldest first.
+    let later = start + Duration::hours(1);
+    assert_eq!(store.redrive(&all, later, spacing).await?, 2);
+    let x2 = must_delivery(&*store, d[2]).await?;
+    let x4 = must_delivery(&*store, d[4]).await?;
+    assert_eq!((x2.status, x2.next_attempt_at), (DeliveryStatus::Pending, later));
+    assert_eq!(
+        (x4.status, x4.next_attempt_at),
+        (DeliveryStatus::Pending, later + spacing)
+    );
+    assert_eq!(x2.attempts, 0);
+    assert_eq!(must_delivery(&*store, d[3]).await?.status, DeliveryStatus::Delivered);
+    assert_eq!(must_delivery(&*store, d[5]).await?.next_attempt_at, micros(far));
+    assert_eq!(
+        store.redrive(&all, later, spacing).await?,
+        0,
+        "nothing left to re-drive"
+    );
+
+    // The schedule is what claims see.
+    let first = store
+        .claim_deliveries("w", start, start + Duration::seconds(60), 10)
+        .await?;
+    assert_eq!(claimed_ids(&first), [d[0]]);
+    let second = store
+        .claim_deliveries("w", start + spacing, start + Duration::seconds(60), 10)
+        .await?;
+    assert_eq!(claimed_ids(&second), [d[1]]);
+    Ok(())
+}
+
+async fn backlog_by_channel_and_interface(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    assert!(store.backlog().await?.is_empty());
+    let a = one_agency(&*store, "A001").await?;
+    let t = "wechat_template";
+    let w = "issuer_webhook";
+    let d = seed(&*store, a, "B", &[t, w, t, w, t]).await?;
+    settle(&*store, &d, |i| match i {
+        0 => DeliveryUpdate::Delivered { provider_ref: None },
+        _ => DeliveryUpdate::Retry {
+            at: Utc::now(),
+            error: "busy".to_owned(),
+        },
+    })
+    .await?;
+    let created = async |id: Uuid| -> Result<DateTime<Utc>, Error> { Ok(must_delivery(&*store, id).await?.created_at) };
+
+    let rows = store.backlog().await?;
+    let summary: Vec<_> = rows
+        .iter()
+        .map(|r| (r.channel.as_str(), r.interface.as_str(), r.pending, r.oldest_created_at))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("issuer_webhook", "issuer_webhook:test", 2, Some(created(d[1]).await?)),
+            ("wechat_template", "wechat_template:test", 2, Some(created(d[2]).await?)),
+        ]
+    );
+    Ok(())
+}
+
+async fn tracking_stats(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let m0 = at(0);
+    let m1 = at(60);
+    let row = |minute, scope: &str, key: &str, writer: &str, attempts| StatsRow {
+        minute,
+        scope: scope.to_owned(),
+        key: key.to_owned(),
+        writer: writer.to_owned(),
+        attempts,
+        successes: attempts - 1,
+        latency_buckets: vec![attempts, 1, 0, 0],
+    };
+    store.upsert_stats(vec![]).await?;
+    store
+        .upsert_stats(vec![
+            row(m0, "channel", "wechat_template", "w1", 10),
+            row(m0, "channel", "wechat_template", "w2", 5),
+            row(m1, "interface", "wechat:wx1:template_send", "w1", 7),
+        ])
+        .await?;
+    assert_eq!(store.stats_since(m0).await?.len(), 3);
+
+    // A flush replaces its own row; others stay.
+    store
+        .upsert_stats(vec![row(m0, "channel", "wechat_template", "w1", 20)])
+        .await?;
+    let rows = store.stats_since(m0).await?;
+    assert_eq!(
+        rows,
+        [
+            row(m0, "channel", "wechat_template", "w1", 20),
+            row(m0, "channel", "wechat_template", "w2", 5),
+            row(m1, "interface", "wechat:wx1:template_send", "w1", 7),
+        ]
+    );
+    assert_eq!(
+        store.stats_since(m0 + Duration::seconds(1)).await?,
+        [row(m1, "interface", "wechat:wx1:template_send", "w1", 7)]
+    );
+    assert_eq!(store.stats_since(m1).await?.len(), 1);
+    assert!(store.stats_since(at(120)).await?.is_empty());
+    Ok(())
+}
+
+async fn channels(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let b = one_agency(&*store, "B002").await?;
+    let channel = |agency_id, kind: &str, app: &str| NewChannel {
+        agency_id,
+        kind: kind.to_owned(),
+        wechat_app_id: app.to_owned(),
+        secret_sealed: "v1:sealed-secret".to_owned(),
+        template_id: "tpl-1".to_owned(),
+        fields: serde_json::json!({"thing1": "{agencyName}", "amount2": "{amount}元"}),
+        page: Some("pages/receipt/index".to_owned()),
+        message_token_sealed: Some("v1:token".to_owned()),
+        encoding_aes_key_sealed: None,
+        enabled: true,
+    };
+
+    let first = store.upsert_channel(channel(a, "wechat_template", "wx-shared")).await?;
+    assert_eq!(first.agency_id, a);
+    assert_eq!(first.kind, "wechat_template");
+    assert_eq!(first.fields["amount2"], "{amount}元");
+    assert_eq!(first.page.as_deref(), Some("pages/receipt/index"));
+    assert!(first.enabled);
+
+    // Same agency and kind: replaced in place.
+    let replaced = store
+        .upsert_channel(NewChannel {
+            template_id: "tpl-2".to_owned(),
+            page: None,
+            enabled: false,
+            encoding_aes_key_sealed: Some("v1:aes".to_owned()),
+            ..channel(a, "wechat_template", "wx-shared")
+        })
+        .await?;
+    assert_eq!(replaced.id, first.id);
+    assert_eq!(replaced.created_at, first.created_at);
+    assert!(replaced.updated_at >= first.updated_at);
+    assert_eq!(replaced.template_id, "tpl-2");
+    assert_eq!(replaced.page, None);
+    assert!(!replaced.enabled);
+    assert_eq!(replaced.encoding_aes_key_sealed.as_deref(), Some("v1:aes"));
+
+    let sub = store.upsert_channel(channel(a, "wechat_subscribe", "wx-mini")).await?;
+    assert_ne!(sub.id, first.id);
+    let other = store.upsert_channel(channel(b, "wechat_template", "wx-shared")).await?;
+
+    let mine = store.channels_for_agency(a).await?;
+    assert_eq!(
+        mine.iter().map(|c| (c.id, c.kind.as_str())).collect::<Vec<_>>(),
+        [(sub.id, "wechat_subscribe"), (first.id, "wechat_template")]
+    );
+    assert_eq!(
+        mine.iter().find(|c| c.id == first.id).map(|c| c.template_id.as_str()),
+        Some("tpl-2")
+    );
+    let shared = store.channel_by_wechat_app("wx-shared").await?;
+    let mut shared_ids: Vec<Uuid> = shared.iter().map(|c| c.id).collect();
+    shared_ids.sort();
+    let mut expected = vec![first.id, other.id];
+    expected.sort();
+    assert_eq!(shared_ids, expected);
+    assert_eq!(store.channel_by_wechat_app("wx-mini").await?.len(), 1);
+    assert!(store.channel_by_wechat_app("wx-none").await?.is_empty());
+    assert!(store.channels_for_agency(Uuid::now_v7()).await?.is_empty());
+    assert!(matches!(
+        store
+            .upsert_channel(channel(Uuid::now_v7(), "wechat_template", "wx"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    Ok(())
+}
+
+async fn alerts(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let firing = |rule: &str, key: &str, started: DateTime<Utc>| Alert {
+        id: Uuid::now_v7(),
+        rule: rule.to_owned(),
+        key: key.to_owned(),
+        state: "firing".to_owned(),
+        message: format!("{rule} on {key}"),
+        started_at: started,
+        last_notified_at: started,
+        resolved_at: None,
+    };
+    assert!(store.firing_alert("breaker_open", "wechat:wx1").await?.is_none());
+
+    let mut first = firing("breaker_open", "wechat:wx1", at(0) + Duration::nanoseconds(1_234_567));
+    store.save_alert(&first).await?;
+    let found = store
+        .firing_alert("breaker_open", "wechat:wx1")
+        .await?
+        .ok_or("firing alert missing")?;
+    assert_eq!(found.id, first.id);
+    assert_eq!(found.started_at, at(0) + Duration::microseconds(1_234));
+    assert!(store.firing_alert("breaker_open", "wechat:wx2").await?.is_none());
+
+    // One open incident per rule and key.
+    let twin = firing("breaker_open", "wechat:wx1", at(10));
+    assert!(matches!(store.save_alert(&twin).await, Err(StoreError::Conflict(_))));
+    // Other keys and rules are independent.
+    store.save_alert(&firing("breaker_open", "wechat:wx2", at(20))).await?;
+    store.save_alert(&firing("backlog_old", "wechat:wx1", at(30))).await?;
+
+    // Updating by id: renotified, then resolved.
+    first.last_notified_at = at(100);
+    first.message = "still open".to_owned();
+    store.save_alert(&first).await?;
+    let again = store
+        .firing_alert("breaker_open", "wechat:wx1")
+        .await?
+        .ok_or("firing alert missing")?;
+    assert_eq!(
+        (again.last_notified_at, again.message.as_str()),
+        (at(100), "still open")
+    );
+    first.state = "resolved".to_owned();
+    first.resolved_at = Some(at(200));
+    store.save_alert(&first).await?;
+    assert!(store.firing_alert("breaker_open", "wechat:wx1").await?.is_none());
+    // A new incident may open now.
+    let reopened = firing("breaker_open", "wechat:wx1", at(300));
+    store.save_alert(&reopened).await?;
+
+    let listed = store.list_alerts(10).await?;
+    assert_eq!(
+        listed.iter().map(|x| x.started_at).collect::<Vec<_>>(),
+        [at(300), at(30), at(20), micros(first.started_at)]
+    );
+    let resolved = listed.last().ok_or("no alerts")?;
+    assert_eq!(resolved.state, "resolved");
+    assert_eq!(resolved.resolved_at, Some(at(200)));
+    assert_eq!(store.list_alerts(2).await?.len(), 2);
     Ok(())
 }
 

@@ -20,6 +20,27 @@ use serde_json::Value;
 use sqlx::Connection as _;
 use tempfile::TempDir;
 
+pub const OPS_TOKEN: &str = "test-operator-token";
+
+/// Polls `check` until it returns `Some`, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached within {secs} s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Embedded,
@@ -80,6 +101,15 @@ impl TestConfig {
             // Tests change apps and expect the change at once.
             ("PIAOJIA_SECURITY__APP_CACHE_SECS", "0".to_owned()),
             ("PIAOJIA_DATABASE__MAX_CONNECTIONS", "5".to_owned()),
+            // Fast delivery schedules so outcomes show within a test.
+            ("PIAOJIA_NOTIFIER__POLL_INTERVAL_MS", "50".to_owned()),
+            ("PIAOJIA_NOTIFIER__RETRY_SCHEDULE", "200ms,200ms".to_owned()),
+            ("PIAOJIA_NOTIFIER__REQUEST_TIMEOUT_SECS", "2".to_owned()),
+            ("PIAOJIA_NOTIFIER__LEASE_SECS", "4".to_owned()),
+            ("PIAOJIA_NOTIFIER__BREAKER_OPEN_SECS", "1".to_owned()),
+            ("PIAOJIA_NOTIFIER__BREAKER_WINDOW_SECS", "10".to_owned()),
+            ("PIAOJIA_ALERTS__EVALUATE_EVERY_SECS", "3600".to_owned()),
+            ("PIAOJIA_OPS__TOKEN", OPS_TOKEN.to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -119,6 +149,8 @@ impl TestConfig {
         let app = Application::build(settings.clone()).await.expect("application builds");
         let port = app.port();
         let handle = app.handle();
+        let sim = app.sandbox().cloned();
+        let notifier = app.notifier().cloned();
         tokio::spawn(app.run_until_stopped());
         TestApp {
             config: self.clone(),
@@ -130,6 +162,8 @@ impl TestConfig {
             store,
             keyring,
             handle,
+            sim,
+            notifier,
         }
     }
 }
@@ -147,6 +181,9 @@ pub struct TestApp {
     pub store: Arc<dyn Store>,
     pub keyring: Arc<Keyring>,
     pub handle: ServerHandle,
+    /// The app's built-in WeChat simulator (sandbox mode, the default).
+    pub sim: Option<piaojia_wechat_sim::Simulator>,
+    pub notifier: Option<piaojia_notifier::Notifier>,
 }
 
 /// An issuer's credentials as provisioning hands them out.
@@ -239,6 +276,52 @@ impl TestApp {
 
     pub async fn push(&self, issuer: &Issuer, receipt: &Value) -> reqwest::Response {
         self.signed(issuer, "POST", "/v1/receipts", Some(receipt)).await
+    }
+
+    /// An operator call.
+    pub async fn ops(&self, method: &str, path: &str, body: Option<&Value>) -> reqwest::Response {
+        let mut req = self
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                format!("{}{path}", self.address),
+            )
+            .bearer_auth(OPS_TOKEN);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// Configures a WeChat channel for the agency and registers its app in the simulator.
+    pub async fn wechat_channel(&self, agency_code: &str, kind: &str, appid: &str, template_id: &str) {
+        let secret = format!("secret-of-{appid}");
+        provisioning::set_channel(
+            self.store.as_ref(),
+            &self.keyring,
+            provisioning::ChannelSpec {
+                agency_code: agency_code.to_owned(),
+                kind: kind.to_owned(),
+                wechat_app_id: appid.to_owned(),
+                secret: secret.clone(),
+                template_id: template_id.to_owned(),
+                fields: serde_json::Map::new(),
+                page: Some("pages/receipt/detail".to_owned()),
+                message_token: None,
+                encoding_aes_key: None,
+                enabled: true,
+            },
+        )
+        .await
+        .expect("channel set");
+        if let Some(sim) = &self.sim {
+            let app_kind = if kind == "wechat_template" {
+                piaojia_wechat_sim::AppKind::OfficialAccount
+            } else {
+                piaojia_wechat_sim::AppKind::MiniProgram
+            };
+            sim.add_app(piaojia_wechat_sim::SimApp::new(appid, &secret, app_kind));
+        }
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

@@ -44,7 +44,10 @@ pub struct WechatError {
 
 impl WechatError {
     pub fn new(errcode: i64, errmsg: impl Into<String>) -> Self {
-        Self { errcode, errmsg: errmsg.into() }
+        Self {
+            errcode,
+            errmsg: errmsg.into(),
+        }
     }
 
     pub fn class(&self) -> ErrorClass {
@@ -82,9 +85,19 @@ pub fn classify(errcode: i64) -> ErrorClass {
         RATE_LIMITED => ErrorClass::RateLimited,
         QUOTA_EXHAUSTED => ErrorClass::QuotaExhausted,
         BUSY => ErrorClass::Busy,
-        USER_REFUSED | INVALID_OPENID | INVALID_TEMPLATE_DATA | INVALID_TEMPLATE_ID | REQUIRE_SUBSCRIBE
-        | INVALID_CODE | CODE_BEEN_USED | INVALID_PAGE | INVALID_APPID | INVALID_SECRET | IP_NOT_WHITELISTED
-        | INVALID_ARGS | API_UNAUTHORIZED => ErrorClass::Permanent,
+        USER_REFUSED
+        | INVALID_OPENID
+        | INVALID_TEMPLATE_DATA
+        | INVALID_TEMPLATE_ID
+        | REQUIRE_SUBSCRIBE
+        | INVALID_CODE
+        | CODE_BEEN_USED
+        | INVALID_PAGE
+        | INVALID_APPID
+        | INVALID_SECRET
+        | IP_NOT_WHITELISTED
+        | INVALID_ARGS
+        | API_UNAUTHORIZED => ErrorClass::Permanent,
         _ => ErrorClass::Other,
     }
 }
@@ -112,8 +125,8 @@ mod tests {
 
     #[test]
     fn deserializes_wechat_body() {
-        let e: WechatError = serde_json::from_str(r#"{"errcode":43101,"errmsg":"user refuse to accept the msg"}"#)
-            .expect("valid json");
+        let e: WechatError =
+            serde_json::from_str(r#"{"errcode":43101,"errmsg":"user refuse to accept the msg"}"#).expect("valid json");
         assert_eq!(e.class(), ErrorClass::Permanent);
     }
 }

@@ -19,8 +19,10 @@ const RANDOM_LEN: usize = 16;
 const LEN_PREFIX: usize = 4;
 
 /// The 43-char key plus "=" has non-zero trailing bits, which strict base64 refuses.
-const KEY_ENGINE: GeneralPurpose =
-    GeneralPurpose::new(&alphabet::STANDARD, GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true));
+const KEY_ENGINE: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
 const B64: GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 type Enc = cbc::Encryptor<Aes256>;
@@ -72,7 +74,10 @@ pub fn verify_signature(token: &str, timestamp: &str, nonce: &str, given: &str) 
 }
 
 pub fn verify_msg_signature(token: &str, timestamp: &str, nonce: &str, encrypt: &str, given: &str) -> bool {
-    ct_eq(given.as_bytes(), msg_signature(token, timestamp, nonce, encrypt).as_bytes())
+    ct_eq(
+        given.as_bytes(),
+        msg_signature(token, timestamp, nonce, encrypt).as_bytes(),
+    )
 }
 
 /// One account's secure-mode settings. `Debug` omits the key and token.
@@ -85,7 +90,9 @@ pub struct MsgCrypt {
 
 impl std::fmt::Debug for MsgCrypt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MsgCrypt").field("appid", &self.appid).finish_non_exhaustive()
+        f.debug_struct("MsgCrypt")
+            .field("appid", &self.appid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -94,9 +101,15 @@ impl MsgCrypt {
         if encoding_aes_key.len() != 43 {
             return Err(CryptError::BadKey);
         }
-        let raw = KEY_ENGINE.decode(format!("{encoding_aes_key}=")).map_err(|_| CryptError::BadKey)?;
+        let raw = KEY_ENGINE
+            .decode(format!("{encoding_aes_key}="))
+            .map_err(|_| CryptError::BadKey)?;
         let key: [u8; 32] = raw.try_into().map_err(|_| CryptError::BadKey)?;
-        Ok(Self { token: token.to_owned(), key, appid: appid.to_owned() })
+        Ok(Self {
+            token: token.to_owned(),
+            key,
+            appid: appid.to_owned(),
+        })
     }
 
     pub fn appid(&self) -> &str {
@@ -135,7 +148,9 @@ impl MsgCrypt {
             return Err(CryptError::CipherLength);
         }
         let dec = Dec::new_from_slices(&self.key, self.iv()).map_err(|_| CryptError::BadKey)?;
-        let plain = dec.decrypt_padded::<NoPadding>(&mut buf).map_err(|_| CryptError::CipherLength)?;
+        let plain = dec
+            .decrypt_padded::<NoPadding>(&mut buf)
+            .map_err(|_| CryptError::CipherLength)?;
 
         let pad = usize::from(*plain.last().ok_or(CryptError::Padding)?);
         if !(1..=PAD_BLOCK).contains(&pad) || pad > plain.len() {
@@ -148,8 +163,9 @@ impl MsgCrypt {
         if body.len() < RANDOM_LEN + LEN_PREFIX {
             return Err(CryptError::Length);
         }
-        let len_bytes: [u8; 4] =
-            body[RANDOM_LEN..RANDOM_LEN + LEN_PREFIX].try_into().map_err(|_| CryptError::Length)?;
+        let len_bytes: [u8; 4] = body[RANDOM_LEN..RANDOM_LEN + LEN_PREFIX]
+            .try_into()
+            .map_err(|_| CryptError::Length)?;
         let msg_len = usize::try_from(u32::from_be_bytes(len_bytes)).map_err(|_| CryptError::Length)?;
         let rest = &body[RANDOM_LEN + LEN_PREFIX..];
         if msg_len > rest.len() {
@@ -177,7 +193,9 @@ impl MsgCrypt {
         buf.resize(unpadded + pad, pad as u8);
         let len = buf.len();
         let enc = Enc::new_from_slices(&self.key, self.iv()).expect("key is 32 bytes and IV 16");
-        let ct = enc.encrypt_padded::<NoPadding>(&mut buf, len).expect("buffer is a multiple of the block size");
+        let ct = enc
+            .encrypt_padded::<NoPadding>(&mut buf, len)
+            .expect("buffer is a multiple of the block size");
         B64.encode(ct)
     }
 
@@ -196,22 +214,14 @@ impl MsgCrypt {
     /// Envelope around an already-encrypted payload (deterministic; used with `encrypt_with_random`).
     pub fn reply_xml_for(&self, encrypt: &str, timestamp: &str, nonce: &str) -> String {
         let sig = self.msg_signature(timestamp, nonce, encrypt);
-        // base64, hex and digits never contain "]]>" or markup; timestamp/nonce are caller-chosen digits.
+        // base64 and hex never contain "]]>"; timestamp and nonce come from the caller.
         format!(
             "<xml><Encrypt><![CDATA[{encrypt}]]></Encrypt><MsgSignature><![CDATA[{sig}]]></MsgSignature>\
              <TimeStamp>{}</TimeStamp><Nonce><![CDATA[{}]]></Nonce></xml>",
-            xml_text(timestamp),
-            xml_cdata(nonce)
+            quick_xml::escape::escape(timestamp),
+            crate::event::cdata_text(nonce)
         )
     }
-}
-
-fn xml_text(s: &str) -> String {
-    quick_xml::escape::escape(s).into_owned()
-}
-
-fn xml_cdata(s: &str) -> String {
-    s.replace("]]>", "]]]]><![CDATA[>")
 }
 
 #[cfg(test)]
@@ -239,15 +249,28 @@ mod tests {
         let v = &all["url_verify_plain"];
         let sig = signature(s(v, "token"), s(v, "timestamp"), s(v, "nonce"));
         assert_eq!(sig, s(v, "signature"));
-        assert!(verify_signature(s(v, "token"), s(v, "timestamp"), s(v, "nonce"), s(v, "signature")));
-        assert!(!verify_signature(s(v, "token"), s(v, "timestamp"), "1", s(v, "signature")));
+        assert!(verify_signature(
+            s(v, "token"),
+            s(v, "timestamp"),
+            s(v, "nonce"),
+            s(v, "signature")
+        ));
+        assert!(!verify_signature(
+            s(v, "token"),
+            s(v, "timestamp"),
+            "1",
+            s(v, "signature")
+        ));
     }
 
     #[test]
     fn post_plain_signature() {
         let all = vectors();
         let v = &all["post_plain_signature"];
-        assert_eq!(signature(s(v, "token"), s(v, "timestamp"), s(v, "nonce")), s(v, "signature"));
+        assert_eq!(
+            signature(s(v, "token"), s(v, "timestamp"), s(v, "nonce")),
+            s(v, "signature")
+        );
     }
 
     #[test]
@@ -256,7 +279,10 @@ mod tests {
         let v = &all["secure_inbound"];
         let c = MsgCrypt::new(s(v, "token"), s(v, "encoding_aes_key"), s(v, "appid")).expect("key");
         assert_eq!(c.signature(s(v, "timestamp"), s(v, "nonce")), s(v, "signature_param"));
-        assert_eq!(c.msg_signature(s(v, "timestamp"), s(v, "nonce"), s(v, "Encrypt")), s(v, "msg_signature"));
+        assert_eq!(
+            c.msg_signature(s(v, "timestamp"), s(v, "nonce"), s(v, "Encrypt")),
+            s(v, "msg_signature")
+        );
         assert!(c.verify_msg_signature(s(v, "timestamp"), s(v, "nonce"), s(v, "Encrypt"), s(v, "msg_signature")));
         let plain = c.decrypt(s(v, "Encrypt")).expect("decrypts");
         assert_eq!(plain, s(v, "plaintext"));
@@ -274,11 +300,17 @@ mod tests {
         let c = MsgCrypt::new(s(v, "token"), s(v, "encoding_aes_key"), s(v, "appid")).expect("key");
         let enc = c.encrypt_with_random(s(v, "plaintext"), &random16(v));
         assert_eq!(enc, s(v, "Encrypt"));
-        assert_eq!(c.msg_signature(s(v, "TimeStamp"), s(v, "Nonce"), &enc), s(v, "MsgSignature"));
+        assert_eq!(
+            c.msg_signature(s(v, "TimeStamp"), s(v, "Nonce"), &enc),
+            s(v, "MsgSignature")
+        );
         assert_eq!(c.decrypt(&enc).expect("round trip"), s(v, "plaintext"));
         let xml = c.reply_xml_for(&enc, s(v, "TimeStamp"), s(v, "Nonce"));
         assert!(xml.contains(&format!("<Encrypt><![CDATA[{}]]></Encrypt>", s(v, "Encrypt"))));
-        assert!(xml.contains(&format!("<MsgSignature><![CDATA[{}]]></MsgSignature>", s(v, "MsgSignature"))));
+        assert!(xml.contains(&format!(
+            "<MsgSignature><![CDATA[{}]]></MsgSignature>",
+            s(v, "MsgSignature")
+        )));
         assert!(xml.contains(&format!("<TimeStamp>{}</TimeStamp>", s(v, "TimeStamp"))));
     }
 
@@ -336,7 +368,12 @@ mod tests {
     #[test]
     fn rejects_wrong_appid() {
         let (c, enc) = inbound();
-        let other = MsgCrypt::new("AAAAA", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "wx0000000000000000").expect("key");
+        let other = MsgCrypt::new(
+            "AAAAA",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "wx0000000000000000",
+        )
+        .expect("key");
         assert_eq!(other.decrypt(&enc), Err(CryptError::AppId));
         assert!(c.decrypt(&enc).is_ok());
     }
@@ -350,7 +387,12 @@ mod tests {
         raw[n - 20] ^= 0x01;
         let bad = B64.encode(&raw);
         assert!(c.decrypt(&bad).is_err());
-        assert!(!c.verify_msg_signature("1714112445", "415670741", &bad, "046e02f8204d34f8ba5fa3b1db94908f3df2e9b3"));
+        assert!(!c.verify_msg_signature(
+            "1714112445",
+            "415670741",
+            &bad,
+            "046e02f8204d34f8ba5fa3b1db94908f3df2e9b3"
+        ));
         // Truncated to a non-block length, and not base64 at all.
         assert_eq!(c.decrypt(&B64.encode(&raw[..n - 3])), Err(CryptError::CipherLength));
         assert_eq!(c.decrypt("!!!"), Err(CryptError::Base64));
@@ -399,7 +441,10 @@ mod tests {
     #[test]
     fn rejects_bad_key() {
         assert_eq!(MsgCrypt::new("t", "short", "wx").err(), Some(CryptError::BadKey));
-        assert_eq!(MsgCrypt::new("t", &"*".repeat(43), "wx").err(), Some(CryptError::BadKey));
+        assert_eq!(
+            MsgCrypt::new("t", &"*".repeat(43), "wx").err(),
+            Some(CryptError::BadKey)
+        );
     }
 
     #[test]

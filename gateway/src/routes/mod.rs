@@ -3,3 +3,5 @@
 pub mod docs;
 pub mod health;
 pub mod issuer;
+pub mod ops;
+pub mod wechat_events;

@@ -2,6 +2,7 @@
 //! SQLite store and once on PostgreSQL + Redis.
 
 mod auth;
+mod delivery;
 mod files;
 mod operability;
 mod privacy;

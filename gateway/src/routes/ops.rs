@@ -1,0 +1,300 @@
+//! The operator API: channel and interface health, alerts, and re-driving
+//! deliveries after an outage. Bearer-token authenticated (`ops.token`).
+
+use actix_web::{HttpResponse, get, post, web};
+use chrono::{TimeDelta, Utc};
+use piaojia_notifier::tracker::{self, KeySummary, Scope};
+use piaojia_store::{BacklogRow, DeliveryFilter, DeliveryStatus};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::Operator;
+use crate::error::{ApiError, Problem};
+use crate::routes::issuer::DeliveryView;
+use crate::state::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(channels)
+        .service(interfaces)
+        .service(alerts)
+        .service(deliveries)
+        .service(redrive);
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowView {
+    pub attempts: i64,
+    pub successes: i64,
+    pub success_rate: Option<f64>,
+    pub p50_ms: Option<u64>,
+    pub p95_ms: Option<u64>,
+    pub p99_ms: Option<u64>,
+}
+
+/// Success rate and latency percentiles of one tracked key.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackedView {
+    /// A channel (`wechat_template:<appid>:<template>`, `issuer_webhook:<app>`), an
+    /// outside interface (`wechat:<appid>:template_send`, `webhook:<host>`), or an
+    /// inbound issuer app.
+    pub key: String,
+    #[serde(rename = "last5m")]
+    pub last_5m: WindowView,
+    #[serde(rename = "last1h")]
+    pub last_1h: WindowView,
+    #[serde(rename = "last24h")]
+    pub last_24h: WindowView,
+    /// Pending deliveries and the age of the oldest, in seconds (channels and interfaces).
+    pub backlog: Option<i64>,
+    pub oldest_pending_secs: Option<i64>,
+}
+
+fn window(w: tracker::WindowSummary) -> WindowView {
+    WindowView {
+        attempts: w.attempts,
+        successes: w.successes,
+        success_rate: w.success_rate,
+        p50_ms: w.p50_ms,
+        p95_ms: w.p95_ms,
+        p99_ms: w.p99_ms,
+    }
+}
+
+fn views(summaries: Vec<KeySummary>, backlog: impl Fn(&str) -> Option<(i64, i64)>) -> Vec<TrackedView> {
+    summaries
+        .into_iter()
+        .map(|s| {
+            let b = backlog(&s.key);
+            TrackedView {
+                key: s.key,
+                last_5m: window(s.last_5m),
+                last_1h: window(s.last_1h),
+                last_24h: window(s.last_24h),
+                backlog: b.map(|b| b.0),
+                oldest_pending_secs: b.map(|b| b.1),
+            }
+        })
+        .collect()
+}
+
+async fn tracked(state: &AppState, scope: Scope) -> Result<(Vec<KeySummary>, Vec<BacklogRow>), ApiError> {
+    // This process's latest figures first, so the answer is current.
+    state.tracker.flush(state.store.as_ref()).await?;
+    let now = Utc::now();
+    let rows = state.store.stats_since(now - TimeDelta::hours(24)).await?;
+    Ok((tracker::summaries(&rows, scope, now), state.store.backlog().await?))
+}
+
+fn backlog_for(rows: &[BacklogRow], matches: impl Fn(&BacklogRow) -> bool) -> Option<(i64, i64)> {
+    let now = Utc::now();
+    let hits: Vec<&BacklogRow> = rows.iter().filter(|r| matches(r)).collect();
+    if hits.is_empty() {
+        return None;
+    }
+    let pending = hits.iter().map(|r| r.pending).sum();
+    let oldest = hits
+        .iter()
+        .filter_map(|r| r.oldest_created_at)
+        .min()
+        .map(|t| (now - t).num_seconds())
+        .unwrap_or(0);
+    Some((pending, oldest))
+}
+
+/// Per delivery channel (kind + app + template): attempts, success rate and
+/// latency p50/p95/p99 over the last 5 minutes, hour and day, with backlog.
+#[utoipa::path(get, path = "/v1/ops/channels", tag = "operations", security(("operator_token" = [])),
+    responses((status = 200, body = Vec<TrackedView>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+#[get("/v1/ops/channels")]
+pub async fn channels(_op: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (summaries, backlog) = tracked(&state, Scope::Channel).await?;
+    let out = views(summaries, |key| {
+        backlog_for(&backlog, |r| key.starts_with(&format!("{}:", r.channel)))
+    });
+    Ok(HttpResponse::Ok().json(out))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InterfacesView {
+    /// Each outside interface we call (each WeChat API per app, each webhook host).
+    pub outbound: Vec<TrackedView>,
+    /// The inbound issuer API, per issuer app.
+    pub inbound: Vec<TrackedView>,
+}
+
+/// Per outside interface and for the inbound issuer API: success rate and latency.
+#[utoipa::path(get, path = "/v1/ops/interfaces", tag = "operations", security(("operator_token" = [])),
+    responses((status = 200, body = InterfacesView), (status = 401, body = Problem, content_type = "application/problem+json")))]
+#[get("/v1/ops/interfaces")]
+pub async fn interfaces(_op: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (outbound, backlog) = tracked(&state, Scope::Interface).await?;
+    let (inbound, _) = tracked(&state, Scope::Inbound).await?;
+    Ok(HttpResponse::Ok().json(InterfacesView {
+        outbound: views(outbound, |key| backlog_for(&backlog, |r| r.interface == key)),
+        inbound: views(inbound, |_| None),
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertView {
+    pub id: Uuid,
+    #[schema(example = "success_rate")]
+    pub rule: String,
+    pub key: String,
+    /// `firing` or `resolved`.
+    pub state: String,
+    pub message: String,
+    pub started_at: chrono::DateTime<Utc>,
+    pub last_notified_at: chrono::DateTime<Utc>,
+    pub resolved_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// Alerts, newest first: one per incident.
+#[utoipa::path(get, path = "/v1/ops/alerts", tag = "operations", security(("operator_token" = [])),
+    responses((status = 200, body = Vec<AlertView>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+#[get("/v1/ops/alerts")]
+pub async fn alerts(_op: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let alerts = state.store.list_alerts(200).await?;
+    Ok(HttpResponse::Ok().json(
+        alerts
+            .into_iter()
+            .map(|a| AlertView {
+                id: a.id,
+                rule: a.rule,
+                key: a.key,
+                state: a.state,
+                message: a.message,
+                started_at: a.started_at,
+                last_notified_at: a.last_notified_at,
+                resolved_at: a.resolved_at,
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryQuery {
+    /// `pending`, `delivered`, `failed` or `parked`.
+    pub status: Option<String>,
+    pub channel: Option<String>,
+    pub interface: Option<String>,
+    /// `exhausted`, `outage` or `quota`.
+    pub park_reason: Option<String>,
+    /// At most 1000; default 100.
+    pub limit: Option<i64>,
+}
+
+fn filter(q: &DeliveryQuery, ids: Option<Vec<Uuid>>) -> Result<DeliveryFilter, ApiError> {
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
+            ApiError::unprocessable("validation_failed", "unknown status").field(
+                "/status",
+                "invalid_value",
+                "pending, delivered, failed or parked",
+            )
+        })?),
+    };
+    Ok(DeliveryFilter {
+        ids,
+        status,
+        channel: q.channel.clone(),
+        interface: q.interface.clone(),
+        agency_id: None,
+        park_reason: q.park_reason.clone(),
+    })
+}
+
+/// Deliveries, newest first, e.g. `?status=parked` to see what waits for an operator.
+#[utoipa::path(get, path = "/v1/ops/deliveries", tag = "operations", security(("operator_token" = [])), params(DeliveryQuery),
+    responses((status = 200, body = Vec<DeliveryView>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+#[get("/v1/ops/deliveries")]
+pub async fn deliveries(
+    _op: Operator,
+    state: web::Data<AppState>,
+    q: web::Query<DeliveryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = state.store.list_deliveries(&filter(&q, None)?, limit).await?;
+    Ok(HttpResponse::Ok().json(rows.iter().map(DeliveryView::from).collect::<Vec<_>>()))
+}
+
+/// Which parked or failed deliveries to send again: by ids, by filter, or all.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedriveRequest {
+    pub ids: Option<Vec<Uuid>>,
+    /// `parked` or `failed`; absent: both.
+    pub status: Option<String>,
+    pub channel: Option<String>,
+    pub interface: Option<String>,
+    pub park_reason: Option<String>,
+    /// Must be true to re-drive without ids or another filter.
+    #[serde(default)]
+    pub all: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RedriveResult {
+    /// How many deliveries are pending again.
+    pub redriven: u64,
+}
+
+/// Re-drive parked or failed deliveries (after an outage): they get a fresh retry
+/// schedule and are released oldest first, spaced out, not as one burst.
+#[utoipa::path(post, path = "/v1/ops/deliveries/redrive", tag = "operations", security(("operator_token" = [])),
+    request_body = RedriveRequest,
+    responses((status = 200, body = RedriveResult), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: nothing selected", body = Problem, content_type = "application/problem+json")))]
+#[post("/v1/ops/deliveries/redrive")]
+pub async fn redrive(
+    _op: Operator,
+    state: web::Data<AppState>,
+    body: web::Json<RedriveRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let req = body.into_inner();
+    let query = DeliveryQuery {
+        status: req.status.clone(),
+        channel: req.channel.clone(),
+        interface: req.interface.clone(),
+        park_reason: req.park_reason.clone(),
+        limit: None,
+    };
+    let f = filter(&query, req.ids.clone())?;
+    if let Some(s) = f.status
+        && !matches!(s, DeliveryStatus::Parked | DeliveryStatus::Failed)
+    {
+        return Err(
+            ApiError::unprocessable("validation_failed", "only parked or failed deliveries can be re-driven").field(
+                "/status",
+                "invalid_value",
+                "parked or failed",
+            ),
+        );
+    }
+    let selective = f.ids.is_some()
+        || f.status.is_some()
+        || f.channel.is_some()
+        || f.interface.is_some()
+        || f.park_reason.is_some();
+    if !selective && !req.all {
+        return Err(
+            ApiError::unprocessable("validation_failed", "name ids or a filter, or set all: true").field(
+                "/all",
+                "required",
+                "set all: true to re-drive every parked and failed delivery",
+            ),
+        );
+    }
+    let spacing = TimeDelta::milliseconds(state.settings.notifier.release_spacing_ms as i64);
+    let n = state.store.redrive(&f, Utc::now(), spacing).await?;
+    state.wake.notify().await;
+    tracing::info!(redriven = n, "operator re-drive");
+    Ok(HttpResponse::Ok().json(RedriveResult { redriven: n }))
+}

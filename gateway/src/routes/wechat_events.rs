@@ -1,0 +1,133 @@
+//! Our message server (the callback URL configured in the official account):
+//! WeChat's GET verification and POSTed events in plain or secure mode. We answer
+//! at once and de-duplicate, since WeChat retries three times within 5 s.
+//! `TEMPLATESENDJOBFINISH` reports a template message's final status.
+
+use actix_web::{HttpResponse, get, post, web};
+use piaojia_store::DeliveryStatus;
+use piaojia_wechat::event;
+use piaojia_wechat::msgcrypt::{self, MsgCrypt};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(verify).service(receive);
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Signed {
+    signature: Option<String>,
+    timestamp: String,
+    nonce: String,
+    echostr: Option<String>,
+    encrypt_type: Option<String>,
+    msg_signature: Option<String>,
+}
+
+struct AppSecrets {
+    token: String,
+    aes_key: Option<String>,
+}
+
+async fn secrets(state: &AppState, appid: &str) -> Result<AppSecrets, ApiError> {
+    let channels = state.store.channel_by_wechat_app(appid).await?;
+    let purpose = piaojia_notifier::channels::wechat::channel_secret_purpose(appid);
+    let open = |sealed: &Option<String>| {
+        sealed
+            .as_ref()
+            .and_then(|s| state.keyring.open(s, &purpose).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    channels
+        .iter()
+        .find_map(|c| {
+            open(&c.message_token_sealed).map(|token| AppSecrets {
+                token,
+                aes_key: open(&c.encoding_aes_key_sealed),
+            })
+        })
+        .ok_or_else(|| ApiError::not_found("unknown_app", "no message server is configured for this appid"))
+}
+
+fn refuse() -> ApiError {
+    ApiError::forbidden("bad_signature", "the WeChat signature does not match")
+}
+
+/// URL verification: answer `echostr` when the signature holds.
+#[get("/v1/wechat/{appid}/events")]
+pub async fn verify(
+    state: web::Data<AppState>,
+    appid: web::Path<String>,
+    q: web::Query<Signed>,
+) -> Result<HttpResponse, ApiError> {
+    let s = secrets(&state, &appid).await?;
+    let sig = q.signature.as_deref().unwrap_or_default();
+    if !msgcrypt::verify_signature(&s.token, &q.timestamp, &q.nonce, sig) {
+        return Err(refuse());
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain")
+        .body(q.echostr.clone().unwrap_or_default()))
+}
+
+#[post("/v1/wechat/{appid}/events")]
+pub async fn receive(
+    state: web::Data<AppState>,
+    appid: web::Path<String>,
+    q: web::Query<Signed>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let s = secrets(&state, &appid).await?;
+    if body.len() > event::MAX_EVENT_BYTES {
+        return Err(ApiError::payload_too_large(event::MAX_EVENT_BYTES));
+    }
+    let xml =
+        std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("invalid_body", "the event is not UTF-8"))?;
+    let secure = q.encrypt_type.as_deref() == Some("aes");
+    let plain = if secure {
+        let envelope = event::parse_event(xml).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        let encrypt = envelope.encrypt.unwrap_or_default();
+        let given = q.msg_signature.as_deref().unwrap_or_default();
+        if !msgcrypt::verify_msg_signature(&s.token, &q.timestamp, &q.nonce, &encrypt, given) {
+            return Err(refuse());
+        }
+        let key = s.aes_key.ok_or_else(refuse)?;
+        let crypt = MsgCrypt::new(&s.token, &key, &appid).map_err(|_| refuse())?;
+        crypt.decrypt(&encrypt).map_err(|_| refuse())?
+    } else {
+        if !msgcrypt::verify_signature(
+            &s.token,
+            &q.timestamp,
+            &q.nonce,
+            q.signature.as_deref().unwrap_or_default(),
+        ) {
+            return Err(refuse());
+        }
+        xml.to_owned()
+    };
+    let ev = event::parse_event(&plain).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    // WeChat retries: handle each event once.
+    if !state
+        .nonces
+        .first_use(&format!("wxevent:{appid}"), &ev.dedup_key())
+        .await
+        .map_err(|e| ApiError::unavailable("nonce_store_unavailable", e))?
+    {
+        return Ok(HttpResponse::Ok().content_type("text/plain").body("success"));
+    }
+    if ev.is_event(event::EVENT_TEMPLATE_SEND_JOB_FINISH) {
+        let msg_id = ev.job_msg_id.clone().unwrap_or_default();
+        let status = ev.status.clone().unwrap_or_default();
+        if let Some(delivery) = state.store.delivery_by_provider_ref("wechat_template", &msg_id).await? {
+            let (new, error) = if status == "success" {
+                (DeliveryStatus::Delivered, None)
+            } else {
+                (DeliveryStatus::Failed, Some(format!("TEMPLATESENDJOBFINISH: {status}")))
+            };
+            state.store.set_delivery_outcome(delivery.id, new, error).await?;
+        }
+    }
+    Ok(HttpResponse::Ok().content_type("text/plain").body("success"))
+}

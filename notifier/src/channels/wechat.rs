@@ -1,0 +1,216 @@
+//! WeChat payer channels: the official account's template message and the
+//! mini-program's subscribe message. Template ids and the keyword → value mapping
+//! are per-agency configuration (`channels` table), not code.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::FixedOffset;
+use piaojia_core::pii::Keyring;
+use piaojia_store::{Channel, ClaimedDelivery, Store};
+use piaojia_wechat::client::{AppCredentials, CallError, SubscribeMessage, TemplateMessage, WechatClient};
+use piaojia_wechat::errcode::ErrorClass;
+use secrecy::SecretString;
+
+use super::{ChannelAdapter, SendResult};
+use crate::routing::WECHAT_TEMPLATE;
+
+/// The purpose a channel's app secret is sealed under.
+pub fn channel_secret_purpose(wechat_app_id: &str) -> String {
+    format!("wechat-secret:{wechat_app_id}")
+}
+
+pub struct WechatChannel {
+    store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+    client: Arc<WechatClient>,
+    /// Channel settings change rarely; a short cache spares a query per send.
+    channels: moka::future::Cache<uuid::Uuid, Arc<Vec<Channel>>>,
+}
+
+impl WechatChannel {
+    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, client: Arc<WechatClient>) -> Self {
+        Self {
+            store,
+            keyring,
+            client,
+            channels: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(5))
+                .build(),
+        }
+    }
+
+    async fn channel(&self, job: &ClaimedDelivery) -> Result<Channel, SendResult> {
+        let store = self.store.clone();
+        let agency = job.receipt.agency_id;
+        let all = self
+            .channels
+            .try_get_with(
+                agency,
+                async move { store.channels_for_agency(agency).await.map(Arc::new) },
+            )
+            .await
+            .map_err(|e| SendResult::Retryable {
+                code: None,
+                error: format!("loading channels: {e}"),
+                retry_after: None,
+                interface_failure: false,
+            })?;
+        all.iter()
+            .find(|c| c.kind == job.delivery.channel && c.enabled)
+            .cloned()
+            .ok_or_else(|| SendResult::Permanent {
+                code: None,
+                error: format!("the agency has no enabled {} channel", job.delivery.channel),
+            })
+    }
+}
+
+/// Beijing time, as payers read it.
+fn beijing() -> FixedOffset {
+    FixedOffset::east_opt(8 * 3600).expect("+08:00 is a valid offset")
+}
+
+fn bus_type_zh(code: &str) -> &'static str {
+    piaojia_core::receipt::BusType::from_code(code).map_or("医疗", |b| b.label_zh())
+}
+
+/// Fills `{agencyName}`-style placeholders; every value is cut to WeChat's 20
+/// characters, since longer ones are refused (47003) or silently cut.
+pub fn render_fields(fields: &serde_json::Value, job: &ClaimedDelivery) -> BTreeMap<String, String> {
+    let r = &job.receipt;
+    let reversed = job.delivery.event == piaojia_store::DeliveryEvent::Reversed;
+    let vars = [
+        ("{agencyName}", r.agency_name.clone()),
+        ("{amount}", piaojia_core::money::format_yuan(r.total_fen)),
+        ("{billBatchCode}", r.bill_batch_code.clone()),
+        ("{billNo}", r.bill_no.clone()),
+        (
+            "{issuedAt}",
+            r.issued_at
+                .with_timezone(&beijing())
+                .format("%Y-%m-%d %H:%M")
+                .to_string(),
+        ),
+        ("{busType}", bus_type_zh(&r.bus_type).to_owned()),
+        ("{status}", if reversed { "已冲红" } else { "已开具" }.to_owned()),
+    ];
+    let default;
+    let fields = match fields.as_object() {
+        Some(map) if !map.is_empty() => map,
+        _ => {
+            default = serde_json::json!({
+                "thing1": "{agencyName}",
+                "amount2": "{amount}元",
+                "character_string3": "{billNo}",
+                "time4": "{issuedAt}",
+                "phrase5": "{status}",
+            });
+            default.as_object().expect("an object")
+        }
+    };
+    fields
+        .iter()
+        .map(|(key, template)| {
+            let mut value = template.as_str().unwrap_or_default().to_owned();
+            for (name, v) in &vars {
+                value = value.replace(name, v);
+            }
+            (key.clone(), value.chars().take(20).collect())
+        })
+        .collect()
+}
+
+fn classify(err: CallError) -> SendResult {
+    let code = match &err {
+        CallError::Wechat(e) => Some(e.errcode),
+        CallError::Http(status) => Some(i64::from(*status)),
+        _ => None,
+    };
+    let error = err.to_string();
+    match err.class() {
+        Some(ErrorClass::Permanent) => SendResult::Permanent { code, error },
+        Some(ErrorClass::QuotaExhausted) => SendResult::QuotaExhausted { code, error },
+        Some(ErrorClass::RateLimited) => SendResult::Retryable {
+            code,
+            error,
+            retry_after: Some(Duration::from_secs(60)),
+            interface_failure: false,
+        },
+        // Busy, a token that stayed invalid after the one refresh, timeouts, 5xx.
+        _ => SendResult::Retryable {
+            code,
+            error,
+            retry_after: None,
+            interface_failure: true,
+        },
+    }
+}
+
+#[async_trait]
+impl ChannelAdapter for WechatChannel {
+    async fn channel_key(&self, job: &ClaimedDelivery) -> String {
+        match self.channel(job).await {
+            Ok(c) => format!("{}:{}:{}", c.kind, c.wechat_app_id, c.template_id),
+            Err(_) => format!("{}:unconfigured", job.delivery.channel),
+        }
+    }
+
+    async fn send(&self, job: &ClaimedDelivery) -> SendResult {
+        let channel = match self.channel(job).await {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let secret = match self
+            .keyring
+            .open(&channel.secret_sealed, &channel_secret_purpose(&channel.wechat_app_id))
+        {
+            Ok(bytes) => SecretString::from(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(e) => {
+                return SendResult::Permanent {
+                    code: None,
+                    error: format!("the channel secret cannot be opened: {e}"),
+                };
+            }
+        };
+        let app = AppCredentials {
+            appid: channel.wechat_app_id.clone(),
+            secret,
+        };
+        let data = render_fields(&channel.fields, job);
+        let page = channel.page.clone().unwrap_or_default();
+        let result = if channel.kind == WECHAT_TEMPLATE {
+            let msg = TemplateMessage {
+                touser: job.delivery.target.clone(),
+                template_id: channel.template_id.clone(),
+                url: (!page.is_empty()).then(|| format!("{page}?receipt={}", job.receipt.id)),
+                miniprogram: None,
+                // WeChat drops a repeat with the same client_msg_id: a re-sent
+                // delivery (after a crash mid-send) reaches the payer once.
+                client_msg_id: Some(job.delivery.id.simple().to_string()),
+                data,
+            };
+            self.client
+                .send_template_message(&app, &msg)
+                .await
+                .map(|msgid| Some(msgid.to_string()))
+        } else {
+            let msg = SubscribeMessage {
+                touser: job.delivery.target.clone(),
+                template_id: channel.template_id.clone(),
+                page: (!page.is_empty()).then(|| format!("{page}?receipt={}", job.receipt.id)),
+                data,
+                miniprogram_state: None,
+                lang: Some("zh_CN".to_owned()),
+            };
+            self.client.send_subscribe_message(&app, &msg).await.map(|()| None)
+        };
+        match result {
+            Ok(provider_ref) => SendResult::Delivered { provider_ref },
+            Err(e) => classify(e),
+        }
+    }
+}
