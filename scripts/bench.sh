@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${1:-30}"
-clients="${2:-64}"
+clients="${2:-32}"
 bash scripts/services.sh >/dev/null
 cargo build --release -p piaojia-gateway -p piaojia-tests --bin piaojia --bin piaojia-bench
 for store in sqlite postgres; do
