@@ -266,9 +266,15 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }
+        // Settings are `PIAOJIA_<SECTION>__<KEY>` and `PIAOJIA_DATA_DIR`; other
+        // PIAOJIA_ variables (PIAOJIA_CONFIG, the CLI's PIAOJIA_APP_SECRET, test
+        // harness URLs) are not settings and must not be refused as unknown keys.
         let piaojia_env: HashMap<String, String> = env
             .iter()
-            .filter(|(k, _)| k.starts_with("PIAOJIA_") && k.as_str() != "PIAOJIA_CONFIG")
+            .filter(|(k, _)| {
+                k.strip_prefix("PIAOJIA_")
+                    .is_some_and(|rest| rest.contains("__") || rest == "DATA_DIR")
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         builder = builder.add_source(
@@ -548,6 +554,15 @@ mod tests {
         )
         .expect("loads");
         assert_eq!(s.server.port, 9001);
+        let s2 = Settings::load_from(
+            None,
+            env(&[
+                ("PIAOJIA_APP_SECRET", "x"),
+                ("PIAOJIA_TEST_DATABASE_URL", "postgres://x"),
+            ]),
+        )
+        .expect("non-setting PIAOJIA_ variables are not settings");
+        assert_eq!(s2.server.port, 8080);
         assert_eq!(s.store_kind(), StoreKind::Postgres);
         assert_eq!(s.redis_url(), Some("redis://cache:6379"));
         // Secrets never show in Debug output.
