@@ -113,7 +113,7 @@ impl Tracker {
 }
 
 /// Figures of one key over one window.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WindowSummary {
     pub attempts: i64,

@@ -3,7 +3,7 @@
 
 use actix_web::{HttpResponse, get, post, web};
 use chrono::{TimeDelta, Utc};
-use piaojia_notifier::tracker::{self, KeySummary, Scope};
+use piaojia_notifier::tracker::{self, KeySummary, Scope, WindowSummary};
 use piaojia_store::{BacklogRow, DeliveryFilter, DeliveryStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -22,17 +22,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(redrive);
 }
 
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct WindowView {
-    pub attempts: i64,
-    pub successes: i64,
-    pub success_rate: Option<f64>,
-    pub p50_ms: Option<u64>,
-    pub p95_ms: Option<u64>,
-    pub p99_ms: Option<u64>,
-}
-
 /// Success rate and latency percentiles of one tracked key.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -42,25 +31,14 @@ pub struct TrackedView {
     /// inbound issuer app.
     pub key: String,
     #[serde(rename = "last5m")]
-    pub last_5m: WindowView,
+    pub last_5m: WindowSummary,
     #[serde(rename = "last1h")]
-    pub last_1h: WindowView,
+    pub last_1h: WindowSummary,
     #[serde(rename = "last24h")]
-    pub last_24h: WindowView,
+    pub last_24h: WindowSummary,
     /// Pending deliveries and the age of the oldest, in seconds (channels and interfaces).
     pub backlog: Option<i64>,
     pub oldest_pending_secs: Option<i64>,
-}
-
-fn window(w: tracker::WindowSummary) -> WindowView {
-    WindowView {
-        attempts: w.attempts,
-        successes: w.successes,
-        success_rate: w.success_rate,
-        p50_ms: w.p50_ms,
-        p95_ms: w.p95_ms,
-        p99_ms: w.p99_ms,
-    }
 }
 
 fn views(summaries: Vec<KeySummary>, backlog: impl Fn(&str) -> Option<(i64, i64)>) -> Vec<TrackedView> {
@@ -70,9 +48,9 @@ fn views(summaries: Vec<KeySummary>, backlog: impl Fn(&str) -> Option<(i64, i64)
             let b = backlog(&s.key);
             TrackedView {
                 key: s.key,
-                last_5m: window(s.last_5m),
-                last_1h: window(s.last_1h),
-                last_24h: window(s.last_24h),
+                last_5m: s.last_5m,
+                last_1h: s.last_1h,
+                last_24h: s.last_24h,
                 backlog: b.map(|b| b.0),
                 oldest_pending_secs: b.map(|b| b.1),
             }
