@@ -5,7 +5,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{FieldProblem, Problem};
-use crate::routes::{health, issuer, ops};
+use crate::routes::{health, issuer, ops, wechat_events};
 
 pub use piaojia_core::receipt::WireReceipt as ReceiptPushDoc;
 
@@ -29,11 +29,14 @@ pub use piaojia_core::receipt::WireReceipt as ReceiptPushDoc;
         ops::alerts,
         ops::deliveries,
         ops::redrive,
+        wechat_events::verify,
+        wechat_events::receive,
     ),
     components(schemas(Problem, FieldProblem)),
     modifiers(&Security),
     tags(
         (name = "issuer", description = "Hospital billing and receipt systems push receipts and reversals"),
+        (name = "wechat", description = "Our message server: the callback URL configured in an official account"),
         (name = "operations", description = "Health, readiness, metrics, and the operator API: channel and interface health, alerts, re-drive"),
     )
 )]

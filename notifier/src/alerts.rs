@@ -163,28 +163,32 @@ impl Alerter {
                 }
             }
         }
+        // Backlog rows are per (channel, interface): judge each channel once, by its
+        // oldest pending delivery, or one interface's fresh row would resolve what
+        // another's old row just fired.
+        let mut channels: std::collections::BTreeMap<String, (i64, i64)> = std::collections::BTreeMap::new();
         for row in self.store.backlog().await? {
-            let key = format!("channel:{}", row.channel);
             let age = row.oldest_created_at.map(|t| (now - t).num_seconds()).unwrap_or(0);
-            if age > self.cfg.backlog_older_than_secs as i64 {
+            let entry = channels.entry(format!("channel:{}", row.channel)).or_default();
+            entry.0 += row.pending;
+            entry.1 = entry.1.max(age);
+        }
+        for (key, (pending, age)) in &channels {
+            if *age > self.cfg.backlog_older_than_secs as i64 {
                 self.fire(
                     BACKLOG_AGE,
-                    &key,
-                    format!("最早的待投递消息已等待 {age} 秒，共 {} 条", row.pending),
+                    key,
+                    format!("最早的待投递消息已等待 {age} 秒，共 {pending} 条"),
                 )
                 .await?;
             } else {
-                self.resolve(BACKLOG_AGE, &key).await?;
+                self.resolve(BACKLOG_AGE, key).await?;
             }
         }
         // Backlogs that drained completely resolve too.
         for alert in self.store.list_alerts(200).await? {
-            if alert.state == "firing" && alert.rule == BACKLOG_AGE {
-                let channel = alert.key.trim_start_matches("channel:");
-                let still = self.store.backlog().await?.iter().any(|r| r.channel == channel);
-                if !still {
-                    self.resolve(BACKLOG_AGE, &alert.key).await?;
-                }
+            if alert.state == "firing" && alert.rule == BACKLOG_AGE && !channels.contains_key(&alert.key) {
+                self.resolve(BACKLOG_AGE, &alert.key).await?;
             }
         }
         Ok(())

@@ -32,7 +32,9 @@ impl Wake {
 
     /// Signals that work is due (best effort).
     pub async fn notify(&self) {
-        self.local.notify_waiters();
+        // notify_one keeps a permit when the worker loop is not waiting right now
+        // (it is claiming), so the signal is not lost until the next poll.
+        self.local.notify_one();
         if let Some((conn, _, channel)) = &self.redis {
             let mut conn = conn.clone();
             let sent: Result<i64, _> = redis::cmd("PUBLISH").arg(channel).arg(1).query_async(&mut conn).await;
@@ -59,7 +61,7 @@ impl Wake {
                     pubsub.subscribe(&channel).await?;
                     let mut messages = pubsub.on_message();
                     while messages.next().await.is_some() {
-                        local.notify_waiters();
+                        local.notify_one();
                     }
                     Ok::<(), redis::RedisError>(())
                 };

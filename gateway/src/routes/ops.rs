@@ -4,7 +4,7 @@
 use actix_web::{HttpResponse, get, post, web};
 use chrono::{TimeDelta, Utc};
 use piaojia_notifier::tracker::{self, KeySummary, Scope, WindowSummary};
-use piaojia_store::{BacklogRow, DeliveryFilter, DeliveryStatus};
+use piaojia_store::{BacklogRow, DeliveryFilter, DeliveryStatus, StatsRow};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -58,12 +58,12 @@ fn views(summaries: Vec<KeySummary>, backlog: impl Fn(&str) -> Option<(i64, i64)
         .collect()
 }
 
-async fn tracked(state: &AppState, scope: Scope) -> Result<(Vec<KeySummary>, Vec<BacklogRow>), ApiError> {
+/// The last day's figures of every process, and the backlog.
+async fn tracked(state: &AppState) -> Result<(Vec<StatsRow>, Vec<BacklogRow>), ApiError> {
     // This process's latest figures first, so the answer is current.
     state.tracker.flush(state.store.as_ref()).await?;
-    let now = Utc::now();
-    let rows = state.store.stats_since(now - TimeDelta::hours(24)).await?;
-    Ok((tracker::summaries(&rows, scope, now), state.store.backlog().await?))
+    let rows = state.store.stats_since(Utc::now() - TimeDelta::hours(24)).await?;
+    Ok((rows, state.store.backlog().await?))
 }
 
 fn backlog_for(rows: &[BacklogRow], matches: impl Fn(&BacklogRow) -> bool) -> Option<(i64, i64)> {
@@ -88,8 +88,8 @@ fn backlog_for(rows: &[BacklogRow], matches: impl Fn(&BacklogRow) -> bool) -> Op
     responses((status = 200, body = Vec<TrackedView>), (status = 401, body = Problem, content_type = "application/problem+json")))]
 #[get("/v1/ops/channels")]
 pub async fn channels(_op: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (summaries, backlog) = tracked(&state, Scope::Channel).await?;
-    let out = views(summaries, |key| {
+    let (rows, backlog) = tracked(&state).await?;
+    let out = views(tracker::summaries(&rows, Scope::Channel, Utc::now()), |key| {
         backlog_for(&backlog, |r| key.starts_with(&format!("{}:", r.channel)))
     });
     Ok(HttpResponse::Ok().json(out))
@@ -108,11 +108,13 @@ pub struct InterfacesView {
     responses((status = 200, body = InterfacesView), (status = 401, body = Problem, content_type = "application/problem+json")))]
 #[get("/v1/ops/interfaces")]
 pub async fn interfaces(_op: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (outbound, backlog) = tracked(&state, Scope::Interface).await?;
-    let (inbound, _) = tracked(&state, Scope::Inbound).await?;
+    let (rows, backlog) = tracked(&state).await?;
+    let now = Utc::now();
     Ok(HttpResponse::Ok().json(InterfacesView {
-        outbound: views(outbound, |key| backlog_for(&backlog, |r| r.interface == key)),
-        inbound: views(inbound, |_| None),
+        outbound: views(tracker::summaries(&rows, Scope::Interface, now), |key| {
+            backlog_for(&backlog, |r| r.interface == key)
+        }),
+        inbound: views(tracker::summaries(&rows, Scope::Inbound, now), |_| None),
     }))
 }
 

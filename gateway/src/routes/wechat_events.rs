@@ -55,7 +55,13 @@ fn refuse() -> ApiError {
     ApiError::forbidden("bad_signature", "the WeChat signature does not match")
 }
 
-/// URL verification: answer `echostr` when the signature holds.
+/// WeChat's URL verification of our message server: answers `echostr` when
+/// `signature` = sha1(sorted(token, timestamp, nonce)) holds.
+#[utoipa::path(get, path = "/v1/wechat/{appid}/events", tag = "wechat",
+    params(("appid" = String, Path), ("signature" = String, Query), ("timestamp" = String, Query), ("nonce" = String, Query), ("echostr" = String, Query)),
+    responses((status = 200, description = "`echostr`", content_type = "text/plain", body = String),
+        (status = 403, description = "`bad_signature`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_app`: no message server configured", body = crate::error::Problem, content_type = "application/problem+json")))]
 #[get("/v1/wechat/{appid}/events")]
 pub async fn verify(
     state: web::Data<AppState>,
@@ -72,6 +78,16 @@ pub async fn verify(
         .body(q.echostr.clone().unwrap_or_default()))
 }
 
+/// Events WeChat pushes (XML, plain or secure mode with `encrypt_type=aes` and
+/// `msg_signature`). Answered `success` at once; each event is handled once.
+/// `TEMPLATESENDJOBFINISH` sets the final state of the template delivery.
+#[utoipa::path(post, path = "/v1/wechat/{appid}/events", tag = "wechat",
+    params(("appid" = String, Path), ("signature" = Option<String>, Query), ("timestamp" = String, Query), ("nonce" = String, Query),
+        ("encrypt_type" = Option<String>, Query), ("msg_signature" = Option<String>, Query)),
+    request_body(content = String, content_type = "text/xml"),
+    responses((status = 200, description = "`success`", content_type = "text/plain", body = String),
+        (status = 400, description = "`invalid_body`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`bad_signature`", body = crate::error::Problem, content_type = "application/problem+json")))]
 #[post("/v1/wechat/{appid}/events")]
 pub async fn receive(
     state: web::Data<AppState>,

@@ -55,6 +55,15 @@ async fn receipt(app: &TestApp, issuer: &piaojia_tests::harness::Issuer, n: u64)
         .expect("json")
 }
 
+/// Waits until the receipt's first delivery reaches `status`; returns the receipt.
+async fn first_delivery_reaches(app: &TestApp, issuer: &piaojia_tests::harness::Issuer, n: u64, status: &str) -> Value {
+    eventually(10, || async move {
+        let r = receipt(app, issuer, n).await;
+        (r["deliveries"][0]["status"] == status).then_some(r)
+    })
+    .await
+}
+
 both_modes!(
     receipt_reaches_payer_and_issuer_hears_the_outcome,
     |mode: Mode| async move {
@@ -88,14 +97,7 @@ both_modes!(
         assert_eq!(data["character_string3"]["value"], "0000000001");
         assert_eq!(data["time4"]["value"], "2026-11-23 09:30", "Beijing time");
 
-        let read = eventually(10, || {
-            let (app, issuer) = (&app, &issuer);
-            async move {
-                let r = receipt(app, issuer, 1).await;
-                (r["deliveries"][0]["status"] == "delivered").then_some(r)
-            }
-        })
-        .await;
+        let read = first_delivery_reaches(&app, &issuer, 1, "delivered").await;
         assert_eq!(read["deliveries"][0]["attempts"], 1);
 
         // The issuer's callback hears the outcome, signed the Standard Webhooks way.
@@ -137,14 +139,7 @@ both_modes!(
         app.push(&issuer, &with_openid(2, &openid)).await;
 
         // No subscription credit: 43101 is a business outcome, not retried.
-        let read = eventually(10, || {
-            let (app, issuer) = (&app, &issuer);
-            async move {
-                let r = receipt(app, issuer, 2).await;
-                (r["deliveries"][0]["status"] == "failed").then_some(r)
-            }
-        })
-        .await;
+        let read = first_delivery_reaches(&app, &issuer, 2, "failed").await;
         assert_eq!(read["deliveries"][0]["attempts"], 1);
         assert!(
             read["deliveries"][0]["lastError"]
@@ -182,11 +177,7 @@ both_modes!(
             .await
             .expect("json");
         assert_eq!(resp["redriven"], 1);
-        eventually(10, || {
-            let (app, issuer) = (&app, &issuer);
-            async move { (receipt(app, issuer, 2).await["deliveries"][0]["status"] == "delivered").then_some(()) }
-        })
-        .await;
+        first_delivery_reaches(&app, &issuer, 2, "delivered").await;
         assert_eq!(sim.sent_subscribe_messages().len(), 1);
 
         // A re-drive must name what it means.
@@ -309,11 +300,7 @@ both_modes!(
             .await;
         let openid = piaojia_wechat_sim::new_openid();
         app.push(&issuer, &with_openid(1, &openid)).await;
-        eventually(10, || {
-            let (app, issuer) = (&app, &issuer);
-            async move { (receipt(app, issuer, 1).await["deliveries"][0]["status"] == "failed").then_some(()) }
-        })
-        .await;
+        first_delivery_reaches(&app, &issuer, 1, "failed").await;
 
         // 0 of 1 succeeded: one alert, however often the rules run.
         notifier.evaluate_alerts().await.expect("evaluate");
@@ -335,11 +322,7 @@ both_modes!(
         sim.grant_subscription(MP, &openid, "SUB-1", 1);
         app.ops("POST", "/v1/ops/deliveries/redrive", Some(&json!({ "all": true })))
             .await;
-        eventually(10, || {
-            let (app, issuer) = (&app, &issuer);
-            async move { (receipt(app, issuer, 1).await["deliveries"][0]["status"] == "delivered").then_some(()) }
-        })
-        .await;
+        first_delivery_reaches(&app, &issuer, 1, "delivered").await;
         notifier.evaluate_alerts().await.expect("evaluate");
         notifier.evaluate_alerts().await.expect("evaluate");
         let alerts: Value = app.ops("GET", "/v1/ops/alerts", None).await.json().await.expect("json");
@@ -392,3 +375,127 @@ both_modes!(
         );
     }
 );
+
+// WeChat reports a template message's final state to our message server later:
+// a blocked user turns the delivered message into a failed one.
+both_modes!(
+    template_send_job_finish_reaches_our_message_server,
+    |mode: Mode| async move {
+        let app = TestConfig::new(mode).await.spawn().await;
+        let sim = app.sim.clone().expect("sandbox simulator");
+        let issuer = app.issuer().await;
+        let (secret, token, aes_key) = (
+            "oa-secret",
+            "msgtoken123",
+            "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+        );
+        piaojia_gateway::provisioning::set_channel(
+            app.store.as_ref(),
+            &app.keyring,
+            piaojia_gateway::provisioning::ChannelSpec {
+                agency_code: issuer.agency_code.clone(),
+                kind: "wechat_template".into(),
+                wechat_app_id: OA.into(),
+                secret: secret.into(),
+                template_id: "TMPL-1".into(),
+                fields: serde_json::Map::new(),
+                page: None,
+                message_token: Some(token.into()),
+                encoding_aes_key: Some(aes_key.into()),
+                enabled: true,
+            },
+        )
+        .await
+        .expect("channel");
+        // Secure mode, as production accounts are configured.
+        let server = piaojia_wechat_sim::MessageServer {
+            url: format!("{}/v1/wechat/{OA}/events", app.address),
+            token: token.into(),
+            encoding_aes_key: Some(aes_key.into()),
+        };
+        sim.add_app(
+            piaojia_wechat_sim::SimApp::new(OA, secret, piaojia_wechat_sim::AppKind::OfficialAccount)
+                .with_message_server(server),
+        );
+
+        // WeChat's URL check: echostr back only with a valid signature.
+        let (ts, nonce) = ("1714036504", "1514711492");
+        let sig = piaojia_wechat::msgcrypt::signature(token, ts, nonce);
+        let ok = app
+            .get(&format!(
+                "/v1/wechat/{OA}/events?signature={sig}&timestamp={ts}&nonce={nonce}&echostr=42"
+            ))
+            .await;
+        assert_eq!(ok.text().await.expect("text"), "42");
+        let bad = app
+            .get(&format!(
+                "/v1/wechat/{OA}/events?signature=00&timestamp={ts}&nonce={nonce}&echostr=42"
+            ))
+            .await;
+        assert_eq!(piaojia_tests::harness::problem(bad, 403).await["code"], "bad_signature");
+
+        let openid = piaojia_wechat_sim::new_openid();
+        sim.set_template_status(OA, &openid, piaojia_wechat_sim::TemplateStatus::UserBlock);
+        app.push(&issuer, &with_openid(1, &openid)).await;
+        let read = first_delivery_reaches(&app, &issuer, 1, "failed").await;
+        assert!(
+            read["deliveries"][0]["lastError"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("user block"),
+            "{read}"
+        );
+        let pushed = sim.wait_for_pushes(1, std::time::Duration::from_secs(5)).await;
+        assert!(pushed[0].acknowledged, "we answered `success`");
+    }
+);
+
+/// Two notifier processes share the outbox: every receipt is sent exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_notifiers_send_each_receipt_once() {
+    let config = TestConfig::new(Mode::ScaleOut).await;
+    let first = config.spawn().await;
+    let second = config.spawn().await;
+    let issuer = first.issuer().await;
+    first
+        .wechat_channel(&issuer.agency_code, "wechat_template", OA, "TMPL-1")
+        .await;
+    // Each process talks to its own sandbox simulator; both know the app.
+    let sims = [first.sim.clone().expect("sim"), second.sim.clone().expect("sim")];
+    sims[1].add_app(piaojia_wechat_sim::SimApp::new(
+        OA,
+        &format!("secret-of-{OA}"),
+        piaojia_wechat_sim::AppKind::OfficialAccount,
+    ));
+    const N: usize = 40;
+    for n in 1..=N as u64 {
+        let gateway = if n % 2 == 0 { &first } else { &second };
+        assert_eq!(
+            gateway
+                .push(&issuer, &with_openid(n, &piaojia_wechat_sim::new_openid()))
+                .await
+                .status()
+                .as_u16(),
+            201
+        );
+    }
+    let sent = eventually(20, || {
+        let sims = sims.clone();
+        async move {
+            let all: Vec<_> = sims.iter().flat_map(|s| s.sent_template_messages()).collect();
+            (all.len() >= N).then_some(all)
+        }
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let all: Vec<_> = sims.iter().flat_map(|s| s.sent_template_messages()).collect();
+    assert_eq!(all.len(), N, "no receipt sent twice (first look: {})", sent.len());
+    let mut ids: Vec<_> = all.iter().filter_map(|m| m.client_msg_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), N);
+    assert!(
+        sims.iter().all(|s| !s.sent_template_messages().is_empty()),
+        "both processes did work"
+    );
+}
