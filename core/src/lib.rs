@@ -2,6 +2,7 @@
 //! money in fen, the PJ1 request signature, personal-data encryption and masking,
 //! and the layered settings every role reads.
 
+pub mod identity;
 pub mod mask;
 pub mod money;
 pub mod pii;

@@ -43,6 +43,8 @@ pub enum OpenError {
 pub struct Keyring {
     active: usize,
     keys: Vec<(String, LessSafeKey)>,
+    /// Master key material, only ever used to derive purpose keys (HMAC-SHA256).
+    material: Vec<hmac::Key>,
     blind: hmac::Key,
     rng: SystemRandom,
 }
@@ -62,6 +64,7 @@ impl Keyring {
     /// `active_id` or, when absent, the first listed (new keys go first).
     pub fn from_config(master_keys: &str, active_id: Option<&str>, blind_index_key: &str) -> Result<Self, KeyError> {
         let mut keys: Vec<(String, LessSafeKey)> = Vec::new();
+        let mut derivation = Vec::new();
         for entry in master_keys.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (id, material) = entry
                 .split_once(':')
@@ -79,6 +82,7 @@ impl Keyring {
             }
             let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| KeyError::BadEntry(redact_entry(entry)))?;
             keys.push((id.to_owned(), LessSafeKey::new(key)));
+            derivation.push(hmac::Key::new(hmac::HMAC_SHA256, &bytes));
         }
         if keys.is_empty() {
             return Err(KeyError::NoKeys);
@@ -98,6 +102,7 @@ impl Keyring {
         Ok(Self {
             active,
             keys,
+            material: derivation,
             blind: hmac::Key::new(hmac::HMAC_SHA256, &blind),
             rng: SystemRandom::new(),
         })
@@ -105,6 +110,23 @@ impl Keyring {
 
     pub fn active_key_id(&self) -> &str {
         &self.keys[self.active].0
+    }
+
+    /// Keys for one purpose (token signing, download links), derived from each
+    /// master key so they rotate with it: `(key id, 32 bytes)`, the active key's
+    /// first. Signing uses the first; verification accepts any, found by key id.
+    pub fn derived_keys(&self, purpose: &str) -> Vec<(String, [u8; 32])> {
+        let mut order: Vec<usize> = vec![self.active];
+        order.extend((0..self.keys.len()).filter(|i| *i != self.active));
+        order
+            .into_iter()
+            .map(|i| {
+                let tag = hmac::sign(&self.material[i], format!("piaojia derived key\0{purpose}").as_bytes());
+                let mut out = [0u8; 32];
+                out.copy_from_slice(&tag.as_ref()[..32]);
+                (self.keys[i].0.clone(), out)
+            })
+            .collect()
     }
 
     /// Encrypts `plaintext`; `purpose` is bound as associated data so a value sealed
@@ -270,6 +292,19 @@ mod tests {
         let altered: String = chars.into_iter().collect();
         assert_eq!(ring.open(&altered, "payer"), Err(OpenError::Tampered));
         assert_eq!(ring.open("v2.k1.xxx", "payer"), Err(OpenError::Malformed));
+    }
+
+    #[test]
+    fn derived_keys_follow_the_master_keys() {
+        let (k1, k2) = (generate_key(), generate_key());
+        let old = ring_with(&format!("k1:{k1}"), None);
+        let rotated = ring_with(&format!("k2:{k2},k1:{k1}"), None);
+        let a = old.derived_keys("jwt");
+        let b = rotated.derived_keys("jwt");
+        assert_eq!(a.len(), 1);
+        assert_eq!(b[0].0, "k2", "the active key signs");
+        assert_eq!(b[1], a[0], "old keys still verify after a rotation");
+        assert_ne!(old.derived_keys("download")[0].1, a[0].1, "purposes are separated");
     }
 
     #[test]

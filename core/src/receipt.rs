@@ -474,6 +474,15 @@ impl NewReceipt {
     /// their own (`billBatchCode`, `billNo`, `random`, `busNo`, `busType`,
     /// `issuedAt`, `payerType`, `totalAmt`). Amounts are integer fen; absent
     /// optional values are left out.
+    /// Item names (charge items and the itemised list), for payers' free-text search.
+    pub fn search_text(&self) -> String {
+        let mut names: Vec<&str> = self.charge_detail.iter().map(|c| c.charge_name.as_str()).collect();
+        names.extend(self.list_detail.iter().map(|l| l.name.as_str()));
+        names.sort_unstable();
+        names.dedup();
+        names.join(" ")
+    }
+
     pub fn details_json(&self) -> Value {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
@@ -981,7 +990,7 @@ fn is_digits(s: &str) -> bool {
 }
 
 /// GB 11643 check character of the first 17 digits of a resident ID number.
-fn gb11643_check(first17: &[u8]) -> u8 {
+pub(crate) fn gb11643_check(first17: &[u8]) -> u8 {
     const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
     const CHECK: &[u8; 11] = b"10X98765432";
     let sum: u32 = first17.iter().zip(WEIGHTS).map(|(d, w)| u32::from(d - b'0') * w).sum();

@@ -29,6 +29,7 @@ pub struct Settings {
     pub alerts: AlertSettings,
     pub ops: OpsSettings,
     pub wechat: WechatSettings,
+    pub miniprogram: MiniProgramSettings,
     #[serde(default)]
     pub agencies: Vec<AgencyProvision>,
 }
@@ -185,6 +186,19 @@ pub enum WechatMode {
 pub struct WechatSettings {
     pub mode: WechatMode,
     pub api_base_url: String,
+}
+
+/// The receipt-wallet mini-program API (payers).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MiniProgramSettings {
+    pub access_token_secs: u64,
+    pub refresh_token_days: u64,
+    pub privacy_notice_version: String,
+    pub download_link_secs: u64,
+    pub possession_per_payer_per_min: u32,
+    pub possession_per_ip_per_min: u32,
+    pub page_size_max: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -372,6 +386,29 @@ impl Settings {
         }
         if url::Url::parse(&self.wechat.api_base_url).is_err() {
             return Err(invalid("wechat.api_base_url", "is not a URL"));
+        }
+        let mp = &self.miniprogram;
+        if !(60..=3600).contains(&mp.access_token_secs) {
+            // Payer tokens are meant to be short-lived: refresh tokens carry the session.
+            return Err(invalid("miniprogram.access_token_secs", "must be between 60 and 3600"));
+        }
+        if !(1..=365).contains(&mp.refresh_token_days) {
+            return Err(invalid("miniprogram.refresh_token_days", "must be between 1 and 365"));
+        }
+        if !(10..=900).contains(&mp.download_link_secs) {
+            return Err(invalid("miniprogram.download_link_secs", "must be between 10 and 900"));
+        }
+        if mp.privacy_notice_version.trim().is_empty() {
+            return Err(invalid("miniprogram.privacy_notice_version", "must not be empty"));
+        }
+        if mp.possession_per_payer_per_min == 0 || mp.possession_per_ip_per_min == 0 {
+            return Err(invalid(
+                "miniprogram.possession_per_payer_per_min",
+                "and miniprogram.possession_per_ip_per_min must be at least 1",
+            ));
+        }
+        if !(1..=100).contains(&mp.page_size_max) {
+            return Err(invalid("miniprogram.page_size_max", "must be between 1 and 100"));
         }
         if self.store_kind() == StoreKind::Postgres && self.security.master_keys.expose_secret().is_empty() {
             return Err(invalid(

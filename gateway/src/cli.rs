@@ -143,11 +143,12 @@ pub enum AppCommand {
 
 #[derive(Subcommand)]
 pub enum ChannelCommand {
-    /// Create or replace the agency's channel of a kind.
+    /// Create or replace the agency's channel of a kind, or without `--agency`
+    /// the platform's shared wallet mini-program (`--kind wallet_subscribe`).
     Set {
         #[arg(long)]
-        agency: String,
-        #[arg(long, value_parser = ["wechat_template", "wechat_subscribe"])]
+        agency: Option<String>,
+        #[arg(long, value_parser = ["wechat_template", "wechat_subscribe", "wallet_subscribe"])]
         kind: String,
         #[arg(long)]
         wechat_app_id: String,
@@ -170,10 +171,14 @@ pub enum ChannelCommand {
         encoding_aes_key: Option<String>,
         #[arg(long)]
         disabled: bool,
+        /// The subscribe template is long-term (medical accounts).
+        #[arg(long)]
+        long_term: bool,
     },
+    /// The agency's channels, or the platform's without `--agency`.
     List {
         #[arg(long)]
-        agency: String,
+        agency: Option<String>,
     },
 }
 
@@ -254,6 +259,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     message_token,
                     encoding_aes_key,
                     disabled,
+                    long_term,
                 } => {
                     let mut map = serde_json::Map::new();
                     for f in fields {
@@ -271,11 +277,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         message_token,
                         encoding_aes_key,
                         enabled: !disabled,
+                        long_term,
                     };
                     print_json(&provisioning::set_channel(store.as_ref(), &keyring, spec).await?)?;
                 }
                 ChannelCommand::List { agency } => {
-                    print_json(&provisioning::list_channels(store.as_ref(), &agency).await?)?
+                    print_json(&provisioning::list_channels(store.as_ref(), agency.as_deref()).await?)?
                 }
             }
         }

@@ -108,12 +108,18 @@ pub async fn push(state: &AppState, issuer: &SignedApp, receipt: NewReceipt) -> 
         content_hash,
         payer_sealed: keyring.seal_json(payer, PAYER_PURPOSE),
         payer_id_index: payer.id_card_no.as_deref().map(|v| keyring.blind_index("id_card", v)),
-        payer_phone_index: payer.tel.as_deref().map(|v| keyring.blind_index("phone", v)),
+        // Normalized as registration normalizes, so +86 138-0013-8000 matches 13800138000.
+        payer_phone_index: payer.tel.as_deref().map(|v| {
+            let phone = piaojia_core::identity::normalize_phone(v).unwrap_or_else(|_| v.to_owned());
+            keyring.blind_index("phone", &phone)
+        }),
         payer_name_index: Some(keyring.blind_index("name", &payer.name)),
         open_id: receipt.open_id.clone(),
         details: receipt.details_json(),
         file,
         received_at: Utc::now(),
+        search_text: receipt.search_text(),
+        wallet_channels: wallet_channels(state, agency.id).await?,
     };
     let deliveries = plan_deliveries(state, issuer, DeliveryEvent::Issued, receipt.open_id.as_deref()).await?;
     match state.store.insert_receipt(record, deliveries).await? {
@@ -178,6 +184,29 @@ pub async fn lookup(
         .receipt(issuer.agency.id, bill_batch_code, bill_no)
         .await?
         .ok_or(IntakeError::NotFound)
+}
+
+/// The subscribe channels that may tell a registered payer of a new receipt: the
+/// agency's own mini-program first, then the platform's shared wallet.
+async fn wallet_channels(
+    state: &AppState,
+    agency_id: Uuid,
+) -> Result<Vec<piaojia_store::wallet::WalletChannel>, IntakeError> {
+    let own = state.apps.channels(agency_id).await?;
+    let platform = state.apps.platform_channels().await?;
+    Ok(own
+        .iter()
+        .filter(|c| c.kind == piaojia_notifier::routing::WECHAT_SUBSCRIBE)
+        .chain(platform.iter())
+        .filter(|c| c.enabled)
+        .map(|c| piaojia_store::wallet::WalletChannel {
+            kind: c.kind.clone(),
+            app_id: c.wechat_app_id.clone(),
+            template_id: c.template_id.clone(),
+            long_term: c.long_term,
+            interface: piaojia_notifier::routing::wechat_interface(&c.wechat_app_id, &c.kind),
+        })
+        .collect())
 }
 
 /// The deliveries an event calls for: the payer's WeChat channel when the receipt

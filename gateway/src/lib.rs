@@ -3,7 +3,7 @@
 
 pub mod auth;
 pub mod cli;
-pub mod error;
+pub use piaojia_web::error;
 pub mod files;
 pub mod intake;
 pub mod nonces;

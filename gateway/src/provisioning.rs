@@ -292,7 +292,8 @@ pub async fn apply_declared(store: &dyn Store, keyring: &Keyring, declared: &[Ag
 #[serde(rename_all = "camelCase")]
 pub struct ChannelView {
     pub id: Uuid,
-    pub agency_code: String,
+    /// `None`: the platform's channel.
+    pub agency_code: Option<String>,
     pub kind: String,
     pub wechat_app_id: String,
     pub template_id: String,
@@ -300,12 +301,14 @@ pub struct ChannelView {
     pub page: Option<String>,
     pub message_server: bool,
     pub enabled: bool,
+    pub long_term: bool,
 }
 
-/// A WeChat channel of an agency as configured.
+/// A WeChat channel of an agency (or of the platform) as configured.
 pub struct ChannelSpec {
-    pub agency_code: String,
-    /// `wechat_template` or `wechat_subscribe`.
+    /// `None` for the platform's shared wallet mini-program (`wallet_subscribe`).
+    pub agency_code: Option<String>,
+    /// `wechat_template`, `wechat_subscribe` or, without an agency, `wallet_subscribe`.
     pub kind: String,
     pub wechat_app_id: String,
     pub secret: String,
@@ -317,13 +320,28 @@ pub struct ChannelSpec {
     pub message_token: Option<String>,
     pub encoding_aes_key: Option<String>,
     pub enabled: bool,
+    /// A long-term subscribe template (medical accounts): one consent covers all messages.
+    pub long_term: bool,
 }
 
-/// Creates or replaces the agency's channel of that kind.
+/// Creates or replaces the agency's (or the platform's) channel of that kind.
 pub async fn set_channel(store: &dyn Store, keyring: &Keyring, spec: ChannelSpec) -> Result<ChannelView> {
-    if !matches!(spec.kind.as_str(), "wechat_template" | "wechat_subscribe") {
+    match (spec.agency_code.is_some(), spec.kind.as_str()) {
+        (true, "wechat_template" | "wechat_subscribe") | (false, "wallet_subscribe") => {}
+        (true, _) => {
+            return Err(ProvisionError::Invalid(
+                "an agency's channel is wechat_template or wechat_subscribe".into(),
+            ));
+        }
+        (false, _) => {
+            return Err(ProvisionError::Invalid(
+                "the platform's channel (no --agency) is wallet_subscribe".into(),
+            ));
+        }
+    }
+    if spec.long_term && spec.kind == "wechat_template" {
         return Err(ProvisionError::Invalid(
-            "kind must be wechat_template or wechat_subscribe".into(),
+            "only subscribe templates can be long-term".into(),
         ));
     }
     let appid_ok = spec.wechat_app_id.len() <= 32
@@ -349,11 +367,14 @@ pub async fn set_channel(store: &dyn Store, keyring: &Keyring, spec: ChannelSpec
             )));
         }
     }
-    let agency = agency_by_code(store, &spec.agency_code).await?;
+    let agency = match &spec.agency_code {
+        Some(code) => Some(agency_by_code(store, code).await?),
+        None => None,
+    };
     let purpose = piaojia_notifier::channels::wechat::channel_secret_purpose(&spec.wechat_app_id);
     let channel = store
         .upsert_channel(piaojia_store::NewChannel {
-            agency_id: agency.id,
+            agency_id: agency.as_ref().map(|a| a.id),
             kind: spec.kind,
             wechat_app_id: spec.wechat_app_id.clone(),
             secret_sealed: keyring.seal(spec.secret.as_bytes(), &purpose),
@@ -363,15 +384,16 @@ pub async fn set_channel(store: &dyn Store, keyring: &Keyring, spec: ChannelSpec
             message_token_sealed: spec.message_token.map(|t| keyring.seal(t.as_bytes(), &purpose)),
             encoding_aes_key_sealed: spec.encoding_aes_key.map(|k| keyring.seal(k.as_bytes(), &purpose)),
             enabled: spec.enabled,
+            long_term: spec.long_term,
         })
         .await?;
-    Ok(channel_view(channel, &agency.code))
+    Ok(channel_view(channel, agency.as_ref().map(|a| a.code.as_str())))
 }
 
-fn channel_view(c: piaojia_store::Channel, agency_code: &str) -> ChannelView {
+fn channel_view(c: piaojia_store::Channel, agency_code: Option<&str>) -> ChannelView {
     ChannelView {
         id: c.id,
-        agency_code: agency_code.to_owned(),
+        agency_code: agency_code.map(str::to_owned),
         kind: c.kind,
         wechat_app_id: c.wechat_app_id,
         template_id: c.template_id,
@@ -379,15 +401,25 @@ fn channel_view(c: piaojia_store::Channel, agency_code: &str) -> ChannelView {
         page: c.page,
         message_server: c.message_token_sealed.is_some(),
         enabled: c.enabled,
+        long_term: c.long_term,
     }
 }
 
-pub async fn list_channels(store: &dyn Store, agency_code: &str) -> Result<Vec<ChannelView>> {
-    let agency = agency_by_code(store, agency_code).await?;
+/// The agency's channels, or the platform's without an agency.
+pub async fn list_channels(store: &dyn Store, agency_code: Option<&str>) -> Result<Vec<ChannelView>> {
+    let Some(code) = agency_code else {
+        return Ok(store
+            .platform_channels()
+            .await?
+            .into_iter()
+            .map(|c| channel_view(c, None))
+            .collect());
+    };
+    let agency = agency_by_code(store, code).await?;
     Ok(store
         .channels_for_agency(agency.id)
         .await?
         .into_iter()
-        .map(|c| channel_view(c, &agency.code))
+        .map(|c| channel_view(c, Some(&agency.code)))
         .collect())
 }

@@ -94,46 +94,54 @@ fn spawn_sandbox_sync(
 ) {
     tokio::spawn(async move {
         loop {
-            if let Ok(agencies) = store.list_agencies().await {
-                for agency in agencies {
-                    for channel in store.channels_for_agency(agency.id).await.unwrap_or_default() {
-                        if sim.app(&channel.wechat_app_id).is_some() {
-                            continue;
-                        }
-                        let purpose =
-                            piaojia_notifier::channels::wechat::channel_secret_purpose(&channel.wechat_app_id);
-                        let Ok(secret) = keyring.open(&channel.secret_sealed, &purpose) else {
-                            continue;
-                        };
-                        let secret = String::from_utf8_lossy(&secret).into_owned();
-                        let kind = if channel.kind == piaojia_notifier::routing::WECHAT_TEMPLATE {
-                            piaojia_wechat_sim::AppKind::OfficialAccount
-                        } else {
-                            piaojia_wechat_sim::AppKind::MiniProgram
-                        };
-                        let mut app = piaojia_wechat_sim::SimApp::new(&channel.wechat_app_id, &secret, kind);
-                        if let Some(token) = channel
-                            .message_token_sealed
-                            .as_ref()
-                            .and_then(|t| keyring.open(t, &purpose).ok())
-                        {
-                            app.message_server = Some(piaojia_wechat_sim::MessageServer {
-                                url: format!("http://127.0.0.1:{own_port}/v1/wechat/{}/events", channel.wechat_app_id),
-                                token: String::from_utf8_lossy(&token).into_owned(),
-                                encoding_aes_key: None,
-                            });
-                        }
-                        sim.add_app(app);
-                        if channel.kind == piaojia_notifier::routing::WECHAT_SUBSCRIBE {
-                            // The sandbox behaves as a medical account with a long-term template.
-                            sim.grant_long_term(&channel.wechat_app_id, &channel.template_id);
-                        }
-                    }
-                }
+            let mut channels = store.platform_channels().await.unwrap_or_default();
+            for agency in store.list_agencies().await.unwrap_or_default() {
+                channels.extend(store.channels_for_agency(agency.id).await.unwrap_or_default());
+            }
+            for channel in channels {
+                register_sandbox_app(&sim, &keyring, own_port, &channel);
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     });
+}
+
+/// Registers a channel's app (and long-term template) with the sandbox simulator.
+fn register_sandbox_app(
+    sim: &piaojia_wechat_sim::Simulator,
+    keyring: &piaojia_core::pii::Keyring,
+    own_port: u16,
+    channel: &piaojia_store::Channel,
+) {
+    if channel.long_term {
+        sim.grant_long_term(&channel.wechat_app_id, &channel.template_id);
+    }
+    if sim.app(&channel.wechat_app_id).is_some() {
+        return;
+    }
+    let purpose = piaojia_notifier::channels::wechat::channel_secret_purpose(&channel.wechat_app_id);
+    let Ok(secret) = keyring.open(&channel.secret_sealed, &purpose) else {
+        return;
+    };
+    let secret = String::from_utf8_lossy(&secret).into_owned();
+    let kind = if channel.kind == piaojia_notifier::routing::WECHAT_TEMPLATE {
+        piaojia_wechat_sim::AppKind::OfficialAccount
+    } else {
+        piaojia_wechat_sim::AppKind::MiniProgram
+    };
+    let mut app = piaojia_wechat_sim::SimApp::new(&channel.wechat_app_id, &secret, kind);
+    if let Some(token) = channel
+        .message_token_sealed
+        .as_ref()
+        .and_then(|t| keyring.open(t, &purpose).ok())
+    {
+        app.message_server = Some(piaojia_wechat_sim::MessageServer {
+            url: format!("http://127.0.0.1:{own_port}/v1/wechat/{}/events", channel.wechat_app_id),
+            token: String::from_utf8_lossy(&token).into_owned(),
+            encoding_aes_key: None,
+        });
+    }
+    sim.add_app(app);
 }
 
 /// Everything the request handlers share, connected and ready.
@@ -284,7 +292,7 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
             .app_data(web::QueryConfig::default().error_handler(handlers::query))
             .app_data(web::PayloadConfig::default().limit(body_limit))
             .wrap(from_fn(telemetry::observe))
-            .wrap(TracingLogger::default())
+            .wrap(TracingLogger::<piaojia_web::logging::RouteSpan>::new())
             .configure(routes::health::configure)
             .configure(|cfg| {
                 if role == Role::Gateway {

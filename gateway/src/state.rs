@@ -47,6 +47,7 @@ pub struct AppDirectory {
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
     cache: Option<moka::future::Cache<String, Option<Arc<AuthApp>>>>,
+    /// Per agency; `Uuid::nil()` holds the platform's channels.
     channels: Option<moka::future::Cache<uuid::Uuid, Arc<Vec<piaojia_store::Channel>>>>,
 }
 
@@ -79,17 +80,28 @@ impl AppDirectory {
 
     /// The agency's WeChat channels (cached like apps).
     pub async fn channels(&self, agency_id: uuid::Uuid) -> Result<Arc<Vec<piaojia_store::Channel>>, StoreError> {
-        match &self.channels {
-            None => Ok(Arc::new(self.store.channels_for_agency(agency_id).await?)),
-            Some(cache) => {
-                let store = self.store.clone();
-                cache
-                    .try_get_with(agency_id, async move {
-                        store.channels_for_agency(agency_id).await.map(Arc::new)
-                    })
-                    .await
-                    .map_err(|e: Arc<StoreError>| StoreError::Corrupt(e.to_string()))
+        self.cached_channels(agency_id).await
+    }
+
+    /// The platform's channels: the shared wallet mini-program (cached like apps).
+    pub async fn platform_channels(&self) -> Result<Arc<Vec<piaojia_store::Channel>>, StoreError> {
+        self.cached_channels(uuid::Uuid::nil()).await
+    }
+
+    async fn cached_channels(&self, key: uuid::Uuid) -> Result<Arc<Vec<piaojia_store::Channel>>, StoreError> {
+        let load = |store: Arc<dyn Store>| async move {
+            if key.is_nil() {
+                store.platform_channels().await.map(Arc::new)
+            } else {
+                store.channels_for_agency(key).await.map(Arc::new)
             }
+        };
+        match &self.channels {
+            None => load(self.store.clone()).await,
+            Some(cache) => cache
+                .try_get_with(key, load(self.store.clone()))
+                .await
+                .map_err(|e: Arc<StoreError>| StoreError::Corrupt(e.to_string())),
         }
     }
 

@@ -82,7 +82,8 @@ impl Notifier {
             deps.wechat.clone(),
         ));
         adapters.insert(routing::WECHAT_TEMPLATE, wechat.clone());
-        adapters.insert(routing::WECHAT_SUBSCRIBE, wechat);
+        adapters.insert(routing::WECHAT_SUBSCRIBE, wechat.clone());
+        adapters.insert(routing::WALLET_SUBSCRIBE, wechat);
         Ok(Self {
             inner: Arc::new(Inner {
                 owner: format!("notifier-{}", Uuid::now_v7().simple()),

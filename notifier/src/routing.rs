@@ -7,6 +7,8 @@ use uuid::Uuid;
 pub const ISSUER_WEBHOOK: &str = "issuer_webhook";
 pub const WECHAT_TEMPLATE: &str = "wechat_template";
 pub const WECHAT_SUBSCRIBE: &str = "wechat_subscribe";
+/// The platform's shared wallet mini-program (a channel of no agency).
+pub const WALLET_SUBSCRIBE: &str = "wallet_subscribe";
 
 /// Payer channels in order of preference: the hospital's own official account
 /// (where a WeChat payment usually happens), then the mini-program.

@@ -7,6 +7,8 @@ mod postgres;
 mod records;
 mod shared;
 mod sqlite;
+pub mod wallet;
+mod wallet_sql;
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use uuid::Uuid;
 pub use postgres::PgStore;
 pub use records::*;
 pub use sqlite::SqliteStore;
+pub use wallet::PayerStore;
 
 /// Errors the storage layer reports; callers map them to HTTP answers.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +91,7 @@ pub fn redact_url(url: &str) -> String {
 /// Everything piaojia persists. Both implementations must pass the same story
 /// (`store/tests/story.rs`) and the whole API suite.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: PayerStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Applies the embedded migrations of this backend.
@@ -123,8 +126,10 @@ pub trait Store: Send + Sync + 'static {
     async fn set_app_callback(&self, app_id: &str, callback_url: Option<String>) -> Result<App>;
 
     // ----- receipts and their outbox -----
-    /// Stores a receipt and the deliveries it calls for in one transaction.
-    /// Identity is (`bill_batch_code`, `bill_no`) across all agencies: a second push
+    /// Stores a receipt and the deliveries it calls for in one transaction, and
+    /// collects a person's receipt into the wallets of the registered payers it
+    /// matches (with the subscribe messages they are owed, see
+    /// [`NewReceiptRecord::wallet_channels`]). Identity is (`bill_batch_code`, `bill_no`) across all agencies: a second push
     /// with the same `content_hash` and agency is `Duplicate`, anything else `Conflict`;
     /// deliveries are only written for `Created`.
     async fn insert_receipt(&self, receipt: NewReceiptRecord, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome>;
@@ -199,7 +204,8 @@ pub trait Store: Send + Sync + 'static {
     async fn stats_since(&self, since: DateTime<Utc>) -> Result<Vec<StatsRow>>;
 
     // ----- WeChat channels of agencies -----
-    /// Creates or replaces the channel of that kind for the agency.
+    /// Creates or replaces the channel of that kind for the agency (or, with no
+    /// agency, the platform's).
     async fn upsert_channel(&self, channel: NewChannel) -> Result<Channel>;
     async fn channels_for_agency(&self, agency_id: Uuid) -> Result<Vec<Channel>>;
     async fn channel_by_wechat_app(&self, wechat_app_id: &str) -> Result<Vec<Channel>>;

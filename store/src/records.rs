@@ -152,6 +152,11 @@ pub struct NewReceiptRecord {
     pub details: serde_json::Value,
     pub file: Option<FileMeta>,
     pub received_at: DateTime<Utc>,
+    /// Item names, for the payers' free-text search.
+    pub search_text: String,
+    /// Subscribe channels through which a registered payer this receipt is
+    /// collected for may be told of it, in order of preference.
+    pub wallet_channels: Vec<crate::wallet::WalletChannel>,
 }
 
 /// The red receipt (红票) that voids an original.
@@ -390,8 +395,10 @@ pub struct StatsRow {
 /// A WeChat channel of an agency: which app, template and field mapping to use.
 #[derive(Debug, Clone)]
 pub struct NewChannel {
-    pub agency_id: Uuid,
-    /// `wechat_template` (official account) or `wechat_subscribe` (mini-program).
+    /// `None`: the platform's own channel (the shared wallet mini-program).
+    pub agency_id: Option<Uuid>,
+    /// `wechat_template` (official account), `wechat_subscribe` (the agency's
+    /// mini-program) or `wallet_subscribe` (the platform wallet).
     pub kind: String,
     pub wechat_app_id: String,
     /// The app's secret, sealed.
@@ -405,12 +412,14 @@ pub struct NewChannel {
     pub message_token_sealed: Option<String>,
     pub encoding_aes_key_sealed: Option<String>,
     pub enabled: bool,
+    /// A long-term subscribe template: no consent is used up per message.
+    pub long_term: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct Channel {
     pub id: Uuid,
-    pub agency_id: Uuid,
+    pub agency_id: Option<Uuid>,
     pub kind: String,
     pub wechat_app_id: String,
     pub secret_sealed: String,
@@ -420,6 +429,7 @@ pub struct Channel {
     pub message_token_sealed: Option<String>,
     pub encoding_aes_key_sealed: Option<String>,
     pub enabled: bool,
+    pub long_term: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

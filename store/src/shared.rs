@@ -62,10 +62,34 @@ pub(crate) use stats_columns;
 macro_rules! channel_columns {
     () => {
         "id, agency_id, kind, wechat_app_id, secret_sealed, template_id, fields, page, \
-         message_token_sealed, encoding_aes_key_sealed, enabled, created_at, updated_at"
+         message_token_sealed, encoding_aes_key_sealed, enabled, created_at, updated_at, long_term"
     };
 }
 pub(crate) use channel_columns;
+
+macro_rules! upsert_channel {
+    ($target:literal) => {
+        concat!(
+            "INSERT INTO channels (",
+            channel_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13) ",
+            "ON CONFLICT ",
+            $target,
+            " DO UPDATE SET wechat_app_id = excluded.wechat_app_id, ",
+            "secret_sealed = excluded.secret_sealed, template_id = excluded.template_id, ",
+            "fields = excluded.fields, page = excluded.page, ",
+            "message_token_sealed = excluded.message_token_sealed, ",
+            "encoding_aes_key_sealed = excluded.encoding_aes_key_sealed, enabled = excluded.enabled, ",
+            "long_term = excluded.long_term, updated_at = excluded.updated_at RETURNING ",
+            channel_columns!()
+        )
+    };
+}
+
+/// Creates or replaces an agency's channel of a kind.
+pub(crate) const UPSERT_AGENCY_CHANNEL: &str = upsert_channel!("(agency_id, kind)");
+/// Creates or replaces the platform's channel of a kind (the partial unique index).
+pub(crate) const UPSERT_PLATFORM_CHANNEL: &str = upsert_channel!("(kind) WHERE agency_id IS NULL");
 
 macro_rules! alert_columns {
     () => {
@@ -689,7 +713,7 @@ impl From<StatsDbRow> for StatsRow {
 #[derive(sqlx::FromRow)]
 pub(crate) struct ChannelRow {
     id: Uuid,
-    agency_id: Uuid,
+    agency_id: Option<Uuid>,
     kind: String,
     wechat_app_id: String,
     secret_sealed: String,
@@ -701,6 +725,7 @@ pub(crate) struct ChannelRow {
     enabled: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    long_term: bool,
 }
 
 impl From<ChannelRow> for Channel {
@@ -717,6 +742,7 @@ impl From<ChannelRow> for Channel {
             message_token_sealed: row.message_token_sealed,
             encoding_aes_key_sealed: row.encoding_aes_key_sealed,
             enabled: row.enabled,
+            long_term: row.long_term,
             created_at: row.created_at,
             updated_at: row.updated_at,
         }

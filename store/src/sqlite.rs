@@ -30,6 +30,24 @@ use crate::{
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
+async fn begin_write(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+/// Writers are serialised by `BEGIN IMMEDIATE`: matching needs no extra lock.
+async fn lock_identities(_conn: &mut SqliteConnection, _keys: &[i64]) -> Result<()> {
+    Ok(())
+}
+
+crate::wallet_sql::wallet_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    SqliteConnection,
+    begin_write,
+    lock_identities,
+    ""
+);
+
 pub struct SqliteStore {
     pool: SqlitePool,
 }
@@ -420,9 +438,9 @@ impl Store for SqliteStore {
             "INSERT INTO receipts (id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, \
              bus_no, bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, \
              payer_id_index, payer_phone_index, payer_name_index, open_id, details, file, \
-             received_at, reimbursement_state, updated_at) \
+             received_at, reimbursement_state, updated_at, search_text) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, 'INIT', $21) \
+             $18, $19, $20, 'INIT', $21, $22) \
              ON CONFLICT (bill_batch_code, bill_no) DO NOTHING RETURNING id",
         )
         .bind(r.id)
@@ -446,12 +464,15 @@ impl Store for SqliteStore {
         .bind(r.file.as_ref().map(Json))
         .bind(r.received_at)
         .bind(now)
+        .bind(&r.search_text)
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| write_error(e, "receipt_id"))?;
 
         if let Some(id) = inserted {
+            let wallet = collect_new_receipt(&mut tx, &r, &deliveries, now).await?;
             insert_deliveries(&mut tx, id, r.agency_id, &deliveries, now).await?;
+            insert_deliveries(&mut tx, id, r.agency_id, &wallet, now).await?;
             let stored = written(load_receipt_by_id(&mut tx, id).await?, "receipt")?;
             tx.commit().await?;
             return Ok(InsertOutcome::Created(stored));
@@ -823,34 +844,28 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_channel(&self, channel: NewChannel) -> Result<Channel> {
-        let now = shared::now();
-        let row: ChannelRow = sqlx::query_as(concat!(
-            "INSERT INTO channels (",
-            channel_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) ",
-            "ON CONFLICT (agency_id, kind) DO UPDATE SET wechat_app_id = excluded.wechat_app_id, ",
-            "secret_sealed = excluded.secret_sealed, template_id = excluded.template_id, ",
-            "fields = excluded.fields, page = excluded.page, ",
-            "message_token_sealed = excluded.message_token_sealed, ",
-            "encoding_aes_key_sealed = excluded.encoding_aes_key_sealed, enabled = excluded.enabled, ",
-            "updated_at = excluded.updated_at RETURNING ",
-            channel_columns!()
-        ))
-        .bind(Uuid::now_v7())
-        .bind(channel.agency_id)
-        .bind(&channel.kind)
-        .bind(&channel.wechat_app_id)
-        .bind(&channel.secret_sealed)
-        .bind(&channel.template_id)
-        .bind(Json(&channel.fields))
-        .bind(&channel.page)
-        .bind(&channel.message_token_sealed)
-        .bind(&channel.encoding_aes_key_sealed)
-        .bind(channel.enabled)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| write_error(e, "channel_id"))?;
+        let sql = if channel.agency_id.is_some() {
+            shared::UPSERT_AGENCY_CHANNEL
+        } else {
+            shared::UPSERT_PLATFORM_CHANNEL
+        };
+        let row: ChannelRow = sqlx::query_as(sql)
+            .bind(Uuid::now_v7())
+            .bind(channel.agency_id)
+            .bind(&channel.kind)
+            .bind(&channel.wechat_app_id)
+            .bind(&channel.secret_sealed)
+            .bind(&channel.template_id)
+            .bind(Json(&channel.fields))
+            .bind(&channel.page)
+            .bind(&channel.message_token_sealed)
+            .bind(&channel.encoding_aes_key_sealed)
+            .bind(channel.enabled)
+            .bind(shared::now())
+            .bind(channel.long_term)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| write_error(e, "channel_id"))?;
         Ok(row.into())
     }
 

@@ -209,6 +209,8 @@ fn receipt(agency_id: Uuid, bill_no: &str, content_hash: &str) -> NewReceiptReco
             object_key: format!("receipts/{bill_no}.pdf"),
         }),
         received_at: at(60),
+        search_text: "挂号费 药费".to_owned(),
+        wallet_channels: Vec::new(),
     }
 }
 
@@ -1474,8 +1476,8 @@ async fn channels(fx: &Fixture) -> TestResult {
     let store = fx.migrated().await?;
     let a = one_agency(&*store, "A001").await?;
     let b = one_agency(&*store, "B002").await?;
-    let channel = |agency_id, kind: &str, app: &str| NewChannel {
-        agency_id,
+    let channel = |agency_id: Uuid, kind: &str, app: &str| NewChannel {
+        agency_id: Some(agency_id),
         kind: kind.to_owned(),
         wechat_app_id: app.to_owned(),
         secret_sealed: "v1:sealed-secret".to_owned(),
@@ -1485,10 +1487,11 @@ async fn channels(fx: &Fixture) -> TestResult {
         message_token_sealed: Some("v1:token".to_owned()),
         encoding_aes_key_sealed: None,
         enabled: true,
+        long_term: false,
     };
 
     let first = store.upsert_channel(channel(a, "wechat_template", "wx-shared")).await?;
-    assert_eq!(first.agency_id, a);
+    assert_eq!(first.agency_id, Some(a));
     assert_eq!(first.kind, "wechat_template");
     assert_eq!(first.fields["amount2"], "{amount}元");
     assert_eq!(first.page.as_deref(), Some("pages/receipt/index"));
@@ -1540,6 +1543,46 @@ async fn channels(fx: &Fixture) -> TestResult {
             .await,
         Err(StoreError::NotFound)
     ));
+
+    // The platform wallet: a channel of no agency, one per kind, replaced in place.
+    assert!(store.platform_channels().await?.is_empty());
+    let platform = |template: &str| NewChannel {
+        agency_id: None,
+        template_id: template.to_owned(),
+        long_term: true,
+        ..channel(a, "wallet_subscribe", "wx-wallet")
+    };
+    let wallet = store.upsert_channel(platform("tpl-w1")).await?;
+    assert_eq!(wallet.agency_id, None);
+    assert!(wallet.long_term);
+    let wallet2 = store.upsert_channel(platform("tpl-w2")).await?;
+    assert_eq!(wallet2.id, wallet.id);
+    let listed = store.platform_channels().await?;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].template_id, "tpl-w2");
+    assert!(
+        store
+            .channels_for_agency(a)
+            .await?
+            .iter()
+            .all(|c| c.kind != "wallet_subscribe")
+    );
+    // A wallet channel must not belong to an agency, nor an agency channel to none.
+    assert!(
+        store
+            .upsert_channel(channel(a, "wallet_subscribe", "wx-w"))
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .upsert_channel(NewChannel {
+                agency_id: None,
+                ..channel(a, "wechat_template", "wx-t")
+            })
+            .await
+            .is_err()
+    );
     Ok(())
 }
 

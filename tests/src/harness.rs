@@ -300,7 +300,7 @@ impl TestApp {
             self.store.as_ref(),
             &self.keyring,
             provisioning::ChannelSpec {
-                agency_code: agency_code.to_owned(),
+                agency_code: Some(agency_code.to_owned()),
                 kind: kind.to_owned(),
                 wechat_app_id: appid.to_owned(),
                 secret: secret.clone(),
@@ -310,6 +310,7 @@ impl TestApp {
                 message_token: None,
                 encoding_aes_key: None,
                 enabled: true,
+                long_term: false,
             },
         )
         .await

@@ -15,7 +15,7 @@ use piaojia_wechat::errcode::ErrorClass;
 use secrecy::SecretString;
 
 use super::{ChannelAdapter, SendResult};
-use crate::routing::WECHAT_TEMPLATE;
+use crate::routing::{WALLET_SUBSCRIBE, WECHAT_TEMPLATE};
 
 /// The purpose a channel's app secret is sealed under.
 pub fn channel_secret_purpose(wechat_app_id: &str) -> String {
@@ -27,6 +27,7 @@ pub struct WechatChannel {
     keyring: Arc<Keyring>,
     client: Arc<WechatClient>,
     /// Channel settings change rarely; a short cache spares a query per send.
+    /// Keyed by agency; `Uuid::nil()` holds the platform's channels.
     channels: moka::future::Cache<uuid::Uuid, Arc<Vec<Channel>>>,
 }
 
@@ -45,13 +46,21 @@ impl WechatChannel {
 
     async fn channel(&self, job: &ClaimedDelivery) -> Result<Channel, SendResult> {
         let store = self.store.clone();
-        let agency = job.receipt.agency_id;
+        // The platform wallet belongs to no agency.
+        let key = if job.delivery.channel == WALLET_SUBSCRIBE {
+            uuid::Uuid::nil()
+        } else {
+            job.receipt.agency_id
+        };
         let all = self
             .channels
-            .try_get_with(
-                agency,
-                async move { store.channels_for_agency(agency).await.map(Arc::new) },
-            )
+            .try_get_with(key, async move {
+                if key.is_nil() {
+                    store.platform_channels().await.map(Arc::new)
+                } else {
+                    store.channels_for_agency(key).await.map(Arc::new)
+                }
+            })
             .await
             .map_err(|e| SendResult::Retryable {
                 code: None,

@@ -393,7 +393,7 @@ both_modes!(
             app.store.as_ref(),
             &app.keyring,
             piaojia_gateway::provisioning::ChannelSpec {
-                agency_code: issuer.agency_code.clone(),
+                agency_code: Some(issuer.agency_code.clone()),
                 kind: "wechat_template".into(),
                 wechat_app_id: OA.into(),
                 secret: secret.into(),
@@ -403,6 +403,7 @@ both_modes!(
                 message_token: Some(token.into()),
                 encoding_aes_key: Some(aes_key.into()),
                 enabled: true,
+                long_term: false,
             },
         )
         .await

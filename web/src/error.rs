@@ -49,6 +49,9 @@ pub struct ApiError {
     detail: Option<String>,
     errors: Vec<FieldProblem>,
     retry_after: Option<u64>,
+    /// The `WWW-Authenticate` challenge of a 401 (the issuers' signature scheme
+    /// unless a payer endpoint says `Bearer`).
+    challenge: &'static str,
     /// The cause, logged at the error boundary and never sent.
     source: Option<anyhow::Error>,
 }
@@ -72,6 +75,7 @@ impl ApiError {
             detail: None,
             errors: Vec::new(),
             retry_after: None,
+            challenge: piaojia_core::signing::SCHEME,
             source: None,
         }
     }
@@ -93,6 +97,22 @@ impl ApiError {
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
+    }
+
+    /// Sets the `WWW-Authenticate` challenge sent with a 401.
+    pub fn challenge(mut self, scheme: &'static str) -> Self {
+        self.challenge = scheme;
+        self
+    }
+
+    /// Keeps `cause` for the logs (never sent to the client).
+    pub fn cause(mut self, cause: impl Into<anyhow::Error>) -> Self {
+        self.source = Some(cause.into());
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 
     pub fn code(&self) -> &'static str {
@@ -121,6 +141,12 @@ impl ApiError {
 
     pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, "Unprocessable content").detail(detail)
+    }
+
+    pub fn too_many_requests(code: &'static str, retry_after_secs: u64) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, code, "Too many requests")
+            .detail("too many attempts; retry later")
+            .retry_after(retry_after_secs.max(1))
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
@@ -210,7 +236,7 @@ impl ResponseError for ApiError {
             resp.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.insert_header((header::WWW_AUTHENTICATE, piaojia_core::signing::SCHEME));
+            resp.insert_header((header::WWW_AUTHENTICATE, self.challenge));
         }
         resp.json(self.problem())
     }
