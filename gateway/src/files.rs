@@ -54,6 +54,11 @@ impl FileStore {
         })
     }
 
+    /// The underlying object store (readers such as the payers' downloads).
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
     }

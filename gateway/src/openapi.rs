@@ -62,7 +62,9 @@ impl Modify for Security {
 }
 
 pub fn spec() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut spec = ApiDoc::openapi();
+    spec.merge(piaojia_miniprogram_api::ApiDoc::openapi());
+    spec
 }
 
 /// The spec as committed: pretty JSON with a trailing newline.

@@ -175,8 +175,16 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
     if let Some(sim) = &sandbox {
         spawn_sandbox_sync(sim.clone(), store.clone(), keyring.clone(), own_port);
     }
+    let settings = Arc::new(settings);
+    let wallet = Arc::new(piaojia_miniprogram_api::WalletState::new(
+        settings.clone(),
+        store.clone(),
+        keyring.clone(),
+        wechat.clone(),
+        files.object_store(),
+    ));
     Ok(AppState {
-        settings: Arc::new(settings),
+        settings,
         store,
         keyring,
         nonces,
@@ -188,6 +196,7 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         tracker: piaojia_notifier::tracker::Tracker::new(format!("gw-{}", uuid::Uuid::now_v7().simple())),
         wechat,
         sandbox,
+        wallet,
     })
 }
 
@@ -279,10 +288,12 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
     let settings = state.settings.clone();
     let body_limit = settings.server.body_limit_bytes;
     let sandbox = state.sandbox.clone();
+    let wallet = web::Data::from(state.wallet.clone());
     let data = web::Data::new(state);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(wallet.clone())
             .app_data(
                 web::JsonConfig::default()
                     .limit(body_limit)
@@ -297,6 +308,7 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
             .configure(|cfg| {
                 if role == Role::Gateway {
                     routes::issuer::configure(cfg);
+                    piaojia_miniprogram_api::configure(cfg);
                     routes::ops::configure(cfg);
                     routes::wechat_events::configure(cfg);
                     routes::docs::configure(cfg);

@@ -28,6 +28,8 @@ pub struct AppState {
     pub wechat: Arc<piaojia_wechat::client::WechatClient>,
     /// The built-in WeChat simulator (sandbox mode only).
     pub sandbox: Option<piaojia_wechat_sim::Simulator>,
+    /// What the mini-program routes share.
+    pub wallet: Arc<piaojia_miniprogram_api::WalletState>,
 }
 
 /// An app as authentication needs it: secrets opened, agency joined.

@@ -1,1 +1,72 @@
-//! placeholder
+//! The receipt-wallet mini-program API (财政电子票夹): what payers do from the
+//! platform's shared wallet or an agency's own mini-program.
+//!
+//! - `session`: `wx.login` code → our short-lived access JWT and a rotating refresh token
+//! - `profile`: registration (name, ID, phone, privacy consent), masked view, reminders, account deletion
+//! - `subscriptions`: the payer's subscribe-message choices (credits the notifier spends)
+//! - `receipts`: the wallet: filtered, paginated list, detail, add by possession, remove, tags and notes
+//! - `files`: short-lived signed download links, streamed with Range support
+//!
+//! Every route is under `/v1/mp`; a payer is an extractor ([`Payer`]), so a handler's
+//! signature says it serves payers, and the mini-program's scope (the platform: all
+//! agencies; an agency's own: that agency) bounds everything a payer can reach.
+
+pub mod apps;
+pub mod limits;
+pub mod payer;
+pub mod possession;
+pub mod routes;
+pub mod tokens;
+pub mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use piaojia_core::pii::Keyring;
+use piaojia_core::settings::Settings;
+use piaojia_store::Store;
+use piaojia_wechat::WechatClient;
+
+pub use payer::Payer;
+pub use routes::ApiDoc;
+
+/// What the mini-program routes share. The gateway builds it next to its own state.
+pub struct WalletState {
+    pub settings: Arc<Settings>,
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+    pub wechat: Arc<WechatClient>,
+    /// Receipt files (PDF/OFD), as the intake stored them.
+    pub files: Arc<dyn object_store::ObjectStore>,
+    pub tokens: tokens::TokenKeys,
+    pub apps: apps::MiniPrograms,
+    pub limits: limits::PossessionLimits,
+}
+
+impl WalletState {
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        wechat: Arc<WechatClient>,
+        files: Arc<dyn object_store::ObjectStore>,
+    ) -> Self {
+        let mp = &settings.miniprogram;
+        Self {
+            tokens: tokens::TokenKeys::new(&keyring),
+            apps: apps::MiniPrograms::new(store.clone(), Duration::from_secs(settings.security.app_cache_secs)),
+            limits: limits::PossessionLimits::new(mp.possession_per_payer_per_min, mp.possession_per_ip_per_min),
+            settings,
+            store,
+            keyring,
+            wechat,
+            files,
+        }
+    }
+}
+
+/// Mounts the mini-program routes (the caller registers `web::Data<WalletState>`).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    routes::configure(cfg);
+}

@@ -325,6 +325,70 @@ impl TestApp {
         }
     }
 
+    /// Configures the platform's shared wallet mini-program and registers it in the simulator.
+    pub async fn platform_wallet(&self, appid: &str, template_id: &str, long_term: bool) {
+        let secret = format!("secret-of-{appid}");
+        provisioning::set_channel(
+            self.store.as_ref(),
+            &self.keyring,
+            provisioning::ChannelSpec {
+                agency_code: None,
+                kind: "wallet_subscribe".to_owned(),
+                wechat_app_id: appid.to_owned(),
+                secret: secret.clone(),
+                template_id: template_id.to_owned(),
+                fields: serde_json::Map::new(),
+                page: Some("pages/wallet/detail".to_owned()),
+                message_token: None,
+                encoding_aes_key: None,
+                enabled: true,
+                long_term,
+            },
+        )
+        .await
+        .expect("platform wallet set");
+        if let Some(sim) = &self.sim {
+            sim.add_app(piaojia_wechat_sim::SimApp::new(
+                appid,
+                &secret,
+                piaojia_wechat_sim::AppKind::MiniProgram,
+            ));
+            if long_term {
+                sim.grant_long_term(appid, template_id);
+            }
+        }
+    }
+
+    /// Signs a WeChat user in to a mini-program (wx.login through the simulator).
+    pub async fn mp_login(&self, appid: &str, openid: &str, unionid: Option<&str>) -> Value {
+        let sim = self.sim.as_ref().expect("sandbox simulator");
+        let code = sim.issue_login_code(appid, openid, unionid);
+        let resp = self
+            .client
+            .post(format!("{}/v1/mp/session", self.address))
+            .json(&serde_json::json!({ "appId": appid, "code": code }))
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(resp.status().as_u16(), 200, "login");
+        resp.json().await.expect("session JSON")
+    }
+
+    /// A mini-program call with a payer's access token.
+    pub async fn mp(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> reqwest::Response {
+        let mut req = self
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                format!("{}{path}", self.address),
+            )
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        req.send().await.expect("request sent")
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{path}", self.address))

@@ -41,6 +41,15 @@ pub struct Problem {
     pub errors: Vec<FieldProblem>,
 }
 
+/// How a refused caller should authenticate (`WWW-Authenticate` of a 401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// Issuers and reimbursers: the PJ1-HMAC-SHA256 signature.
+    Signature,
+    /// Payers: an access token.
+    Bearer,
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -49,9 +58,8 @@ pub struct ApiError {
     detail: Option<String>,
     errors: Vec<FieldProblem>,
     retry_after: Option<u64>,
-    /// The `WWW-Authenticate` challenge of a 401 (the issuers' signature scheme
-    /// unless a payer endpoint says `Bearer`).
-    challenge: &'static str,
+    /// The `WWW-Authenticate` challenge of a 401.
+    challenge: Challenge,
     /// The cause, logged at the error boundary and never sent.
     source: Option<anyhow::Error>,
 }
@@ -75,7 +83,7 @@ impl ApiError {
             detail: None,
             errors: Vec::new(),
             retry_after: None,
-            challenge: piaojia_core::signing::SCHEME,
+            challenge: Challenge::Signature,
             source: None,
         }
     }
@@ -100,8 +108,8 @@ impl ApiError {
     }
 
     /// Sets the `WWW-Authenticate` challenge sent with a 401.
-    pub fn challenge(mut self, scheme: &'static str) -> Self {
-        self.challenge = scheme;
+    pub fn challenge(mut self, challenge: Challenge) -> Self {
+        self.challenge = challenge;
         self
     }
 
@@ -236,7 +244,11 @@ impl ResponseError for ApiError {
             resp.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.insert_header((header::WWW_AUTHENTICATE, self.challenge));
+            let scheme = match self.challenge {
+                Challenge::Signature => piaojia_core::signing::SCHEME,
+                Challenge::Bearer => "Bearer",
+            };
+            resp.insert_header((header::WWW_AUTHENTICATE, scheme));
         }
         resp.json(self.problem())
     }

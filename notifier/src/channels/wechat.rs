@@ -18,9 +18,7 @@ use super::{ChannelAdapter, SendResult};
 use crate::routing::{WALLET_SUBSCRIBE, WECHAT_TEMPLATE};
 
 /// The purpose a channel's app secret is sealed under.
-pub fn channel_secret_purpose(wechat_app_id: &str) -> String {
-    format!("wechat-secret:{wechat_app_id}")
-}
+pub use piaojia_wechat::secret_purpose as channel_secret_purpose;
 
 pub struct WechatChannel {
     store: Arc<dyn Store>,

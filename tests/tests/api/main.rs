@@ -9,3 +9,4 @@ mod privacy;
 mod receipts;
 mod reversal;
 mod validation;
+mod wallet;

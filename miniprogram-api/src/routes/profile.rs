@@ -1,0 +1,264 @@
+//! Registration and the payer's profile: name, ID document, phone (verified
+//! through WeChat's phone-number button, or entered and marked unverified) and
+//! consent to the privacy notice. Registering collects the receipts already held
+//! for this identity into the wallet.
+
+use actix_web::{HttpResponse, delete, get, put, web};
+use chrono::Utc;
+use piaojia_core::identity::{self, IdType};
+use piaojia_core::mask;
+use piaojia_store::wallet::{PayerRecord, Registration};
+use piaojia_web::error::{ApiError, Problem};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{Problems, wechat_error};
+use crate::views::{MiniProgramView, ProfileView, RegistrationView};
+use crate::{Payer, WalletState};
+
+/// The purpose a payer's profile is sealed under.
+pub const PROFILE_PURPOSE: &str = "payer-profile";
+
+/// The profile as sealed at rest.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SealedProfile {
+    pub name: String,
+    pub id_type: IdType,
+    pub id_number: String,
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Consent {
+    /// The version of the privacy notice shown (`miniprogram.privacy_notice_version`).
+    #[schema(example = "2026-11")]
+    pub version: String,
+    pub accepted: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfileRequest {
+    #[schema(example = "张三丰")]
+    pub name: String,
+    pub id_type: IdType,
+    #[schema(example = "11010519491231002X")]
+    pub id_number: String,
+    /// The code of the mini-program's `getPhoneNumber` button: a verified phone.
+    pub phone_code: Option<String>,
+    /// A phone number typed in: kept, but unverified (not used to collect receipts).
+    #[schema(example = "13800138000")]
+    pub phone: Option<String>,
+    pub consent: Consent,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RemindersRequest {
+    pub enabled: bool,
+}
+
+pub(crate) fn profile_view(state: &WalletState, payer: &Payer, record: &PayerRecord) -> ProfileView {
+    let profile = record.profile_sealed.as_deref().and_then(|s| {
+        state
+            .keyring
+            .open_json::<SealedProfile>(s, PROFILE_PURPOSE)
+            .inspect_err(|e| tracing::error!(payer_id = %record.id, error = %e, "profile cannot be opened"))
+            .ok()
+    });
+    ProfileView {
+        registered: record.registered_at.is_some(),
+        name: profile.as_ref().map(|p| mask::name(&p.name)),
+        id_type: profile.as_ref().map(|p| p.id_type.as_str().to_owned()),
+        id_number: profile.as_ref().map(|p| mask::id_number(&p.id_number)),
+        phone: profile.as_ref().and_then(|p| p.phone.as_deref()).map(mask::phone),
+        phone_verified: record.phone_verified,
+        consent_version: record.consent_version.clone(),
+        consent_at: record.consent_at,
+        reminders: record.reminders,
+        registered_at: record.registered_at,
+        mini_program: MiniProgramView {
+            app_id: payer.app.app_id.clone(),
+            platform: payer.app.scope.is_none(),
+        },
+    }
+}
+
+/// The payer's profile, personal data masked.
+#[utoipa::path(
+    get,
+    path = "/v1/mp/profile",
+    tag = "mini-program",
+    security(("payer_jwt" = [])),
+    responses(
+        (status = 200, description = "The profile", body = ProfileView),
+        (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/mp/profile")]
+pub async fn get_profile(state: web::Data<WalletState>, payer: Payer) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(profile_view(&state, &payer, &payer.record)))
+}
+
+/// Register, or change the profile.
+///
+/// Requires consent to the current privacy notice. Every receipt already held for
+/// a person with this ID number and name (or this verified phone and name) is
+/// collected into the wallet; after a change, collected receipts that no longer
+/// match leave it. Organisations' receipts are never collected.
+#[utoipa::path(
+    put,
+    path = "/v1/mp/profile",
+    tag = "mini-program",
+    security(("payer_jwt" = [])),
+    request_body(content = ProfileRequest, example = json!({
+        "name": "张三丰", "idType": "resident", "idNumber": "11010519491231002X",
+        "phoneCode": "e31968a7f94cc5ee25fafc2aef2773f0bb8c3937b22520eb8ee345274d00c144",
+        "consent": {"version": "2026-11", "accepted": true}
+    })),
+    responses(
+        (status = 200, description = "Registered; `collected` receipts were added to the wallet", body = RegistrationView),
+        (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed` (per field, e.g. `/idNumber` `invalid_value` for a wrong check digit, `/consent` `consent_required`)", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "`wechat_unavailable` (the phone code could not be checked)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[put("/v1/mp/profile")]
+pub async fn put_profile(
+    state: web::Data<WalletState>,
+    payer: Payer,
+    body: web::Json<ProfileRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let req = body.into_inner();
+    let mut p = Problems::default();
+    let name = identity::validate_name(&req.name)
+        .inspect_err(|e| p.push("/name", e.code, e.message))
+        .ok();
+    let id_number = identity::validate_id_number(req.id_type, &req.id_number)
+        .inspect_err(|e| p.push("/idNumber", e.code, e.message))
+        .ok();
+    let current = &state.settings.miniprogram.privacy_notice_version;
+    if !req.consent.accepted || &req.consent.version != current {
+        p.push(
+            "/consent",
+            "consent_required",
+            format!("accept the privacy notice version {current}"),
+        );
+    }
+    if req.phone_code.is_some() && req.phone.is_some() {
+        p.push("/phone", "conflict", "send phoneCode or phone, not both");
+    }
+    let typed_phone = match req.phone.as_deref() {
+        Some(raw) => identity::normalize_phone(raw)
+            .inspect_err(|e| p.push("/phone", e.code, e.message))
+            .ok(),
+        None => None,
+    };
+    if req.phone_code.as_deref().is_some_and(|c| c.is_empty() || c.len() > 256) {
+        p.push("/phoneCode", "invalid_format", "the code of the getPhoneNumber button");
+    }
+    p.into_result()?;
+    let (Some(name), Some(id_number)) = (name, id_number) else {
+        return Err(ApiError::internal(anyhow::anyhow!("validated fields missing")));
+    };
+
+    let (phone, phone_verified) = match req.phone_code.as_deref() {
+        Some(code) => {
+            let credentials = payer.app.credentials(&state.keyring).map_err(ApiError::internal)?;
+            let info = state
+                .wechat
+                .get_phone_number(&credentials, code)
+                .await
+                .map_err(|e| match wechat_error(e) {
+                    e if e.code() == "wechat_code_invalid" => {
+                        ApiError::validation(vec![piaojia_core::receipt::FieldError {
+                            pointer: "/phoneCode".into(),
+                            code: "invalid_value",
+                            message: "the phone code is invalid, expired or used".into(),
+                        }])
+                    }
+                    e => e,
+                })?;
+            let phone = identity::phone_from_wechat(&info.country_code, &info.pure_phone_number)
+                .map_err(|e| ApiError::internal(anyhow::anyhow!("WeChat returned an unusable phone: {}", e.message)))?;
+            (Some(phone), true)
+        }
+        None => (typed_phone, false),
+    };
+
+    let keyring = &state.keyring;
+    let registration = Registration {
+        profile_sealed: keyring.seal_json(
+            &SealedProfile {
+                name: name.clone(),
+                id_type: req.id_type,
+                id_number: id_number.clone(),
+                phone: phone.clone(),
+            },
+            PROFILE_PURPOSE,
+        ),
+        id_index: keyring.blind_index("id_card", &id_number),
+        name_index: keyring.blind_index("name", &name),
+        phone_index: phone.as_deref().map(|p| keyring.blind_index("phone", p)),
+        phone_verified,
+        consent_version: req.consent.version,
+        consent_at: Utc::now(),
+    };
+    let outcome = state.store.register_payer(payer.id, registration).await?;
+    tracing::info!(
+        payer_id = %payer.id,
+        collected = outcome.collected,
+        released = outcome.released,
+        phone_verified,
+        "payer registered"
+    );
+    Ok(HttpResponse::Ok().json(RegistrationView {
+        profile: profile_view(&state, &payer, &outcome.payer),
+        collected: outcome.collected,
+    }))
+}
+
+/// Delete the account.
+///
+/// Personal data is erased, the wallet emptied (receipts stay with their issuer),
+/// subscriptions and sign-ins revoked; an audit record without personal data is
+/// kept. Signing in again later starts a new, empty account.
+#[utoipa::path(
+    delete,
+    path = "/v1/mp/profile",
+    tag = "mini-program",
+    security(("payer_jwt" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[delete("/v1/mp/profile")]
+pub async fn delete_profile(state: web::Data<WalletState>, payer: Payer) -> Result<HttpResponse, ApiError> {
+    state.store.delete_payer(payer.id).await?;
+    tracing::info!(payer_id = %payer.id, "payer account deleted");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Switch reimbursement reminders on or off.
+#[utoipa::path(
+    put,
+    path = "/v1/mp/profile/reminders",
+    tag = "mini-program",
+    security(("payer_jwt" = [])),
+    request_body(content = RemindersRequest, example = json!({"enabled": false})),
+    responses(
+        (status = 200, description = "The profile", body = ProfileView),
+        (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[put("/v1/mp/profile/reminders")]
+pub async fn put_reminders(
+    state: web::Data<WalletState>,
+    payer: Payer,
+    body: web::Json<RemindersRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let record = state.store.set_reminders(payer.id, body.enabled).await?;
+    Ok(HttpResponse::Ok().json(profile_view(&state, &payer, &record)))
+}
