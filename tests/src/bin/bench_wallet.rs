@@ -135,7 +135,11 @@ async fn generate(url: &str, receipts: u64, payers: u64) -> anyhow::Result<()> {
     }
     let t = Instant::now();
     sqlx::query("VACUUM ANALYZE").execute(&mut db).await?;
-    println!("vacuum analyze in {:.0?}; generated in {:.0?}", t.elapsed(), started.elapsed());
+    println!(
+        "vacuum analyze in {:.0?}; generated in {:.0?}",
+        t.elapsed(),
+        started.elapsed()
+    );
     Ok(())
 }
 
@@ -295,10 +299,11 @@ async fn main() -> anyhow::Result<()> {
     .bind(args.payers as i64)
     .fetch_all(&mut db)
     .await?;
-    let heavy_ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT md5('payer' || p)::uuid FROM generate_series(0, $1 - 1) p")
-        .bind(HEAVY_PAYERS as i64)
-        .fetch_all(&mut db)
-        .await?;
+    let heavy_ids: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT md5('payer' || p)::uuid FROM generate_series(0, $1 - 1) p")
+            .bind(HEAVY_PAYERS as i64)
+            .fetch_all(&mut db)
+            .await?;
     let typical: Vec<String> = sample.iter().map(mint).collect();
     let heavy: Vec<String> = heavy_ids.iter().map(mint).collect();
     let (typical, heavy) = (Arc::new(typical), Arc::new(heavy));
@@ -311,8 +316,24 @@ async fn main() -> anyhow::Result<()> {
     );
     // Warm the connection pools and caches a little, as a running server is.
     run("warm-up", &base, typical.clone(), "", args.clients, 3).await?;
-    run("first page, typical payer", &base, typical.clone(), "", args.clients, args.seconds).await?;
-    run("first page, heavy payer", &base, heavy.clone(), "", args.clients, args.seconds).await?;
+    run(
+        "first page, typical payer",
+        &base,
+        typical.clone(),
+        "",
+        args.clients,
+        args.seconds,
+    )
+    .await?;
+    run(
+        "first page, heavy payer",
+        &base,
+        heavy.clone(),
+        "",
+        args.clients,
+        args.seconds,
+    )
+    .await?;
     run(
         "filtered (text + amount), heavy payer",
         &base,

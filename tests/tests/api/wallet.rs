@@ -337,6 +337,16 @@ both_modes!(payer_journey_from_login_to_account_deletion, |mode: Mode| async mov
         .await
         .expect("sent");
     problem(beyond, 416).await;
+    let keys = piaojia_miniprogram_api::tokens::TokenKeys::new(&app.keyring);
+    let grant = keys
+        .verify_download(url.split("token=").nth(1).expect("token"))
+        .expect("our own link verifies");
+    let stale = keys.issue_download(&grant, chrono::Utc::now() - chrono::Duration::minutes(10), 300);
+    let stale_url = format!("{}/v1/mp/files/{id1}?token={stale}", app.address);
+    assert_eq!(
+        problem(app.client.get(&stale_url).send().await.expect("sent"), 403).await["code"],
+        "download_link_expired"
+    );
     let altered = url.replace("token=ey", "token=eX");
     assert_eq!(
         problem(app.client.get(&altered).send().await.expect("sent"), 403).await["code"],
