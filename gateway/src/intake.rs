@@ -15,8 +15,7 @@ use crate::auth::SignedApp;
 use crate::files::FileError;
 use crate::state::AppState;
 
-/// The purpose payer data is sealed under.
-pub const PAYER_PURPOSE: &str = "payer";
+pub use piaojia_core::receipt::PAYER_PURPOSE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {

@@ -813,29 +813,7 @@ impl Store for PgStore {
     }
 
     async fn upsert_channel(&self, channel: NewChannel) -> Result<Channel> {
-        let sql = if channel.agency_id.is_some() {
-            shared::UPSERT_AGENCY_CHANNEL
-        } else {
-            shared::UPSERT_PLATFORM_CHANNEL
-        };
-        let row: ChannelRow = sqlx::query_as(sql)
-            .bind(Uuid::now_v7())
-            .bind(channel.agency_id)
-            .bind(&channel.kind)
-            .bind(&channel.wechat_app_id)
-            .bind(&channel.secret_sealed)
-            .bind(&channel.template_id)
-            .bind(Json(&channel.fields))
-            .bind(&channel.page)
-            .bind(&channel.message_token_sealed)
-            .bind(&channel.encoding_aes_key_sealed)
-            .bind(channel.enabled)
-            .bind(shared::now())
-            .bind(channel.long_term)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| write_error(e, "channel_id"))?;
-        Ok(row.into())
+        upsert_channel(&self.pool, channel).await
     }
 
     async fn channels_for_agency(&self, agency_id: Uuid) -> Result<Vec<Channel>> {

@@ -2,7 +2,8 @@
 //! valid on PostgreSQL and SQLite as it stands (`$n` parameters, `ON CONFLICT`,
 //! `RETURNING`, row values); [`wallet_store!`] instantiates the implementation
 //! for each backend with what differs: how a write transaction begins, how
-//! identity matching is serialised, and the row-lock suffix.
+//! identity matching is serialised, and the row-lock suffix. (Channel upserts
+//! live here too: the same text on both.)
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -304,6 +305,33 @@ macro_rules! wallet_store {
                 }
             }
             Ok(out)
+        }
+
+        /// Creates or replaces an agency's (or the platform's) channel of a kind.
+        async fn upsert_channel(pool: &sqlx::Pool<$db>, channel: $crate::NewChannel) -> $crate::Result<$crate::Channel> {
+            let sql = if channel.agency_id.is_some() {
+                $crate::shared::UPSERT_AGENCY_CHANNEL
+            } else {
+                $crate::shared::UPSERT_PLATFORM_CHANNEL
+            };
+            let row: $crate::shared::ChannelRow = sqlx::query_as(sql)
+                .bind(uuid::Uuid::now_v7())
+                .bind(channel.agency_id)
+                .bind(&channel.kind)
+                .bind(&channel.wechat_app_id)
+                .bind(&channel.secret_sealed)
+                .bind(&channel.template_id)
+                .bind(sqlx::types::Json(&channel.fields))
+                .bind(&channel.page)
+                .bind(&channel.message_token_sealed)
+                .bind(&channel.encoding_aes_key_sealed)
+                .bind(channel.enabled)
+                .bind($crate::shared::now())
+                .bind(channel.long_term)
+                .fetch_one(pool)
+                .await
+                .map_err(|e| $crate::shared::write_error(e, "channel_id"))?;
+            Ok(row.into())
         }
 
         async fn load_payer(conn: &mut $conn, id: uuid::Uuid) -> $crate::Result<Option<$crate::wallet::PayerRecord>> {

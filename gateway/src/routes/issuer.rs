@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::auth::Issuer;
 use crate::error::{ApiError, Problem};
 use crate::files::FileError;
-use crate::intake::{self, IntakeError, PAYER_PURPOSE};
+use crate::intake::{self, IntakeError};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -188,14 +188,7 @@ pub struct ReceiptView {
 
 impl ReceiptView {
     fn build(state: &AppState, r: &StoredReceipt) -> Self {
-        let payer = state
-            .keyring
-            .open_json::<piaojia_core::receipt::PayerIdentity>(&r.payer_sealed, PAYER_PURPOSE)
-            .map(|p| piaojia_core::mask::name(&p.name))
-            .unwrap_or_else(|e| {
-                tracing::error!(receipt_id = %r.id, error = %e, "payer data cannot be opened");
-                "*".to_owned()
-            });
+        let payer = piaojia_core::receipt::masked_payer_name(&state.keyring, &r.payer_sealed);
         Self {
             id: r.id,
             bill_batch_code: r.bill_batch_code.clone(),

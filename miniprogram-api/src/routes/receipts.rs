@@ -6,8 +6,6 @@ use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
-use piaojia_core::mask;
-use piaojia_core::receipt::PayerIdentity;
 use piaojia_store::ReimbursementState;
 use piaojia_store::wallet::{WalletAdd, WalletAnnotation, WalletDetail, WalletItem, WalletQuery};
 use piaojia_web::error::{ApiError, Problem};
@@ -23,8 +21,6 @@ use crate::views::{
 };
 use crate::{Payer, WalletState};
 
-/// The purpose payer data on receipts is sealed under (the intake's).
-const RECEIPT_PAYER_PURPOSE: &str = "payer";
 /// The purpose a payer's note is sealed under.
 const NOTE_PURPOSE: &str = "wallet-note";
 const DEFAULT_PAGE: u32 = 20;
@@ -221,14 +217,7 @@ fn summary(d: &WalletDetail) -> WalletItemView {
 
 fn detail_view(state: &WalletState, d: WalletDetail) -> ReceiptDetailView {
     let r = &d.receipt;
-    let payer = state
-        .keyring
-        .open_json::<PayerIdentity>(&r.payer_sealed, RECEIPT_PAYER_PURPOSE)
-        .map(|p| mask::name(&p.name))
-        .unwrap_or_else(|e| {
-            tracing::error!(receipt_id = %r.id, error = %e, "payer data cannot be opened");
-            "*".to_owned()
-        });
+    let payer = piaojia_core::receipt::masked_payer_name(&state.keyring, &r.payer_sealed);
     let note = d.note_sealed.as_deref().and_then(|n| {
         state
             .keyring
