@@ -335,6 +335,15 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     run(
+        "filtered (text + amount), typical payer",
+        &base,
+        typical.clone(),
+        "?q=%E6%A0%B8%E7%A3%81&minAmount=10",
+        args.clients,
+        args.seconds,
+    )
+    .await?;
+    run(
         "filtered (text + amount), heavy payer",
         &base,
         heavy,
