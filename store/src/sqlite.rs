@@ -2,18 +2,23 @@
 //! a time, so every write transaction starts with `BEGIN IMMEDIATE`: it takes the
 //! write lock up front (waiting up to the busy timeout) instead of failing with
 //! SQLITE_BUSY when a read transaction later tries to upgrade. Holding that lock is
-//! what `FOR UPDATE` gives on PostgreSQL.
+//! what `FOR UPDATE` gives on PostgreSQL. Writers of one process first take turns
+//! on an in-process lock (`begin_write`), so they queue in order rather than meet
+//! SQLite's busy handler, whose growing sleeps (up to 100 ms) starve a steady write
+//! load; readers never wait for it.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::Transaction;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::types::Json;
+use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
 use crate::shared::{
@@ -22,16 +27,18 @@ use crate::shared::{
     delivery_columns, receipt_columns, secret_columns, stats_columns, write_error,
 };
 use crate::{
-    Agency, Alert, App, AttemptRecord, Backend, BacklogRow, Channel, ClaimedDelivery, ConnectOptions, Delivery,
-    DeliveryFilter, DeliveryStatus, DeliveryUpdate, InsertOutcome, NewAgency, NewApp, NewAppSecret, NewChannel,
-    NewDelivery, NewReceiptRecord, ReimbursementState, Result, Reversal, ReversalOutcome, StatsRow, Store, StoreError,
-    StoredReceipt,
+    Agency, Alert, App, AttemptRecord, Backend, BacklogRow, Channel, ClaimedDelivery, Completion, ConnectOptions,
+    Delivery, DeliveryFilter, DeliveryStatus, DeliveryUpdate, InsertOutcome, NewAgency, NewApp, NewAppSecret,
+    NewChannel, NewDelivery, NewReceiptRecord, ReimbursementState, Result, Reversal, ReversalOutcome, StatsRow, Store,
+    StoreError, StoredReceipt,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// This process's turn to write.
+    writer: Mutex<()>,
 }
 
 impl SqliteStore {
@@ -69,8 +76,79 @@ impl SqliteStore {
                 .connect_with(options)
                 .await?
         };
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writer: Mutex::new(()),
+        })
     }
+
+    /// A write transaction (`BEGIN IMMEDIATE`), begun on this process's turn to
+    /// write; the turn ends when the guard is dropped, after the transaction.
+    async fn begin_write(&self) -> Result<(MutexGuard<'_, ()>, Transaction<'static, Sqlite>)> {
+        let turn = self.writer.lock().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok((turn, tx))
+    }
+
+    /// This process's turn to write, for a single-statement write on the pool.
+    async fn write_turn(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().await
+    }
+}
+
+/// The fenced step of completing one attempt, inside the caller's write
+/// transaction: false (and nothing written) unless `owner` holds the lease.
+async fn complete_in(
+    conn: &mut SqliteConnection,
+    delivery_id: Uuid,
+    owner: &str,
+    attempt: AttemptRecord,
+    update: DeliveryUpdate,
+    follow_ups: &[NewDelivery],
+) -> Result<bool> {
+    let now = shared::now();
+    let attempt = shared::normalize_attempt(attempt);
+    let t = shared::transition(update, now);
+    // The fence: only the lease holder of a pending delivery moves it on.
+    let owned: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "UPDATE deliveries SET status = $3, attempts = attempts + 1, \
+         next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5, park_reason = $6, \
+         provider_ref = CASE WHEN $3 = 'delivered' THEN $7 ELSE provider_ref END, \
+         delivered_at = COALESCE($8, delivered_at), lease_owner = NULL, lease_until = NULL, \
+         updated_at = $9 \
+         WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
+         RETURNING receipt_id, agency_id",
+    )
+    .bind(delivery_id)
+    .bind(owner)
+    .bind(t.status)
+    .bind(t.next_attempt_at)
+    .bind(&t.last_error)
+    .bind(&t.park_reason)
+    .bind(&t.provider_ref)
+    .bind(t.delivered_at)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((receipt_id, agency_id)) = owned else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "INSERT INTO delivery_attempts (id, delivery_id, started_at, latency_ms, outcome, code, \
+         detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(attempt.id)
+    .bind(delivery_id)
+    .bind(attempt.started_at)
+    .bind(attempt.latency_ms)
+    .bind(attempt.outcome.as_str())
+    .bind(attempt.code)
+    .bind(&attempt.detail)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| write_error(e, "attempt_id"))?;
+    insert_deliveries(&mut *conn, receipt_id, agency_id, follow_ups, now).await?;
+    Ok(true)
 }
 
 async fn load_agency_by_code(conn: &mut SqliteConnection, code: &str) -> Result<Option<Agency>> {
@@ -308,7 +386,7 @@ impl Store for SqliteStore {
 
     async fn create_app(&self, app: NewApp) -> Result<App> {
         let now = shared::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO apps (app_id, agency_id, kind, name, enabled, callback_url, created_at, \
              updated_at) VALUES ($1, $2, $3, $4, 1, $5, $6, $6)",
@@ -360,7 +438,7 @@ impl Store for SqliteStore {
 
     async fn add_app_secret(&self, app_id: &str, secret: NewAppSecret, keep_previous: bool) -> Result<App> {
         let now = shared::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         lock_app(&mut tx, app_id).await?;
         retire_secrets(&mut tx, app_id, keep_previous, now).await?;
         insert_secret(&mut tx, app_id, &secret, now).await?;
@@ -371,7 +449,7 @@ impl Store for SqliteStore {
 
     async fn retire_old_app_secrets(&self, app_id: &str) -> Result<App> {
         let now = shared::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         lock_app(&mut tx, app_id).await?;
         retire_secrets(&mut tx, app_id, true, now).await?;
         let app = written(load_app(&mut tx, app_id).await?, "app")?;
@@ -380,7 +458,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_app_enabled(&self, app_id: &str, enabled: bool) -> Result<App> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let done = sqlx::query("UPDATE apps SET enabled = $2, updated_at = $3 WHERE app_id = $1")
             .bind(app_id)
             .bind(enabled)
@@ -396,7 +474,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_app_callback(&self, app_id: &str, callback_url: Option<String>) -> Result<App> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let done = sqlx::query("UPDATE apps SET callback_url = $2, updated_at = $3 WHERE app_id = $1")
             .bind(app_id)
             .bind(&callback_url)
@@ -414,7 +492,7 @@ impl Store for SqliteStore {
     async fn insert_receipt(&self, receipt: NewReceiptRecord, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome> {
         let r = shared::normalize_receipt(receipt);
         let now = shared::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         // Writers are serialised, so a taken identity is simply a committed row.
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO receipts (id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, \
@@ -499,7 +577,7 @@ impl Store for SqliteStore {
     ) -> Result<ReversalOutcome> {
         let reversal = shared::normalize_reversal(reversal);
         let now = shared::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let row: Option<ReceiptRow> = sqlx::query_as(concat!(
             "SELECT ",
             receipt_columns!(),
@@ -539,6 +617,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_reimbursement_state(&self, receipt_id: Uuid, state: ReimbursementState) -> Result<()> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query("UPDATE receipts SET reimbursement_state = $2, updated_at = $3 WHERE id = $1")
             .bind(receipt_id)
             .bind(state.as_str())
@@ -568,7 +647,7 @@ impl Store for SqliteStore {
         // The write lock makes select-and-lease one step for concurrent claimers.
         // INDEXED BY: without statistics SQLite would rather take the status index
         // and sort every pending row; the due index yields them in claim order.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let rows: Vec<DeliveryRow> = sqlx::query_as(concat!(
             "UPDATE deliveries SET lease_owner = $1, lease_until = $2 WHERE id IN ",
             "(SELECT id FROM deliveries INDEXED BY deliveries_due_idx ",
@@ -597,6 +676,7 @@ impl Store for SqliteStore {
     }
 
     async fn renew_lease(&self, delivery_id: Uuid, owner: &str, lease_until: DateTime<Utc>) -> Result<bool> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query(
             "UPDATE deliveries SET lease_until = $3 \
              WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
@@ -617,54 +697,29 @@ impl Store for SqliteStore {
         update: DeliveryUpdate,
         follow_ups: Vec<NewDelivery>,
     ) -> Result<bool> {
-        let now = shared::now();
-        let attempt = shared::normalize_attempt(attempt);
-        let t = shared::transition(update, now);
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // The fence: only the lease holder of a pending delivery moves it on.
-        let owned: Option<(Uuid, Uuid)> = sqlx::query_as(
-            "UPDATE deliveries SET status = $3, attempts = attempts + 1, \
-             next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5, park_reason = $6, \
-             provider_ref = CASE WHEN $3 = 'delivered' THEN $7 ELSE provider_ref END, \
-             delivered_at = COALESCE($8, delivered_at), lease_owner = NULL, lease_until = NULL, \
-             updated_at = $9 \
-             WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
-             RETURNING receipt_id, agency_id",
-        )
-        .bind(delivery_id)
-        .bind(owner)
-        .bind(t.status)
-        .bind(t.next_attempt_at)
-        .bind(&t.last_error)
-        .bind(&t.park_reason)
-        .bind(&t.provider_ref)
-        .bind(t.delivered_at)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((receipt_id, agency_id)) = owned else {
-            return Ok(false);
-        };
-        sqlx::query(
-            "INSERT INTO delivery_attempts (id, delivery_id, started_at, latency_ms, outcome, code, \
-             detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(attempt.id)
-        .bind(delivery_id)
-        .bind(attempt.started_at)
-        .bind(attempt.latency_ms)
-        .bind(attempt.outcome.as_str())
-        .bind(attempt.code)
-        .bind(&attempt.detail)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| write_error(e, "attempt_id"))?;
-        insert_deliveries(&mut tx, receipt_id, agency_id, &follow_ups, now).await?;
+        let (_turn, mut tx) = self.begin_write().await?;
+        let done = complete_in(&mut tx, delivery_id, owner, attempt, update, &follow_ups).await?;
+        if done {
+            tx.commit().await?;
+        }
+        Ok(done)
+    }
+
+    async fn complete_attempts(&self, owner: &str, completions: &[Completion]) -> Result<Vec<bool>> {
+        // One write transaction for all: SQLite has one writer, and each
+        // transaction of its own would queue for it again.
+        let (_turn, mut tx) = self.begin_write().await?;
+        let mut done = Vec::with_capacity(completions.len());
+        for c in completions {
+            let (attempt, update) = (c.attempt.clone(), c.update.clone());
+            done.push(complete_in(&mut tx, c.delivery_id, owner, attempt, update, &c.follow_ups).await?);
+        }
         tx.commit().await?;
-        Ok(true)
+        Ok(done)
     }
 
     async fn defer_delivery(&self, delivery_id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query(
             "UPDATE deliveries SET next_attempt_at = $3, lease_owner = NULL, lease_until = NULL, \
              updated_at = $4 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
@@ -721,6 +776,7 @@ impl Store for SqliteStore {
         status: DeliveryStatus,
         error: Option<String>,
     ) -> Result<()> {
+        let _turn = self.write_turn().await;
         let now = shared::now();
         let done = sqlx::query(
             "UPDATE deliveries SET status = $2, last_error = $3, updated_at = $4, \
@@ -753,7 +809,7 @@ impl Store for SqliteStore {
             return Ok(0);
         };
         let now = shared::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let ids: Vec<Uuid> = candidates
             .build_query_scalar()
             .persistent(false)
@@ -787,7 +843,7 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_stats(&self, rows: Vec<StatsRow>) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         for r in rows.into_iter().map(shared::normalize_stats) {
             sqlx::query(concat!(
                 "INSERT INTO tracking_stats (",
@@ -892,6 +948,7 @@ impl Store for SqliteStore {
     }
 
     async fn save_alert(&self, alert: &Alert) -> Result<()> {
+        let _turn = self.write_turn().await;
         let a = shared::normalize_alert(alert);
         sqlx::query(concat!(
             "INSERT INTO alerts (",
