@@ -37,6 +37,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The one connection this process writes through (the same pool in memory).
+    writes: SqlitePool,
     /// This process's turn to write.
     writer: Mutex<()>,
 }
@@ -51,16 +53,17 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let pool = if in_memory {
+        let (pool, writes) = if in_memory {
             // An in-memory database lives as long as one of its connections: keep
             // exactly one, forever.
-            SqlitePoolOptions::new()
+            let pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
                 .connect_with(options)
-                .await?
+                .await?;
+            (pool.clone(), pool)
         } else {
             if let Some(dir) = options.get_filename().parent()
                 && !dir.as_os_str().is_empty()
@@ -71,13 +74,23 @@ impl SqliteStore {
                     ))
                 })?;
             }
-            SqlitePoolOptions::new()
+            let pool = SqlitePoolOptions::new()
                 .max_connections(opts.max_connections.max(1))
+                .connect_with(options.clone())
+                .await?;
+            // Writing through one connection keeps its page cache warm: a
+            // connection's cache is dropped whenever another one has written.
+            let writes = SqlitePoolOptions::new()
+                .max_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
                 .connect_with(options)
-                .await?
+                .await?;
+            (pool, writes)
         };
         Ok(Self {
             pool,
+            writes,
             writer: Mutex::new(()),
         })
     }
@@ -86,11 +99,11 @@ impl SqliteStore {
     /// write; the turn ends when the guard is dropped, after the transaction.
     async fn begin_write(&self) -> Result<(MutexGuard<'_, ()>, Transaction<'static, Sqlite>)> {
         let turn = self.writer.lock().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let tx = self.writes.begin_with("BEGIN IMMEDIATE").await?;
         Ok((turn, tx))
     }
 
-    /// This process's turn to write, for a single-statement write on the pool.
+    /// This process's turn to write, for a single statement on `self.writes`.
     async fn write_turn(&self) -> MutexGuard<'_, ()> {
         self.writer.lock().await
     }
@@ -622,7 +635,7 @@ impl Store for SqliteStore {
             .bind(receipt_id)
             .bind(state.as_str())
             .bind(shared::now())
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -684,7 +697,7 @@ impl Store for SqliteStore {
         .bind(delivery_id)
         .bind(owner)
         .bind(shared::micros(lease_until))
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -728,7 +741,7 @@ impl Store for SqliteStore {
         .bind(owner)
         .bind(shared::micros(until))
         .bind(shared::now())
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -787,7 +800,7 @@ impl Store for SqliteStore {
         .bind(status.as_str())
         .bind(&error)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -966,7 +979,7 @@ impl Store for SqliteStore {
         .bind(a.started_at)
         .bind(a.last_notified_at)
         .bind(a.resolved_at)
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await
         .map_err(|e| write_error(e, "alert_firing"))?;
         Ok(())
