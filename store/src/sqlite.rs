@@ -8,16 +8,17 @@
 //! load; readers never wait for it.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::Transaction;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::types::Json;
+use sqlx::{QueryBuilder, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
@@ -40,7 +41,10 @@ pub struct SqliteStore {
     /// The one connection this process writes through (the same pool in memory).
     writes: SqlitePool,
     /// This process's turn to write.
-    writer: Mutex<()>,
+    writer: Arc<Mutex<()>>,
+    /// The runtime the store was opened on (the process's main one), where
+    /// receipts are written; see `insert_receipt`.
+    runtime: tokio::runtime::Handle,
 }
 
 impl SqliteStore {
@@ -91,7 +95,8 @@ impl SqliteStore {
         Ok(Self {
             pool,
             writes,
-            writer: Mutex::new(()),
+            writer: Arc::new(Mutex::new(())),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -107,6 +112,71 @@ impl SqliteStore {
     async fn write_turn(&self) -> MutexGuard<'_, ()> {
         self.writer.lock().await
     }
+}
+
+/// What writing a pushed receipt came to.
+enum Written {
+    New(Uuid),
+    Existing(Box<InsertOutcome>),
+}
+
+/// Inserts a receipt and its deliveries in the caller's write transaction, or
+/// classifies the receipt already holding its identity.
+async fn insert_receipt_in(
+    conn: &mut SqliteConnection,
+    r: &NewReceiptRecord,
+    deliveries: &[NewDelivery],
+) -> Result<Written> {
+    let now = shared::now();
+    // Writers are serialised, so a taken identity is simply a committed row.
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO receipts (id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, \
+         bus_no, bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, \
+         payer_id_index, payer_phone_index, payer_name_index, open_id, details, file, \
+         received_at, reimbursement_state, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+         $18, $19, $20, 'INIT', $21) \
+         ON CONFLICT (bill_batch_code, bill_no) DO NOTHING RETURNING id",
+    )
+    .bind(r.id)
+    .bind(r.agency_id)
+    .bind(&r.issuer_app_id)
+    .bind(&r.bill_batch_code)
+    .bind(&r.bill_no)
+    .bind(&r.random)
+    .bind(&r.bus_no)
+    .bind(&r.bus_type)
+    .bind(&r.payer_type)
+    .bind(r.issued_at)
+    .bind(r.total_fen)
+    .bind(&r.content_hash)
+    .bind(&r.payer_sealed)
+    .bind(&r.payer_id_index)
+    .bind(&r.payer_phone_index)
+    .bind(&r.payer_name_index)
+    .bind(&r.open_id)
+    .bind(Json(&r.details))
+    .bind(r.file.as_ref().map(Json))
+    .bind(r.received_at)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| write_error(e, "receipt_id"))?;
+    if let Some(id) = inserted {
+        insert_deliveries(&mut *conn, id, r.agency_id, deliveries, now).await?;
+        return Ok(Written::New(id));
+    }
+    let row: Option<ReceiptRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        receipt_columns!(),
+        " FROM receipts WHERE bill_batch_code = $1 AND bill_no = $2"
+    ))
+    .bind(&r.bill_batch_code)
+    .bind(&r.bill_no)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let existing = written(with_deliveries(&mut *conn, row).await?, "conflicting receipt")?;
+    Ok(Written::Existing(Box::new(shared::classify_existing(existing, r))))
 }
 
 /// The fenced step of completing one attempt, inside the caller's write
@@ -504,62 +574,36 @@ impl Store for SqliteStore {
 
     async fn insert_receipt(&self, receipt: NewReceiptRecord, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome> {
         let r = shared::normalize_receipt(receipt);
-        let now = shared::now();
-        let (_turn, mut tx) = self.begin_write().await?;
-        // Writers are serialised, so a taken identity is simply a committed row.
-        let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO receipts (id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, \
-             bus_no, bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, \
-             payer_id_index, payer_phone_index, payer_name_index, open_id, details, file, \
-             received_at, reimbursement_state, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, 'INIT', $21) \
-             ON CONFLICT (bill_batch_code, bill_no) DO NOTHING RETURNING id",
-        )
-        .bind(r.id)
-        .bind(r.agency_id)
-        .bind(&r.issuer_app_id)
-        .bind(&r.bill_batch_code)
-        .bind(&r.bill_no)
-        .bind(&r.random)
-        .bind(&r.bus_no)
-        .bind(&r.bus_type)
-        .bind(&r.payer_type)
-        .bind(r.issued_at)
-        .bind(r.total_fen)
-        .bind(&r.content_hash)
-        .bind(&r.payer_sealed)
-        .bind(&r.payer_id_index)
-        .bind(&r.payer_phone_index)
-        .bind(&r.payer_name_index)
-        .bind(&r.open_id)
-        .bind(Json(&r.details))
-        .bind(r.file.as_ref().map(Json))
-        .bind(r.received_at)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| write_error(e, "receipt_id"))?;
-
-        if let Some(id) = inserted {
-            insert_deliveries(&mut tx, id, r.agency_id, &deliveries, now).await?;
-            let stored = written(load_receipt_by_id(&mut tx, id).await?, "receipt")?;
+        let (writes, writer) = (self.writes.clone(), self.writer.clone());
+        // On the store's runtime, not the caller's: pushes arrive on the HTTP
+        // server's single-threaded workers, where every await inside the turn
+        // would wait behind other requests' CPU work (signatures, sealing) while
+        // all writers wait for the turn.
+        let write = self.runtime.spawn(async move {
+            let _turn = writer.lock().await;
+            let mut tx = writes.begin_with("BEGIN IMMEDIATE").await?;
+            let outcome = insert_receipt_in(&mut tx, &r, &deliveries).await?;
             tx.commit().await?;
-            return Ok(InsertOutcome::Created(stored));
+            Ok::<_, StoreError>(outcome)
+        });
+        let outcome = match write.await {
+            Ok(outcome) => outcome?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime shuts down.
+            Err(_) => return Err(StoreError::Database(sqlx::Error::PoolClosed)),
+        };
+        match outcome {
+            Written::New(id) => {
+                // Read back after the turn, with the receipt and its deliveries from
+                // one snapshot. The notifier may already have moved a delivery on;
+                // the answer then shows where it stands.
+                let mut read = self.pool.begin().await?;
+                let stored = written(load_receipt_by_id(&mut read, id).await?, "receipt")?;
+                read.commit().await?;
+                Ok(InsertOutcome::Created(stored))
+            }
+            Written::Existing(outcome) => Ok(*outcome),
         }
-
-        let row: Option<ReceiptRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            receipt_columns!(),
-            " FROM receipts WHERE bill_batch_code = $1 AND bill_no = $2"
-        ))
-        .bind(&r.bill_batch_code)
-        .bind(&r.bill_no)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let existing = written(with_deliveries(&mut tx, row).await?, "conflicting receipt")?;
-        tx.commit().await?;
-        Ok(shared::classify_existing(existing, &r))
     }
 
     async fn receipt(&self, agency_id: Uuid, bill_batch_code: &str, bill_no: &str) -> Result<Option<StoredReceipt>> {
@@ -722,13 +766,85 @@ impl Store for SqliteStore {
         // One write transaction for all: SQLite has one writer, and each
         // transaction of its own would queue for it again.
         let (_turn, mut tx) = self.begin_write().await?;
-        let mut done = Vec::with_capacity(completions.len());
-        for c in completions {
-            let (attempt, update) = (c.attempt.clone(), c.update.clone());
-            done.push(complete_in(&mut tx, c.delivery_id, owner, attempt, update, &c.follow_ups).await?);
+        let mut ids: Vec<Uuid> = completions.iter().map(|c| c.delivery_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if completions.len() < 2 || ids.len() < completions.len() {
+            // One, or the same delivery twice: in order, so the second meets the
+            // fence the first left.
+            let mut done = Vec::with_capacity(completions.len());
+            for c in completions {
+                let (attempt, update) = (c.attempt.clone(), c.update.clone());
+                done.push(complete_in(&mut tx, c.delivery_id, owner, attempt, update, &c.follow_ups).await?);
+            }
+            tx.commit().await?;
+            return Ok(done);
+        }
+        // Every statement is a round trip to the connection's thread while the
+        // writer lock is held: one UPDATE and one INSERT for the whole batch.
+        let now = shared::now();
+        let mut update = QueryBuilder::<Sqlite>::new(
+            "WITH u (id, status, next_attempt_at, last_error, park_reason, provider_ref, delivered_at) AS (",
+        );
+        update.push_values(completions, |mut row, c| {
+            let t = shared::transition(c.update.clone(), now);
+            row.push_bind(c.delivery_id)
+                .push_bind(t.status)
+                .push_bind(t.next_attempt_at)
+                .push_bind(t.last_error)
+                .push_bind(t.park_reason)
+                .push_bind(t.provider_ref)
+                .push_bind(t.delivered_at);
+        });
+        update
+            .push(
+                ") UPDATE deliveries SET status = u.status, attempts = deliveries.attempts + 1, \
+                 next_attempt_at = COALESCE(u.next_attempt_at, deliveries.next_attempt_at), \
+                 last_error = u.last_error, park_reason = u.park_reason, \
+                 provider_ref = CASE WHEN u.status = 'delivered' THEN u.provider_ref \
+                 ELSE deliveries.provider_ref END, \
+                 delivered_at = COALESCE(u.delivered_at, deliveries.delivered_at), \
+                 lease_owner = NULL, lease_until = NULL, updated_at = ",
+            )
+            .push_bind(now)
+            .push(" FROM u WHERE deliveries.id = u.id AND deliveries.lease_owner = ")
+            .push_bind(owner)
+            .push(" AND deliveries.status = 'pending' RETURNING id, receipt_id, agency_id");
+        let owned: Vec<(Uuid, Uuid, Uuid)> = update.build_query_as().persistent(false).fetch_all(&mut *tx).await?;
+        let owned: std::collections::HashMap<Uuid, (Uuid, Uuid)> =
+            owned.into_iter().map(|(d, r, a)| (d, (r, a))).collect();
+        let recorded: Vec<&Completion> = completions
+            .iter()
+            .filter(|c| owned.contains_key(&c.delivery_id))
+            .collect();
+        if !recorded.is_empty() {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO delivery_attempts (id, delivery_id, started_at, latency_ms, outcome, code, detail) ",
+            );
+            insert.push_values(&recorded, |mut row, c| {
+                let a = shared::normalize_attempt(c.attempt.clone());
+                row.push_bind(a.id)
+                    .push_bind(c.delivery_id)
+                    .push_bind(a.started_at)
+                    .push_bind(a.latency_ms)
+                    .push_bind(a.outcome.as_str())
+                    .push_bind(a.code)
+                    .push_bind(a.detail);
+            });
+            insert
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| write_error(e, "attempt_id"))?;
+        }
+        for c in &recorded {
+            if let Some((receipt_id, agency_id)) = owned.get(&c.delivery_id) {
+                insert_deliveries(&mut tx, *receipt_id, *agency_id, &c.follow_ups, now).await?;
+            }
         }
         tx.commit().await?;
-        Ok(done)
+        Ok(completions.iter().map(|c| owned.contains_key(&c.delivery_id)).collect())
     }
 
     async fn defer_delivery(&self, delivery_id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool> {
