@@ -11,6 +11,7 @@
 pub mod alerts;
 pub mod breaker;
 pub mod channels;
+mod completions;
 pub mod routing;
 pub mod schedule;
 pub mod tracker;
@@ -24,7 +25,7 @@ use chrono::{TimeDelta, Utc};
 use piaojia_core::pii::Keyring;
 use piaojia_core::settings::Settings;
 use piaojia_store::{
-    AttemptOutcome, AttemptRecord, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryUpdate, Store,
+    AttemptOutcome, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter, DeliveryStatus, DeliveryUpdate, Store,
 };
 use piaojia_wechat::client::WechatClient;
 use tokio::sync::Semaphore;
@@ -35,9 +36,23 @@ use crate::breaker::{BreakerConfig, Breakers, Permit, Transition};
 use crate::channels::webhook::WebhookChannel;
 use crate::channels::wechat::WechatChannel;
 use crate::channels::{ChannelAdapter, SendResult};
+use crate::completions::Completions;
 use crate::schedule::RetrySchedule;
 use crate::tracker::{Scope, Tracker};
 pub use crate::wake::Wake;
+
+/// How long a busy notifier waits for a full batch of free workers before it
+/// claims for the ones it has.
+const BATCH_GATHER: Duration = Duration::from_millis(20);
+/// Least time between two claims prompted by wake-ups.
+const CLAIM_SPACING: Duration = Duration::from_millis(10);
+
+/// What one claim came to.
+#[derive(Debug, Default, Clone, Copy)]
+struct Claimed {
+    claimed: usize,
+    asked: usize,
+}
 
 pub struct NotifierDeps {
     pub settings: Arc<Settings>,
@@ -59,6 +74,10 @@ struct Inner {
     alerter: alerts::Alerter,
     wake: Wake,
     permits: Arc<Semaphore>,
+    completions: Completions,
+    /// Issuers' callback URLs for `security.app_cache_secs` (as the gateway caches
+    /// apps): every finished delivery needs one, and loading an app is a query.
+    callbacks: Option<moka::future::Cache<String, Option<String>>>,
 }
 
 #[derive(Clone)]
@@ -67,6 +86,7 @@ pub struct Notifier {
 }
 
 impl Notifier {
+    /// Needs a Tokio runtime: it starts the writer that records finished attempts.
     pub fn new(deps: NotifierDeps) -> anyhow::Result<Self> {
         let n = &deps.settings.notifier;
         let waits = n.retry_waits().map_err(anyhow::Error::msg)?;
@@ -84,9 +104,17 @@ impl Notifier {
         adapters.insert(routing::WECHAT_TEMPLATE, wechat.clone());
         adapters.insert(routing::WECHAT_SUBSCRIBE, wechat.clone());
         adapters.insert(routing::WALLET_SUBSCRIBE, wechat);
+        let callbacks = (deps.settings.security.app_cache_secs > 0).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(deps.settings.security.app_cache_secs))
+                .build()
+        });
+        let owner = format!("notifier-{}", Uuid::now_v7().simple());
         Ok(Self {
             inner: Arc::new(Inner {
-                owner: format!("notifier-{}", Uuid::now_v7().simple()),
+                completions: Completions::start(deps.store.clone(), owner.clone()),
+                owner,
                 schedule: RetrySchedule::new(waits, n.jitter_percent),
                 breakers: Breakers::new(BreakerConfig {
                     failures: n.breaker_failures,
@@ -97,6 +125,7 @@ impl Notifier {
                 }),
                 alerter: alerts::Alerter::new(deps.store.clone(), deps.settings.alerts.clone()),
                 permits: Arc::new(Semaphore::new(n.concurrency)),
+                callbacks,
                 tracker: deps.tracker,
                 adapters,
                 wake: deps.wake,
@@ -118,19 +147,24 @@ impl Notifier {
         let poll = Duration::from_millis(self.inner.settings.notifier.poll_interval_ms);
         tracing::info!(owner = %self.inner.owner, "notifier started");
         while !shutdown.is_cancelled() {
-            let claimed = match self.claim().await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!(error = %e, "claiming deliveries failed");
-                    0
-                }
-            };
-            if claimed == 0 {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = self.inner.wake.notified() => {}
-                    () = tokio::time::sleep(poll) => {}
-                }
+            let last_claim = Instant::now();
+            match self.claim().await {
+                // A full batch: more is probably due.
+                Ok(Claimed { claimed, asked }) if asked > 0 && claimed == asked => continue,
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "claiming deliveries failed"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+            // Receipts each send a wake-up; under a stream of them, claim at most once
+            // per CLAIM_SPACING so that they are claimed in batches (a lone receipt
+            // still goes at once). Every claim is a write transaction.
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep_until((last_claim + CLAIM_SPACING).into()) => {}
             }
         }
         // Wait for in-flight sends.
@@ -141,35 +175,46 @@ impl Notifier {
         tracing::info!(owner = %self.inner.owner, "notifier stopped");
     }
 
-    /// Claims one batch (as many as there are free workers) and starts sending it.
-    async fn claim(&self) -> piaojia_store::Result<usize> {
+    /// Claims one batch for free workers and starts sending it. A busy notifier
+    /// waits a moment for a whole batch of workers to come free, so that under load
+    /// it claims in batches rather than once per worker that finishes.
+    async fn claim(&self) -> piaojia_store::Result<Claimed> {
         let inner = &self.inner;
-        let free = inner
-            .permits
-            .available_permits()
-            .min(inner.settings.notifier.batch_size as usize);
-        if free == 0 {
-            // Every worker is busy: wait for one rather than spin.
-            let permit = inner.permits.clone().acquire_owned().await.expect("semaphore open");
-            drop(permit);
-            return Ok(1);
-        }
+        let n = &inner.settings.notifier;
+        let batch = (n.batch_size as usize).clamp(1, n.concurrency.max(1));
+        let permits = inner.permits.clone();
+        let gathered = tokio::time::timeout(BATCH_GATHER, permits.clone().acquire_many_owned(batch as u32)).await;
+        let mut workers = match gathered {
+            Ok(Ok(workers)) => workers,
+            // Fewer are free: take what there is, waiting for one if need be.
+            Err(_) => {
+                let free = permits.available_permits().clamp(1, batch);
+                match permits.acquire_many_owned(free as u32).await {
+                    Ok(workers) => workers,
+                    Err(_) => return Ok(Claimed::default()),
+                }
+            }
+            // The semaphore is never closed.
+            Ok(Err(_)) => return Ok(Claimed::default()),
+        };
+        let asked = workers.num_permits();
         let now = Utc::now();
-        let lease = TimeDelta::seconds(inner.settings.notifier.lease_secs as i64);
-        let batch = inner
+        let lease = TimeDelta::seconds(n.lease_secs as i64);
+        let jobs = inner
             .store
-            .claim_deliveries(&inner.owner, now, now + lease, free as i64)
+            .claim_deliveries(&inner.owner, now, now + lease, asked as i64)
             .await?;
-        let n = batch.len();
-        for job in batch {
-            let permit = inner.permits.clone().acquire_owned().await.expect("semaphore open");
+        let claimed = jobs.len();
+        for job in jobs {
+            // As many workers as rows were asked for; the unused ones go back below.
+            let Some(worker) = workers.split(1) else { break };
             let this = self.clone();
             tokio::spawn(async move {
                 this.process(job).await;
-                drop(permit);
+                drop(worker);
             });
         }
-        Ok(n)
+        Ok(Claimed { claimed, asked })
     }
 
     /// Claims and sends due deliveries until none is due; returns how many were
@@ -336,12 +381,15 @@ impl Notifier {
             Some(status) => self.follow_ups(&job, status, error.as_deref()).await,
             None => Vec::new(),
         };
+        let has_follow_ups = !follow_ups.is_empty();
         let attempt = attempt_record(started_at, latency_ms as i64, outcome, result.code(), error);
-        match inner
-            .store
-            .complete_attempt(d.id, &inner.owner, attempt, update, follow_ups)
-            .await
-        {
+        let completion = Completion {
+            delivery_id: d.id,
+            attempt,
+            update,
+            follow_ups,
+        };
+        match inner.completions.complete(completion).await {
             Ok(true) => {
                 if let Some(DeliveryStatus::Parked) = final_status {
                     tracing::warn!(delivery_id = %d.id, channel = %d.channel, attempts, "delivery parked");
@@ -363,8 +411,9 @@ impl Notifier {
             Transition::Recovered => self.recovered(&d.interface).await,
             Transition::None => {}
         }
-        if final_status.is_some() {
-            // Follow-ups are due now.
+        if has_follow_ups {
+            // Follow-ups are due now. Only then: every wake-up makes every notifier
+            // process claim, and in scale-out it is a Redis message.
             inner.wake.notify().await;
         }
     }
@@ -376,14 +425,16 @@ impl Notifier {
         error: Option<&str>,
     ) -> Vec<piaojia_store::NewDelivery> {
         let store = &self.inner.store;
-        let callback = match store.app(&job.receipt.issuer_app_id).await {
-            Ok(Some(app)) => app.callback_url,
-            _ => None,
+        let callback = self.callback_url(&job.receipt.issuer_app_id).await;
+        // Only a failure falls back to another payer channel.
+        let channels = if status == DeliveryStatus::Failed {
+            store
+                .channels_for_agency(job.receipt.agency_id)
+                .await
+                .unwrap_or_default()
+        } else {
+            Vec::new()
         };
-        let channels = store
-            .channels_for_agency(job.receipt.agency_id)
-            .await
-            .unwrap_or_default();
         routing::follow_ups(
             job.delivery.event,
             &job.delivery,
@@ -392,6 +443,23 @@ impl Notifier {
             callback.as_deref(),
             &channels,
         )
+    }
+
+    async fn callback_url(&self, app_id: &str) -> Option<String> {
+        let store = self.inner.store.clone();
+        let id = app_id.to_owned();
+        let load = async move { store.app(&id).await.map(|app| app.and_then(|a| a.callback_url)) };
+        let loaded = match &self.inner.callbacks {
+            Some(cache) => cache
+                .try_get_with(app_id.to_owned(), load)
+                .await
+                .map_err(|e| e.to_string()),
+            None => load.await.map_err(|e| e.to_string()),
+        };
+        loaded.unwrap_or_else(|e| {
+            tracing::warn!(app_id, error = %e, "loading the issuer's callback URL failed");
+            None
+        })
     }
 
     /// The interface answers again: release what waited for it, oldest first,

@@ -4,15 +4,33 @@
 //! a Redis restart) delays nothing by more than one poll interval and loses nothing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// Least time between two Redis wake-ups from one process: under a stream of
+/// receipts (one signal each) every listener would otherwise wake, and claim, once
+/// per receipt. A lone signal goes out at once.
+const PUBLISH_SPACING: Duration = Duration::from_millis(5);
+
 #[derive(Clone)]
 pub struct Wake {
     local: Arc<Notify>,
-    redis: Option<(redis::aio::ConnectionManager, redis::Client, String)>,
+    redis: Option<RedisWake>,
+}
+
+#[derive(Clone)]
+struct RedisWake {
+    conn: redis::aio::ConnectionManager,
+    client: redis::Client,
+    channel: String,
+    /// A publisher task is running.
+    busy: Arc<AtomicBool>,
+    /// A signal came after the publisher's last publish began.
+    dirty: Arc<AtomicBool>,
 }
 
 impl Wake {
@@ -26,31 +44,35 @@ impl Wake {
     pub fn redis(conn: redis::aio::ConnectionManager, client: redis::Client, prefix: &str) -> Self {
         Self {
             local: Arc::new(Notify::new()),
-            redis: Some((conn, client, format!("{prefix}wake"))),
+            redis: Some(RedisWake {
+                conn,
+                client,
+                channel: format!("{prefix}wake"),
+                busy: Arc::default(),
+                dirty: Arc::default(),
+            }),
         }
     }
 
-    /// Signals that work is due (best effort).
+    /// Signals that work is due (best effort). Never waits for Redis.
     pub async fn notify(&self) {
         // notify_one keeps a permit when the worker loop is not waiting right now
         // (it is claiming), so the signal is not lost until the next poll.
         self.local.notify_one();
-        if let Some((conn, _, channel)) = &self.redis {
-            let mut conn = conn.clone();
-            let sent: Result<i64, _> = redis::cmd("PUBLISH").arg(channel).arg(1).query_async(&mut conn).await;
-            if let Err(e) = sent {
-                tracing::debug!(error = %e, "wake-up not published; workers will poll");
+        if let Some(redis) = &self.redis {
+            redis.dirty.store(true, Ordering::SeqCst);
+            if !redis.busy.swap(true, Ordering::SeqCst) {
+                tokio::spawn(redis.clone().publish());
             }
         }
     }
-
     pub async fn notified(&self) {
         self.local.notified().await;
     }
 
     /// Relays Redis wake-ups to this process's workers, reconnecting after failures.
     pub fn spawn_listener(&self, shutdown: CancellationToken) {
-        let Some((_, client, channel)) = self.redis.clone() else {
+        let Some(RedisWake { client, channel, .. }) = self.redis.clone() else {
             return;
         };
         let local = self.local.clone();
@@ -76,5 +98,33 @@ impl Wake {
                 }
             }
         });
+    }
+}
+
+impl RedisWake {
+    /// Publishes while signals keep coming, at most once per PUBLISH_SPACING. A
+    /// signal is only dropped when it came before a publish began: that publish,
+    /// and the claims it prompts, come after the signal's commit.
+    async fn publish(self) {
+        loop {
+            if !self.dirty.swap(false, Ordering::SeqCst) {
+                self.busy.store(false, Ordering::SeqCst);
+                // A signal between the check and the release found us busy: ours.
+                if self.dirty.load(Ordering::SeqCst) && !self.busy.swap(true, Ordering::SeqCst) {
+                    continue;
+                }
+                return;
+            }
+            let mut conn = self.conn.clone();
+            let sent: Result<i64, _> = redis::cmd("PUBLISH")
+                .arg(&self.channel)
+                .arg(1)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "wake-up not published; workers will poll");
+            }
+            tokio::time::sleep(PUBLISH_SPACING).await;
+        }
     }
 }

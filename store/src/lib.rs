@@ -176,6 +176,21 @@ pub trait Store: PayerStore + Send + Sync + 'static {
         update: DeliveryUpdate,
         follow_ups: Vec<NewDelivery>,
     ) -> Result<bool>;
+    /// Records many finished attempts in one transaction, each fenced as in
+    /// [`complete_attempt`](Self::complete_attempt); returns, in order, whether
+    /// `owner` still held each lease. A notifier under load finishes many
+    /// deliveries at once, and one write each would dominate its database work.
+    async fn complete_attempts(&self, owner: &str, completions: &[Completion]) -> Result<Vec<bool>> {
+        let mut done = Vec::with_capacity(completions.len());
+        for c in completions {
+            let c = c.clone();
+            done.push(
+                self.complete_attempt(c.delivery_id, owner, c.attempt, c.update, c.follow_ups)
+                    .await?,
+            );
+        }
+        Ok(done)
+    }
     /// Releases the lease and postpones without counting an attempt (breaker open).
     async fn defer_delivery(&self, delivery_id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool>;
     /// Attempts of one delivery, oldest first.

@@ -17,17 +17,13 @@ use crate::shared::{
     delivery_columns, receipt_columns, secret_columns, stats_columns, write_error,
 };
 use crate::{
-    Agency, Alert, App, AttemptRecord, Backend, BacklogRow, Channel, ClaimedDelivery, ConnectOptions, Delivery,
-    DeliveryFilter, DeliveryStatus, DeliveryUpdate, InsertOutcome, NewAgency, NewApp, NewAppSecret, NewChannel,
-    NewDelivery, NewReceiptRecord, ReimbursementState, Result, Reversal, ReversalOutcome, StatsRow, Store, StoreError,
-    StoredReceipt,
+    Agency, Alert, App, AttemptRecord, Backend, BacklogRow, Channel, ClaimedDelivery, Completion, ConnectOptions,
+    Delivery, DeliveryFilter, DeliveryStatus, DeliveryUpdate, InsertOutcome, NewAgency, NewApp, NewAppSecret,
+    NewChannel, NewDelivery, NewReceiptRecord, ReimbursementState, Result, Reversal, ReversalOutcome, StatsRow, Store,
+    StoreError, StoredReceipt,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
-
-async fn begin_write(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    Ok(pool.begin().await?)
-}
 
 /// Serialises the matching of one identity between registration and receipt
 /// arrival (READ COMMITTED alone would let each miss the other's uncommitted row).
@@ -42,20 +38,19 @@ async fn lock_identities(conn: &mut PgConnection, keys: &[i64]) -> Result<()> {
     Ok(())
 }
 
-crate::wallet_sql::wallet_store!(
-    PgStore,
-    sqlx::Postgres,
-    PgConnection,
-    begin_write,
-    lock_identities,
-    " FOR UPDATE"
-);
+crate::wallet_sql::wallet_store!(PgStore, sqlx::Postgres, PgConnection, lock_identities, " FOR UPDATE");
 
 pub struct PgStore {
     pool: PgPool,
 }
 
 impl PgStore {
+    /// A write transaction (READ COMMITTED; decisions lock their rows). The unit
+    /// stands where SQLite holds its turn to write.
+    async fn begin_write(&self) -> Result<((), sqlx::Transaction<'static, sqlx::Postgres>)> {
+        Ok(((), self.pool.begin().await?))
+    }
+
     pub async fn connect(opts: &ConnectOptions) -> Result<Self> {
         let options = PgConnectOptions::from_str(&opts.url)?;
         let pool = PgPoolOptions::new()
@@ -560,6 +555,13 @@ impl Store for PgStore {
         // SKIP LOCKED: concurrent claimers pass over each other's rows instead of
         // waiting; a row leased meanwhile fails the re-checked WHERE.
         let mut tx = self.pool.begin().await?;
+        // Walk the due index in claim order and stop after `limit` rows. The
+        // planner's estimates lag a queue that changes this fast, and with them it
+        // may take a bitmap scan that reads and sorts every pending row: a claim
+        // then costs as much as the backlog is long, just when it is longest.
+        sqlx::query("SET LOCAL enable_bitmapscan = off")
+            .execute(&mut *tx)
+            .await?;
         let rows: Vec<DeliveryRow> = sqlx::query_as(concat!(
             "UPDATE deliveries SET lease_owner = $1, lease_until = $2 WHERE id IN ",
             "(SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $3 ",
@@ -652,6 +654,107 @@ impl Store for PgStore {
         insert_deliveries(&mut tx, receipt_id, agency_id, &follow_ups, now).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn complete_attempts(&self, owner: &str, completions: &[Completion]) -> Result<Vec<bool>> {
+        let mut ids: Vec<Uuid> = completions.iter().map(|c| c.delivery_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if completions.len() < 2 || ids.len() < completions.len() {
+            // One, or the same delivery twice: in order, one at a time, so the
+            // second meets the fence the first left.
+            let mut done = Vec::with_capacity(completions.len());
+            for c in completions {
+                let c = c.clone();
+                done.push(
+                    self.complete_attempt(c.delivery_id, owner, c.attempt, c.update, c.follow_ups)
+                        .await?,
+                );
+            }
+            return Ok(done);
+        }
+        let now = shared::now();
+        let n = completions.len();
+        let (mut id, mut status, mut next_at, mut error, mut park, mut provider, mut delivered_at) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for c in completions {
+            let t = shared::transition(c.update.clone(), now);
+            id.push(c.delivery_id);
+            status.push(t.status);
+            next_at.push(t.next_attempt_at);
+            error.push(t.last_error);
+            park.push(t.park_reason);
+            provider.push(t.provider_ref);
+            delivered_at.push(t.delivered_at);
+        }
+        let mut tx = self.pool.begin().await?;
+        // The fence of complete_attempt, for all rows in one statement.
+        let owned: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+            "UPDATE deliveries AS d SET status = u.status, attempts = d.attempts + 1, \
+             next_attempt_at = COALESCE(u.next_attempt_at, d.next_attempt_at), \
+             last_error = u.last_error, park_reason = u.park_reason, \
+             provider_ref = CASE WHEN u.status = 'delivered' THEN u.provider_ref ELSE d.provider_ref END, \
+             delivered_at = COALESCE(u.delivered_at, d.delivered_at), lease_owner = NULL, \
+             lease_until = NULL, updated_at = $8 \
+             FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
+             $7::timestamptz[]) AS u(id, status, next_attempt_at, last_error, park_reason, provider_ref, \
+             delivered_at) \
+             WHERE d.id = u.id AND d.lease_owner = $9 AND d.status = 'pending' \
+             RETURNING d.id, d.receipt_id, d.agency_id",
+        )
+        .bind(&id)
+        .bind(&status)
+        .bind(&next_at)
+        .bind(&error)
+        .bind(&park)
+        .bind(&provider)
+        .bind(&delivered_at)
+        .bind(now)
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?;
+        let owned: std::collections::HashMap<Uuid, (Uuid, Uuid)> =
+            owned.into_iter().map(|(d, r, a)| (d, (r, a))).collect();
+
+        let recorded: Vec<&Completion> = completions
+            .iter()
+            .filter(|c| owned.contains_key(&c.delivery_id))
+            .collect();
+        if !recorded.is_empty() {
+            let attempts: Vec<AttemptRecord> = recorded
+                .iter()
+                .map(|c| shared::normalize_attempt(c.attempt.clone()))
+                .collect();
+            sqlx::query(
+                "INSERT INTO delivery_attempts (id, delivery_id, started_at, latency_ms, outcome, code, \
+                 detail) SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::int8[], \
+                 $5::text[], $6::int8[], $7::text[])",
+            )
+            .bind(attempts.iter().map(|a| a.id).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|c| c.delivery_id).collect::<Vec<_>>())
+            .bind(attempts.iter().map(|a| a.started_at).collect::<Vec<_>>())
+            .bind(attempts.iter().map(|a| a.latency_ms).collect::<Vec<_>>())
+            .bind(attempts.iter().map(|a| a.outcome.as_str()).collect::<Vec<_>>())
+            .bind(attempts.iter().map(|a| a.code).collect::<Vec<_>>())
+            .bind(attempts.iter().map(|a| a.detail.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| write_error(e, "attempt_id"))?;
+        }
+        for c in &recorded {
+            if let Some((receipt_id, agency_id)) = owned.get(&c.delivery_id) {
+                insert_deliveries(&mut tx, *receipt_id, *agency_id, &c.follow_ups, now).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(completions.iter().map(|c| owned.contains_key(&c.delivery_id)).collect())
     }
 
     async fn defer_delivery(&self, delivery_id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool> {
@@ -813,7 +916,7 @@ impl Store for PgStore {
     }
 
     async fn upsert_channel(&self, channel: NewChannel) -> Result<Channel> {
-        upsert_channel(&self.pool, channel).await
+        upsert_channel(self, channel).await
     }
 
     async fn channels_for_agency(&self, agency_id: Uuid) -> Result<Vec<Channel>> {

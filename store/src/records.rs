@@ -356,6 +356,15 @@ pub enum DeliveryUpdate {
     },
 }
 
+/// One finished attempt of a leased delivery, for [`crate::Store::complete_attempts`].
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub delivery_id: Uuid,
+    pub attempt: AttemptRecord,
+    pub update: DeliveryUpdate,
+    pub follow_ups: Vec<NewDelivery>,
+}
+
 /// Which deliveries an operator means.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct DeliveryFilter {

@@ -2,18 +2,24 @@
 //! a time, so every write transaction starts with `BEGIN IMMEDIATE`: it takes the
 //! write lock up front (waiting up to the busy timeout) instead of failing with
 //! SQLITE_BUSY when a read transaction later tries to upgrade. Holding that lock is
-//! what `FOR UPDATE` gives on PostgreSQL.
+//! what `FOR UPDATE` gives on PostgreSQL. Writers of one process first take turns
+//! on an in-process lock (`begin_write`), so they queue in order rather than meet
+//! SQLite's busy handler, whose growing sleeps (up to 100 ms) starve a steady write
+//! load; readers never wait for it.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::types::Json;
+use sqlx::{QueryBuilder, Transaction};
+use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
 use crate::shared::{
@@ -22,34 +28,30 @@ use crate::shared::{
     delivery_columns, receipt_columns, secret_columns, stats_columns, write_error,
 };
 use crate::{
-    Agency, Alert, App, AttemptRecord, Backend, BacklogRow, Channel, ClaimedDelivery, ConnectOptions, Delivery,
-    DeliveryFilter, DeliveryStatus, DeliveryUpdate, InsertOutcome, NewAgency, NewApp, NewAppSecret, NewChannel,
-    NewDelivery, NewReceiptRecord, ReimbursementState, Result, Reversal, ReversalOutcome, StatsRow, Store, StoreError,
-    StoredReceipt,
+    Agency, Alert, App, AttemptRecord, Backend, BacklogRow, Channel, ClaimedDelivery, Completion, ConnectOptions,
+    Delivery, DeliveryFilter, DeliveryStatus, DeliveryUpdate, InsertOutcome, NewAgency, NewApp, NewAppSecret,
+    NewChannel, NewDelivery, NewReceiptRecord, ReimbursementState, Result, Reversal, ReversalOutcome, StatsRow, Store,
+    StoreError, StoredReceipt,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
-
-async fn begin_write(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
-}
 
 /// Writers are serialised by `BEGIN IMMEDIATE`: matching needs no extra lock.
 async fn lock_identities(_conn: &mut SqliteConnection, _keys: &[i64]) -> Result<()> {
     Ok(())
 }
 
-crate::wallet_sql::wallet_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    SqliteConnection,
-    begin_write,
-    lock_identities,
-    ""
-);
+crate::wallet_sql::wallet_store!(SqliteStore, sqlx::Sqlite, SqliteConnection, lock_identities, "");
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The one connection this process writes through (the same pool in memory).
+    writes: SqlitePool,
+    /// This process's turn to write.
+    writer: Arc<Mutex<()>>,
+    /// The runtime the store was opened on (the process's main one), where
+    /// receipts are written; see `insert_receipt`.
+    runtime: tokio::runtime::Handle,
 }
 
 impl SqliteStore {
@@ -62,16 +64,17 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let pool = if in_memory {
+        let (pool, writes) = if in_memory {
             // An in-memory database lives as long as one of its connections: keep
             // exactly one, forever.
-            SqlitePoolOptions::new()
+            let pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
                 .connect_with(options)
-                .await?
+                .await?;
+            (pool.clone(), pool)
         } else {
             if let Some(dir) = options.get_filename().parent()
                 && !dir.as_os_str().is_empty()
@@ -82,13 +85,163 @@ impl SqliteStore {
                     ))
                 })?;
             }
-            SqlitePoolOptions::new()
+            let pool = SqlitePoolOptions::new()
                 .max_connections(opts.max_connections.max(1))
+                .connect_with(options.clone())
+                .await?;
+            // Writing through one connection keeps its page cache warm: a
+            // connection's cache is dropped whenever another one has written.
+            let writes = SqlitePoolOptions::new()
+                .max_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
                 .connect_with(options)
-                .await?
+                .await?;
+            (pool, writes)
         };
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writes,
+            writer: Arc::new(Mutex::new(())),
+            runtime: tokio::runtime::Handle::current(),
+        })
     }
+
+    /// A write transaction (`BEGIN IMMEDIATE`), begun on this process's turn to
+    /// write; the turn ends when the guard is dropped, after the transaction.
+    async fn begin_write(&self) -> Result<(MutexGuard<'_, ()>, Transaction<'static, Sqlite>)> {
+        let turn = self.writer.lock().await;
+        let tx = self.writes.begin_with("BEGIN IMMEDIATE").await?;
+        Ok((turn, tx))
+    }
+
+    /// This process's turn to write, for a single statement on `self.writes`.
+    async fn write_turn(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().await
+    }
+}
+
+/// What writing a pushed receipt came to.
+enum Written {
+    New(Uuid),
+    Existing(Box<InsertOutcome>),
+}
+
+/// Inserts a receipt and its deliveries in the caller's write transaction, or
+/// classifies the receipt already holding its identity.
+async fn insert_receipt_in(
+    conn: &mut SqliteConnection,
+    r: &NewReceiptRecord,
+    deliveries: &[NewDelivery],
+) -> Result<Written> {
+    let now = shared::now();
+    // Writers are serialised, so a taken identity is simply a committed row.
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO receipts (id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, \
+         bus_no, bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, \
+         payer_id_index, payer_phone_index, payer_name_index, open_id, details, file, \
+         received_at, reimbursement_state, updated_at, search_text) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+         $18, $19, $20, 'INIT', $21, $22) \
+         ON CONFLICT (bill_batch_code, bill_no) DO NOTHING RETURNING id",
+    )
+    .bind(r.id)
+    .bind(r.agency_id)
+    .bind(&r.issuer_app_id)
+    .bind(&r.bill_batch_code)
+    .bind(&r.bill_no)
+    .bind(&r.random)
+    .bind(&r.bus_no)
+    .bind(&r.bus_type)
+    .bind(&r.payer_type)
+    .bind(r.issued_at)
+    .bind(r.total_fen)
+    .bind(&r.content_hash)
+    .bind(&r.payer_sealed)
+    .bind(&r.payer_id_index)
+    .bind(&r.payer_phone_index)
+    .bind(&r.payer_name_index)
+    .bind(&r.open_id)
+    .bind(Json(&r.details))
+    .bind(r.file.as_ref().map(Json))
+    .bind(r.received_at)
+    .bind(now)
+    .bind(&r.search_text)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| write_error(e, "receipt_id"))?;
+    if let Some(id) = inserted {
+        let wallet = collect_new_receipt(&mut *conn, r, deliveries, now).await?;
+        insert_deliveries(&mut *conn, id, r.agency_id, deliveries, now).await?;
+        insert_deliveries(&mut *conn, id, r.agency_id, &wallet, now).await?;
+        return Ok(Written::New(id));
+    }
+    let row: Option<ReceiptRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        receipt_columns!(),
+        " FROM receipts WHERE bill_batch_code = $1 AND bill_no = $2"
+    ))
+    .bind(&r.bill_batch_code)
+    .bind(&r.bill_no)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let existing = written(with_deliveries(&mut *conn, row).await?, "conflicting receipt")?;
+    Ok(Written::Existing(Box::new(shared::classify_existing(existing, r))))
+}
+
+/// The fenced step of completing one attempt, inside the caller's write
+/// transaction: false (and nothing written) unless `owner` holds the lease.
+async fn complete_in(
+    conn: &mut SqliteConnection,
+    delivery_id: Uuid,
+    owner: &str,
+    attempt: AttemptRecord,
+    update: DeliveryUpdate,
+    follow_ups: &[NewDelivery],
+) -> Result<bool> {
+    let now = shared::now();
+    let attempt = shared::normalize_attempt(attempt);
+    let t = shared::transition(update, now);
+    // The fence: only the lease holder of a pending delivery moves it on.
+    let owned: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "UPDATE deliveries SET status = $3, attempts = attempts + 1, \
+         next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5, park_reason = $6, \
+         provider_ref = CASE WHEN $3 = 'delivered' THEN $7 ELSE provider_ref END, \
+         delivered_at = COALESCE($8, delivered_at), lease_owner = NULL, lease_until = NULL, \
+         updated_at = $9 \
+         WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
+         RETURNING receipt_id, agency_id",
+    )
+    .bind(delivery_id)
+    .bind(owner)
+    .bind(t.status)
+    .bind(t.next_attempt_at)
+    .bind(&t.last_error)
+    .bind(&t.park_reason)
+    .bind(&t.provider_ref)
+    .bind(t.delivered_at)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((receipt_id, agency_id)) = owned else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "INSERT INTO delivery_attempts (id, delivery_id, started_at, latency_ms, outcome, code, \
+         detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(attempt.id)
+    .bind(delivery_id)
+    .bind(attempt.started_at)
+    .bind(attempt.latency_ms)
+    .bind(attempt.outcome.as_str())
+    .bind(attempt.code)
+    .bind(&attempt.detail)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| write_error(e, "attempt_id"))?;
+    insert_deliveries(&mut *conn, receipt_id, agency_id, follow_ups, now).await?;
+    Ok(true)
 }
 
 async fn load_agency_by_code(conn: &mut SqliteConnection, code: &str) -> Result<Option<Agency>> {
@@ -326,7 +479,7 @@ impl Store for SqliteStore {
 
     async fn create_app(&self, app: NewApp) -> Result<App> {
         let now = shared::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO apps (app_id, agency_id, kind, name, enabled, callback_url, created_at, \
              updated_at) VALUES ($1, $2, $3, $4, 1, $5, $6, $6)",
@@ -378,7 +531,7 @@ impl Store for SqliteStore {
 
     async fn add_app_secret(&self, app_id: &str, secret: NewAppSecret, keep_previous: bool) -> Result<App> {
         let now = shared::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         lock_app(&mut tx, app_id).await?;
         retire_secrets(&mut tx, app_id, keep_previous, now).await?;
         insert_secret(&mut tx, app_id, &secret, now).await?;
@@ -389,7 +542,7 @@ impl Store for SqliteStore {
 
     async fn retire_old_app_secrets(&self, app_id: &str) -> Result<App> {
         let now = shared::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         lock_app(&mut tx, app_id).await?;
         retire_secrets(&mut tx, app_id, true, now).await?;
         let app = written(load_app(&mut tx, app_id).await?, "app")?;
@@ -398,7 +551,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_app_enabled(&self, app_id: &str, enabled: bool) -> Result<App> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let done = sqlx::query("UPDATE apps SET enabled = $2, updated_at = $3 WHERE app_id = $1")
             .bind(app_id)
             .bind(enabled)
@@ -414,7 +567,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_app_callback(&self, app_id: &str, callback_url: Option<String>) -> Result<App> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let done = sqlx::query("UPDATE apps SET callback_url = $2, updated_at = $3 WHERE app_id = $1")
             .bind(app_id)
             .bind(&callback_url)
@@ -431,65 +584,36 @@ impl Store for SqliteStore {
 
     async fn insert_receipt(&self, receipt: NewReceiptRecord, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome> {
         let r = shared::normalize_receipt(receipt);
-        let now = shared::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // Writers are serialised, so a taken identity is simply a committed row.
-        let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO receipts (id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, \
-             bus_no, bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, \
-             payer_id_index, payer_phone_index, payer_name_index, open_id, details, file, \
-             received_at, reimbursement_state, updated_at, search_text) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, 'INIT', $21, $22) \
-             ON CONFLICT (bill_batch_code, bill_no) DO NOTHING RETURNING id",
-        )
-        .bind(r.id)
-        .bind(r.agency_id)
-        .bind(&r.issuer_app_id)
-        .bind(&r.bill_batch_code)
-        .bind(&r.bill_no)
-        .bind(&r.random)
-        .bind(&r.bus_no)
-        .bind(&r.bus_type)
-        .bind(&r.payer_type)
-        .bind(r.issued_at)
-        .bind(r.total_fen)
-        .bind(&r.content_hash)
-        .bind(&r.payer_sealed)
-        .bind(&r.payer_id_index)
-        .bind(&r.payer_phone_index)
-        .bind(&r.payer_name_index)
-        .bind(&r.open_id)
-        .bind(Json(&r.details))
-        .bind(r.file.as_ref().map(Json))
-        .bind(r.received_at)
-        .bind(now)
-        .bind(&r.search_text)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| write_error(e, "receipt_id"))?;
-
-        if let Some(id) = inserted {
-            let wallet = collect_new_receipt(&mut tx, &r, &deliveries, now).await?;
-            insert_deliveries(&mut tx, id, r.agency_id, &deliveries, now).await?;
-            insert_deliveries(&mut tx, id, r.agency_id, &wallet, now).await?;
-            let stored = written(load_receipt_by_id(&mut tx, id).await?, "receipt")?;
+        let (writes, writer) = (self.writes.clone(), self.writer.clone());
+        // On the store's runtime, not the caller's: pushes arrive on the HTTP
+        // server's single-threaded workers, where every await inside the turn
+        // would wait behind other requests' CPU work (signatures, sealing) while
+        // all writers wait for the turn.
+        let write = self.runtime.spawn(async move {
+            let _turn = writer.lock().await;
+            let mut tx = writes.begin_with("BEGIN IMMEDIATE").await?;
+            let outcome = insert_receipt_in(&mut tx, &r, &deliveries).await?;
             tx.commit().await?;
-            return Ok(InsertOutcome::Created(stored));
+            Ok::<_, StoreError>(outcome)
+        });
+        let outcome = match write.await {
+            Ok(outcome) => outcome?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime shuts down.
+            Err(_) => return Err(StoreError::Database(sqlx::Error::PoolClosed)),
+        };
+        match outcome {
+            Written::New(id) => {
+                // Read back after the turn, with the receipt and its deliveries from
+                // one snapshot. The notifier may already have moved a delivery on;
+                // the answer then shows where it stands.
+                let mut read = self.pool.begin().await?;
+                let stored = written(load_receipt_by_id(&mut read, id).await?, "receipt")?;
+                read.commit().await?;
+                Ok(InsertOutcome::Created(stored))
+            }
+            Written::Existing(outcome) => Ok(*outcome),
         }
-
-        let row: Option<ReceiptRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            receipt_columns!(),
-            " FROM receipts WHERE bill_batch_code = $1 AND bill_no = $2"
-        ))
-        .bind(&r.bill_batch_code)
-        .bind(&r.bill_no)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let existing = written(with_deliveries(&mut tx, row).await?, "conflicting receipt")?;
-        tx.commit().await?;
-        Ok(shared::classify_existing(existing, &r))
     }
 
     async fn receipt(&self, agency_id: Uuid, bill_batch_code: &str, bill_no: &str) -> Result<Option<StoredReceipt>> {
@@ -520,7 +644,7 @@ impl Store for SqliteStore {
     ) -> Result<ReversalOutcome> {
         let reversal = shared::normalize_reversal(reversal);
         let now = shared::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let row: Option<ReceiptRow> = sqlx::query_as(concat!(
             "SELECT ",
             receipt_columns!(),
@@ -560,11 +684,12 @@ impl Store for SqliteStore {
     }
 
     async fn set_reimbursement_state(&self, receipt_id: Uuid, state: ReimbursementState) -> Result<()> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query("UPDATE receipts SET reimbursement_state = $2, updated_at = $3 WHERE id = $1")
             .bind(receipt_id)
             .bind(state.as_str())
             .bind(shared::now())
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -589,7 +714,7 @@ impl Store for SqliteStore {
         // The write lock makes select-and-lease one step for concurrent claimers.
         // INDEXED BY: without statistics SQLite would rather take the status index
         // and sort every pending row; the due index yields them in claim order.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let rows: Vec<DeliveryRow> = sqlx::query_as(concat!(
             "UPDATE deliveries SET lease_owner = $1, lease_until = $2 WHERE id IN ",
             "(SELECT id FROM deliveries INDEXED BY deliveries_due_idx ",
@@ -618,6 +743,7 @@ impl Store for SqliteStore {
     }
 
     async fn renew_lease(&self, delivery_id: Uuid, owner: &str, lease_until: DateTime<Utc>) -> Result<bool> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query(
             "UPDATE deliveries SET lease_until = $3 \
              WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
@@ -625,7 +751,7 @@ impl Store for SqliteStore {
         .bind(delivery_id)
         .bind(owner)
         .bind(shared::micros(lease_until))
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -638,54 +764,101 @@ impl Store for SqliteStore {
         update: DeliveryUpdate,
         follow_ups: Vec<NewDelivery>,
     ) -> Result<bool> {
+        let (_turn, mut tx) = self.begin_write().await?;
+        let done = complete_in(&mut tx, delivery_id, owner, attempt, update, &follow_ups).await?;
+        if done {
+            tx.commit().await?;
+        }
+        Ok(done)
+    }
+
+    async fn complete_attempts(&self, owner: &str, completions: &[Completion]) -> Result<Vec<bool>> {
+        // One write transaction for all: SQLite has one writer, and each
+        // transaction of its own would queue for it again.
+        let (_turn, mut tx) = self.begin_write().await?;
+        let mut ids: Vec<Uuid> = completions.iter().map(|c| c.delivery_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if completions.len() < 2 || ids.len() < completions.len() {
+            // One, or the same delivery twice: in order, so the second meets the
+            // fence the first left.
+            let mut done = Vec::with_capacity(completions.len());
+            for c in completions {
+                let (attempt, update) = (c.attempt.clone(), c.update.clone());
+                done.push(complete_in(&mut tx, c.delivery_id, owner, attempt, update, &c.follow_ups).await?);
+            }
+            tx.commit().await?;
+            return Ok(done);
+        }
+        // Every statement is a round trip to the connection's thread while the
+        // writer lock is held: one UPDATE and one INSERT for the whole batch.
         let now = shared::now();
-        let attempt = shared::normalize_attempt(attempt);
-        let t = shared::transition(update, now);
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // The fence: only the lease holder of a pending delivery moves it on.
-        let owned: Option<(Uuid, Uuid)> = sqlx::query_as(
-            "UPDATE deliveries SET status = $3, attempts = attempts + 1, \
-             next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5, park_reason = $6, \
-             provider_ref = CASE WHEN $3 = 'delivered' THEN $7 ELSE provider_ref END, \
-             delivered_at = COALESCE($8, delivered_at), lease_owner = NULL, lease_until = NULL, \
-             updated_at = $9 \
-             WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
-             RETURNING receipt_id, agency_id",
-        )
-        .bind(delivery_id)
-        .bind(owner)
-        .bind(t.status)
-        .bind(t.next_attempt_at)
-        .bind(&t.last_error)
-        .bind(&t.park_reason)
-        .bind(&t.provider_ref)
-        .bind(t.delivered_at)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((receipt_id, agency_id)) = owned else {
-            return Ok(false);
-        };
-        sqlx::query(
-            "INSERT INTO delivery_attempts (id, delivery_id, started_at, latency_ms, outcome, code, \
-             detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(attempt.id)
-        .bind(delivery_id)
-        .bind(attempt.started_at)
-        .bind(attempt.latency_ms)
-        .bind(attempt.outcome.as_str())
-        .bind(attempt.code)
-        .bind(&attempt.detail)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| write_error(e, "attempt_id"))?;
-        insert_deliveries(&mut tx, receipt_id, agency_id, &follow_ups, now).await?;
+        let mut update = QueryBuilder::<Sqlite>::new(
+            "WITH u (id, status, next_attempt_at, last_error, park_reason, provider_ref, delivered_at) AS (",
+        );
+        update.push_values(completions, |mut row, c| {
+            let t = shared::transition(c.update.clone(), now);
+            row.push_bind(c.delivery_id)
+                .push_bind(t.status)
+                .push_bind(t.next_attempt_at)
+                .push_bind(t.last_error)
+                .push_bind(t.park_reason)
+                .push_bind(t.provider_ref)
+                .push_bind(t.delivered_at);
+        });
+        update
+            .push(
+                ") UPDATE deliveries SET status = u.status, attempts = deliveries.attempts + 1, \
+                 next_attempt_at = COALESCE(u.next_attempt_at, deliveries.next_attempt_at), \
+                 last_error = u.last_error, park_reason = u.park_reason, \
+                 provider_ref = CASE WHEN u.status = 'delivered' THEN u.provider_ref \
+                 ELSE deliveries.provider_ref END, \
+                 delivered_at = COALESCE(u.delivered_at, deliveries.delivered_at), \
+                 lease_owner = NULL, lease_until = NULL, updated_at = ",
+            )
+            .push_bind(now)
+            .push(" FROM u WHERE deliveries.id = u.id AND deliveries.lease_owner = ")
+            .push_bind(owner)
+            .push(" AND deliveries.status = 'pending' RETURNING id, receipt_id, agency_id");
+        let owned: Vec<(Uuid, Uuid, Uuid)> = update.build_query_as().persistent(false).fetch_all(&mut *tx).await?;
+        let owned: std::collections::HashMap<Uuid, (Uuid, Uuid)> =
+            owned.into_iter().map(|(d, r, a)| (d, (r, a))).collect();
+        let recorded: Vec<&Completion> = completions
+            .iter()
+            .filter(|c| owned.contains_key(&c.delivery_id))
+            .collect();
+        if !recorded.is_empty() {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO delivery_attempts (id, delivery_id, started_at, latency_ms, outcome, code, detail) ",
+            );
+            insert.push_values(&recorded, |mut row, c| {
+                let a = shared::normalize_attempt(c.attempt.clone());
+                row.push_bind(a.id)
+                    .push_bind(c.delivery_id)
+                    .push_bind(a.started_at)
+                    .push_bind(a.latency_ms)
+                    .push_bind(a.outcome.as_str())
+                    .push_bind(a.code)
+                    .push_bind(a.detail);
+            });
+            insert
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| write_error(e, "attempt_id"))?;
+        }
+        for c in &recorded {
+            if let Some((receipt_id, agency_id)) = owned.get(&c.delivery_id) {
+                insert_deliveries(&mut tx, *receipt_id, *agency_id, &c.follow_ups, now).await?;
+            }
+        }
         tx.commit().await?;
-        Ok(true)
+        Ok(completions.iter().map(|c| owned.contains_key(&c.delivery_id)).collect())
     }
 
     async fn defer_delivery(&self, delivery_id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query(
             "UPDATE deliveries SET next_attempt_at = $3, lease_owner = NULL, lease_until = NULL, \
              updated_at = $4 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
@@ -694,7 +867,7 @@ impl Store for SqliteStore {
         .bind(owner)
         .bind(shared::micros(until))
         .bind(shared::now())
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -742,6 +915,7 @@ impl Store for SqliteStore {
         status: DeliveryStatus,
         error: Option<String>,
     ) -> Result<()> {
+        let _turn = self.write_turn().await;
         let now = shared::now();
         let done = sqlx::query(
             "UPDATE deliveries SET status = $2, last_error = $3, updated_at = $4, \
@@ -752,7 +926,7 @@ impl Store for SqliteStore {
         .bind(status.as_str())
         .bind(&error)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -774,7 +948,7 @@ impl Store for SqliteStore {
             return Ok(0);
         };
         let now = shared::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let ids: Vec<Uuid> = candidates
             .build_query_scalar()
             .persistent(false)
@@ -808,7 +982,7 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_stats(&self, rows: Vec<StatsRow>) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         for r in rows.into_iter().map(shared::normalize_stats) {
             sqlx::query(concat!(
                 "INSERT INTO tracking_stats (",
@@ -844,7 +1018,7 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_channel(&self, channel: NewChannel) -> Result<Channel> {
-        upsert_channel(&self.pool, channel).await
+        upsert_channel(self, channel).await
     }
 
     async fn channels_for_agency(&self, agency_id: Uuid) -> Result<Vec<Channel>> {
@@ -885,6 +1059,7 @@ impl Store for SqliteStore {
     }
 
     async fn save_alert(&self, alert: &Alert) -> Result<()> {
+        let _turn = self.write_turn().await;
         let a = shared::normalize_alert(alert);
         sqlx::query(concat!(
             "INSERT INTO alerts (",
@@ -902,7 +1077,7 @@ impl Store for SqliteStore {
         .bind(a.started_at)
         .bind(a.last_notified_at)
         .bind(a.resolved_at)
-        .execute(&self.pool)
+        .execute(&self.writes)
         .await
         .map_err(|e| write_error(e, "alert_firing"))?;
         Ok(())

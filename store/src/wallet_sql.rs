@@ -199,10 +199,11 @@ pub(crate) const RELEASE: &str = concat!(
 );
 
 /// Implements [`crate::wallet::PayerStore`] and the receipt-arrival collection for
-/// one backend. `$begin` opens a write transaction on the pool, `$lock` takes the
-/// identity locks (sorted keys) inside it, `$for_update` is the row-lock suffix.
+/// one backend. The store's `begin_write()` opens a write transaction (with
+/// SQLite's in-process turn to write), `$lock` takes the identity locks (sorted
+/// keys) inside it, `$for_update` is the row-lock suffix.
 macro_rules! wallet_store {
-    ($store:ty, $db:ty, $conn:ty, $begin:path, $lock:path, $for_update:literal) => {
+    ($store:ty, $db:ty, $conn:ty, $lock:path, $for_update:literal) => {
         /// Collects a just-inserted receipt of a person into the wallets of the
         /// registered payers it matches, and plans the subscribe message each
         /// is owed: the first of `channels` where the payer has an identity and a
@@ -308,12 +309,13 @@ macro_rules! wallet_store {
         }
 
         /// Creates or replaces an agency's (or the platform's) channel of a kind.
-        async fn upsert_channel(pool: &sqlx::Pool<$db>, channel: $crate::NewChannel) -> $crate::Result<$crate::Channel> {
+        async fn upsert_channel(store: &$store, channel: $crate::NewChannel) -> $crate::Result<$crate::Channel> {
             let sql = if channel.agency_id.is_some() {
                 $crate::shared::UPSERT_AGENCY_CHANNEL
             } else {
                 $crate::shared::UPSERT_PLATFORM_CHANNEL
             };
+            let (_turn, mut tx) = store.begin_write().await?;
             let row: $crate::shared::ChannelRow = sqlx::query_as(sql)
                 .bind(uuid::Uuid::now_v7())
                 .bind(channel.agency_id)
@@ -328,9 +330,10 @@ macro_rules! wallet_store {
                 .bind(channel.enabled)
                 .bind($crate::shared::now())
                 .bind(channel.long_term)
-                .fetch_one(pool)
+                .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| $crate::shared::write_error(e, "channel_id"))?;
+            tx.commit().await?;
             Ok(row.into())
         }
 
@@ -380,13 +383,13 @@ macro_rules! wallet_store {
         }
 
         async fn login_once(
-            pool: &sqlx::Pool<$db>,
+            store: &$store,
             app_id: &str,
             openid: &str,
             unionid_index: Option<&str>,
         ) -> $crate::Result<$crate::wallet::LoginOutcome> {
             let now = $crate::shared::now();
-            let mut tx = $begin(pool).await?;
+            let (_turn, mut tx) = store.begin_write().await?;
             let existing: Option<uuid::Uuid> = sqlx::query_scalar(concat!(
                 "SELECT payer_id FROM payer_identities WHERE app_id = $1 AND openid = $2",
                 $for_update
@@ -475,7 +478,7 @@ macro_rules! wallet_store {
                 // key: the loser retries and finds the winner's payer.
                 let mut tries = 0;
                 loop {
-                    match login_once(&self.pool, app_id, openid, unionid_index).await {
+                    match login_once(self, app_id, openid, unionid_index).await {
                         Err($crate::StoreError::Conflict(_)) if tries < 2 => tries += 1,
                         other => return other,
                     }
@@ -494,7 +497,7 @@ macro_rules! wallet_store {
             ) -> $crate::Result<$crate::wallet::RegisterOutcome> {
                 let now = $crate::shared::now();
                 let consent_at = $crate::shared::micros(reg.consent_at);
-                let mut tx = $begin(&self.pool).await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 let before = load_payer(&mut tx, payer_id).await?.ok_or($crate::StoreError::NotFound)?;
                 let keys = $crate::wallet::identity_lock_keys(
                     Some(&reg.id_index),
@@ -556,7 +559,7 @@ macro_rules! wallet_store {
                 enabled: bool,
             ) -> $crate::Result<$crate::wallet::PayerRecord> {
                 let now = $crate::shared::now();
-                let mut tx = $begin(&self.pool).await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 let n = sqlx::query("UPDATE payers SET reminders = $2, updated_at = $3 WHERE id = $1")
                     .bind(payer_id)
                     .bind(enabled)
@@ -574,7 +577,7 @@ macro_rules! wallet_store {
 
             async fn delete_payer(&self, payer_id: uuid::Uuid) -> $crate::Result<bool> {
                 let now = $crate::shared::now();
-                let mut tx = $begin(&self.pool).await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM wallet_entries WHERE payer_id = $1")
                     .bind(payer_id)
                     .fetch_one(&mut *tx)
@@ -615,8 +618,10 @@ macro_rules! wallet_store {
                 event: &str,
                 detail: Option<serde_json::Value>,
             ) -> $crate::Result<()> {
-                let mut conn = self.pool.acquire().await?;
-                insert_audit(&mut conn, payer_id, event, detail, $crate::shared::now()).await
+                let (_turn, mut tx) = self.begin_write().await?;
+                insert_audit(&mut tx, payer_id, event, detail, $crate::shared::now()).await?;
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn payer_audit(&self, payer_id: uuid::Uuid) -> $crate::Result<Vec<$crate::wallet::AuditRecord>> {
@@ -630,6 +635,7 @@ macro_rules! wallet_store {
             }
 
             async fn insert_refresh_token(&self, t: $crate::wallet::NewRefreshToken) -> $crate::Result<()> {
+                let (_turn, mut tx) = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO refresh_tokens (id, family_id, payer_id, app_id, token_hash, created_at, expires_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -641,9 +647,10 @@ macro_rules! wallet_store {
                 .bind(&t.token_hash)
                 .bind($crate::shared::now())
                 .bind($crate::shared::micros(t.expires_at))
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| $crate::shared::write_error(e, "refresh_token"))?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -655,7 +662,7 @@ macro_rules! wallet_store {
             ) -> $crate::Result<$crate::wallet::RefreshOutcome> {
                 use $crate::wallet::RefreshOutcome;
                 let now = $crate::shared::micros(now);
-                let mut tx = $begin(&self.pool).await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 let row: Option<$crate::wallet_sql::RefreshRow> = sqlx::query_as(concat!(
                     "SELECT family_id, payer_id, app_id, expires_at, used_at, revoked_at \
                      FROM refresh_tokens WHERE token_hash = $1",
@@ -722,6 +729,7 @@ macro_rules! wallet_store {
             }
 
             async fn revoke_refresh_family(&self, payer_id: uuid::Uuid, presented: &str) -> $crate::Result<bool> {
+                let (_turn, mut tx) = self.begin_write().await?;
                 let n = sqlx::query(
                     "UPDATE refresh_tokens SET revoked_at = $3 WHERE revoked_at IS NULL AND family_id = \
                      (SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND payer_id = $2)",
@@ -729,9 +737,10 @@ macro_rules! wallet_store {
                 .bind(presented)
                 .bind(payer_id)
                 .bind($crate::shared::now())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                tx.commit().await?;
                 Ok(n > 0)
             }
 
@@ -743,7 +752,7 @@ macro_rules! wallet_store {
             ) -> $crate::Result<()> {
                 use $crate::wallet::SubscriptionChoice;
                 let now = $crate::shared::now();
-                let mut tx = $begin(&self.pool).await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 for r in reports {
                     // Accepting a one-time template adds one message (WeChat keeps at
                     // most a few per template; we cap generously); a long-term one
@@ -917,7 +926,7 @@ macro_rules! wallet_store {
                 receipt_id: uuid::Uuid,
             ) -> $crate::Result<$crate::wallet::WalletAdd> {
                 let now = $crate::shared::now();
-                let mut tx = $begin(&self.pool).await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 let inserted = sqlx::query(
                     "INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
                      SELECT $1, r.id, r.agency_id, r.issued_at, 'possession', '[]', $3 FROM receipts r \
@@ -970,7 +979,10 @@ macro_rules! wallet_store {
                     .push_bind(payer_id);
                 push_scope(&mut qb, scope);
                 qb.push(")");
-                Ok(qb.build().execute(&self.pool).await?.rows_affected() == 1)
+                let (_turn, mut tx) = self.begin_write().await?;
+                let changed = qb.build().execute(&mut *tx).await?.rows_affected() == 1;
+                tx.commit().await?;
+                Ok(changed)
             }
 
             async fn annotate_wallet_entry(
@@ -995,7 +1007,10 @@ macro_rules! wallet_store {
                     .push_bind(payer_id);
                 push_scope(&mut qb, scope);
                 qb.push(")");
-                Ok(qb.build().execute(&self.pool).await?.rows_affected() == 1)
+                let (_turn, mut tx) = self.begin_write().await?;
+                let changed = qb.build().execute(&mut *tx).await?.rows_affected() == 1;
+                tx.commit().await?;
+                Ok(changed)
             }
 
             async fn platform_channels(&self) -> $crate::Result<Vec<$crate::Channel>> {

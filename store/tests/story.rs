@@ -14,7 +14,7 @@ use piaojia_store::wallet::{
     WalletQuery,
 };
 use piaojia_store::{
-    Alert, AppKind, AttemptOutcome, AttemptRecord, Backend, ClaimedDelivery, ConnectOptions, DeliveryEvent,
+    Alert, AppKind, AttemptOutcome, AttemptRecord, Backend, ClaimedDelivery, Completion, ConnectOptions, DeliveryEvent,
     DeliveryFilter, DeliveryStatus, DeliveryUpdate, FileMeta, InsertOutcome, NewAgency, NewApp, NewAppSecret,
     NewChannel, NewDelivery, NewReceiptRecord, ReimbursementState, Reversal, ReversalOutcome, StatsRow, Store,
     StoreError, StoredReceipt, connect,
@@ -143,6 +143,7 @@ chapters!(
     claims_are_exclusive,
     leases_fencing_and_due_times,
     attempt_outcomes_and_follow_ups,
+    completions_in_one_batch,
     listing_and_redrive,
     backlog_by_channel_and_interface,
     tracking_stats,
@@ -1039,6 +1040,116 @@ async fn leases_fencing_and_due_times(fx: &Fixture) -> TestResult {
     // Unknown deliveries are simply not held.
     assert!(!store.renew_lease(Uuid::now_v7(), "c", t0).await?);
     assert!(!store.defer_delivery(Uuid::now_v7(), "c", t0).await?);
+    Ok(())
+}
+
+/// `complete_attempts` is `complete_attempt` for many at once: each row fenced on
+/// its own, outcomes and follow-ups as one by one, results in order.
+async fn completions_in_one_batch(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let d = seed(&*store, a, "B", &["wechat_template"; 5]).await?;
+    let now = Utc::now() + Duration::seconds(1);
+    let s = Duration::seconds;
+    let mine = store.claim_deliveries("w", now, now + s(60), 4).await?;
+    assert_eq!(claimed_ids(&mine), d[..4]);
+    let theirs = store.claim_deliveries("other", now, now + s(60), 4).await?;
+    assert_eq!(claimed_ids(&theirs), [d[4]]);
+
+    let webhook = delivery(DeliveryEvent::Issued, "issuer_webhook");
+    let retry_at = now + s(30);
+    let done = store
+        .complete_attempts(
+            "w",
+            &[
+                Completion {
+                    delivery_id: d[0],
+                    attempt: attempt(AttemptOutcome::Success, None),
+                    update: DeliveryUpdate::Delivered {
+                        provider_ref: Some("msg-0".to_owned()),
+                    },
+                    follow_ups: vec![webhook.clone()],
+                },
+                Completion {
+                    delivery_id: d[1],
+                    attempt: attempt(AttemptOutcome::Retryable, Some(-1)),
+                    update: DeliveryUpdate::Retry {
+                        at: retry_at,
+                        error: "system busy".to_owned(),
+                    },
+                    follow_ups: vec![],
+                },
+                // Not ours: fenced out, nothing written.
+                Completion {
+                    delivery_id: d[4],
+                    attempt: attempt(AttemptOutcome::Success, None),
+                    update: DeliveryUpdate::Delivered { provider_ref: None },
+                    follow_ups: vec![delivery(DeliveryEvent::Issued, "issuer_webhook")],
+                },
+                Completion {
+                    delivery_id: d[2],
+                    attempt: attempt(AttemptOutcome::Permanent, Some(43101)),
+                    update: DeliveryUpdate::Failed {
+                        error: "43101".to_owned(),
+                    },
+                    follow_ups: vec![],
+                },
+                Completion {
+                    delivery_id: d[3],
+                    attempt: attempt(AttemptOutcome::Retryable, None),
+                    update: DeliveryUpdate::Parked {
+                        reason: "outage".to_owned(),
+                        error: "timeout".to_owned(),
+                    },
+                    follow_ups: vec![],
+                },
+            ],
+        )
+        .await?;
+    assert_eq!(done, [true, true, false, true, true]);
+
+    let delivered = must_delivery(&*store, d[0]).await?;
+    assert_eq!(delivered.status, DeliveryStatus::Delivered);
+    assert_eq!(delivered.provider_ref.as_deref(), Some("msg-0"));
+    assert!(delivered.delivered_at.is_some());
+    assert_eq!(delivered.attempts, 1);
+    assert!(store.delivery(webhook.id).await?.is_some(), "follow-up written");
+    let retried = must_delivery(&*store, d[1]).await?;
+    assert_eq!(retried.status, DeliveryStatus::Pending);
+    assert_eq!(retried.next_attempt_at, micros(retry_at));
+    assert_eq!(retried.last_error.as_deref(), Some("system busy"));
+    assert_eq!(must_delivery(&*store, d[2]).await?.status, DeliveryStatus::Failed);
+    let parked = must_delivery(&*store, d[3]).await?;
+    assert_eq!(parked.status, DeliveryStatus::Parked);
+    assert_eq!(parked.park_reason.as_deref(), Some("outage"));
+    for id in &d[..4] {
+        assert_eq!(store.delivery_attempts(*id).await?.len(), 1);
+        assert!(
+            !store.renew_lease(*id, "w", now + s(90)).await?,
+            "the lease is released"
+        );
+    }
+    let foreign = must_delivery(&*store, d[4]).await?;
+    assert_eq!(foreign.status, DeliveryStatus::Pending);
+    assert_eq!(foreign.attempts, 0);
+    assert!(store.delivery_attempts(d[4]).await?.is_empty());
+    assert!(store.renew_lease(d[4], "other", now + s(90)).await?);
+
+    // The same delivery twice: the second meets the fence the first left.
+    let again = store.claim_deliveries("w", retry_at, retry_at + s(60), 10).await?;
+    assert_eq!(claimed_ids(&again), [webhook.id, d[1]]);
+    let twice = |outcome| Completion {
+        delivery_id: d[1],
+        attempt: attempt(outcome, None),
+        update: DeliveryUpdate::Delivered { provider_ref: None },
+        follow_ups: vec![],
+    };
+    let done = store
+        .complete_attempts("w", &[twice(AttemptOutcome::Success), twice(AttemptOutcome::Success)])
+        .await?;
+    assert_eq!(done, [true, false]);
+    assert_eq!(store.delivery_attempts(d[1]).await?.len(), 2);
+    assert!(store.complete_attempts("w", &[]).await?.is_empty());
     Ok(())
 }
 

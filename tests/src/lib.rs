@@ -2,5 +2,6 @@
 //! fresh store, signed issuer clients, sample receipts, and the simulators of the
 //! outside systems we cannot reach.
 
+pub mod bench;
 pub mod harness;
 pub mod samples;

@@ -8,24 +8,15 @@
 //!
 //! `scripts/bench.sh` runs both.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use piaojia_core::{pii, signing};
-use piaojia_tests::harness::{fresh_postgres_database, test_redis_url};
+use piaojia_tests::bench::{self, StoreArg};
 use piaojia_tests::samples;
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum StoreArg {
-    Sqlite,
-    Postgres,
-}
 
 #[derive(Parser)]
 struct Args {
@@ -42,105 +33,18 @@ struct Args {
     port: u16,
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn piaojia(bin: &PathBuf, env: &HashMap<String, String>, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(bin)
-        .args(args)
-        .envs(env)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    if !out.status.success() {
-        bail!("piaojia {args:?} failed");
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let data_dir = tempfile::tempdir()?;
-    let mut env: HashMap<String, String> = HashMap::from([
-        ("PIAOJIA_DATA_DIR".into(), data_dir.path().display().to_string()),
-        ("PIAOJIA_SERVER__PORT".into(), args.port.to_string()),
-        ("PIAOJIA_LOG__FILTER".into(), "warn".into()),
-    ]);
-    if args.store == StoreArg::Postgres {
-        env.insert("DATABASE_URL".into(), fresh_postgres_database().await);
-        env.insert("REDIS_URL".into(), test_redis_url());
-        env.insert(
-            "PIAOJIA_REDIS__KEY_PREFIX".into(),
-            format!("bench:{}:", uuid::Uuid::new_v4().simple()),
-        );
-        env.insert(
-            "PIAOJIA_SECURITY__MASTER_KEYS".into(),
-            format!("k1:{}", pii::generate_key()),
-        );
-        env.insert("PIAOJIA_SECURITY__BLIND_INDEX_KEY".into(), pii::generate_key());
-        env.insert("PIAOJIA_DATABASE__MAX_CONNECTIONS".into(), "32".into());
-    }
-    piaojia(&args.bin, &env, &["migrate"])?;
-    piaojia(
-        &args.bin,
-        &env,
-        &[
-            "agency",
-            "create",
-            "--code",
-            "12110000400000001A",
-            "--name",
-            "基准测试医院",
-        ],
-    )?;
-    let app = piaojia(
-        &args.bin,
-        &env,
-        &[
-            "app",
-            "create",
-            "--agency",
-            "12110000400000001A",
-            "--app-id",
-            "bench-his",
-        ],
-    )?;
-    let secret = app["secret"].as_str().context("secret")?.to_owned();
-
-    let _server = Server(
-        Command::new(&args.bin)
-            .arg("serve")
-            .envs(&env)
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let base = format!("http://127.0.0.1:{}", args.port);
+    let env = bench::store_env(args.store, data_dir.path(), args.port).await;
+    let secret = bench::provision_issuer(&args.bin, &env, "bench-his")?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
-    let started = Instant::now();
-    loop {
-        if client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("the server did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let server = bench::Server::start(&args.bin, &env, &client).await?;
+    let base = server.base.clone();
 
     let counter = Arc::new(AtomicU64::new(1));
     let errors = Arc::new(AtomicU64::new(0));
@@ -196,19 +100,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let secs = args.seconds as f64;
     all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
+    let pct = |p: f64| bench::percentile(&all, p) as f64 / 1000.0;
     println!(
         "store={} clients={} seconds={} pushes={} errors={} pushes_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
-        if args.store == StoreArg::Sqlite {
-            "sqlite"
-        } else {
-            "postgres+redis"
-        },
+        args.store.label(),
         args.clients,
         args.seconds,
         all.len(),
@@ -218,5 +113,6 @@ async fn main() -> anyhow::Result<()> {
         pct(0.99),
         all.last().copied().unwrap_or(0) as f64 / 1000.0,
     );
+    drop(server);
     Ok(())
 }

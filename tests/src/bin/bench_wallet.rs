@@ -10,14 +10,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
 use clap::Parser;
 use piaojia_core::pii::{self, Keyring};
 use piaojia_miniprogram_api::tokens::TokenKeys;
+use piaojia_tests::bench;
 use piaojia_tests::harness::{fresh_postgres_database, test_redis_url};
 use sqlx::Connection as _;
 
@@ -49,28 +48,6 @@ struct Args {
     master_key: Option<String>,
     #[arg(long)]
     blind_key: Option<String>,
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn piaojia(bin: &PathBuf, env: &HashMap<String, String>, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(bin)
-        .args(args)
-        .envs(env)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    if !out.status.success() {
-        bail!("piaojia {args:?} failed");
-    }
-    Ok(())
 }
 
 /// Receipt `i` belongs to payer `payer_of(i)`: the first 200,000 to the heavy
@@ -144,11 +121,7 @@ async fn generate(url: &str, receipts: u64, payers: u64) -> anyhow::Result<()> {
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(0) as f64
-        / 1000.0
+    bench::percentile(sorted, p) as f64 / 1000.0
 }
 
 /// First pages of random payers' wallets for `seconds`; returns latencies in µs.
@@ -240,18 +213,16 @@ async fn main() -> anyhow::Result<()> {
         ("PIAOJIA_NOTIFIER__ENABLED".into(), "false".into()),
     ]);
     if fresh {
-        piaojia(&args.bin, &env, &["migrate"])?;
+        bench::cli(&args.bin, &env, &["migrate"])?;
         generate(&url, args.receipts, args.payers).await?;
         println!(
             "reuse with: --database-url {url} --master-key {master} --blind-key {blind} --receipts {} --payers {}",
             args.receipts, args.payers
         );
     }
-    let mut channel_env = env.clone();
-    channel_env.insert("PIAOJIA_WECHAT_SECRET".into(), "bench-secret".into());
-    piaojia(
+    bench::cli_with(
         &args.bin,
-        &channel_env,
+        &env,
         &[
             "channel",
             "set",
@@ -262,28 +233,10 @@ async fn main() -> anyhow::Result<()> {
             "--template-id",
             "TMPL-BENCH",
         ],
+        &[("PIAOJIA_WECHAT_SECRET", "bench-secret")],
     )?;
-    let _server = Server(
-        Command::new(&args.bin)
-            .arg("serve")
-            .envs(&env)
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let base = format!("http://127.0.0.1:{}", args.port);
-    let probe = reqwest::Client::new();
-    let started = Instant::now();
-    while !probe
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("the server did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let server = bench::Server::start(&args.bin, &env, &reqwest::Client::new()).await?;
+    let base = server.base.clone();
 
     // Tokens minted with the server's own (derived) keys, as a login would.
     let keyring = Keyring::from_config(&format!("k1:{master}"), None, &blind)?;

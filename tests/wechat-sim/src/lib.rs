@@ -369,6 +369,11 @@ impl Simulator {
         self.with_state(|st| st.template_sent.iter().cloned().collect())
     }
 
+    /// How many template messages are recorded, without copying them (load runs poll it).
+    pub fn sent_template_count(&self) -> usize {
+        self.with_state(|st| st.template_sent.len())
+    }
+
     pub fn pushed_events(&self) -> Vec<PushedEvent> {
         self.with_state(|st| st.pushes.iter().cloned().collect())
     }

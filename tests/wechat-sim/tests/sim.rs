@@ -848,6 +848,11 @@ async fn timeouts_answer_late_but_still_take_effect() {
         .send()
         .await;
     assert!(sent.is_err_and(|e| e.is_timeout()));
+    assert_eq!(
+        env.sim.qrcodes().len(),
+        1,
+        "the call took effect before its late answer"
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
     let calls = env.sim.calls_to(paths::QRCODE_CREATE);
     assert_eq!(calls.len(), 1);

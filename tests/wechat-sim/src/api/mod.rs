@@ -229,6 +229,9 @@ impl Simulator {
             body: parse_body(&raw),
         };
 
+        // A timeout fault answers late, after the call has taken effect: the caller
+        // gives up on a message WeChat did send, as in real timeouts.
+        let mut hold = None;
         let (status, reply, pushes, appid) = if (*req.method() == Method::GET) != api.is_get() {
             let e = if api.is_get() {
                 (43001, "require GET method")
@@ -250,9 +253,7 @@ impl Simulator {
                     plan.appid,
                 ),
                 None => {
-                    if let Some(ms) = plan.timeout_ms {
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                    }
+                    hold = plan.timeout_ms;
                     let result = if let Some(e) = plan.error {
                         Err(e)
                     } else if plan.over_quota {
@@ -273,6 +274,9 @@ impl Simulator {
             tokio::spawn(async move {
                 sim.deliver(job).await;
             });
+        }
+        if let Some(ms) = hold {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
 
         let errcode = if status == StatusCode::OK {
