@@ -43,6 +43,29 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     pub body_limit_bytes: usize,
     pub public_url: String,
+    /// Comma-separated addresses or CIDR ranges of the proxies in front of us whose
+    /// `X-Forwarded-For` is believed (see [`ServerSettings::trusted_proxies`]).
+    pub trusted_proxies: String,
+}
+
+impl ServerSettings {
+    /// The proxies whose `X-Forwarded-For` names the client (validated at load).
+    pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
+        parse_networks(&self.trusted_proxies).unwrap_or_default()
+    }
+}
+
+/// `10.0.0.0/8, 192.168.1.7` → networks; a bare address is a /32 (or /128).
+fn parse_networks(list: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("`{s}` is neither an IP address nor a CIDR range"))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -321,6 +344,9 @@ impl Settings {
         }
         if self.server.body_limit_bytes < 1024 {
             return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
+        }
+        if let Err(e) = parse_networks(&self.server.trusted_proxies) {
+            return Err(invalid("server.trusted_proxies", e));
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
@@ -620,6 +646,18 @@ mod tests {
         assert!(err.to_string().contains("database.url"), "{err}");
         let err = Settings::load_from(None, env(&[("DATABASE_URL", "postgres://x/y")])).expect_err("no keys");
         assert!(err.to_string().contains("security.master_keys"), "{err}");
+        let err = Settings::load_from(None, env(&[("PIAOJIA_SERVER__TRUSTED_PROXIES", "10.0.0.0/8, lb")]))
+            .expect_err("bad proxy");
+        assert!(err.to_string().contains("server.trusted_proxies"), "{err}");
+        let s = Settings::load_from(
+            None,
+            env(&[("PIAOJIA_SERVER__TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7,::1")]),
+        )
+        .expect("proxies load");
+        let proxies = s.server.trusted_proxies();
+        assert_eq!(proxies.len(), 3);
+        assert!(proxies[1].contains(&"192.168.1.7".parse::<std::net::IpAddr>().expect("ip")));
+        assert!(!proxies[1].contains(&"192.168.1.8".parse::<std::net::IpAddr>().expect("ip")));
         std::fs::write(&path, "[server]\nprot = 7000\n").expect("write");
         let err = Settings::load_from(Some(&path), env(&[])).expect_err("typo");
         assert!(err.to_string().contains("prot"), "{err}");

@@ -182,6 +182,7 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         keyring.clone(),
         wechat.clone(),
         files.object_store(),
+        redis.as_ref(),
     ));
     Ok(AppState {
         settings,

@@ -42,6 +42,8 @@ pub struct WalletState {
     pub tokens: tokens::TokenKeys,
     pub apps: apps::MiniPrograms,
     pub limits: limits::PossessionLimits,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl WalletState {
@@ -51,12 +53,20 @@ impl WalletState {
         keyring: Arc<Keyring>,
         wechat: Arc<WechatClient>,
         files: Arc<dyn object_store::ObjectStore>,
+        redis: Option<&redis::aio::ConnectionManager>,
     ) -> Self {
         let mp = &settings.miniprogram;
+        let (per_payer, per_ip) = (mp.possession_per_payer_per_min, mp.possession_per_ip_per_min);
         Self {
             tokens: tokens::TokenKeys::new(&keyring),
             apps: apps::MiniPrograms::new(store.clone(), Duration::from_secs(settings.security.app_cache_secs)),
-            limits: limits::PossessionLimits::new(mp.possession_per_payer_per_min, mp.possession_per_ip_per_min),
+            limits: match redis {
+                Some(conn) => {
+                    limits::PossessionLimits::shared(per_payer, per_ip, conn.clone(), &settings.redis.key_prefix)
+                }
+                None => limits::PossessionLimits::new(per_payer, per_ip),
+            },
+            trusted_proxies: settings.server.trusted_proxies(),
             settings,
             store,
             keyring,

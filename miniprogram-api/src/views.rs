@@ -66,16 +66,20 @@ pub struct ProfileView {
 pub struct RegistrationView {
     pub profile: ProfileView,
     /// Receipts already held for this identity, now in the wallet.
+    #[schema(example = 3)]
     pub collected: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreditView {
+    #[schema(example = "SUB-TMPL-RECEIPT")]
     pub template_id: String,
     /// One-time messages left.
+    #[schema(example = 1)]
     pub remaining: i32,
     /// A long-term template accepted (every receipt may be announced).
+    #[schema(example = false)]
     pub long_term: bool,
     pub updated_at: DateTime<Utc>,
 }
@@ -97,6 +101,7 @@ pub struct SubscriptionsView {
     /// The mini-program's subscribe templates and what the payer has left of each.
     pub credits: Vec<CreditView>,
     /// Reported templates this mini-program does not use (ignored).
+    #[schema(example = json!(["SUB-TMPL-OTHER"]))]
     pub ignored: Vec<String>,
 }
 
@@ -166,6 +171,7 @@ impl From<WalletItem> for WalletItemView {
 pub struct WalletPageView {
     pub items: Vec<WalletItemView>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[schema(example = "MTc5NTQwMDEwMDAwMDAwMDowMTkzZjRiMmM1ZDg3YTFlOWIzYzRkNWU2ZjcwODE5Mg")]
     pub next_cursor: Option<String>,
 }
 
@@ -236,6 +242,7 @@ pub struct DownloadLinkView {
 #[serde(rename_all = "camelCase")]
 pub struct AddedView {
     /// False when the receipt was already in the wallet.
+    #[schema(example = true)]
     pub added: bool,
     pub receipt: WalletItemView,
 }

@@ -3,5 +3,6 @@
 //! and request spans that name the route template, never the raw target (which can
 //! carry download tokens and search text).
 
+pub mod client;
 pub mod error;
 pub mod logging;

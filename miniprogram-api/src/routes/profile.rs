@@ -56,6 +56,7 @@ pub struct ProfileRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RemindersRequest {
+    #[schema(example = true)]
     pub enabled: bool,
 }
 

@@ -368,8 +368,8 @@ pub async fn add(
     body: web::Json<AddRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let claim = add_claim(&body)?;
-    let ip = req.peer_addr().map(|a| a.ip());
-    if let Err(wait) = state.limits.check(payer.id, ip) {
+    let ip = piaojia_web::client::client_ip(&req, &state.trusted_proxies);
+    if let Err(wait) = state.limits.check(payer.id, ip).await {
         return Err(ApiError::too_many_requests("too_many_attempts", wait.as_secs() + 1));
     }
     let proven = match state.store.find_receipt(&claim.bill_batch_code, &claim.bill_no).await? {

@@ -29,6 +29,7 @@ pub struct LoginRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RefreshRequest {
+    #[schema(example = "ycjtDr2iBIQaCB1yr55Qt3PAZ6xmluczAp6vM3T60_c")]
     pub refresh_token: String,
 }
 

@@ -811,3 +811,68 @@ both_modes!(
         assert_eq!(sim.sent_subscribe_messages().len(), 3);
     }
 );
+
+/// One guess at a check code (someone else's receipt), optionally through a proxy
+/// that says whom it forwards: 404 while attempts are allowed, then 429.
+async fn guess(app: &TestApp, token: &str, forwarded_for: Option<&str>) -> u16 {
+    let mut req = app
+        .client
+        .post(format!("{}/v1/mp/receipts", app.address))
+        .bearer_auth(token)
+        .json(&json!({"billBatchCode": BATCH, "billNo": "0000000001", "random": "aaaaaa"}));
+    if let Some(client) = forwarded_for {
+        req = req.header("x-forwarded-for", client);
+    }
+    let status = req.send().await.expect("request sent").status().as_u16();
+    assert!(status == 404 || status == 429, "{status}");
+    status
+}
+
+both_modes!(
+    possession_limits_count_clients_behind_trusted_proxies,
+    |mode: Mode| async move {
+        let mut config = TestConfig::new(mode).await;
+        config
+            .set("PIAOJIA_SERVER__TRUSTED_PROXIES", "127.0.0.1")
+            .set("PIAOJIA_MINIPROGRAM__POSSESSION_PER_PAYER_PER_MIN", "100")
+            .set("PIAOJIA_MINIPROGRAM__POSSESSION_PER_IP_PER_MIN", "3");
+        let app = config.spawn().await;
+        app.platform_wallet(WALLET, WALLET_TMPL, false).await;
+        let mut tokens = Vec::new();
+        for _ in 0..3 {
+            let session = app.mp_login(WALLET, &piaojia_wechat_sim::new_openid(), None).await;
+            tokens.push(session["accessToken"].as_str().expect("token").to_owned());
+        }
+        // Three guesses from one client address, by two payers, through the proxy:
+        // the address is spent, whoever asks next.
+        for token in [&tokens[0], &tokens[1], &tokens[0]] {
+            assert_eq!(guess(&app, token, Some("203.0.113.7")).await, 404);
+        }
+        assert_eq!(guess(&app, &tokens[1], Some("203.0.113.7")).await, 429);
+        // A forged left-most entry does not make a new client: the proxy appended
+        // the address it saw.
+        assert_eq!(guess(&app, &tokens[2], Some("198.51.100.1, 203.0.113.7")).await, 429);
+        // Another client behind the same proxy is not held back.
+        assert_eq!(guess(&app, &tokens[2], Some("203.0.113.8")).await, 404);
+    }
+);
+
+/// In scale-out a guesser cannot multiply the limit by spreading attempts over
+/// gateway processes: the count lives in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn possession_limits_hold_across_gateway_processes() {
+    let mut config = TestConfig::new(Mode::ScaleOut).await;
+    config
+        .set("PIAOJIA_MINIPROGRAM__POSSESSION_PER_PAYER_PER_MIN", "4")
+        .set("PIAOJIA_MINIPROGRAM__POSSESSION_PER_IP_PER_MIN", "100");
+    let first = config.spawn().await;
+    let second = config.spawn().await;
+    first.platform_wallet(WALLET, WALLET_TMPL, false).await;
+    let session = first.mp_login(WALLET, &piaojia_wechat_sim::new_openid(), None).await;
+    let token = session["accessToken"].as_str().expect("token");
+    for gateway in [&first, &second, &first, &second] {
+        assert_eq!(guess(gateway, token, None).await, 404);
+    }
+    assert_eq!(guess(&first, token, None).await, 429);
+    assert_eq!(guess(&second, token, None).await, 429);
+}
