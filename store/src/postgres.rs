@@ -28,13 +28,12 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// Serialises the matching of one identity between registration and receipt
 /// arrival (READ COMMITTED alone would let each miss the other's uncommitted row).
 async fn lock_identities(conn: &mut PgConnection, keys: &[i64]) -> Result<()> {
-    // Keys come sorted; one statement per key keeps the order of acquisition.
-    for key in keys {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(key)
-            .execute(&mut *conn)
-            .await?;
-    }
+    // One round trip; the keys come sorted and `unnest` keeps the array's order, so
+    // every transaction acquires them in the same order.
+    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k")
+        .bind(keys)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -42,6 +41,10 @@ crate::wallet_sql::wallet_store!(PgStore, sqlx::Postgres, PgConnection, lock_ide
 
 pub struct PgStore {
     pool: PgPool,
+    /// Pushed receipts may hold at most half the pool: under a stream of pushes the
+    /// notifier's claims and completions (each moving a batch of accepted receipts
+    /// on) still find a connection at once, and new pushes wait instead.
+    intake: tokio::sync::Semaphore,
 }
 
 impl PgStore {
@@ -57,7 +60,8 @@ impl PgStore {
             .max_connections(opts.max_connections.max(1))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        let intake = tokio::sync::Semaphore::new((opts.max_connections as usize / 2).max(1));
+        Ok(Self { pool, intake })
     }
 }
 
@@ -157,33 +161,51 @@ async fn load_receipt_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<
     with_deliveries(conn, row).await
 }
 
+/// Inserts deliveries in one statement however many there are (a round trip is
+/// most of what a small insert costs), and returns them as stored, in order.
 async fn insert_deliveries(
     conn: &mut PgConnection,
     receipt_id: Uuid,
     agency_id: Uuid,
     deliveries: &[NewDelivery],
     now: DateTime<Utc>,
-) -> Result<()> {
-    for d in deliveries {
-        sqlx::query(
-            "INSERT INTO deliveries (id, receipt_id, agency_id, event, channel, target, interface, \
-             payload, status, attempts, next_attempt_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $9)",
-        )
-        .bind(d.id)
-        .bind(receipt_id)
-        .bind(agency_id)
-        .bind(d.event.as_str())
-        .bind(&d.channel)
-        .bind(&d.target)
-        .bind(&d.interface)
-        .bind(d.payload.as_ref().map(Json))
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| write_error(e, "delivery_id"))?;
+) -> Result<Vec<DeliveryRow>> {
+    if deliveries.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(())
+    let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+    let events: Vec<&str> = deliveries.iter().map(|d| d.event.as_str()).collect();
+    let channels: Vec<&str> = deliveries.iter().map(|d| d.channel.as_str()).collect();
+    let targets: Vec<&str> = deliveries.iter().map(|d| d.target.as_str()).collect();
+    let interfaces: Vec<&str> = deliveries.iter().map(|d| d.interface.as_str()).collect();
+    let payloads: Vec<Option<String>> = deliveries
+        .iter()
+        .map(|d| d.payload.as_ref().map(ToString::to_string))
+        .collect();
+    let mut rows: Vec<DeliveryRow> = sqlx::query_as(concat!(
+        "INSERT INTO deliveries (id, receipt_id, agency_id, event, channel, target, interface, \
+         payload, status, attempts, next_attempt_at, created_at, updated_at) \
+         SELECT u.id, $2, $3, u.event, u.channel, u.target, u.interface, u.payload::jsonb, 'pending', 0, \
+         $9, $9, $9 FROM UNNEST($1::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+         AS u (id, event, channel, target, interface, payload) RETURNING ",
+        delivery_columns!()
+    ))
+    .bind(&ids)
+    .bind(receipt_id)
+    .bind(agency_id)
+    .bind(&events)
+    .bind(&channels)
+    .bind(&targets)
+    .bind(&interfaces)
+    .bind(&payloads)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| write_error(e, "delivery_id"))?;
+    // RETURNING's order is not promised; reading back orders by (created_at, id),
+    // and created_at is the same for all of these.
+    rows.sort_by_key(|row| row.id);
+    Ok(rows)
 }
 
 /// Loads a row just written in this transaction; its absence is a broken invariant.
@@ -392,18 +414,24 @@ impl Store for PgStore {
     async fn insert_receipt(&self, receipt: NewReceiptRecord, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome> {
         let r = shared::normalize_receipt(receipt);
         let now = shared::now();
+        let _lane = self
+            .intake
+            .acquire()
+            .await
+            .expect("the intake semaphore is never closed");
         let mut tx = self.pool.begin().await?;
         // A concurrent insert of the same identity makes this wait for the other
         // transaction; once it commits we get no row and read its receipt below.
-        let inserted: Option<Uuid> = sqlx::query_scalar(
+        let inserted: Option<ReceiptRow> = sqlx::query_as(concat!(
             "INSERT INTO receipts (id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, \
              bus_no, bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, \
              payer_id_index, payer_phone_index, payer_name_index, open_id, details, file, \
              received_at, reimbursement_state, updated_at, search_text) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
              $18, $19, $20, 'INIT', $21, $22) \
-             ON CONFLICT (bill_batch_code, bill_no) DO NOTHING RETURNING id",
-        )
+             ON CONFLICT (bill_batch_code, bill_no) DO NOTHING RETURNING ",
+            receipt_columns!()
+        ))
         .bind(r.id)
         .bind(r.agency_id)
         .bind(&r.issuer_app_id)
@@ -430,11 +458,12 @@ impl Store for PgStore {
         .await
         .map_err(|e| write_error(e, "receipt_id"))?;
 
-        if let Some(id) = inserted {
-            let wallet = collect_new_receipt(&mut tx, &r, &deliveries, now).await?;
-            insert_deliveries(&mut tx, id, r.agency_id, &deliveries, now).await?;
-            insert_deliveries(&mut tx, id, r.agency_id, &wallet, now).await?;
-            let stored = written(load_receipt_by_id(&mut tx, id).await?, "receipt")?;
+        if let Some(row) = inserted {
+            // The rows come back from the writes themselves: no reading back.
+            let mut planned = deliveries;
+            planned.extend(collect_new_receipt(&mut tx, &r, &planned, now).await?);
+            let stored_deliveries = insert_deliveries(&mut tx, row.id, r.agency_id, &planned, now).await?;
+            let stored = row.into_receipt(stored_deliveries)?;
             tx.commit().await?;
             return Ok(InsertOutcome::Created(stored));
         }

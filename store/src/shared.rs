@@ -330,7 +330,7 @@ impl ReceiptRow {
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct DeliveryRow {
-    id: Uuid,
+    pub(crate) id: Uuid,
     receipt_id: Uuid,
     agency_id: Uuid,
     event: String,

@@ -48,7 +48,7 @@ pub struct SqliteStore {
     /// The one connection this process writes through (the same pool in memory).
     writes: SqlitePool,
     /// This process's turn to write.
-    writer: Arc<Mutex<()>>,
+    writer: Arc<WriteTurn>,
     /// The runtime the store was opened on (the process's main one), where
     /// receipts are written; see `insert_receipt`.
     runtime: tokio::runtime::Handle,
@@ -102,7 +102,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             writes,
-            writer: Arc::new(Mutex::new(())),
+            writer: Arc::new(WriteTurn::default()),
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -110,14 +110,36 @@ impl SqliteStore {
     /// A write transaction (`BEGIN IMMEDIATE`), begun on this process's turn to
     /// write; the turn ends when the guard is dropped, after the transaction.
     async fn begin_write(&self) -> Result<(MutexGuard<'_, ()>, Transaction<'static, Sqlite>)> {
-        let turn = self.writer.lock().await;
+        let turn = self.writer.turn().await;
         let tx = self.writes.begin_with("BEGIN IMMEDIATE").await?;
         Ok((turn, tx))
     }
 
     /// This process's turn to write, for a single statement on `self.writes`.
     async fn write_turn(&self) -> MutexGuard<'_, ()> {
-        self.writer.lock().await
+        self.writer.turn().await
+    }
+}
+
+/// This process's turn to write (tokio's mutex queues in arrival order). Pushed
+/// receipts first queue in a lane of their own and join the turn's queue one at a
+/// time: under a stream of pushes, the notifier's claims and completions (each a
+/// batch that moves many accepted receipts on) then wait for at most one receipt's
+/// write rather than for every push in flight, and new pushes wait instead.
+#[derive(Default)]
+struct WriteTurn {
+    turn: Mutex<()>,
+    intake: Mutex<()>,
+}
+
+impl WriteTurn {
+    async fn turn(&self) -> MutexGuard<'_, ()> {
+        self.turn.lock().await
+    }
+
+    async fn intake_turn(&self) -> MutexGuard<'_, ()> {
+        let _lane = self.intake.lock().await;
+        self.turn.lock().await
     }
 }
 
@@ -590,7 +612,7 @@ impl Store for SqliteStore {
         // would wait behind other requests' CPU work (signatures, sealing) while
         // all writers wait for the turn.
         let write = self.runtime.spawn(async move {
-            let _turn = writer.lock().await;
+            let _turn = writer.intake_turn().await;
             let mut tx = writes.begin_with("BEGIN IMMEDIATE").await?;
             let outcome = insert_receipt_in(&mut tx, &r, &deliveries).await?;
             tx.commit().await?;

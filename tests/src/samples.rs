@@ -46,3 +46,53 @@ pub fn outpatient(n: u64) -> Value {
         "someVendorField": "ignored"
     })
 }
+
+/// A valid mainland resident ID number (check digit included), distinct for each
+/// `n` below 36.5 million: birth dates over a century, then a sequence number.
+pub fn resident_id(n: u64) -> String {
+    const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    const CHECK: &[u8; 11] = b"10X98765432";
+    let born = chrono::NaiveDate::from_ymd_opt(1930, 1, 1).expect("date") + chrono::Days::new(n % 36_500);
+    let body = format!("110105{}{:03}", born.format("%Y%m%d"), (n / 36_500) % 1000);
+    let sum: u32 = body
+        .bytes()
+        .zip(WEIGHTS)
+        .map(|(digit, weight)| u32::from(digit - b'0') * weight)
+        .sum();
+    format!("{body}{}", CHECK[(sum % 11) as usize] as char)
+}
+
+/// [`outpatient`] for a payer of its own (name, ID number and phone depend on `n`),
+/// as a hospital's stream of many patients looks.
+pub fn outpatient_of_own_payer(n: u64) -> Value {
+    const SURNAMES: [&str; 8] = ["王", "李", "张", "刘", "陈", "杨", "赵", "黄"];
+    const GIVEN: [&str; 8] = ["伟", "芳", "娜", "敏", "静", "磊", "洋", "勇"];
+    let mut r = outpatient(n);
+    r["payer"] = format!(
+        "{}{}{}",
+        SURNAMES[(n % 8) as usize],
+        GIVEN[(n / 8 % 8) as usize],
+        GIVEN[(n / 64 % 8) as usize]
+    )
+    .into();
+    r["idCardNo"] = resident_id(n).into();
+    r["tel"] = format!("139{:08}", n % 100_000_000).into();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_resident_ids_are_valid_and_distinct() {
+        let ids: std::collections::HashSet<String> = (0..100_000).map(resident_id).collect();
+        assert_eq!(ids.len(), 100_000);
+        for n in [0, 1, 36_499, 36_500, 12_345_678] {
+            let id = resident_id(n);
+            piaojia_core::identity::validate_id_number(piaojia_core::identity::IdType::Resident, &id)
+                .unwrap_or_else(|e| panic!("{id}: {e:?}"));
+        }
+        assert_eq!(outpatient_of_own_payer(9)["idCardNo"], resident_id(9));
+    }
+}

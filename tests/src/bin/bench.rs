@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
             let mut latencies = Vec::with_capacity(100_000);
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                let body = serde_json::to_vec(&samples::outpatient(n)).expect("json");
+                let body = serde_json::to_vec(&samples::outpatient_of_own_payer(n)).expect("json");
                 let auth = signing::authorization(
                     "bench-his",
                     &secret,
