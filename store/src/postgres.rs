@@ -422,13 +422,17 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         // A concurrent insert of the same identity makes this wait for the other
         // transaction; once it commits we get no row and read its receipt below.
+        // The statement also takes the payer's identity locks (saving a round trip):
+        // a registration holding them has committed by the time they are ours, and
+        // the matching below is a later statement, so it sees that payer.
         let inserted: Option<ReceiptRow> = sqlx::query_as(concat!(
             "INSERT INTO receipts (id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, \
              bus_no, bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, \
              payer_id_index, payer_phone_index, payer_name_index, open_id, details, file, \
              received_at, reimbursement_state, updated_at, search_text) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, 'INIT', $21, $22) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19, $20, 'INIT', $21, $22 \
+             FROM (SELECT count(pg_advisory_xact_lock(k)) FROM unnest($23::bigint[]) AS k) AS locked \
              ON CONFLICT (bill_batch_code, bill_no) DO NOTHING RETURNING ",
             receipt_columns!()
         ))
@@ -454,6 +458,7 @@ impl Store for PgStore {
         .bind(r.received_at)
         .bind(now)
         .bind(&r.search_text)
+        .bind(crate::wallet::receipt_lock_keys(&r))
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| write_error(e, "receipt_id"))?;
@@ -461,7 +466,7 @@ impl Store for PgStore {
         if let Some(row) = inserted {
             // The rows come back from the writes themselves: no reading back.
             let mut planned = deliveries;
-            planned.extend(collect_new_receipt(&mut tx, &r, &planned, now).await?);
+            planned.extend(collect_new_receipt(&mut tx, &r, &planned, now, true).await?);
             let stored_deliveries = insert_deliveries(&mut tx, row.id, r.agency_id, &planned, now).await?;
             let stored = row.into_receipt(stored_deliveries)?;
             tx.commit().await?;

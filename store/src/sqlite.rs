@@ -193,7 +193,7 @@ async fn insert_receipt_in(
     .await
     .map_err(|e| write_error(e, "receipt_id"))?;
     if let Some(id) = inserted {
-        let wallet = collect_new_receipt(&mut *conn, r, deliveries, now).await?;
+        let wallet = collect_new_receipt(&mut *conn, r, deliveries, now, false).await?;
         insert_deliveries(&mut *conn, id, r.agency_id, deliveries, now).await?;
         insert_deliveries(&mut *conn, id, r.agency_id, &wallet, now).await?;
         return Ok(Written::New(id));

@@ -281,6 +281,17 @@ pub(crate) fn identity_lock_key(domain: &str, index: &str, name_index: &str) -> 
     h as i64
 }
 
+/// The identity locks a just-pushed receipt needs before it is matched to payers:
+/// none unless it is a person's with a name and an ID number or phone.
+pub(crate) fn receipt_lock_keys(r: &crate::NewReceiptRecord) -> Vec<i64> {
+    match (r.payer_name_index.as_deref(), r.payer_type == "1") {
+        (Some(name_index), true) => {
+            identity_lock_keys(r.payer_id_index.as_deref(), r.payer_phone_index.as_deref(), name_index)
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// The lock keys of an identity: ID number + name, phone + name.
 pub(crate) fn identity_lock_keys(id_index: Option<&str>, phone_index: Option<&str>, name_index: &str) -> Vec<i64> {
     let mut keys: Vec<i64> = id_index

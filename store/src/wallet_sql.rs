@@ -208,11 +208,13 @@ macro_rules! wallet_store {
         /// registered payers it matches, and plans the subscribe message each
         /// is owed: the first of `channels` where the payer has an identity and a
         /// consent left (one-time consents are used up here, in the same transaction).
+        /// `locked`: the transaction already holds [`crate::wallet::receipt_lock_keys`].
         pub(crate) async fn collect_new_receipt(
             conn: &mut $conn,
             r: &$crate::NewReceiptRecord,
             planned: &[$crate::NewDelivery],
             now: chrono::DateTime<chrono::Utc>,
+            locked: bool,
         ) -> $crate::Result<Vec<$crate::NewDelivery>> {
             let (Some(name_index), true) = (r.payer_name_index.as_deref(), r.payer_type == "1") else {
                 return Ok(Vec::new());
@@ -220,12 +222,9 @@ macro_rules! wallet_store {
             if r.payer_id_index.is_none() && r.payer_phone_index.is_none() {
                 return Ok(Vec::new());
             }
-            let keys = $crate::wallet::identity_lock_keys(
-                r.payer_id_index.as_deref(),
-                r.payer_phone_index.as_deref(),
-                name_index,
-            );
-            $lock(&mut *conn, &keys).await?;
+            if !locked {
+                $lock(&mut *conn, &$crate::wallet::receipt_lock_keys(r)).await?;
+            }
             let payers: Vec<uuid::Uuid> = sqlx::query_scalar($crate::wallet_sql::MATCHING_PAYERS)
                 .bind(&r.payer_id_index)
                 .bind(name_index)
