@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use piaojia_core::{pii, signing};
+use piaojia_tests::harness::{eventually_named, fresh_postgres_database, test_redis_url};
 use piaojia_wechat_sim::{FaultScope, Faults, RecordedCall, SimApp, SimConfig, Simulator, paths};
 use serde_json::Value;
-use sqlx::Connection as _;
 
 const BIN: &str = env!("CARGO_BIN_EXE_piaojia");
 const AGENCY: &str = "12110000400000001A";
@@ -40,54 +40,12 @@ const TEMPLATE: &str = "TMPL-RECEIPT-ISSUED";
 const BATCH: &str = "11060124";
 const RECEIPT: &str = include_str!("../../openapi/examples/receipt.json");
 
-/// Polls `check` until it returns `Some`, for at most `secs` seconds.
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not reached within {secs} s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
         .expect("addr")
         .port()
-}
-
-fn test_database_url() -> String {
-    std::env::var("PIAOJIA_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-fn test_redis_url() -> String {
-    std::env::var("PIAOJIA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-async fn fresh_postgres_database() -> String {
-    let admin = test_database_url();
-    let name = format!("piaojia_proc_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("PostgreSQL is reachable (scripts/services.sh starts it)");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    let mut url = url::Url::parse(&admin).expect("PIAOJIA_TEST_DATABASE_URL is a URL");
-    url.set_path(&name);
-    url.to_string()
 }
 
 /// A child process, SIGKILLed and reaped when dropped; its log is printed when
@@ -187,7 +145,7 @@ impl PrivateRedis {
             self.dir.path(),
         ));
         let url = self.url();
-        eventually(20, "private Redis answers", || {
+        eventually_named(20, "private Redis answers", || {
             let url = url.clone();
             async move {
                 let mut conn = redis::Client::open(url)
@@ -277,7 +235,7 @@ impl Issuer {
     }
 
     async fn wait_delivered(&self, n: u64) -> Value {
-        eventually(60, &format!("receipt {n} delivered"), || async move {
+        eventually_named(60, &format!("receipt {n} delivered"), || async move {
             self.delivery(n).await.filter(|d| d["status"] == "delivered")
         })
         .await
@@ -518,7 +476,7 @@ async fn killed_mid_send_then_restarted(store: Store) {
     );
     let openid = piaojia_wechat_sim::new_openid();
     assert_eq!(fleet.issuer.push(1, &openid).await, 201);
-    let first = eventually(30, "WeChat has the message", || {
+    let first = eventually_named(30, "WeChat has the message", || {
         let sent = fleet.sent_to(&openid);
         async move { sent.into_iter().next() }
     })
@@ -627,7 +585,7 @@ impl Pusher {
 
     async fn accepted_more(&self, more: usize) {
         let target = self.accepted() + more;
-        eventually(60, "pushes accepted", || async move {
+        eventually_named(60, "pushes accepted", || async move {
             (self.accepted() >= target).then_some(())
         })
         .await;
@@ -675,7 +633,7 @@ async fn redis_killed_restarted_and_flushed_mid_run_loses_nothing() {
         .set_faults(FaultScope::Path(paths::TEMPLATE_SEND.into()), Faults::latency(100, 100));
 
     let pusher = Pusher::start(fleet.issuer.clone());
-    eventually(60, "a backlog of deliveries", || {
+    eventually_named(60, "a backlog of deliveries", || {
         let backlog = pusher.accepted().saturating_sub(fleet.sim.sent_template_count());
         let sent = fleet.sim.sent_template_count();
         async move { (sent >= 5 && backlog >= 15).then_some(()) }
@@ -693,7 +651,7 @@ async fn redis_killed_restarted_and_flushed_mid_run_loses_nothing() {
     let accepted = pusher.finish().await;
 
     let expected: HashSet<&str> = accepted.iter().map(|(_, o)| o.as_str()).collect();
-    eventually(90, "every accepted receipt reached WeChat", || {
+    eventually_named(90, "every accepted receipt reached WeChat", || {
         let sent: HashSet<String> = fleet
             .sim
             .sent_template_messages()
@@ -765,7 +723,7 @@ async fn wechat_slower_than_the_timeout_is_retried_without_overlapping_sends() {
         }
         map
     };
-    eventually(90, "every delivery tried three times", || {
+    eventually_named(90, "every delivery tried three times", || {
         let calls = by_delivery(fleet.sim.calls_to(paths::TEMPLATE_SEND));
         async move { (calls.len() == N as usize && calls.values().all(|c| c.len() >= 3)).then_some(()) }
     })

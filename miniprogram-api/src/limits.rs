@@ -102,7 +102,8 @@ impl PossessionLimits {
         payer: Uuid,
         ip: Option<IpAddr>,
     ) -> Result<Result<(), Duration>, redis::RedisError> {
-        let interval_ms = |n: u32| 60_000 / u64::from(n);
+        // At least 1 ms: a zero interval would never limit (and SET PX 0 is refused).
+        let interval_ms = |n: u32| (60_000 / u64::from(n)).max(1);
         let mut invocation = shared.script.prepare_invoke();
         invocation
             .key(format!("{}payer:{}", shared.prefix, payer.simple()))

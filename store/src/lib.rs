@@ -88,6 +88,25 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Completes attempts one at a time, in order, so a second completion of one
+/// delivery meets the fence the first left.
+pub(crate) async fn complete_each<S: Store + ?Sized>(
+    store: &S,
+    owner: &str,
+    completions: &[Completion],
+) -> Result<Vec<bool>> {
+    let mut done = Vec::with_capacity(completions.len());
+    for c in completions {
+        let c = c.clone();
+        done.push(
+            store
+                .complete_attempt(c.delivery_id, owner, c.attempt, c.update, c.follow_ups)
+                .await?,
+        );
+    }
+    Ok(done)
+}
+
 /// Everything piaojia persists. Both implementations must pass the same story
 /// (`store/tests/story.rs`) and the whole API suite.
 #[async_trait]
@@ -181,15 +200,7 @@ pub trait Store: PayerStore + Send + Sync + 'static {
     /// `owner` still held each lease. A notifier under load finishes many
     /// deliveries at once, and one write each would dominate its database work.
     async fn complete_attempts(&self, owner: &str, completions: &[Completion]) -> Result<Vec<bool>> {
-        let mut done = Vec::with_capacity(completions.len());
-        for c in completions {
-            let c = c.clone();
-            done.push(
-                self.complete_attempt(c.delivery_id, owner, c.attempt, c.update, c.follow_ups)
-                    .await?,
-            );
-        }
-        Ok(done)
+        complete_each(self, owner, completions).await
     }
     /// Releases the lease and postpones without counting an attempt (breaker open).
     async fn defer_delivery(&self, delivery_id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool>;

@@ -648,43 +648,32 @@ impl Store for PgStore {
         let t = shared::transition(update, now);
         let mut tx = self.pool.begin().await?;
         // The fence: only the lease holder of a pending delivery moves it on.
-        let owned: Option<(Uuid, Uuid)> = sqlx::query_as(
-            "UPDATE deliveries SET status = $3, attempts = attempts + 1, \
-             next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5, park_reason = $6, \
-             provider_ref = CASE WHEN $3 = 'delivered' THEN $7 ELSE provider_ref END, \
-             delivered_at = COALESCE($8, delivered_at), lease_owner = NULL, lease_until = NULL, \
-             updated_at = $9 \
-             WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
-             RETURNING receipt_id, agency_id",
-        )
-        .bind(delivery_id)
-        .bind(owner)
-        .bind(t.status)
-        .bind(t.next_attempt_at)
-        .bind(&t.last_error)
-        .bind(&t.park_reason)
-        .bind(&t.provider_ref)
-        .bind(t.delivered_at)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let owned: Option<(Uuid, Uuid)> = sqlx::query_as(shared::COMPLETE_ATTEMPT)
+            .bind(delivery_id)
+            .bind(owner)
+            .bind(t.status)
+            .bind(t.next_attempt_at)
+            .bind(&t.last_error)
+            .bind(&t.park_reason)
+            .bind(&t.provider_ref)
+            .bind(t.delivered_at)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some((receipt_id, agency_id)) = owned else {
             return Ok(false);
         };
-        sqlx::query(
-            "INSERT INTO delivery_attempts (id, delivery_id, started_at, latency_ms, outcome, code, \
-             detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(attempt.id)
-        .bind(delivery_id)
-        .bind(attempt.started_at)
-        .bind(attempt.latency_ms)
-        .bind(attempt.outcome.as_str())
-        .bind(attempt.code)
-        .bind(&attempt.detail)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| write_error(e, "attempt_id"))?;
+        sqlx::query(shared::INSERT_ATTEMPT)
+            .bind(attempt.id)
+            .bind(delivery_id)
+            .bind(attempt.started_at)
+            .bind(attempt.latency_ms)
+            .bind(attempt.outcome.as_str())
+            .bind(attempt.code)
+            .bind(&attempt.detail)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| write_error(e, "attempt_id"))?;
         insert_deliveries(&mut tx, receipt_id, agency_id, &follow_ups, now).await?;
         tx.commit().await?;
         Ok(true)
@@ -695,17 +684,8 @@ impl Store for PgStore {
         ids.sort_unstable();
         ids.dedup();
         if completions.len() < 2 || ids.len() < completions.len() {
-            // One, or the same delivery twice: in order, one at a time, so the
-            // second meets the fence the first left.
-            let mut done = Vec::with_capacity(completions.len());
-            for c in completions {
-                let c = c.clone();
-                done.push(
-                    self.complete_attempt(c.delivery_id, owner, c.attempt, c.update, c.follow_ups)
-                        .await?,
-                );
-            }
-            return Ok(done);
+            // One, or the same delivery twice.
+            return crate::complete_each(self, owner, completions).await;
         }
         let now = shared::now();
         let n = completions.len();

@@ -36,6 +36,20 @@ macro_rules! delivery_columns {
 }
 pub(crate) use delivery_columns;
 
+/// Completing one attempt, fenced: only the lease holder of a pending delivery
+/// moves it on (no row back otherwise). Both stores run this text.
+pub(crate) const COMPLETE_ATTEMPT: &str = "UPDATE deliveries SET status = $3, attempts = attempts + 1, \
+     next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5, park_reason = $6, \
+     provider_ref = CASE WHEN $3 = 'delivered' THEN $7 ELSE provider_ref END, \
+     delivered_at = COALESCE($8, delivered_at), lease_owner = NULL, lease_until = NULL, \
+     updated_at = $9 \
+     WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
+     RETURNING receipt_id, agency_id";
+
+/// Recording one attempt (after [`COMPLETE_ATTEMPT`] returned its row).
+pub(crate) const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts (id, delivery_id, started_at, latency_ms, outcome, code, \
+     detail) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
 /// Columns of `receipts r JOIN agencies a` in the order of [`DeliveryReceiptRow`].
 macro_rules! delivery_receipt_columns {
     () => {

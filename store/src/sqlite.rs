@@ -145,7 +145,7 @@ impl WriteTurn {
 
 /// What writing a pushed receipt came to.
 enum Written {
-    New(Uuid),
+    New(Box<StoredReceipt>),
     Existing(Box<InsertOutcome>),
 }
 
@@ -158,15 +158,16 @@ async fn insert_receipt_in(
 ) -> Result<Written> {
     let now = shared::now();
     // Writers are serialised, so a taken identity is simply a committed row.
-    let inserted: Option<Uuid> = sqlx::query_scalar(
+    let inserted: Option<ReceiptRow> = sqlx::query_as(concat!(
         "INSERT INTO receipts (id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, \
          bus_no, bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, \
          payer_id_index, payer_phone_index, payer_name_index, open_id, details, file, \
          received_at, reimbursement_state, updated_at, search_text) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
          $18, $19, $20, 'INIT', $21, $22) \
-         ON CONFLICT (bill_batch_code, bill_no) DO NOTHING RETURNING id",
-    )
+         ON CONFLICT (bill_batch_code, bill_no) DO NOTHING RETURNING ",
+        receipt_columns!()
+    ))
     .bind(r.id)
     .bind(r.agency_id)
     .bind(&r.issuer_app_id)
@@ -192,11 +193,12 @@ async fn insert_receipt_in(
     .fetch_optional(&mut *conn)
     .await
     .map_err(|e| write_error(e, "receipt_id"))?;
-    if let Some(id) = inserted {
-        let wallet = collect_new_receipt(&mut *conn, r, deliveries, now, false).await?;
-        insert_deliveries(&mut *conn, id, r.agency_id, deliveries, now).await?;
-        insert_deliveries(&mut *conn, id, r.agency_id, &wallet, now).await?;
-        return Ok(Written::New(id));
+    if let Some(row) = inserted {
+        // The rows come back from the writes themselves: no reading back.
+        let mut planned = deliveries.to_vec();
+        planned.extend(collect_new_receipt(&mut *conn, r, deliveries, now, false).await?);
+        let stored_deliveries = insert_deliveries(&mut *conn, row.id, r.agency_id, &planned, now).await?;
+        return Ok(Written::New(Box::new(row.into_receipt(stored_deliveries)?)));
     }
     let row: Option<ReceiptRow> = sqlx::query_as(concat!(
         "SELECT ",
@@ -225,43 +227,32 @@ async fn complete_in(
     let attempt = shared::normalize_attempt(attempt);
     let t = shared::transition(update, now);
     // The fence: only the lease holder of a pending delivery moves it on.
-    let owned: Option<(Uuid, Uuid)> = sqlx::query_as(
-        "UPDATE deliveries SET status = $3, attempts = attempts + 1, \
-         next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5, park_reason = $6, \
-         provider_ref = CASE WHEN $3 = 'delivered' THEN $7 ELSE provider_ref END, \
-         delivered_at = COALESCE($8, delivered_at), lease_owner = NULL, lease_until = NULL, \
-         updated_at = $9 \
-         WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
-         RETURNING receipt_id, agency_id",
-    )
-    .bind(delivery_id)
-    .bind(owner)
-    .bind(t.status)
-    .bind(t.next_attempt_at)
-    .bind(&t.last_error)
-    .bind(&t.park_reason)
-    .bind(&t.provider_ref)
-    .bind(t.delivered_at)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let owned: Option<(Uuid, Uuid)> = sqlx::query_as(shared::COMPLETE_ATTEMPT)
+        .bind(delivery_id)
+        .bind(owner)
+        .bind(t.status)
+        .bind(t.next_attempt_at)
+        .bind(&t.last_error)
+        .bind(&t.park_reason)
+        .bind(&t.provider_ref)
+        .bind(t.delivered_at)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
     let Some((receipt_id, agency_id)) = owned else {
         return Ok(false);
     };
-    sqlx::query(
-        "INSERT INTO delivery_attempts (id, delivery_id, started_at, latency_ms, outcome, code, \
-         detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(attempt.id)
-    .bind(delivery_id)
-    .bind(attempt.started_at)
-    .bind(attempt.latency_ms)
-    .bind(attempt.outcome.as_str())
-    .bind(attempt.code)
-    .bind(&attempt.detail)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| write_error(e, "attempt_id"))?;
+    sqlx::query(shared::INSERT_ATTEMPT)
+        .bind(attempt.id)
+        .bind(delivery_id)
+        .bind(attempt.started_at)
+        .bind(attempt.latency_ms)
+        .bind(attempt.outcome.as_str())
+        .bind(attempt.code)
+        .bind(&attempt.detail)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| write_error(e, "attempt_id"))?;
     insert_deliveries(&mut *conn, receipt_id, agency_id, follow_ups, now).await?;
     Ok(true)
 }
@@ -378,13 +369,15 @@ async fn insert_deliveries(
     agency_id: Uuid,
     deliveries: &[NewDelivery],
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<Vec<DeliveryRow>> {
+    let mut rows = Vec::with_capacity(deliveries.len());
     for d in deliveries {
-        sqlx::query(
+        let row: DeliveryRow = sqlx::query_as(concat!(
             "INSERT INTO deliveries (id, receipt_id, agency_id, event, channel, target, interface, \
              payload, status, attempts, next_attempt_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $9)",
-        )
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $9) RETURNING ",
+            delivery_columns!()
+        ))
         .bind(d.id)
         .bind(receipt_id)
         .bind(agency_id)
@@ -394,11 +387,14 @@ async fn insert_deliveries(
         .bind(&d.interface)
         .bind(d.payload.as_ref().map(Json))
         .bind(now)
-        .execute(&mut *conn)
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| write_error(e, "delivery_id"))?;
+        rows.push(row);
     }
-    Ok(())
+    // In the order reading back gives: (created_at, id), created_at being `now`.
+    rows.sort_by_key(|row| row.id);
+    Ok(rows)
 }
 
 /// Loads a row just written in this transaction; its absence is a broken invariant.
@@ -625,15 +621,7 @@ impl Store for SqliteStore {
             Err(_) => return Err(StoreError::Database(sqlx::Error::PoolClosed)),
         };
         match outcome {
-            Written::New(id) => {
-                // Read back after the turn, with the receipt and its deliveries from
-                // one snapshot. The notifier may already have moved a delivery on;
-                // the answer then shows where it stands.
-                let mut read = self.pool.begin().await?;
-                let stored = written(load_receipt_by_id(&mut read, id).await?, "receipt")?;
-                read.commit().await?;
-                Ok(InsertOutcome::Created(stored))
-            }
+            Written::New(stored) => Ok(InsertOutcome::Created(*stored)),
             Written::Existing(outcome) => Ok(*outcome),
         }
     }

@@ -8,9 +8,34 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::ValueEnum;
-use piaojia_core::pii;
+use piaojia_core::{pii, signing};
 
 use crate::harness::{fresh_postgres_database, test_redis_url};
+
+/// A receipt push signed as issuer `app_id`, built but not sent (callers time the send).
+pub fn signed_push(
+    client: &reqwest::Client,
+    base: &str,
+    app_id: &str,
+    secret: &str,
+    receipt: &serde_json::Value,
+) -> reqwest::RequestBuilder {
+    let body = serde_json::to_vec(receipt).expect("a JSON value serialises");
+    let auth = signing::authorization(
+        app_id,
+        secret,
+        "POST",
+        "/v1/receipts",
+        chrono::Utc::now().timestamp(),
+        &pii::random_alnum(24),
+        &body,
+    );
+    client
+        .post(format!("{base}/v1/receipts"))
+        .header("authorization", auth)
+        .header("content-type", "application/json")
+        .body(body)
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum StoreArg {

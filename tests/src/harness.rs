@@ -23,7 +23,16 @@ use tempfile::TempDir;
 pub const OPS_TOKEN: &str = "test-operator-token";
 
 /// Polls `check` until it returns `Some`, for at most `secs` seconds.
-pub async fn eventually<T, F, Fut>(secs: u64, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(secs: u64, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_named(secs, "condition", check).await
+}
+
+/// [`eventually`], saying `what` was awaited when it times out.
+pub async fn eventually_named<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -35,7 +44,7 @@ where
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "condition not reached within {secs} s"
+            "{what}: not reached within {secs} s"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

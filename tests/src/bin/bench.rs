@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use piaojia_core::{pii, signing};
 use piaojia_tests::bench::{self, StoreArg};
 use piaojia_tests::samples;
 
@@ -62,24 +61,15 @@ async fn main() -> anyhow::Result<()> {
             let mut latencies = Vec::with_capacity(100_000);
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                let body = serde_json::to_vec(&samples::outpatient_of_own_payer(n)).expect("json");
-                let auth = signing::authorization(
+                let push = bench::signed_push(
+                    &client,
+                    &base,
                     "bench-his",
                     &secret,
-                    "POST",
-                    "/v1/receipts",
-                    chrono::Utc::now().timestamp(),
-                    &pii::random_alnum(24),
-                    &body,
+                    &samples::outpatient_of_own_payer(n),
                 );
                 let t = Instant::now();
-                let resp = client
-                    .post(format!("{base}/v1/receipts"))
-                    .header("authorization", auth)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
+                let resp = push.send().await;
                 let elapsed = t.elapsed();
                 match resp {
                     Ok(r) if r.status().as_u16() == 201 => {

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use clap::Parser;
-use piaojia_core::{pii, signing};
 use piaojia_tests::bench::{self, StoreArg};
 use piaojia_tests::samples;
 use piaojia_wechat_sim::{FaultScope, Faults, SimApp, SimConfig, Simulator, paths};
@@ -167,24 +166,9 @@ async fn main() -> anyhow::Result<()> {
                 let openid = piaojia_wechat_sim::new_openid();
                 let mut receipt = samples::outpatient_of_own_payer(i + 1);
                 receipt["openID"] = openid.clone().into();
-                let body = serde_json::to_vec(&receipt).expect("json");
-                let auth = signing::authorization(
-                    "bench-his",
-                    &secret,
-                    "POST",
-                    "/v1/receipts",
-                    Utc::now().timestamp(),
-                    &pii::random_alnum(24),
-                    &body,
-                );
+                let push = bench::signed_push(&client, &base, "bench-his", &secret, &receipt);
                 let sent = Instant::now();
-                let resp = client
-                    .post(format!("{base}/v1/receipts"))
-                    .header("authorization", auth)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
+                let resp = push.send().await;
                 match resp {
                     Ok(r) if r.status().as_u16() == 201 => {
                         let at = Utc::now();
