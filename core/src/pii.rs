@@ -215,6 +215,52 @@ fn redact_entry(entry: &str) -> String {
 }
 
 /// A new random secret for an app: 32 CSPRNG bytes as 43 base64url characters.
+/// Every purpose a value is sealed under (bound as AES-GCM associated data, so a
+/// value sealed for one purpose never opens as another), every blind-index and
+/// keyed-hash domain, and every derived-key purpose: one name each, here, so
+/// the side that seals and the side that opens can never drift apart.
+pub mod purpose {
+    /// A receipt's personal data (name, ID number, phone, …).
+    pub const PAYER: &str = "payer";
+    /// A payer's registered profile.
+    pub const PAYER_PROFILE: &str = "payer-profile";
+    /// A payer's own note on a wallet entry.
+    pub const WALLET_NOTE: &str = "wallet-note";
+
+    /// The HMAC secret of an issuer or reimburser app (also what signs its webhooks).
+    pub fn app_secret(app_id: &str) -> String {
+        format!("app-secret:{app_id}")
+    }
+
+    /// A WeChat app's secret, message token and EncodingAESKey.
+    pub fn wechat_app(wechat_app_id: &str) -> String {
+        format!("wechat-secret:{wechat_app_id}")
+    }
+
+    /// Blind-index domains (matching without decrypting).
+    pub mod index {
+        pub const ID_CARD: &str = "id_card";
+        pub const PHONE: &str = "phone";
+        pub const NAME: &str = "name";
+        pub const UNIONID: &str = "unionid";
+    }
+
+    /// Purposes of keys derived from the master key.
+    pub mod key {
+        /// Signs payers' access tokens (JWT, HS256).
+        pub const PAYER_ACCESS_JWT: &str = "payer-access-jwt";
+        /// Signs receipt download links.
+        pub const DOWNLOAD_LINK: &str = "receipt-download-link";
+    }
+
+    /// Keyed-hash domains.
+    pub mod hash {
+        /// A receipt's canonical content (idempotency of pushes).
+        pub const RECEIPT_CONTENT: &str = "receipt_content";
+        pub const REFRESH_TOKEN: &str = "refresh_token";
+    }
+}
+
 pub fn generate_secret() -> String {
     B64URL.encode(random_bytes::<32>())
 }

@@ -292,14 +292,11 @@ fn serialize_opt_url<S: Serializer>(url: &Option<Url>, s: S) -> Result<S::Ok, S:
     url.as_ref().map(Url::as_str).serialize(s)
 }
 
-/// The purpose a receipt's payer data is sealed under.
-pub const PAYER_PURPOSE: &str = "payer";
-
 /// The masked payer name (`张*丰`) of a receipt's sealed payer data, or `*` when it
 /// cannot be opened (logged: that is a key problem, not the client's).
 pub fn masked_payer_name(keyring: &crate::pii::Keyring, payer_sealed: &str) -> String {
     keyring
-        .open_json::<PayerIdentity>(payer_sealed, PAYER_PURPOSE)
+        .open_json::<PayerIdentity>(payer_sealed, crate::pii::purpose::PAYER)
         .map(|p| crate::mask::name(&p.name))
         .unwrap_or_else(|e| {
             tracing::error!(error = %e, "a receipt's payer data cannot be opened");

@@ -4,9 +4,11 @@
 
 use bytes::Bytes;
 use chrono::Utc;
+use piaojia_core::pii::purpose;
 use piaojia_core::receipt::{FileSource, NewReceipt};
 use piaojia_store::{
-    DeliveryEvent, FileMeta, InsertOutcome, NewDelivery, NewReceiptRecord, Reversal, ReversalOutcome, StoredReceipt,
+    ChannelKind, DeliveryEvent, FileMeta, InsertOutcome, NewDelivery, NewReceiptRecord, Reversal, ReversalOutcome,
+    StoredReceipt,
 };
 use ring::digest;
 use uuid::Uuid;
@@ -14,8 +16,6 @@ use uuid::Uuid;
 use crate::auth::SignedApp;
 use crate::files::FileError;
 use crate::state::AppState;
-
-pub use piaojia_core::receipt::PAYER_PURPOSE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
@@ -42,7 +42,7 @@ pub struct Accepted {
 pub async fn push(state: &AppState, issuer: &SignedApp, receipt: NewReceipt) -> Result<Accepted, IntakeError> {
     let content_hash = state
         .keyring
-        .keyed_hash("receipt_content", receipt.content_hash().as_bytes());
+        .keyed_hash(purpose::hash::RECEIPT_CONTENT, receipt.content_hash().as_bytes());
     let agency = &issuer.agency;
 
     // A repeat must not fetch or write its file again: answer from what we hold.
@@ -101,22 +101,25 @@ pub async fn push(state: &AppState, issuer: &SignedApp, receipt: NewReceipt) -> 
         random: receipt.random.clone(),
         bus_no: receipt.bus_no.clone(),
         bus_type: receipt.bus_type.as_code().to_owned(),
-        payer_type: receipt.payer_type.as_code().to_owned(),
-        issued_at: receipt.issued_at,
+        payer_type: receipt.payer_type,
+        issued_at: receipt.issued_at.into(),
         total_fen: receipt.total_amt,
         content_hash,
-        payer_sealed: keyring.seal_json(payer, PAYER_PURPOSE),
-        payer_id_index: payer.id_card_no.as_deref().map(|v| keyring.blind_index("id_card", v)),
+        payer_sealed: keyring.seal_json(payer, purpose::PAYER),
+        payer_id_index: payer
+            .id_card_no
+            .as_deref()
+            .map(|v| keyring.blind_index(purpose::index::ID_CARD, v)),
         // Normalized as registration normalizes, so +86 138-0013-8000 matches 13800138000.
         payer_phone_index: payer.tel.as_deref().map(|v| {
             let phone = piaojia_core::identity::normalize_phone(v).unwrap_or_else(|_| v.to_owned());
-            keyring.blind_index("phone", &phone)
+            keyring.blind_index(purpose::index::PHONE, &phone)
         }),
-        payer_name_index: Some(keyring.blind_index("name", &payer.name)),
+        payer_name_index: Some(keyring.blind_index(purpose::index::NAME, &payer.name)),
         open_id: receipt.open_id.clone(),
         details: receipt.details_json(),
         file,
-        received_at: Utc::now(),
+        received_at: Utc::now().into(),
         search_text: receipt.search_text(),
         wallet_channels: wallet_channels(state, agency.id).await?,
     };
@@ -190,20 +193,20 @@ pub async fn lookup(
 async fn wallet_channels(
     state: &AppState,
     agency_id: Uuid,
-) -> Result<Vec<piaojia_store::wallet::WalletChannel>, IntakeError> {
+) -> Result<Vec<piaojia_store::wallets::WalletChannel>, IntakeError> {
     let own = state.apps.channels(agency_id).await?;
     let platform = state.apps.platform_channels().await?;
     Ok(own
         .iter()
-        .filter(|c| c.kind == piaojia_notifier::routing::WECHAT_SUBSCRIBE)
+        .filter(|c| c.kind == ChannelKind::WechatSubscribe)
         .chain(platform.iter())
         .filter(|c| c.enabled)
-        .map(|c| piaojia_store::wallet::WalletChannel {
-            kind: c.kind.clone(),
+        .map(|c| piaojia_store::wallets::WalletChannel {
+            kind: c.kind,
             app_id: c.wechat_app_id.clone(),
             template_id: c.template_id.clone(),
             long_term: c.long_term,
-            interface: piaojia_notifier::routing::wechat_interface(&c.wechat_app_id, &c.kind),
+            interface: piaojia_notifier::routing::wechat_interface(&c.wechat_app_id, c.kind),
         })
         .collect())
 }

@@ -2,14 +2,14 @@
 //! (`piaojia agency …`, `piaojia app …`) or declared in the settings file.
 //! Secrets are generated with a CSPRNG, shown once, and stored sealed.
 
+use piaojia_core::pii::purpose;
 use piaojia_core::pii::{self, Keyring};
 use piaojia_core::settings::AgencyProvision;
+use piaojia_store::ChannelKind;
 use piaojia_store::{Agency, App, AppKind, NewAgency, NewApp, NewAppSecret, Store, StoreError};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use uuid::Uuid;
-
-use crate::state::secret_purpose;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -126,7 +126,7 @@ async fn agency_by_code(store: &dyn Store, code: &str) -> Result<Agency> {
 fn sealed_secret(keyring: &Keyring, app_id: &str, secret: &str) -> NewAppSecret {
     NewAppSecret {
         id: Uuid::now_v7(),
-        sealed: keyring.seal(secret.as_bytes(), &secret_purpose(app_id)),
+        sealed: keyring.seal(secret.as_bytes(), &purpose::app_secret(app_id)),
     }
 }
 
@@ -263,7 +263,7 @@ pub async fn apply_declared(store: &dyn Store, keyring: &Keyring, declared: &[Ag
                 }
                 Some(app) => app,
             };
-            let purpose = secret_purpose(app_id);
+            let purpose = purpose::app_secret(app_id);
             let current: Vec<String> = app
                 .secrets
                 .iter()
@@ -326,8 +326,9 @@ pub struct ChannelSpec {
 
 /// Creates or replaces the agency's (or the platform's) channel of that kind.
 pub async fn set_channel(store: &dyn Store, keyring: &Keyring, spec: ChannelSpec) -> Result<ChannelView> {
-    match (spec.agency_code.is_some(), spec.kind.as_str()) {
-        (true, "wechat_template" | "wechat_subscribe") | (false, "wallet_subscribe") => {}
+    let kind = match (spec.agency_code.is_some(), ChannelKind::parse(&spec.kind)) {
+        (true, Some(k @ (ChannelKind::WechatTemplate | ChannelKind::WechatSubscribe)))
+        | (false, Some(k @ ChannelKind::WalletSubscribe)) => k,
         (true, _) => {
             return Err(ProvisionError::Invalid(
                 "an agency's channel is wechat_template or wechat_subscribe".into(),
@@ -338,8 +339,8 @@ pub async fn set_channel(store: &dyn Store, keyring: &Keyring, spec: ChannelSpec
                 "the platform's channel (no --agency) is wallet_subscribe".into(),
             ));
         }
-    }
-    if spec.long_term && spec.kind == "wechat_template" {
+    };
+    if spec.long_term && kind == ChannelKind::WechatTemplate {
         return Err(ProvisionError::Invalid(
             "only subscribe templates can be long-term".into(),
         ));
@@ -371,11 +372,11 @@ pub async fn set_channel(store: &dyn Store, keyring: &Keyring, spec: ChannelSpec
         Some(code) => Some(agency_by_code(store, code).await?),
         None => None,
     };
-    let purpose = piaojia_notifier::channels::wechat::channel_secret_purpose(&spec.wechat_app_id);
+    let purpose = purpose::wechat_app(&spec.wechat_app_id);
     let channel = store
         .upsert_channel(piaojia_store::NewChannel {
             agency_id: agency.as_ref().map(|a| a.id),
-            kind: spec.kind,
+            kind,
             wechat_app_id: spec.wechat_app_id.clone(),
             secret_sealed: keyring.seal(spec.secret.as_bytes(), &purpose),
             template_id: spec.template_id,
@@ -394,7 +395,7 @@ fn channel_view(c: piaojia_store::Channel, agency_code: Option<&str>) -> Channel
     ChannelView {
         id: c.id,
         agency_code: agency_code.map(str::to_owned),
-        kind: c.kind,
+        kind: c.kind.to_string(),
         wechat_app_id: c.wechat_app_id,
         template_id: c.template_id,
         fields: c.fields,

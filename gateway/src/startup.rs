@@ -119,12 +119,12 @@ fn register_sandbox_app(
     if sim.app(&channel.wechat_app_id).is_some() {
         return;
     }
-    let purpose = piaojia_notifier::channels::wechat::channel_secret_purpose(&channel.wechat_app_id);
+    let purpose = piaojia_core::pii::purpose::wechat_app(&channel.wechat_app_id);
     let Ok(secret) = keyring.open(&channel.secret_sealed, &purpose) else {
         return;
     };
     let secret = String::from_utf8_lossy(&secret).into_owned();
-    let kind = if channel.kind == piaojia_notifier::routing::WECHAT_TEMPLATE {
+    let kind = if channel.kind == piaojia_store::ChannelKind::WechatTemplate {
         piaojia_wechat_sim::AppKind::OfficialAccount
     } else {
         piaojia_wechat_sim::AppKind::MiniProgram

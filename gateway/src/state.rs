@@ -53,11 +53,6 @@ pub struct AppDirectory {
     channels: Option<moka::future::Cache<uuid::Uuid, Arc<Vec<piaojia_store::Channel>>>>,
 }
 
-/// The purpose an app secret is sealed under (bound as AES-GCM associated data).
-pub fn secret_purpose(app_id: &str) -> String {
-    format!("app-secret:{app_id}")
-}
-
 impl AppDirectory {
     pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, ttl: Duration) -> Self {
         let cache = (!ttl.is_zero()).then(|| {
@@ -122,7 +117,7 @@ impl AppDirectory {
             return Ok(None);
         };
         let agency = self.store.agency(app.agency_id).await?.ok_or(StoreError::NotFound)?;
-        let purpose = secret_purpose(&app.app_id);
+        let purpose = piaojia_core::pii::purpose::app_secret(&app.app_id);
         let secrets = app
             .secrets
             .iter()

@@ -11,9 +11,6 @@ use piaojia_store::{Channel, Store, StoreError};
 use piaojia_wechat::AppCredentials;
 use uuid::Uuid;
 
-const AGENCY_KIND: &str = "wechat_subscribe";
-const PLATFORM_KIND: &str = "wallet_subscribe";
-
 /// One mini-program as payers meet it.
 #[derive(Debug, Clone)]
 pub struct MiniProgram {
@@ -27,12 +24,9 @@ pub struct MiniProgram {
 
 impl MiniProgram {
     fn from_channels(app_id: &str, channels: &[Channel]) -> Option<Self> {
-        let mine: Vec<&Channel> = channels
-            .iter()
-            .filter(|c| c.enabled && (c.kind == AGENCY_KIND || c.kind == PLATFORM_KIND))
-            .collect();
+        let mine: Vec<&Channel> = channels.iter().filter(|c| c.enabled && c.kind.is_subscribe()).collect();
         let first = mine.first()?;
-        let scope = if mine.iter().any(|c| c.kind == PLATFORM_KIND) {
+        let scope = if mine.iter().any(|c| c.kind.is_platform()) {
             None
         } else {
             let mut agencies: Vec<Uuid> = mine.iter().filter_map(|c| c.agency_id).collect();
@@ -62,7 +56,10 @@ impl MiniProgram {
 
     pub fn credentials(&self, keyring: &Keyring) -> Result<AppCredentials, StoreError> {
         let secret = keyring
-            .open(&self.secret_sealed, &piaojia_wechat::secret_purpose(&self.app_id))
+            .open(
+                &self.secret_sealed,
+                &piaojia_core::pii::purpose::wechat_app(&self.app_id),
+            )
             .map_err(|e| StoreError::Corrupt(format!("secret of mini-program {}: {e}", self.app_id)))?;
         let secret =
             String::from_utf8(secret).map_err(|_| StoreError::Corrupt("mini-program secret is not UTF-8".into()))?;

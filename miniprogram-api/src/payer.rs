@@ -8,7 +8,7 @@ use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
-use piaojia_store::wallet::PayerRecord;
+use piaojia_store::wallets::PayerRecord;
 use piaojia_web::error::{ApiError, Challenge};
 use uuid::Uuid;
 

@@ -127,7 +127,7 @@ pub fn proves(receipt: &StoredReceipt, claim: &Claim) -> bool {
     let amount_ok = claim.total_fen.is_none_or(|f| f == receipt.total_fen);
     let date_ok = claim
         .issued_on
-        .is_none_or(|d| d == receipt.issued_at.with_timezone(&beijing).date_naive());
+        .is_none_or(|d| d == receipt.issued_at.as_datetime().with_timezone(&beijing).date_naive());
     random_ok
         && amount_ok
         && date_ok

@@ -2,6 +2,7 @@
 //! keys, named by `kid` so keys rotate with them), opaque refresh tokens stored as
 //! keyed hashes, and signed download links (also JWTs, for another audience).
 
+use piaojia_core::pii::purpose;
 use std::collections::HashMap;
 
 use base64::Engine as _;
@@ -135,8 +136,8 @@ pub struct TokenKeys {
 impl TokenKeys {
     pub fn new(keyring: &Keyring) -> Self {
         Self {
-            access: KeySet::derive(keyring, "payer-access-jwt"),
-            download: KeySet::derive(keyring, "receipt-download-link"),
+            access: KeySet::derive(keyring, purpose::key::PAYER_ACCESS_JWT),
+            download: KeySet::derive(keyring, purpose::key::DOWNLOAD_LINK),
         }
     }
 
@@ -191,7 +192,7 @@ pub fn new_refresh_token(keyring: &Keyring) -> (String, String) {
 }
 
 pub fn refresh_token_hash(keyring: &Keyring, token: &str) -> String {
-    keyring.keyed_hash("refresh_token", token.as_bytes())
+    keyring.keyed_hash(purpose::hash::REFRESH_TOKEN, token.as_bytes())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use piaojia_core::money::format_yuan;
 use piaojia_core::receipt::BusType;
-use piaojia_store::wallet::{SubscriptionCredit, WalletItem};
+use piaojia_store::wallets::{SubscriptionCredit, WalletItem};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -90,7 +90,7 @@ impl From<SubscriptionCredit> for CreditView {
             template_id: c.template_id,
             remaining: c.remaining,
             long_term: c.long_term,
-            updated_at: c.updated_at,
+            updated_at: c.updated_at.into(),
         }
     }
 }
@@ -153,15 +153,15 @@ impl From<WalletItem> for WalletItemView {
             bill_batch_code: w.bill_batch_code,
             bill_no: w.bill_no,
             bus_type: w.bus_type,
-            issued_at: w.issued_at,
+            issued_at: w.issued_at.into(),
             total_amt: format_yuan(w.total_fen),
             total_fen: w.total_fen,
             status: if w.reversed { "reversed" } else { "issued" },
             reimbursement_state: w.reimbursement_state.as_str(),
             has_file: w.has_file,
-            source: w.source,
+            source: w.source.as_str().to_owned(),
             tags: w.tags,
-            added_at: w.added_at,
+            added_at: w.added_at.into(),
         }
     }
 }

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
+use chrono::TimeDelta;
 use piaojia_core::settings::AlertSettings;
-use piaojia_store::{Alert, Store, StoreError};
+use piaojia_store::{Alert, AlertState, Store, StoreError, Timestamp};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -38,7 +38,7 @@ impl Alerter {
     /// Raises the alert unless one is already firing for this rule and key;
     /// re-sends it when the re-notify interval has passed.
     pub async fn fire(&self, rule: &str, key: &str, message: String) -> Result<(), StoreError> {
-        let now = Utc::now();
+        let now = Timestamp::now();
         match self.store.firing_alert(rule, key).await? {
             Some(mut alert) => {
                 if now - alert.last_notified_at >= TimeDelta::seconds(self.cfg.renotify_every_secs as i64) {
@@ -53,7 +53,7 @@ impl Alerter {
                     id: Uuid::now_v7(),
                     rule: rule.to_owned(),
                     key: key.to_owned(),
-                    state: "firing".to_owned(),
+                    state: AlertState::Firing,
                     message,
                     started_at: now,
                     last_notified_at: now,
@@ -75,8 +75,8 @@ impl Alerter {
 
     pub async fn resolve(&self, rule: &str, key: &str) -> Result<(), StoreError> {
         if let Some(mut alert) = self.store.firing_alert(rule, key).await? {
-            alert.state = "resolved".to_owned();
-            alert.resolved_at = Some(Utc::now());
+            alert.state = AlertState::Resolved;
+            alert.resolved_at = Some(Timestamp::now());
             self.store.save_alert(&alert).await?;
             self.notify(&alert, false).await;
         }
@@ -88,8 +88,8 @@ impl Alerter {
         if url.is_empty() {
             return;
         }
-        let title = match (alert.state.as_str(), reminder) {
-            ("resolved", _) => "【票夹】已恢复",
+        let title = match (alert.state, reminder) {
+            (AlertState::Resolved, _) => "【票夹】已恢复",
             (_, true) => "【票夹】告警仍在持续",
             _ => "【票夹】告警",
         };
@@ -100,6 +100,7 @@ impl Alerter {
             alert.message,
             alert
                 .started_at
+                .as_datetime()
                 .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("offset"))
                 .format("%Y-%m-%d %H:%M:%S")
         );
@@ -118,7 +119,7 @@ impl Alerter {
 
     /// One evaluation of the rules over the last day's figures and the backlog.
     pub async fn evaluate(&self, open_breakers: &[String]) -> Result<(), StoreError> {
-        let now = Utc::now();
+        let now = Timestamp::now();
         let rows = self
             .store
             .stats_since(now - TimeDelta::minutes(self.cfg.window_mins as i64 + 1))
@@ -187,7 +188,7 @@ impl Alerter {
         }
         // Backlogs that drained completely resolve too.
         for alert in self.store.list_alerts(200).await? {
-            if alert.state == "firing" && alert.rule == BACKLOG_AGE && !channels.contains_key(&alert.key) {
+            if alert.state == AlertState::Firing && alert.rule == BACKLOG_AGE && !channels.contains_key(&alert.key) {
                 self.resolve(BACKLOG_AGE, &alert.key).await?;
             }
         }

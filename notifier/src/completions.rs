@@ -1,6 +1,6 @@
 //! Group commit of finished attempts: every worker hands its completion to one
 //! writer, which records whatever has queued up meanwhile in one transaction
-//! (`Store::complete_attempts`). Alone, a completion is written at once; under
+//! (`DeliveryQueue::complete_attempts`). Alone, a completion is written at once; under
 //! load, many share a write instead of each paying for its own.
 
 use std::sync::Arc;
@@ -59,8 +59,9 @@ async fn write(store: Arc<dyn Store>, owner: String, mut pending: mpsc::Receiver
                 tracing::warn!(error = %e, n = completions.len(), "recording attempts together failed; one at a time");
                 for (waiter, c) in waiting.into_iter().zip(completions) {
                     let done = store
-                        .complete_attempt(c.delivery_id, &owner, c.attempt, c.update, c.follow_ups)
+                        .complete_attempts(&owner, std::slice::from_ref(&c))
                         .await
+                        .map(|done| done.first().copied().unwrap_or(false))
                         .map_err(|e| e.to_string());
                     let _ = waiter.send(done);
                 }

@@ -1,21 +1,13 @@
-//! Which deliveries a receipt event calls for, and what follows an outcome.
+//! Which deliveries a receipt event calls for, and what follows a final outcome.
+//! Pure functions over the agency's channels.
 
-use piaojia_store::{Channel, DeliveryEvent, DeliveryStatus, NewDelivery};
+use piaojia_store::{Channel, ChannelKind, Delivery, DeliveryEvent, DeliveryStatus, NewDelivery};
 use serde_json::json;
 use uuid::Uuid;
 
-pub const ISSUER_WEBHOOK: &str = "issuer_webhook";
-pub const WECHAT_TEMPLATE: &str = "wechat_template";
-pub const WECHAT_SUBSCRIBE: &str = "wechat_subscribe";
-/// The platform's shared wallet mini-program (a channel of no agency).
-pub const WALLET_SUBSCRIBE: &str = "wallet_subscribe";
-
-/// Payer channels in order of preference: the hospital's own official account
-/// (where a WeChat payment usually happens), then the mini-program.
-const PAYER_CHANNELS: [&str; 2] = [WECHAT_TEMPLATE, WECHAT_SUBSCRIBE];
-
-pub fn wechat_interface(wechat_app_id: &str, kind: &str) -> String {
-    let api = if kind == WECHAT_TEMPLATE {
+/// The outside interface a WeChat channel's sends call (breakers and figures).
+pub fn wechat_interface(wechat_app_id: &str, kind: ChannelKind) -> String {
+    let api = if kind == ChannelKind::WechatTemplate {
         "template_send"
     } else {
         "subscribe_send"
@@ -39,13 +31,13 @@ pub struct EventContext<'a> {
     pub channels: &'a [Channel],
 }
 
-fn payer_delivery(event: DeliveryEvent, channel: &Channel, open_id: &str, tried: &[&str]) -> NewDelivery {
+fn payer_delivery(event: DeliveryEvent, channel: &Channel, open_id: &str, tried: &[ChannelKind]) -> NewDelivery {
     NewDelivery {
         id: Uuid::now_v7(),
         event,
-        channel: channel.kind.clone(),
+        channel: channel.kind,
         target: open_id.to_owned(),
-        interface: wechat_interface(&channel.wechat_app_id, &channel.kind),
+        interface: wechat_interface(&channel.wechat_app_id, channel.kind),
         payload: Some(json!({ "tried": tried })),
     }
 }
@@ -54,11 +46,16 @@ fn issuer_webhook(event: DeliveryEvent, url: &str, payload: serde_json::Value) -
     NewDelivery {
         id: Uuid::now_v7(),
         event,
-        channel: ISSUER_WEBHOOK.to_owned(),
+        channel: ChannelKind::IssuerWebhook,
         target: url.to_owned(),
         interface: webhook_interface(url),
         payload: Some(payload),
     }
+}
+
+/// The enabled payer channel of this kind, if the agency has one.
+fn enabled(channels: &[Channel], kind: ChannelKind) -> Option<&Channel> {
+    channels.iter().find(|c| c.enabled && c.kind == kind)
 }
 
 /// The first deliveries of an event: the payer's WeChat channel when the receipt
@@ -66,10 +63,10 @@ fn issuer_webhook(event: DeliveryEvent, url: &str, payload: serde_json::Value) -
 /// callback says the receipt is held without a push.
 pub fn plan(ctx: &EventContext<'_>) -> Vec<NewDelivery> {
     let payer = ctx.open_id.and_then(|open_id| {
-        PAYER_CHANNELS
+        ChannelKind::PAYER_PREFERENCE
             .iter()
-            .find_map(|kind| ctx.channels.iter().find(|c| c.enabled && c.kind == *kind))
-            .map(|c| payer_delivery(ctx.event, c, open_id, &[c.kind.as_str()]))
+            .find_map(|kind| enabled(ctx.channels, *kind))
+            .map(|c| payer_delivery(ctx.event, c, open_id, &[c.kind]))
     });
     match (payer, ctx.callback_url) {
         (Some(d), _) => vec![d],
@@ -82,39 +79,50 @@ pub fn plan(ctx: &EventContext<'_>) -> Vec<NewDelivery> {
     }
 }
 
-/// What follows a payer delivery's final outcome: a fallback to another payer
-/// channel not yet tried when it failed, and the issuer's status webhook.
-pub fn follow_ups(
-    event: DeliveryEvent,
-    finished: &piaojia_store::Delivery,
-    status: DeliveryStatus,
-    error: Option<&str>,
-    callback_url: Option<&str>,
-    channels: &[Channel],
-) -> Vec<NewDelivery> {
-    if finished.channel == ISSUER_WEBHOOK {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let tried: Vec<String> = finished
+/// The payer channels a delivery has tried, itself included.
+fn tried(finished: &Delivery) -> Vec<ChannelKind> {
+    finished
         .payload
         .as_ref()
         .and_then(|p| p.get("tried"))
         .and_then(|t| serde_json::from_value(t.clone()).ok())
-        .unwrap_or_else(|| vec![finished.channel.clone()]);
-    if status == DeliveryStatus::Failed
-        && let Some(next) = PAYER_CHANNELS
-            .iter()
-            .filter(|k| !tried.iter().any(|t| t == *k))
-            .find_map(|kind| channels.iter().find(|c| c.enabled && c.kind == *kind))
-    {
-        let mut all: Vec<&str> = tried.iter().map(String::as_str).collect();
-        all.push(next.kind.as_str());
-        out.push(payer_delivery(event, next, &finished.target, &all));
+        .unwrap_or_else(|| vec![finished.channel])
+}
+
+/// The payer channel to try when `finished` cannot reach the payer: the next of
+/// the agency's enabled ones not tried yet. The issuer's webhook has none.
+pub fn fallback<'a>(finished: &Delivery, channels: &'a [Channel]) -> Option<&'a Channel> {
+    if !finished.channel.is_wechat() {
+        return None;
+    }
+    let tried = tried(finished);
+    ChannelKind::PAYER_PREFERENCE
+        .iter()
+        .filter(|k| !tried.contains(k))
+        .find_map(|kind| enabled(channels, *kind))
+}
+
+/// What follows a payer delivery's final outcome: the delivery on the fallback
+/// channel when there is one, and the issuer's status webhook.
+pub fn follow_ups(
+    finished: &Delivery,
+    status: DeliveryStatus,
+    error: Option<&str>,
+    callback_url: Option<&str>,
+    fallback: Option<&Channel>,
+) -> Vec<NewDelivery> {
+    if finished.channel == ChannelKind::IssuerWebhook {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if let Some(next) = fallback {
+        let mut all = tried(finished);
+        all.push(next.kind);
+        out.push(payer_delivery(finished.event, next, &finished.target, &all));
     }
     if let Some(url) = callback_url {
         out.push(issuer_webhook(
-            event,
+            finished.event,
             url,
             json!({
                 "type": "delivery.outcome",
@@ -126,4 +134,177 @@ pub fn follow_ups(
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use piaojia_store::Timestamp;
+
+    use super::*;
+
+    fn channel(kind: ChannelKind, enabled: bool) -> Channel {
+        Channel {
+            id: Uuid::now_v7(),
+            agency_id: Some(Uuid::nil()),
+            kind,
+            wechat_app_id: format!("wx-{}", kind.as_str()),
+            secret_sealed: String::new(),
+            template_id: "t".into(),
+            fields: json!({}),
+            page: None,
+            message_token_sealed: None,
+            encoding_aes_key_sealed: None,
+            enabled,
+            long_term: false,
+            created_at: Timestamp::now(),
+            updated_at: Timestamp::now(),
+        }
+    }
+
+    fn delivered_on(kind: ChannelKind, payload: Option<serde_json::Value>) -> Delivery {
+        Delivery {
+            id: Uuid::now_v7(),
+            receipt_id: Uuid::now_v7(),
+            agency_id: Uuid::nil(),
+            event: DeliveryEvent::Issued,
+            channel: kind,
+            target: "o-payer".into(),
+            interface: "wechat:wx:template_send".into(),
+            payload,
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            next_attempt_at: Timestamp::now(),
+            last_error: None,
+            park_reason: None,
+            provider_ref: None,
+            created_at: Timestamp::now(),
+            updated_at: Timestamp::now(),
+            delivered_at: None,
+        }
+    }
+
+    fn ctx<'a>(open_id: Option<&'a str>, callback: Option<&'a str>, channels: &'a [Channel]) -> EventContext<'a> {
+        EventContext {
+            event: DeliveryEvent::Issued,
+            open_id,
+            callback_url: callback,
+            channels,
+        }
+    }
+
+    #[test]
+    fn an_openid_goes_to_the_official_account_first() {
+        let channels = [
+            channel(ChannelKind::WechatSubscribe, true),
+            channel(ChannelKind::WechatTemplate, true),
+        ];
+        let planned = plan(&ctx(Some("o1"), Some("https://his.example/cb"), &channels));
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].channel, ChannelKind::WechatTemplate);
+        assert_eq!(planned[0].target, "o1");
+        assert_eq!(planned[0].interface, "wechat:wx-wechat_template:template_send");
+        assert_eq!(planned[0].payload, Some(json!({ "tried": ["wechat_template"] })));
+    }
+
+    #[test]
+    fn a_disabled_channel_is_passed_over() {
+        let channels = [
+            channel(ChannelKind::WechatTemplate, false),
+            channel(ChannelKind::WechatSubscribe, true),
+        ];
+        let planned = plan(&ctx(Some("o1"), None, &channels));
+        assert_eq!(planned[0].channel, ChannelKind::WechatSubscribe);
+        assert_eq!(planned[0].interface, "wechat:wx-wechat_subscribe:subscribe_send");
+    }
+
+    #[test]
+    fn without_a_payer_channel_the_issuer_is_told() {
+        let planned = plan(&ctx(None, Some("https://his.example/cb"), &[]));
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].channel, ChannelKind::IssuerWebhook);
+        assert_eq!(planned[0].interface, "webhook:his.example");
+        assert_eq!(
+            planned[0].payload.as_ref().expect("test value")["type"],
+            "receipt.issued"
+        );
+        assert!(
+            plan(&ctx(None, None, &[])).is_empty(),
+            "no channel, no callback: nothing"
+        );
+    }
+
+    #[test]
+    fn fallback_takes_the_next_channel_not_tried() {
+        let channels = [
+            channel(ChannelKind::WechatTemplate, true),
+            channel(ChannelKind::WechatSubscribe, true),
+        ];
+        let first = delivered_on(
+            ChannelKind::WechatTemplate,
+            Some(json!({ "tried": ["wechat_template"] })),
+        );
+        assert_eq!(
+            fallback(&first, &channels).map(|c| c.kind),
+            Some(ChannelKind::WechatSubscribe)
+        );
+        let second = delivered_on(
+            ChannelKind::WechatSubscribe,
+            Some(json!({ "tried": ["wechat_template", "wechat_subscribe"] })),
+        );
+        assert!(fallback(&second, &channels).is_none(), "both tried");
+        let wallet = delivered_on(
+            ChannelKind::WalletSubscribe,
+            Some(json!({ "tried": ["issuer_webhook", "wechat_template", "wechat_subscribe", "wallet_subscribe"] })),
+        );
+        assert!(
+            fallback(&wallet, &channels).is_none(),
+            "a wallet message has no fallback"
+        );
+        let webhook = delivered_on(ChannelKind::IssuerWebhook, None);
+        assert!(fallback(&webhook, &channels).is_none());
+    }
+
+    #[test]
+    fn follow_ups_carry_the_fallback_and_the_status_webhook() {
+        let channels = [channel(ChannelKind::WechatSubscribe, true)];
+        let first = delivered_on(
+            ChannelKind::WechatTemplate,
+            Some(json!({ "tried": ["wechat_template"] })),
+        );
+        let next = follow_ups(
+            &first,
+            DeliveryStatus::Failed,
+            Some("43101"),
+            Some("https://his.example/cb"),
+            channels.first(),
+        );
+        assert_eq!(next.len(), 2);
+        assert_eq!(next[0].channel, ChannelKind::WechatSubscribe);
+        assert_eq!(next[0].target, "o-payer");
+        assert_eq!(
+            next[0].payload,
+            Some(json!({ "tried": ["wechat_template", "wechat_subscribe"] }))
+        );
+        assert_eq!(next[1].channel, ChannelKind::IssuerWebhook);
+        let body = next[1].payload.as_ref().expect("test value");
+        assert_eq!(body["type"], "delivery.outcome");
+        assert_eq!(body["status"], "failed");
+        assert_eq!(body["channel"], "wechat_template");
+        assert_eq!(body["error"], "43101");
+    }
+
+    #[test]
+    fn a_webhooks_outcome_is_followed_by_nothing() {
+        let webhook = delivered_on(ChannelKind::IssuerWebhook, None);
+        assert!(
+            follow_ups(
+                &webhook,
+                DeliveryStatus::Parked,
+                None,
+                Some("https://his.example/cb"),
+                None
+            )
+            .is_empty()
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use piaojia_store::{StatsRow, Store};
+use piaojia_store::{StatsRow, Store, Timestamp};
 use serde::Serialize;
 
 /// Upper bounds of the latency buckets in milliseconds; the last bucket is open.
@@ -92,7 +92,7 @@ impl Tracker {
             let rows = minutes
                 .iter()
                 .map(|((minute, scope, key), c)| StatsRow {
-                    minute: *minute,
+                    minute: (*minute).into(),
                     scope: scope.as_str().to_owned(),
                     key: key.clone(),
                     writer: self.writer.clone(),
@@ -170,7 +170,7 @@ fn summarize(rows: &[&StatsRow]) -> WindowSummary {
 }
 
 /// Summaries per key of one scope from the rows of the last day.
-pub fn summaries(rows: &[StatsRow], scope: Scope, now: DateTime<Utc>) -> Vec<KeySummary> {
+pub fn summaries(rows: &[StatsRow], scope: Scope, now: Timestamp) -> Vec<KeySummary> {
     let mut keys: Vec<&str> = rows
         .iter()
         .filter(|r| r.scope == scope.as_str())
@@ -199,7 +199,7 @@ pub fn summaries(rows: &[StatsRow], scope: Scope, now: DateTime<Utc>) -> Vec<Key
 }
 
 /// The summary of one key over the last `mins` minutes.
-pub fn window_of(rows: &[StatsRow], scope: Scope, key: &str, now: DateTime<Utc>, mins: i64) -> WindowSummary {
+pub fn window_of(rows: &[StatsRow], scope: Scope, key: &str, now: Timestamp, mins: i64) -> WindowSummary {
     let since = now - TimeDelta::minutes(mins);
     let rows: Vec<&StatsRow> = rows
         .iter()
@@ -214,13 +214,17 @@ mod tests {
 
     #[test]
     fn percentiles_and_rates_from_buckets() {
-        let now = Utc::now();
+        let now = Timestamp::now();
         let mut buckets = vec![0i64; BUCKETS_MS.len()];
         buckets[3] = 90; // <= 50 ms
         buckets[6] = 9; // <= 500 ms
         buckets[9] = 1; // <= 5 s
         let row = StatsRow {
-            minute: now.duration_trunc(TimeDelta::minutes(1)).expect("trunc"),
+            minute: now
+                .as_datetime()
+                .duration_trunc(TimeDelta::minutes(1))
+                .expect("trunc")
+                .into(),
             scope: "channel".into(),
             key: "k".into(),
             writer: "w".into(),

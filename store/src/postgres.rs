@@ -1,222 +1,183 @@
-//! PostgreSQL implementation. Transactions run at READ COMMITTED; rows that a
-//! decision depends on are locked with `SELECT … FOR UPDATE`, and receipt identity
-//! races are settled by `ON CONFLICT DO NOTHING` on the unique key.
+//! PostgreSQL's side of the seam. Transactions run at READ COMMITTED; rows that a
+//! decision depends on are locked with `SELECT … FOR UPDATE`, receipt identity
+//! races are settled by `ON CONFLICT DO NOTHING` on the unique key, and identity
+//! matching is serialised by transaction-scoped advisory locks.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use sqlx::error::BoxDynError;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::types::Json;
-use uuid::Uuid;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres};
+use sqlx::{Arguments, Transaction};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::shared::{
-    self, AgencyRow, AlertRow, AppRow, AttemptRow, BacklogDbRow, ChannelRow, DeliveryReceiptRow, DeliveryRow,
-    ReceiptRow, SecretRow, StatsDbRow, agency_columns, alert_columns, app_columns, attempt_columns, channel_columns,
-    delivery_columns, receipt_columns, secret_columns, stats_columns, write_error,
-};
-use crate::{
-    Agency, Alert, App, AttemptRecord, Backend, BacklogRow, Channel, ClaimedDelivery, Completion, ConnectOptions,
-    Delivery, DeliveryFilter, DeliveryStatus, DeliveryUpdate, InsertOutcome, NewAgency, NewApp, NewAppSecret,
-    NewChannel, NewDelivery, NewReceiptRecord, ReimbursementState, Result, Reversal, ReversalOutcome, StatsRow, Store,
-    StoreError, StoredReceipt,
-};
+use crate::sql::{self, Arg, Conn, Dialect, Record, Sql, Tx, Work};
+use crate::{Backend, ConnectOptions, Result, StoreError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// Serialises the matching of one identity between registration and receipt
-/// arrival (READ COMMITTED alone would let each miss the other's uncommitted row).
-async fn lock_identities(conn: &mut PgConnection, keys: &[i64]) -> Result<()> {
-    // One round trip; the keys come sorted and `unnest` keeps the array's order, so
-    // every transaction acquires them in the same order.
-    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k")
-        .bind(keys)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-crate::wallet_sql::wallet_store!(PgStore, sqlx::Postgres, PgConnection, lock_identities, " FOR UPDATE");
 
 pub struct PgStore {
     pool: PgPool,
     /// Pushed receipts may hold at most half the pool: under a stream of pushes the
     /// notifier's claims and completions (each moving a batch of accepted receipts
     /// on) still find a connection at once, and new pushes wait instead.
-    intake: tokio::sync::Semaphore,
+    intake: Arc<Semaphore>,
 }
 
 impl PgStore {
-    /// A write transaction (READ COMMITTED; decisions lock their rows). The unit
-    /// stands where SQLite holds its turn to write.
-    async fn begin_write(&self) -> Result<((), sqlx::Transaction<'static, sqlx::Postgres>)> {
-        Ok(((), self.pool.begin().await?))
-    }
-
     pub async fn connect(opts: &ConnectOptions) -> Result<Self> {
         let options = PgConnectOptions::from_str(&opts.url)?;
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
             .connect_with(options)
             .await?;
-        let intake = tokio::sync::Semaphore::new((opts.max_connections as usize / 2).max(1));
+        let intake = Arc::new(Semaphore::new((opts.max_connections as usize / 2).max(1)));
         Ok(Self { pool, intake })
     }
 }
 
-async fn load_agency_by_code(conn: &mut PgConnection, code: &str) -> Result<Option<Agency>> {
-    let row: Option<AgencyRow> =
-        sqlx::query_as(concat!("SELECT ", agency_columns!(), " FROM agencies WHERE code = $1"))
-            .bind(code)
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(row.map(Agency::from))
-}
-
-async fn load_app(conn: &mut PgConnection, app_id: &str) -> Result<Option<App>> {
-    let row: Option<AppRow> = sqlx::query_as(concat!("SELECT ", app_columns!(), " FROM apps WHERE app_id = $1"))
-        .bind(app_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    let secrets: Vec<SecretRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        secret_columns!(),
-        " FROM app_secrets WHERE app_id = $1 AND retired_at IS NULL",
-        " ORDER BY created_at DESC, id DESC"
-    ))
-    .bind(app_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    row.into_app(secrets).map(Some)
-}
-
-/// Locks the app row so concurrent rotations of one app serialise.
-async fn lock_app(conn: &mut PgConnection, app_id: &str) -> Result<()> {
-    sqlx::query_scalar::<_, String>("SELECT app_id FROM apps WHERE app_id = $1 FOR UPDATE")
-        .bind(app_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|_| ())
-        .ok_or(StoreError::NotFound)
-}
-
-/// Retires the app's active secrets, sparing the newest one when `keep_newest`.
-async fn retire_secrets(conn: &mut PgConnection, app_id: &str, keep_newest: bool, now: DateTime<Utc>) -> Result<()> {
-    let sql = if keep_newest {
-        "UPDATE app_secrets SET retired_at = $2 WHERE app_id = $1 AND retired_at IS NULL AND id <> \
-         (SELECT id FROM app_secrets WHERE app_id = $1 AND retired_at IS NULL \
-          ORDER BY created_at DESC, id DESC LIMIT 1)"
-    } else {
-        "UPDATE app_secrets SET retired_at = $2 WHERE app_id = $1 AND retired_at IS NULL"
-    };
-    sqlx::query(sql).bind(app_id).bind(now).execute(&mut *conn).await?;
-    Ok(())
-}
-
-async fn insert_secret(conn: &mut PgConnection, app_id: &str, secret: &NewAppSecret, now: DateTime<Utc>) -> Result<()> {
-    // The new secret must sort first even if the clock stepped back or an older
-    // secret carries the same microsecond.
-    let newest: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT created_at FROM app_secrets WHERE app_id = $1 ORDER BY created_at DESC LIMIT 1")
-            .bind(app_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let created_at = shared::after(newest, now);
-    sqlx::query("INSERT INTO app_secrets (id, app_id, sealed, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(secret.id)
-        .bind(app_id)
-        .bind(&secret.sealed)
-        .bind(created_at)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| write_error(e, "app_secret_id"))?;
-    Ok(())
-}
-
-async fn load_deliveries(conn: &mut PgConnection, receipt_id: Uuid) -> Result<Vec<DeliveryRow>> {
-    Ok(sqlx::query_as(concat!(
-        "SELECT ",
-        delivery_columns!(),
-        " FROM deliveries WHERE receipt_id = $1 ORDER BY created_at, id"
-    ))
-    .bind(receipt_id)
-    .fetch_all(&mut *conn)
-    .await?)
-}
-
-async fn with_deliveries(conn: &mut PgConnection, row: Option<ReceiptRow>) -> Result<Option<StoredReceipt>> {
-    let Some(row) = row else { return Ok(None) };
-    let deliveries = load_deliveries(conn, row.id).await?;
-    row.into_receipt(deliveries).map(Some)
-}
-
-async fn load_receipt_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<StoredReceipt>> {
-    let row: Option<ReceiptRow> =
-        sqlx::query_as(concat!("SELECT ", receipt_columns!(), " FROM receipts WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    with_deliveries(conn, row).await
-}
-
-/// Inserts deliveries in one statement however many there are (a round trip is
-/// most of what a small insert costs), and returns them as stored, in order.
-async fn insert_deliveries(
-    conn: &mut PgConnection,
-    receipt_id: Uuid,
-    agency_id: Uuid,
-    deliveries: &[NewDelivery],
-    now: DateTime<Utc>,
-) -> Result<Vec<DeliveryRow>> {
-    if deliveries.is_empty() {
-        return Ok(Vec::new());
+fn arguments(args: Vec<Arg<'_>>) -> Result<PgArguments, BoxDynError> {
+    let mut out = PgArguments::default();
+    for arg in args {
+        match arg {
+            Arg::Uuid(v) => out.add(v)?,
+            Arg::Text(v) => out.add(v.as_deref())?,
+            Arg::Int(v) => out.add(v)?,
+            Arg::Int4(v) => out.add(v)?,
+            Arg::Bool(v) => out.add(v)?,
+            Arg::Time(v) => out.add(v)?,
+            Arg::Json(v) => out.add(v.map(sqlx::types::Json))?,
+            Arg::UuidArray(v) => out.add(v)?,
+            Arg::TextArray(v) => out.add(v)?,
+            Arg::IntArray(v) => out.add(v)?,
+            Arg::TimeArray(v) => out.add(
+                v.into_iter()
+                    .map(|t| t.map(Into::into))
+                    .collect::<Vec<Option<chrono::DateTime<chrono::Utc>>>>(),
+            )?,
+        }
     }
-    let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
-    let events: Vec<&str> = deliveries.iter().map(|d| d.event.as_str()).collect();
-    let channels: Vec<&str> = deliveries.iter().map(|d| d.channel.as_str()).collect();
-    let targets: Vec<&str> = deliveries.iter().map(|d| d.target.as_str()).collect();
-    let interfaces: Vec<&str> = deliveries.iter().map(|d| d.interface.as_str()).collect();
-    let payloads: Vec<Option<String>> = deliveries
-        .iter()
-        .map(|d| d.payload.as_ref().map(ToString::to_string))
-        .collect();
-    let mut rows: Vec<DeliveryRow> = sqlx::query_as(concat!(
-        "INSERT INTO deliveries (id, receipt_id, agency_id, event, channel, target, interface, \
-         payload, status, attempts, next_attempt_at, created_at, updated_at) \
-         SELECT u.id, $2, $3, u.event, u.channel, u.target, u.interface, u.payload::jsonb, 'pending', 0, \
-         $9, $9, $9 FROM UNNEST($1::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
-         AS u (id, event, channel, target, interface, payload) RETURNING ",
-        delivery_columns!()
-    ))
-    .bind(&ids)
-    .bind(receipt_id)
-    .bind(agency_id)
-    .bind(&events)
-    .bind(&channels)
-    .bind(&targets)
-    .bind(&interfaces)
-    .bind(&payloads)
-    .bind(now)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| write_error(e, "delivery_id"))?;
-    // RETURNING's order is not promised; reading back orders by (created_at, id),
-    // and created_at is the same for all of these.
-    rows.sort_by_key(|row| row.id);
-    Ok(rows)
-}
-
-/// Loads a row just written in this transaction; its absence is a broken invariant.
-fn written<T>(row: Option<T>, what: &str) -> Result<T> {
-    row.ok_or_else(|| StoreError::Corrupt(format!("{what} vanished inside its transaction")))
+    Ok(out)
 }
 
 #[async_trait]
-impl Store for PgStore {
-    fn backend(&self) -> Backend {
-        Backend::Postgres
+impl Conn for PgConnection {
+    async fn fetch_all<T: Record>(&mut self, sql: Sql<'_>) -> Result<Vec<T>> {
+        let (text, persistent, args) = sql.into_parts();
+        Ok(
+            sqlx::query_as_with::<Postgres, T, _>(text, arguments(args).map_err(sqlx::Error::Encode)?)
+                .persistent(persistent)
+                .fetch_all(&mut *self)
+                .await?,
+        )
+    }
+
+    async fn fetch_optional<T: Record>(&mut self, sql: Sql<'_>) -> Result<Option<T>> {
+        let (text, persistent, args) = sql.into_parts();
+        Ok(
+            sqlx::query_as_with::<Postgres, T, _>(text, arguments(args).map_err(sqlx::Error::Encode)?)
+                .persistent(persistent)
+                .fetch_optional(&mut *self)
+                .await?,
+        )
+    }
+
+    async fn execute(&mut self, sql: Sql<'_>) -> Result<u64> {
+        let (text, persistent, args) = sql.into_parts();
+        Ok(
+            sqlx::query_with::<Postgres, _>(text, arguments(args).map_err(sqlx::Error::Encode)?)
+                .persistent(persistent)
+                .execute(&mut *self)
+                .await?
+                .rows_affected(),
+        )
+    }
+}
+
+pub struct PgTx {
+    tx: Transaction<'static, Postgres>,
+    /// Held by pushes: see [`PgStore::intake`].
+    _lane: Option<OwnedSemaphorePermit>,
+}
+
+#[async_trait]
+impl Tx for PgTx {
+    type Conn = PgConnection;
+
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    async fn commit(self) -> Result<()> {
+        Ok(self.tx.commit().await?)
+    }
+}
+
+#[async_trait]
+impl Dialect for PgStore {
+    type Conn = PgConnection;
+    type Read = PoolConnection<Postgres>;
+    type Writer = PoolConnection<Postgres>;
+    type Tx = PgTx;
+
+    const BACKEND: Backend = Backend::Postgres;
+
+    fn row_lock(plain: &'static str, for_update: &'static str) -> &'static str {
+        let _ = plain;
+        for_update
+    }
+
+    async fn read(&self) -> Result<Self::Read> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn snapshot(&self) -> Result<PgTx> {
+        let tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        Ok(PgTx { tx, _lane: None })
+    }
+
+    async fn writer(&self) -> Result<Self::Writer> {
+        self.read().await
+    }
+
+    async fn write(&self) -> Result<PgTx> {
+        Ok(PgTx {
+            tx: self.pool.begin().await?,
+            _lane: None,
+        })
+    }
+
+    async fn intake(&self) -> Result<PgTx> {
+        let lane = self
+            .intake
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        Ok(PgTx {
+            tx: self.pool.begin().await?,
+            _lane: Some(lane),
+        })
+    }
+
+    async fn run_intake<T: Send + 'static>(&self, work: Work<T>) -> Result<T> {
+        work.await
+    }
+
+    async fn lock_identities(conn: &mut PgConnection, keys: &[i64]) -> Result<()> {
+        // One round trip; the keys come sorted and `unnest` keeps the array's order, so
+        // every transaction acquires them in the same order.
+        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k")
+            .bind(keys)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -235,774 +196,6 @@ impl Store for PgStore {
             sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(shared::all_applied(&MIGRATOR, &applied))
-    }
-
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn create_agency(&self, agency: NewAgency) -> Result<Agency> {
-        let now = shared::now();
-        let row: AgencyRow = sqlx::query_as(concat!(
-            "INSERT INTO agencies (id, code, name, file_hosts, created_at, updated_at) ",
-            "VALUES ($1, $2, $3, $4, $5, $5) RETURNING ",
-            agency_columns!()
-        ))
-        .bind(Uuid::now_v7())
-        .bind(&agency.code)
-        .bind(&agency.name)
-        .bind(Json(&agency.file_hosts))
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| write_error(e, "agency_code"))?;
-        Ok(row.into())
-    }
-
-    async fn upsert_agency(&self, agency: NewAgency) -> Result<Agency> {
-        let now = shared::now();
-        let row: AgencyRow = sqlx::query_as(concat!(
-            "INSERT INTO agencies (id, code, name, file_hosts, created_at, updated_at) ",
-            "VALUES ($1, $2, $3, $4, $5, $5) ",
-            "ON CONFLICT (code) DO UPDATE SET name = excluded.name, ",
-            "file_hosts = excluded.file_hosts, updated_at = excluded.updated_at RETURNING ",
-            agency_columns!()
-        ))
-        .bind(Uuid::now_v7())
-        .bind(&agency.code)
-        .bind(&agency.name)
-        .bind(Json(&agency.file_hosts))
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| write_error(e, "agency_code"))?;
-        Ok(row.into())
-    }
-
-    async fn agency(&self, id: Uuid) -> Result<Option<Agency>> {
-        let row: Option<AgencyRow> =
-            sqlx::query_as(concat!("SELECT ", agency_columns!(), " FROM agencies WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(Agency::from))
-    }
-
-    async fn agency_by_code(&self, code: &str) -> Result<Option<Agency>> {
-        let mut conn = self.pool.acquire().await?;
-        load_agency_by_code(&mut conn, code).await
-    }
-
-    async fn list_agencies(&self) -> Result<Vec<Agency>> {
-        let rows: Vec<AgencyRow> =
-            sqlx::query_as(concat!("SELECT ", agency_columns!(), " FROM agencies ORDER BY code"))
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().map(Agency::from).collect())
-    }
-
-    async fn create_app(&self, app: NewApp) -> Result<App> {
-        let now = shared::now();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO apps (app_id, agency_id, kind, name, enabled, callback_url, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, true, $5, $6, $6)",
-        )
-        .bind(&app.app_id)
-        .bind(app.agency_id)
-        .bind(app.kind.as_str())
-        .bind(&app.name)
-        .bind(&app.callback_url)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| write_error(e, "app_id"))?;
-        insert_secret(&mut tx, &app.app_id, &app.secret, now).await?;
-        let created = written(load_app(&mut tx, &app.app_id).await?, "app")?;
-        tx.commit().await?;
-        Ok(created)
-    }
-
-    async fn app(&self, app_id: &str) -> Result<Option<App>> {
-        let mut conn = self.pool.acquire().await?;
-        load_app(&mut conn, app_id).await
-    }
-
-    async fn list_apps(&self, agency_id: Option<Uuid>) -> Result<Vec<App>> {
-        // One snapshot for both queries so apps and secrets agree.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?;
-        let apps: Vec<AppRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            app_columns!(),
-            " FROM apps WHERE ($1::uuid IS NULL OR agency_id = $1) ORDER BY created_at, app_id"
-        ))
-        .bind(agency_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let secrets: Vec<SecretRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            secret_columns!(),
-            " FROM app_secrets WHERE retired_at IS NULL AND app_id IN ",
-            "(SELECT app_id FROM apps WHERE $1::uuid IS NULL OR agency_id = $1) ",
-            "ORDER BY app_id, created_at DESC, id DESC"
-        ))
-        .bind(agency_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        shared::assemble_apps(apps, secrets)
-    }
-
-    async fn add_app_secret(&self, app_id: &str, secret: NewAppSecret, keep_previous: bool) -> Result<App> {
-        let now = shared::now();
-        let mut tx = self.pool.begin().await?;
-        lock_app(&mut tx, app_id).await?;
-        retire_secrets(&mut tx, app_id, keep_previous, now).await?;
-        insert_secret(&mut tx, app_id, &secret, now).await?;
-        let app = written(load_app(&mut tx, app_id).await?, "app")?;
-        tx.commit().await?;
-        Ok(app)
-    }
-
-    async fn retire_old_app_secrets(&self, app_id: &str) -> Result<App> {
-        let now = shared::now();
-        let mut tx = self.pool.begin().await?;
-        lock_app(&mut tx, app_id).await?;
-        retire_secrets(&mut tx, app_id, true, now).await?;
-        let app = written(load_app(&mut tx, app_id).await?, "app")?;
-        tx.commit().await?;
-        Ok(app)
-    }
-
-    async fn set_app_enabled(&self, app_id: &str, enabled: bool) -> Result<App> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE apps SET enabled = $2, updated_at = $3 WHERE app_id = $1")
-            .bind(app_id)
-            .bind(enabled)
-            .bind(shared::now())
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let app = written(load_app(&mut tx, app_id).await?, "app")?;
-        tx.commit().await?;
-        Ok(app)
-    }
-
-    async fn set_app_callback(&self, app_id: &str, callback_url: Option<String>) -> Result<App> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE apps SET callback_url = $2, updated_at = $3 WHERE app_id = $1")
-            .bind(app_id)
-            .bind(&callback_url)
-            .bind(shared::now())
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let app = written(load_app(&mut tx, app_id).await?, "app")?;
-        tx.commit().await?;
-        Ok(app)
-    }
-
-    async fn insert_receipt(&self, receipt: NewReceiptRecord, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome> {
-        let r = shared::normalize_receipt(receipt);
-        let now = shared::now();
-        let _lane = self
-            .intake
-            .acquire()
-            .await
-            .expect("the intake semaphore is never closed");
-        let mut tx = self.pool.begin().await?;
-        // A concurrent insert of the same identity makes this wait for the other
-        // transaction; once it commits we get no row and read its receipt below.
-        // The statement also takes the payer's identity locks (saving a round trip):
-        // a registration holding them has committed by the time they are ours, and
-        // the matching below is a later statement, so it sees that payer.
-        let inserted: Option<ReceiptRow> = sqlx::query_as(concat!(
-            "INSERT INTO receipts (id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, \
-             bus_no, bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, \
-             payer_id_index, payer_phone_index, payer_name_index, open_id, details, file, \
-             received_at, reimbursement_state, updated_at, search_text) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, 'INIT', $21, $22 \
-             FROM (SELECT count(pg_advisory_xact_lock(k)) FROM unnest($23::bigint[]) AS k) AS locked \
-             ON CONFLICT (bill_batch_code, bill_no) DO NOTHING RETURNING ",
-            receipt_columns!()
-        ))
-        .bind(r.id)
-        .bind(r.agency_id)
-        .bind(&r.issuer_app_id)
-        .bind(&r.bill_batch_code)
-        .bind(&r.bill_no)
-        .bind(&r.random)
-        .bind(&r.bus_no)
-        .bind(&r.bus_type)
-        .bind(&r.payer_type)
-        .bind(r.issued_at)
-        .bind(r.total_fen)
-        .bind(&r.content_hash)
-        .bind(&r.payer_sealed)
-        .bind(&r.payer_id_index)
-        .bind(&r.payer_phone_index)
-        .bind(&r.payer_name_index)
-        .bind(&r.open_id)
-        .bind(Json(&r.details))
-        .bind(r.file.as_ref().map(Json))
-        .bind(r.received_at)
-        .bind(now)
-        .bind(&r.search_text)
-        .bind(crate::wallet::receipt_lock_keys(&r))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| write_error(e, "receipt_id"))?;
-
-        if let Some(row) = inserted {
-            // The rows come back from the writes themselves: no reading back.
-            let mut planned = deliveries;
-            planned.extend(collect_new_receipt(&mut tx, &r, &planned, now, true).await?);
-            let stored_deliveries = insert_deliveries(&mut tx, row.id, r.agency_id, &planned, now).await?;
-            let stored = row.into_receipt(stored_deliveries)?;
-            tx.commit().await?;
-            return Ok(InsertOutcome::Created(stored));
-        }
-
-        // READ COMMITTED: this statement sees the row that won the conflict.
-        let row: Option<ReceiptRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            receipt_columns!(),
-            " FROM receipts WHERE bill_batch_code = $1 AND bill_no = $2"
-        ))
-        .bind(&r.bill_batch_code)
-        .bind(&r.bill_no)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let existing = written(with_deliveries(&mut tx, row).await?, "conflicting receipt")?;
-        tx.commit().await?;
-        Ok(shared::classify_existing(existing, &r))
-    }
-
-    async fn receipt(&self, agency_id: Uuid, bill_batch_code: &str, bill_no: &str) -> Result<Option<StoredReceipt>> {
-        // Receipt and deliveries from one snapshot.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?;
-        let row: Option<ReceiptRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            receipt_columns!(),
-            " FROM receipts WHERE agency_id = $1 AND bill_batch_code = $2 AND bill_no = $3"
-        ))
-        .bind(agency_id)
-        .bind(bill_batch_code)
-        .bind(bill_no)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let stored = with_deliveries(&mut tx, row).await?;
-        tx.commit().await?;
-        Ok(stored)
-    }
-
-    async fn reverse_receipt(
-        &self,
-        agency_id: Uuid,
-        bill_batch_code: &str,
-        bill_no: &str,
-        reversal: Reversal,
-        deliveries: Vec<NewDelivery>,
-    ) -> Result<ReversalOutcome> {
-        let reversal = shared::normalize_reversal(reversal);
-        let now = shared::now();
-        let mut tx = self.pool.begin().await?;
-        let row: Option<ReceiptRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            receipt_columns!(),
-            " FROM receipts WHERE agency_id = $1 AND bill_batch_code = $2 AND bill_no = $3",
-            " FOR UPDATE"
-        ))
-        .bind(agency_id)
-        .bind(bill_batch_code)
-        .bind(bill_no)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(stored) = with_deliveries(&mut tx, row).await? else {
-            return Ok(ReversalOutcome::NotFound);
-        };
-        let id = stored.id;
-        if let Some(refusal) = shared::refuse_reversal(stored, &reversal) {
-            return Ok(refusal);
-        }
-        sqlx::query(
-            "UPDATE receipts SET red_bill_batch_code = $2, red_bill_no = $3, red_random = $4, \
-             reversed_at = $5, reversal_reason = $6, reversal_recorded_at = $7, \
-             reimbursement_state = 'CANCEL', updated_at = $8 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(&reversal.red_bill_batch_code)
-        .bind(&reversal.red_bill_no)
-        .bind(&reversal.red_random)
-        .bind(reversal.reversed_at)
-        .bind(&reversal.reason)
-        .bind(reversal.recorded_at)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        insert_deliveries(&mut tx, id, agency_id, &deliveries, now).await?;
-        let updated = written(load_receipt_by_id(&mut tx, id).await?, "receipt")?;
-        tx.commit().await?;
-        Ok(ReversalOutcome::Reversed(updated))
-    }
-
-    async fn set_reimbursement_state(&self, receipt_id: Uuid, state: ReimbursementState) -> Result<()> {
-        let done = sqlx::query("UPDATE receipts SET reimbursement_state = $2, updated_at = $3 WHERE id = $1")
-            .bind(receipt_id)
-            .bind(state.as_str())
-            .bind(shared::now())
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
-    }
-
-    async fn count_receipts(&self, agency_id: Uuid) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM receipts WHERE agency_id = $1")
-            .bind(agency_id)
-            .fetch_one(&self.pool)
-            .await?)
-    }
-    async fn claim_deliveries(
-        &self,
-        owner: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<ClaimedDelivery>> {
-        let (now, lease_until) = (shared::micros(now), shared::micros(lease_until));
-        // SKIP LOCKED: concurrent claimers pass over each other's rows instead of
-        // waiting; a row leased meanwhile fails the re-checked WHERE.
-        let mut tx = self.pool.begin().await?;
-        // Walk the due index in claim order and stop after `limit` rows. The
-        // planner's estimates lag a queue that changes this fast, and with them it
-        // may take a bitmap scan that reads and sorts every pending row: a claim
-        // then costs as much as the backlog is long, just when it is longest.
-        sqlx::query("SET LOCAL enable_bitmapscan = off")
-            .execute(&mut *tx)
-            .await?;
-        let rows: Vec<DeliveryRow> = sqlx::query_as(concat!(
-            "UPDATE deliveries SET lease_owner = $1, lease_until = $2 WHERE id IN ",
-            "(SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $3 ",
-            "AND (lease_until IS NULL OR lease_until < $3) ",
-            "ORDER BY next_attempt_at, created_at LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING ",
-            delivery_columns!()
-        ))
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        if rows.is_empty() {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-        let receipts: Vec<DeliveryReceiptRow> = shared::delivery_receipts_query(&shared::receipt_ids(&rows))
-            .build_query_as()
-            .persistent(false)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        shared::assemble_claimed(rows, receipts, lease_until)
-    }
-
-    async fn renew_lease(&self, delivery_id: Uuid, owner: &str, lease_until: DateTime<Utc>) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE deliveries SET lease_until = $3 \
-             WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
-        )
-        .bind(delivery_id)
-        .bind(owner)
-        .bind(shared::micros(lease_until))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn complete_attempt(
-        &self,
-        delivery_id: Uuid,
-        owner: &str,
-        attempt: AttemptRecord,
-        update: DeliveryUpdate,
-        follow_ups: Vec<NewDelivery>,
-    ) -> Result<bool> {
-        let now = shared::now();
-        let attempt = shared::normalize_attempt(attempt);
-        let t = shared::transition(update, now);
-        let mut tx = self.pool.begin().await?;
-        // The fence: only the lease holder of a pending delivery moves it on.
-        let owned: Option<(Uuid, Uuid)> = sqlx::query_as(shared::COMPLETE_ATTEMPT)
-            .bind(delivery_id)
-            .bind(owner)
-            .bind(t.status)
-            .bind(t.next_attempt_at)
-            .bind(&t.last_error)
-            .bind(&t.park_reason)
-            .bind(&t.provider_ref)
-            .bind(t.delivered_at)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((receipt_id, agency_id)) = owned else {
-            return Ok(false);
-        };
-        sqlx::query(shared::INSERT_ATTEMPT)
-            .bind(attempt.id)
-            .bind(delivery_id)
-            .bind(attempt.started_at)
-            .bind(attempt.latency_ms)
-            .bind(attempt.outcome.as_str())
-            .bind(attempt.code)
-            .bind(&attempt.detail)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| write_error(e, "attempt_id"))?;
-        insert_deliveries(&mut tx, receipt_id, agency_id, &follow_ups, now).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    async fn complete_attempts(&self, owner: &str, completions: &[Completion]) -> Result<Vec<bool>> {
-        let mut ids: Vec<Uuid> = completions.iter().map(|c| c.delivery_id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        if completions.len() < 2 || ids.len() < completions.len() {
-            // One, or the same delivery twice.
-            return crate::complete_each(self, owner, completions).await;
-        }
-        let now = shared::now();
-        let n = completions.len();
-        let (mut id, mut status, mut next_at, mut error, mut park, mut provider, mut delivered_at) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for c in completions {
-            let t = shared::transition(c.update.clone(), now);
-            id.push(c.delivery_id);
-            status.push(t.status);
-            next_at.push(t.next_attempt_at);
-            error.push(t.last_error);
-            park.push(t.park_reason);
-            provider.push(t.provider_ref);
-            delivered_at.push(t.delivered_at);
-        }
-        let mut tx = self.pool.begin().await?;
-        // The fence of complete_attempt, for all rows in one statement.
-        let owned: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
-            "UPDATE deliveries AS d SET status = u.status, attempts = d.attempts + 1, \
-             next_attempt_at = COALESCE(u.next_attempt_at, d.next_attempt_at), \
-             last_error = u.last_error, park_reason = u.park_reason, \
-             provider_ref = CASE WHEN u.status = 'delivered' THEN u.provider_ref ELSE d.provider_ref END, \
-             delivered_at = COALESCE(u.delivered_at, d.delivered_at), lease_owner = NULL, \
-             lease_until = NULL, updated_at = $8 \
-             FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
-             $7::timestamptz[]) AS u(id, status, next_attempt_at, last_error, park_reason, provider_ref, \
-             delivered_at) \
-             WHERE d.id = u.id AND d.lease_owner = $9 AND d.status = 'pending' \
-             RETURNING d.id, d.receipt_id, d.agency_id",
-        )
-        .bind(&id)
-        .bind(&status)
-        .bind(&next_at)
-        .bind(&error)
-        .bind(&park)
-        .bind(&provider)
-        .bind(&delivered_at)
-        .bind(now)
-        .bind(owner)
-        .fetch_all(&mut *tx)
-        .await?;
-        let owned: std::collections::HashMap<Uuid, (Uuid, Uuid)> =
-            owned.into_iter().map(|(d, r, a)| (d, (r, a))).collect();
-
-        let recorded: Vec<&Completion> = completions
-            .iter()
-            .filter(|c| owned.contains_key(&c.delivery_id))
-            .collect();
-        if !recorded.is_empty() {
-            let attempts: Vec<AttemptRecord> = recorded
-                .iter()
-                .map(|c| shared::normalize_attempt(c.attempt.clone()))
-                .collect();
-            sqlx::query(
-                "INSERT INTO delivery_attempts (id, delivery_id, started_at, latency_ms, outcome, code, \
-                 detail) SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::int8[], \
-                 $5::text[], $6::int8[], $7::text[])",
-            )
-            .bind(attempts.iter().map(|a| a.id).collect::<Vec<_>>())
-            .bind(recorded.iter().map(|c| c.delivery_id).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.started_at).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.latency_ms).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.outcome.as_str()).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.code).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.detail.clone()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| write_error(e, "attempt_id"))?;
-        }
-        for c in &recorded {
-            if let Some((receipt_id, agency_id)) = owned.get(&c.delivery_id) {
-                insert_deliveries(&mut tx, *receipt_id, *agency_id, &c.follow_ups, now).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(completions.iter().map(|c| owned.contains_key(&c.delivery_id)).collect())
-    }
-
-    async fn defer_delivery(&self, delivery_id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE deliveries SET next_attempt_at = $3, lease_owner = NULL, lease_until = NULL, \
-             updated_at = $4 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
-        )
-        .bind(delivery_id)
-        .bind(owner)
-        .bind(shared::micros(until))
-        .bind(shared::now())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn delivery_attempts(&self, delivery_id: Uuid) -> Result<Vec<AttemptRecord>> {
-        let rows: Vec<AttemptRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            attempt_columns!(),
-            " FROM delivery_attempts WHERE delivery_id = $1 ORDER BY started_at, id"
-        ))
-        .bind(delivery_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(AttemptRecord::try_from).collect()
-    }
-
-    async fn delivery(&self, delivery_id: Uuid) -> Result<Option<Delivery>> {
-        let row: Option<DeliveryRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            delivery_columns!(),
-            " FROM deliveries WHERE id = $1"
-        ))
-        .bind(delivery_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(DeliveryRow::into_delivery).transpose()
-    }
-
-    async fn delivery_by_provider_ref(&self, channel: &str, provider_ref: &str) -> Result<Option<Delivery>> {
-        let row: Option<DeliveryRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            delivery_columns!(),
-            " FROM deliveries WHERE channel = $1 AND provider_ref = $2 ORDER BY created_at DESC, id DESC LIMIT 1"
-        ))
-        .bind(channel)
-        .bind(provider_ref)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(DeliveryRow::into_delivery).transpose()
-    }
-
-    async fn set_delivery_outcome(
-        &self,
-        delivery_id: Uuid,
-        status: DeliveryStatus,
-        error: Option<String>,
-    ) -> Result<()> {
-        let now = shared::now();
-        let done = sqlx::query(
-            "UPDATE deliveries SET status = $2, last_error = $3, updated_at = $4, \
-             delivered_at = CASE WHEN $2 = 'delivered' THEN $4 ELSE delivered_at END, \
-             park_reason = CASE WHEN $2 = 'parked' THEN park_reason END WHERE id = $1",
-        )
-        .bind(delivery_id)
-        .bind(status.as_str())
-        .bind(&error)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
-    }
-
-    async fn list_deliveries(&self, filter: &DeliveryFilter, limit: i64) -> Result<Vec<Delivery>> {
-        let rows: Vec<DeliveryRow> = shared::list_deliveries_query(filter, limit)
-            .build_query_as()
-            .persistent(false)
-            .fetch_all(&self.pool)
-            .await?;
-        shared::into_deliveries(rows)
-    }
-
-    async fn redrive(&self, filter: &DeliveryFilter, start: DateTime<Utc>, spacing: chrono::Duration) -> Result<u64> {
-        let Some(mut candidates) = shared::redrive_candidates_query(filter) else {
-            return Ok(0);
-        };
-        let now = shared::now();
-        candidates.push(" FOR UPDATE");
-        let mut tx = self.pool.begin().await?;
-        let ids: Vec<Uuid> = candidates
-            .build_query_scalar()
-            .persistent(false)
-            .fetch_all(&mut *tx)
-            .await?;
-        let schedule = shared::redrive_schedule(ids, start, spacing);
-        let (ids, dues): (Vec<Uuid>, Vec<DateTime<Utc>>) = schedule.iter().copied().unzip();
-        sqlx::query(
-            "UPDATE deliveries AS d SET status = 'pending', attempts = 0, park_reason = NULL, \
-             lease_owner = NULL, lease_until = NULL, next_attempt_at = s.due, updated_at = $3 \
-             FROM unnest($1::uuid[], $2::timestamptz[]) AS s (id, due) WHERE d.id = s.id",
-        )
-        .bind(&ids)
-        .bind(&dues)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(schedule.len() as u64)
-    }
-
-    async fn backlog(&self) -> Result<Vec<BacklogRow>> {
-        let rows: Vec<BacklogDbRow> = sqlx::query_as(
-            "SELECT channel, interface, count(*) AS pending, min(created_at) AS oldest_created_at \
-             FROM deliveries WHERE status = 'pending' GROUP BY channel, interface ORDER BY channel, interface",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(BacklogRow::from).collect())
-    }
-
-    async fn upsert_stats(&self, rows: Vec<StatsRow>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for r in rows.into_iter().map(shared::normalize_stats) {
-            sqlx::query(concat!(
-                "INSERT INTO tracking_stats (",
-                stats_columns!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7) ",
-                "ON CONFLICT (minute, scope, key, writer) DO UPDATE SET attempts = excluded.attempts, ",
-                "successes = excluded.successes, latency_buckets = excluded.latency_buckets"
-            ))
-            .bind(r.minute)
-            .bind(&r.scope)
-            .bind(&r.key)
-            .bind(&r.writer)
-            .bind(r.attempts)
-            .bind(r.successes)
-            .bind(Json(&r.latency_buckets))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn stats_since(&self, since: DateTime<Utc>) -> Result<Vec<StatsRow>> {
-        let rows: Vec<StatsDbRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            stats_columns!(),
-            " FROM tracking_stats WHERE minute >= $1 ORDER BY minute, scope, key, writer"
-        ))
-        .bind(shared::micros(since))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(StatsRow::from).collect())
-    }
-
-    async fn upsert_channel(&self, channel: NewChannel) -> Result<Channel> {
-        upsert_channel(self, channel).await
-    }
-
-    async fn channels_for_agency(&self, agency_id: Uuid) -> Result<Vec<Channel>> {
-        let rows: Vec<ChannelRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            channel_columns!(),
-            " FROM channels WHERE agency_id = $1 ORDER BY kind"
-        ))
-        .bind(agency_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(Channel::from).collect())
-    }
-
-    async fn channel_by_wechat_app(&self, wechat_app_id: &str) -> Result<Vec<Channel>> {
-        let rows: Vec<ChannelRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            channel_columns!(),
-            " FROM channels WHERE wechat_app_id = $1 ORDER BY created_at, id"
-        ))
-        .bind(wechat_app_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(Channel::from).collect())
-    }
-
-    async fn firing_alert(&self, rule: &str, key: &str) -> Result<Option<Alert>> {
-        let row: Option<AlertRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            alert_columns!(),
-            " FROM alerts WHERE rule = $1 AND key = $2 AND state = 'firing'"
-        ))
-        .bind(rule)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(Alert::from))
-    }
-
-    async fn save_alert(&self, alert: &Alert) -> Result<()> {
-        let a = shared::normalize_alert(alert);
-        sqlx::query(concat!(
-            "INSERT INTO alerts (",
-            alert_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ",
-            "ON CONFLICT (id) DO UPDATE SET rule = excluded.rule, key = excluded.key, ",
-            "state = excluded.state, message = excluded.message, started_at = excluded.started_at, ",
-            "last_notified_at = excluded.last_notified_at, resolved_at = excluded.resolved_at"
-        ))
-        .bind(a.id)
-        .bind(&a.rule)
-        .bind(&a.key)
-        .bind(&a.state)
-        .bind(&a.message)
-        .bind(a.started_at)
-        .bind(a.last_notified_at)
-        .bind(a.resolved_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| write_error(e, "alert_firing"))?;
-        Ok(())
-    }
-
-    async fn list_alerts(&self, limit: i64) -> Result<Vec<Alert>> {
-        let rows: Vec<AlertRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            alert_columns!(),
-            " FROM alerts ORDER BY started_at DESC, id DESC LIMIT $1"
-        ))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(Alert::from).collect())
+        Ok(sql::all_applied(&MIGRATOR, &applied))
     }
 }

@@ -17,7 +17,6 @@ use piaojia_gateway::provisioning;
 use piaojia_gateway::startup::Application;
 use piaojia_store::{AppKind, Store};
 use serde_json::Value;
-use sqlx::Connection as _;
 use tempfile::TempDir;
 
 pub const OPS_TOKEN: &str = "test-operator-token";
@@ -56,28 +55,19 @@ pub enum Mode {
     ScaleOut,
 }
 
-pub fn test_database_url() -> String {
-    std::env::var("PIAOJIA_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+pub use piaojia_store::testing::test_database_url;
 
 pub fn test_redis_url() -> String {
     std::env::var("PIAOJIA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
-/// Creates an empty PostgreSQL database for one test and returns its URL.
+/// Creates an empty PostgreSQL database for one test and returns its URL (the
+/// store's one fresh-database fixture; `scripts/services.sh` sweeps them).
 pub async fn fresh_postgres_database() -> String {
-    let admin_url = test_database_url();
-    let name = format!("piaojia_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin_url)
+    piaojia_store::testing::FreshDatabase::new(piaojia_store::Backend::Postgres)
         .await
-        .expect("PostgreSQL is reachable (scripts/services.sh starts it)");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    let mut url = url::Url::parse(&admin_url).expect("PIAOJIA_TEST_DATABASE_URL is a URL");
-    url.set_path(&name);
-    url.to_string()
+        .expect("PostgreSQL is reachable (scripts/services.sh starts it)")
+        .url
 }
 
 /// The environment a test app is configured through (the same layers as production).

@@ -10,9 +10,3 @@ pub use client::{AppCredentials, CallError, TokenCache, WechatClient};
 pub use errcode::{ErrorClass, WechatError, classify};
 pub use event::{Event, EventError, parse_event};
 pub use msgcrypt::{CryptError, MsgCrypt};
-
-/// The purpose a WeChat app's secret (and message token, EncodingAESKey) is sealed
-/// under at rest (bound as AES-GCM associated data).
-pub fn secret_purpose(wechat_app_id: &str) -> String {
-    format!("wechat-secret:{wechat_app_id}")
-}

@@ -109,11 +109,11 @@ impl From<&Delivery> for DeliveryView {
         Self {
             id: d.id,
             event: d.event.as_str().to_owned(),
-            channel: d.channel.clone(),
+            channel: d.channel.to_string(),
             status: d.status.as_str().to_owned(),
             attempts: d.attempts,
             last_error: d.last_error.clone(),
-            updated_at: d.updated_at,
+            updated_at: d.updated_at.into(),
         }
     }
 }
@@ -195,22 +195,22 @@ impl ReceiptView {
             bill_no: r.bill_no.clone(),
             bus_no: r.bus_no.clone(),
             bus_type: r.bus_type.clone(),
-            issued_at: r.issued_at,
+            issued_at: r.issued_at.into(),
             total_amt: money::format_yuan(r.total_fen),
             total_fen: r.total_fen,
             payer,
-            payer_type: r.payer_type.clone(),
+            payer_type: r.payer_type.as_code().to_owned(),
             status: if r.reversal.is_some() { "reversed" } else { "issued" }.to_owned(),
             reimbursement_state: r.reimbursement_state.as_str().to_owned(),
             reversal: r.reversal.as_ref().map(|v| ReversalView {
                 red_bill_batch_code: v.red_bill_batch_code.clone(),
                 red_bill_no: v.red_bill_no.clone(),
-                reversed_at: v.reversed_at,
+                reversed_at: v.reversed_at.into(),
                 reason: v.reason.clone(),
             }),
             file: r.file.as_ref().map(FileView::from),
             content_hash: r.content_hash.clone(),
-            received_at: r.received_at,
+            received_at: r.received_at.into(),
             deliveries: r.deliveries.iter().map(DeliveryView::from).collect(),
         }
     }
@@ -409,9 +409,9 @@ impl ReversalRequest {
                 red_bill_batch_code: code,
                 red_bill_no: no,
                 red_random: random,
-                reversed_at,
+                reversed_at: reversed_at.into(),
                 reason,
-                recorded_at: Utc::now(),
+                recorded_at: Utc::now().into(),
             }),
             _ => Err(err),
         }

@@ -4,7 +4,7 @@
 use actix_web::{HttpResponse, get, post, web};
 use chrono::{TimeDelta, Utc};
 use piaojia_notifier::tracker::{self, KeySummary, Scope, WindowSummary};
-use piaojia_store::{BacklogRow, DeliveryFilter, DeliveryStatus, StatsRow};
+use piaojia_store::{BacklogRow, ChannelKind, DeliveryFilter, DeliveryStatus, ParkReason, StatsRow};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -62,7 +62,10 @@ fn views(summaries: Vec<KeySummary>, backlog: impl Fn(&str) -> Option<(i64, i64)
 async fn tracked(state: &AppState) -> Result<(Vec<StatsRow>, Vec<BacklogRow>), ApiError> {
     // This process's latest figures first, so the answer is current.
     state.tracker.flush(state.store.as_ref()).await?;
-    let rows = state.store.stats_since(Utc::now() - TimeDelta::hours(24)).await?;
+    let rows = state
+        .store
+        .stats_since((Utc::now() - TimeDelta::hours(24)).into())
+        .await?;
     Ok((rows, state.store.backlog().await?))
 }
 
@@ -77,7 +80,7 @@ fn backlog_for(rows: &[BacklogRow], matches: impl Fn(&BacklogRow) -> bool) -> Op
         .iter()
         .filter_map(|r| r.oldest_created_at)
         .min()
-        .map(|t| (now - t).num_seconds())
+        .map(|t| (now - t.as_datetime()).num_seconds())
         .unwrap_or(0);
     Some((pending, oldest))
 }
@@ -89,7 +92,7 @@ fn backlog_for(rows: &[BacklogRow], matches: impl Fn(&BacklogRow) -> bool) -> Op
 #[get("/v1/ops/channels")]
 pub async fn channels(_op: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let (rows, backlog) = tracked(&state).await?;
-    let out = views(tracker::summaries(&rows, Scope::Channel, Utc::now()), |key| {
+    let out = views(tracker::summaries(&rows, Scope::Channel, Utc::now().into()), |key| {
         backlog_for(&backlog, |r| key.starts_with(&format!("{}:", r.channel)))
     });
     Ok(HttpResponse::Ok().json(out))
@@ -111,10 +114,10 @@ pub async fn interfaces(_op: Operator, state: web::Data<AppState>) -> Result<Htt
     let (rows, backlog) = tracked(&state).await?;
     let now = Utc::now();
     Ok(HttpResponse::Ok().json(InterfacesView {
-        outbound: views(tracker::summaries(&rows, Scope::Interface, now), |key| {
+        outbound: views(tracker::summaries(&rows, Scope::Interface, now.into()), |key| {
             backlog_for(&backlog, |r| r.interface == key)
         }),
-        inbound: views(tracker::summaries(&rows, Scope::Inbound, now), |_| None),
+        inbound: views(tracker::summaries(&rows, Scope::Inbound, now.into()), |_| None),
     }))
 }
 
@@ -146,11 +149,11 @@ pub async fn alerts(_op: Operator, state: web::Data<AppState>) -> Result<HttpRes
                 id: a.id,
                 rule: a.rule,
                 key: a.key,
-                state: a.state,
+                state: a.state.as_str().to_owned(),
                 message: a.message,
-                started_at: a.started_at,
-                last_notified_at: a.last_notified_at,
-                resolved_at: a.resolved_at,
+                started_at: a.started_at.into(),
+                last_notified_at: a.last_notified_at.into(),
+                resolved_at: a.resolved_at.map(Into::into),
             })
             .collect::<Vec<_>>(),
     ))
@@ -181,13 +184,33 @@ fn filter(q: &DeliveryQuery, ids: Option<Vec<Uuid>>) -> Result<DeliveryFilter, A
             )
         })?),
     };
+    let channel = match q.channel.as_deref() {
+        None => None,
+        Some(c) => Some(ChannelKind::parse(c).ok_or_else(|| {
+            ApiError::unprocessable("validation_failed", "unknown channel").field(
+                "/channel",
+                "invalid_value",
+                "issuer_webhook, wechat_template, wechat_subscribe or wallet_subscribe",
+            )
+        })?),
+    };
+    let park_reason = match q.park_reason.as_deref() {
+        None => None,
+        Some(r) => Some(ParkReason::parse(r).ok_or_else(|| {
+            ApiError::unprocessable("validation_failed", "unknown park reason").field(
+                "/parkReason",
+                "invalid_value",
+                "exhausted, outage or quota",
+            )
+        })?),
+    };
     Ok(DeliveryFilter {
         ids,
         status,
-        channel: q.channel.clone(),
+        channel,
         interface: q.interface.clone(),
         agency_id: None,
-        park_reason: q.park_reason.clone(),
+        park_reason,
     })
 }
 
@@ -273,7 +296,7 @@ pub async fn redrive(
         );
     }
     let spacing = TimeDelta::milliseconds(state.settings.notifier.release_spacing_ms as i64);
-    let n = state.store.redrive(&f, Utc::now(), spacing).await?;
+    let n = state.store.redrive(&f, Utc::now().into(), spacing).await?;
     state.wake.notify().await;
     tracing::info!(redriven = n, "operator re-drive");
     Ok(HttpResponse::Ok().json(RedriveResult { redriven: n }))

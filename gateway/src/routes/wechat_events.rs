@@ -4,7 +4,7 @@
 //! `TEMPLATESENDJOBFINISH` reports a template message's final status.
 
 use actix_web::{HttpResponse, get, post, web};
-use piaojia_store::DeliveryStatus;
+use piaojia_store::{ChannelKind, DeliveryStatus};
 use piaojia_wechat::event;
 use piaojia_wechat::msgcrypt::{self, MsgCrypt};
 use serde::Deserialize;
@@ -33,7 +33,7 @@ struct AppSecrets {
 
 async fn secrets(state: &AppState, appid: &str) -> Result<AppSecrets, ApiError> {
     let channels = state.store.channel_by_wechat_app(appid).await?;
-    let purpose = piaojia_notifier::channels::wechat::channel_secret_purpose(appid);
+    let purpose = piaojia_core::pii::purpose::wechat_app(appid);
     let open = |sealed: &Option<String>| {
         sealed
             .as_ref()
@@ -136,13 +136,18 @@ pub async fn receive(
     if ev.is_event(event::EVENT_TEMPLATE_SEND_JOB_FINISH) {
         let msg_id = ev.job_msg_id.clone().unwrap_or_default();
         let status = ev.status.clone().unwrap_or_default();
-        if let Some(delivery) = state.store.delivery_by_provider_ref("wechat_template", &msg_id).await? {
-            let (new, error) = if status == "success" {
-                (DeliveryStatus::Delivered, None)
-            } else {
-                (DeliveryStatus::Failed, Some(format!("TEMPLATESENDJOBFINISH: {status}")))
-            };
-            state.store.set_delivery_outcome(delivery.id, new, error).await?;
+        // Scoped to this app's template sends: another app's token cannot touch them.
+        let interface = piaojia_notifier::routing::wechat_interface(&appid, ChannelKind::WechatTemplate);
+        if status != "success"
+            && let Some(delivery) = state.store.delivery_by_provider_ref(&interface, &msg_id).await?
+        {
+            // Only delivered → failed: a late or forged report cannot revive or end
+            // a delivery in any other state.
+            let error = Some(format!("TEMPLATESENDJOBFINISH: {status}"));
+            state
+                .store
+                .settle_delivery(delivery.id, DeliveryStatus::Failed, error)
+                .await?;
         }
     }
     Ok(HttpResponse::Ok().content_type("text/plain").body("success"))

@@ -4,10 +4,10 @@
 //! for this identity into the wallet.
 
 use actix_web::{HttpResponse, delete, get, put, web};
-use chrono::Utc;
 use piaojia_core::identity::{self, IdType};
 use piaojia_core::mask;
-use piaojia_store::wallet::{PayerRecord, Registration};
+use piaojia_core::pii::purpose;
+use piaojia_store::wallets::{PayerRecord, Registration};
 use piaojia_web::error::{ApiError, Problem};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,9 +15,6 @@ use utoipa::ToSchema;
 use super::{Problems, wechat_error};
 use crate::views::{MiniProgramView, ProfileView, RegistrationView};
 use crate::{Payer, WalletState};
-
-/// The purpose a payer's profile is sealed under.
-pub const PROFILE_PURPOSE: &str = "payer-profile";
 
 /// The profile as sealed at rest.
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,7 +61,7 @@ pub(crate) fn profile_view(state: &WalletState, payer: &Payer, record: &PayerRec
     let profile = record.profile_sealed.as_deref().and_then(|s| {
         state
             .keyring
-            .open_json::<SealedProfile>(s, PROFILE_PURPOSE)
+            .open_json::<SealedProfile>(s, purpose::PAYER_PROFILE)
             .inspect_err(|e| tracing::error!(payer_id = %record.id, error = %e, "profile cannot be opened"))
             .ok()
     });
@@ -76,9 +73,9 @@ pub(crate) fn profile_view(state: &WalletState, payer: &Payer, record: &PayerRec
         phone: profile.as_ref().and_then(|p| p.phone.as_deref()).map(mask::phone),
         phone_verified: record.phone_verified,
         consent_version: record.consent_version.clone(),
-        consent_at: record.consent_at,
+        consent_at: record.consent_at.map(Into::into),
         reminders: record.reminders,
-        registered_at: record.registered_at,
+        registered_at: record.registered_at.map(Into::into),
         mini_program: MiniProgramView {
             app_id: payer.app.app_id.clone(),
             platform: payer.app.scope.is_none(),
@@ -197,14 +194,14 @@ pub async fn put_profile(
                 id_number: id_number.clone(),
                 phone: phone.clone(),
             },
-            PROFILE_PURPOSE,
+            purpose::PAYER_PROFILE,
         ),
-        id_index: keyring.blind_index("id_card", &id_number),
-        name_index: keyring.blind_index("name", &name),
-        phone_index: phone.as_deref().map(|p| keyring.blind_index("phone", p)),
+        id_index: keyring.blind_index(purpose::index::ID_CARD, &id_number),
+        name_index: keyring.blind_index(purpose::index::NAME, &name),
+        phone_index: phone.as_deref().map(|p| keyring.blind_index(purpose::index::PHONE, p)),
         phone_verified,
         consent_version: req.consent.version,
-        consent_at: Utc::now(),
+        consent_at: piaojia_store::Timestamp::now(),
     };
     let outcome = state.store.register_payer(payer.id, registration).await?;
     tracing::info!(

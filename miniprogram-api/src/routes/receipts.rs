@@ -6,8 +6,9 @@ use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
+use piaojia_core::pii::purpose;
 use piaojia_store::ReimbursementState;
-use piaojia_store::wallet::{WalletAdd, WalletAnnotation, WalletDetail, WalletItem, WalletQuery};
+use piaojia_store::wallets::{WalletAdd, WalletAnnotation, WalletDetail, WalletItem, WalletQuery};
 use piaojia_web::error::{ApiError, Problem};
 use serde::{Deserialize, Deserializer};
 use utoipa::{IntoParams, ToSchema};
@@ -21,8 +22,6 @@ use crate::views::{
 };
 use crate::{Payer, WalletState};
 
-/// The purpose a payer's note is sealed under.
-const NOTE_PURPOSE: &str = "wallet-note";
 const DEFAULT_PAGE: u32 = 20;
 
 fn not_found() -> ApiError {
@@ -147,15 +146,15 @@ fn wallet_query(payer: &Payer, q: ListQuery, max: u32) -> Result<WalletQuery, Ap
         payer_id: payer.id,
         scope: payer.scope().map(<[Uuid]>::to_vec),
         agency_code: q.agency,
-        issued_from: from.and_then(beijing_midnight),
-        issued_before: to.and_then(|d| d.succ_opt()).and_then(beijing_midnight),
+        issued_from: from.and_then(beijing_midnight).map(Into::into),
+        issued_before: to.and_then(|d| d.succ_opt()).and_then(beijing_midnight).map(Into::into),
         bus_type: q.bus_type,
         min_fen,
         max_fen,
         reversed: q.reversed,
         reimbursement_state,
         text: text.map(str::to_owned),
-        after,
+        after: after.map(|(at, id)| (at.into(), id)),
         // One more than asked tells whether another page follows.
         limit: i64::from(limit) + 1,
     })
@@ -185,7 +184,7 @@ pub async fn list(
     let mut items = state.store.wallet_page(&q).await?;
     let next_cursor = if items.len() > page {
         items.truncate(page);
-        items.last().map(|i| encode_cursor(i.issued_at, i.receipt_id))
+        items.last().map(|i| encode_cursor(i.issued_at.into(), i.receipt_id))
     } else {
         None
     };
@@ -209,7 +208,7 @@ fn summary(d: &WalletDetail) -> WalletItemView {
         reversed: r.reversal.is_some(),
         reimbursement_state: r.reimbursement_state,
         has_file: r.file.is_some(),
-        source: d.source.clone(),
+        source: d.source,
         tags: d.tags.clone(),
         added_at: d.added_at,
     })
@@ -221,7 +220,7 @@ fn detail_view(state: &WalletState, d: WalletDetail) -> ReceiptDetailView {
     let note = d.note_sealed.as_deref().and_then(|n| {
         state
             .keyring
-            .open(n, NOTE_PURPOSE)
+            .open(n, purpose::WALLET_NOTE)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
     });
@@ -250,7 +249,7 @@ fn detail_view(state: &WalletState, d: WalletDetail) -> ReceiptDetailView {
         reversal: r.reversal.as_ref().map(|v| ReversalInfoView {
             red_bill_batch_code: v.red_bill_batch_code.clone(),
             red_bill_no: v.red_bill_no.clone(),
-            reversed_at: v.reversed_at,
+            reversed_at: v.reversed_at.into(),
             reason: v.reason.clone(),
         }),
         note,
@@ -373,7 +372,13 @@ pub async fn add(
         return Err(ApiError::too_many_requests("too_many_attempts", wait.as_secs() + 1));
     }
     let proven = match state.store.find_receipt(&claim.bill_batch_code, &claim.bill_no).await? {
-        Some(r) if possession::proves(&r, &claim) && r.payer_type == "1" && payer.app.covers(r.agency_id) => Some(r),
+        Some(r)
+            if possession::proves(&r, &claim)
+                && r.payer_type == piaojia_core::receipt::PayerType::Person
+                && payer.app.covers(r.agency_id) =>
+        {
+            Some(r)
+        }
         _ => None,
     };
     let Some(receipt) = proven else {
@@ -490,7 +495,7 @@ pub async fn annotate(
             if n.chars().count() > 200 || n.chars().any(|c| c.is_control() && c != '\n') {
                 p.push("/note", "invalid_format", "at most 200 characters");
             }
-            state.keyring.seal(n.as_bytes(), NOTE_PURPOSE)
+            state.keyring.seal(n.as_bytes(), purpose::WALLET_NOTE)
         })
     });
     p.into_result()?;

@@ -4,7 +4,8 @@
 
 use actix_web::{HttpResponse, post, web};
 use chrono::{Duration, Utc};
-use piaojia_store::wallet::{NewRefreshToken, RefreshOutcome};
+use piaojia_core::pii::purpose;
+use piaojia_store::wallets::{NewRefreshToken, RefreshOutcome};
 use piaojia_web::error::{ApiError, Problem};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -48,8 +49,8 @@ fn issue(state: &WalletState, payer_id: Uuid, app_id: &str, registered: bool, pa
     }
 }
 
-fn refresh_expiry(state: &WalletState) -> chrono::DateTime<Utc> {
-    Utc::now() + Duration::days(state.settings.miniprogram.refresh_token_days as i64)
+fn refresh_expiry(state: &WalletState) -> piaojia_store::Timestamp {
+    piaojia_store::Timestamp::now() + Duration::days(state.settings.miniprogram.refresh_token_days as i64)
 }
 
 /// Sign in with a `wx.login` code.
@@ -95,7 +96,7 @@ pub async fn login(state: web::Data<WalletState>, body: web::Json<LoginRequest>)
     let unionid = session
         .unionid
         .as_deref()
-        .map(|u| state.keyring.blind_index("unionid", u));
+        .map(|u| state.keyring.blind_index(purpose::index::UNIONID, u));
     let outcome = state
         .store
         .login_payer(&app_id, &session.openid, unionid.as_deref())
@@ -154,7 +155,7 @@ pub async fn refresh(state: web::Data<WalletState>, body: web::Json<RefreshReque
                 token_hash: next.1.clone(),
                 expires_at: refresh_expiry(&state),
             },
-            Utc::now(),
+            Utc::now().into(),
         )
         .await?;
     let (payer_id, app_id) = match outcome {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, get, post, web};
-use piaojia_store::wallet::{SubscriptionChoice, SubscriptionReport};
+use piaojia_store::wallets::{SubscriptionChoice, SubscriptionReport};
 use piaojia_web::error::{ApiError, Problem};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -40,7 +40,7 @@ async fn credits(state: &WalletState, payer: &Payer) -> Result<Vec<CreditView>, 
                     template_id: template.clone(),
                     remaining: 0,
                     long_term: false,
-                    updated_at: payer.record.created_at,
+                    updated_at: payer.record.created_at.into(),
                 });
             // A long-term acceptance only counts while the template is long-term.
             view.long_term &= *long_term;

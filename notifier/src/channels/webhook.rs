@@ -82,7 +82,7 @@ impl ChannelAdapter for WebhookChannel {
                 };
             }
         };
-        let purpose = format!("app-secret:{}", app.app_id);
+        let purpose = piaojia_core::pii::purpose::app_secret(&app.app_id);
         let secrets: Vec<String> = app
             .secrets
             .iter()

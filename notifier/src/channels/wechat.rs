@@ -9,16 +9,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::FixedOffset;
 use piaojia_core::pii::Keyring;
-use piaojia_store::{Channel, ClaimedDelivery, Store};
+use piaojia_store::{Channel, ChannelKind, ClaimedDelivery, Store};
 use piaojia_wechat::client::{AppCredentials, CallError, SubscribeMessage, TemplateMessage, WechatClient};
 use piaojia_wechat::errcode::ErrorClass;
 use secrecy::SecretString;
 
 use super::{ChannelAdapter, SendResult};
-use crate::routing::{WALLET_SUBSCRIBE, WECHAT_TEMPLATE};
-
-/// The purpose a channel's app secret is sealed under.
-pub use piaojia_wechat::secret_purpose as channel_secret_purpose;
 
 pub struct WechatChannel {
     store: Arc<dyn Store>,
@@ -45,7 +41,7 @@ impl WechatChannel {
     async fn channel(&self, job: &ClaimedDelivery) -> Result<Channel, SendResult> {
         let store = self.store.clone();
         // The platform wallet belongs to no agency.
-        let key = if job.delivery.channel == WALLET_SUBSCRIBE {
+        let key = if job.delivery.channel.is_platform() {
             uuid::Uuid::nil()
         } else {
             job.receipt.agency_id
@@ -98,6 +94,7 @@ pub fn render_fields(fields: &serde_json::Value, job: &ClaimedDelivery) -> BTree
         (
             "{issuedAt}",
             r.issued_at
+                .as_datetime()
                 .with_timezone(&beijing())
                 .format("%Y-%m-%d %H:%M")
                 .to_string(),
@@ -171,10 +168,10 @@ impl ChannelAdapter for WechatChannel {
             Ok(c) => c,
             Err(e) => return e,
         };
-        let secret = match self
-            .keyring
-            .open(&channel.secret_sealed, &channel_secret_purpose(&channel.wechat_app_id))
-        {
+        let secret = match self.keyring.open(
+            &channel.secret_sealed,
+            &piaojia_core::pii::purpose::wechat_app(&channel.wechat_app_id),
+        ) {
             Ok(bytes) => SecretString::from(String::from_utf8_lossy(&bytes).into_owned()),
             Err(e) => {
                 return SendResult::Permanent {
@@ -189,7 +186,7 @@ impl ChannelAdapter for WechatChannel {
         };
         let data = render_fields(&channel.fields, job);
         let page = channel.page.clone().unwrap_or_default();
-        let result = if channel.kind == WECHAT_TEMPLATE {
+        let result = if channel.kind == ChannelKind::WechatTemplate {
             let msg = TemplateMessage {
                 touser: job.delivery.target.clone(),
                 template_id: channel.template_id.clone(),

@@ -1,0 +1,174 @@
+//! The words of delivery: which channel a delivery goes through, what it is
+//! about, where it stands, and why it waits. Strings only at the serde and SQL
+//! edges (`as_str` / `parse`).
+
+use serde::{Deserialize, Serialize};
+
+/// Generates `ALL`, `as_str` and `parse` for a word list (the spelling is the
+/// stored and serialised one).
+macro_rules! spelled {
+    ($ty:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $s),+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($s => Some($ty::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use spelled;
+
+/// How a delivery reaches its recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    /// The issuer's status callback (Standard Webhooks).
+    IssuerWebhook,
+    /// The agency's official account: a template message.
+    WechatTemplate,
+    /// The agency's own mini-program: a subscribe message.
+    WechatSubscribe,
+    /// The platform's shared wallet mini-program (a channel of no agency).
+    WalletSubscribe,
+}
+
+spelled!(ChannelKind {
+    IssuerWebhook => "issuer_webhook",
+    WechatTemplate => "wechat_template",
+    WechatSubscribe => "wechat_subscribe",
+    WalletSubscribe => "wallet_subscribe",
+});
+
+impl ChannelKind {
+    /// Channels that reach a payer in WeChat, in order of preference when a
+    /// receipt carries the payer's openid: the hospital's own official account
+    /// (where a WeChat payment usually happens), then its mini-program.
+    pub const PAYER_PREFERENCE: [ChannelKind; 2] = [ChannelKind::WechatTemplate, ChannelKind::WechatSubscribe];
+
+    /// True for the WeChat channels configured per app (`channel set`).
+    pub fn is_wechat(self) -> bool {
+        !matches!(self, ChannelKind::IssuerWebhook)
+    }
+
+    /// True for channels configured without an agency (the platform's own).
+    pub fn is_platform(self) -> bool {
+        matches!(self, ChannelKind::WalletSubscribe)
+    }
+
+    /// True for mini-program subscribe messages (one-time or long-term consents).
+    pub fn is_subscribe(self) -> bool {
+        matches!(self, ChannelKind::WechatSubscribe | ChannelKind::WalletSubscribe)
+    }
+}
+
+/// What happened to the receipt that a delivery tells of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryEvent {
+    Issued,
+    Reversed,
+}
+
+spelled!(DeliveryEvent {
+    Issued => "issued",
+    Reversed => "reversed",
+});
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    /// Ended by an outcome retrying cannot fix (recorded, not an outage).
+    Failed,
+    /// Waits for an operator (or, parked for an outage, for the interface).
+    Parked,
+}
+
+spelled!(DeliveryStatus {
+    Pending => "pending",
+    Delivered => "delivered",
+    Failed => "failed",
+    Parked => "parked",
+});
+
+impl DeliveryStatus {
+    /// True once nothing more will happen to the delivery by itself.
+    pub fn is_final(self) -> bool {
+        !matches!(self, DeliveryStatus::Pending)
+    }
+}
+
+/// Why a delivery is parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParkReason {
+    /// Every retry of the schedule failed.
+    Exhausted,
+    /// Retries ran out while the interface itself was failing: released again
+    /// automatically when it recovers.
+    Outage,
+    /// The interface's daily quota is used up (45009).
+    Quota,
+}
+
+spelled!(ParkReason {
+    Exhausted => "exhausted",
+    Outage => "outage",
+    Quota => "quota",
+});
+
+/// How one attempt went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Success,
+    /// Failed in a way a later attempt may fix (timeouts, 5xx, WeChat busy).
+    Retryable,
+    /// Failed in a way retrying cannot fix (43101, 40003, 47003, a webhook's 4xx).
+    Permanent,
+}
+
+spelled!(AttemptOutcome {
+    Success => "success",
+    Retryable => "retryable",
+    Permanent => "permanent",
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip_and_match_serde() {
+        for k in ChannelKind::ALL {
+            assert_eq!(ChannelKind::parse(k.as_str()), Some(*k));
+            assert_eq!(serde_json::to_value(k).expect("test value"), k.as_str());
+        }
+        for s in DeliveryStatus::ALL {
+            assert_eq!(DeliveryStatus::parse(s.as_str()), Some(*s));
+            assert_eq!(serde_json::to_value(s).expect("test value"), s.as_str());
+        }
+        for r in ParkReason::ALL {
+            assert_eq!(ParkReason::parse(r.as_str()), Some(*r));
+            assert_eq!(serde_json::to_value(r).expect("test value"), r.as_str());
+        }
+        assert_eq!(ChannelKind::parse("sms"), None);
+    }
+}

@@ -1,0 +1,495 @@
+//! Receipt intake: what issuers push and reverse (冲红), stored with the
+//! deliveries each event calls for in one transaction (the outbox), and a
+//! person's receipt collected into the wallets of the payers it matches.
+
+use async_trait::async_trait;
+use const_format::concatcp;
+use piaojia_core::parties::ReimbursementState;
+use piaojia_core::receipt::PayerType;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::queue::{self, Delivery, DeliveryRow, NewDelivery};
+use crate::sql::{Conn, Dialect, Json, Sql, Tx, write_error, written};
+use crate::wallets::{self, WalletChannel};
+use crate::{Backend, Db, Result, StoreError, Timestamp};
+
+/// Metadata of a receipt file held in the object store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// `pdf` or `ofd`.
+    pub format: String,
+    /// Lower-case hex SHA-256 of the file bytes.
+    pub sha256: String,
+    pub size: i64,
+    /// Key in the object store.
+    pub object_key: String,
+}
+
+/// A validated receipt ready to store.
+#[derive(Debug, Clone)]
+pub struct NewReceiptRecord {
+    pub id: Uuid,
+    pub agency_id: Uuid,
+    pub issuer_app_id: String,
+    pub bill_batch_code: String,
+    pub bill_no: String,
+    /// The 6-character check code (校验码).
+    pub random: String,
+    pub bus_no: String,
+    pub bus_type: String,
+    pub payer_type: PayerType,
+    pub issued_at: Timestamp,
+    pub total_fen: i64,
+    /// Lower-case hex SHA-256 of the canonical receipt content (idempotency).
+    pub content_hash: String,
+    /// Personal data (name, ID number, phone, …) sealed as one JSON document.
+    pub payer_sealed: String,
+    /// Keyed blind indexes for matching without decrypting.
+    pub payer_id_index: Option<String>,
+    pub payer_phone_index: Option<String>,
+    pub payer_name_index: Option<String>,
+    pub open_id: Option<String>,
+    /// Everything else of the receipt that is not personal (items, settlement, …).
+    pub details: serde_json::Value,
+    pub file: Option<FileMeta>,
+    pub received_at: Timestamp,
+    /// Item names, for the payers' free-text search.
+    pub search_text: String,
+    /// Subscribe channels through which a registered payer this receipt is
+    /// collected for may be told of it, in order of preference.
+    pub wallet_channels: Vec<WalletChannel>,
+}
+
+/// The red receipt (红票) that voids an original.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reversal {
+    pub red_bill_batch_code: String,
+    pub red_bill_no: String,
+    pub red_random: String,
+    pub reversed_at: Timestamp,
+    pub reason: String,
+    pub recorded_at: Timestamp,
+}
+
+impl Reversal {
+    /// Two reversal requests are "the same" when they name the same red receipt,
+    /// time and reason (the record time is ours, not the issuer's).
+    pub fn same_request(&self, other: &Reversal) -> bool {
+        self.red_bill_batch_code == other.red_bill_batch_code
+            && self.red_bill_no == other.red_bill_no
+            && self.red_random == other.red_random
+            && self.reversed_at == other.reversed_at
+            && self.reason == other.reason
+    }
+}
+
+/// A receipt as held, with its states and deliveries.
+#[derive(Debug, Clone)]
+pub struct StoredReceipt {
+    pub id: Uuid,
+    pub agency_id: Uuid,
+    pub issuer_app_id: String,
+    pub bill_batch_code: String,
+    pub bill_no: String,
+    pub random: String,
+    pub bus_no: String,
+    pub bus_type: String,
+    pub payer_type: PayerType,
+    pub issued_at: Timestamp,
+    pub total_fen: i64,
+    pub content_hash: String,
+    pub payer_sealed: String,
+    pub payer_id_index: Option<String>,
+    pub payer_phone_index: Option<String>,
+    pub payer_name_index: Option<String>,
+    pub open_id: Option<String>,
+    pub details: serde_json::Value,
+    pub file: Option<FileMeta>,
+    pub received_at: Timestamp,
+    pub reimbursement_state: ReimbursementState,
+    pub reversal: Option<Reversal>,
+    /// Deliveries, oldest first.
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Debug, Clone)]
+pub enum InsertOutcome {
+    Created(StoredReceipt),
+    /// The same receipt was pushed before: the first result.
+    Duplicate(StoredReceipt),
+    /// The identity is taken by different content or by another agency.
+    Conflict {
+        same_agency: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum ReversalOutcome {
+    Reversed(StoredReceipt),
+    /// The same reversal was recorded before: the first result.
+    AlreadyReversed(StoredReceipt),
+    /// A different reversal was recorded before.
+    Conflict(StoredReceipt),
+    /// A reimburser has locked or closed the receipt: it cannot be reversed.
+    Locked(ReimbursementState),
+    NotFound,
+}
+
+#[async_trait]
+pub trait Intake: Send + Sync {
+    /// Stores a receipt and the deliveries it calls for in one transaction, and
+    /// collects a person's receipt into the wallets of the registered payers it
+    /// matches (with the subscribe messages they are owed, see
+    /// [`NewReceiptRecord::wallet_channels`]). Identity is (`bill_batch_code`,
+    /// `bill_no`) across all agencies: a second push with the same `content_hash`
+    /// and agency is `Duplicate`, anything else `Conflict`; deliveries are only
+    /// written for `Created`.
+    async fn insert_receipt(&self, receipt: NewReceiptRecord, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome>;
+    /// A receipt of one agency by its identity, with its deliveries.
+    async fn receipt(&self, agency_id: Uuid, bill_batch_code: &str, bill_no: &str) -> Result<Option<StoredReceipt>>;
+    /// A receipt by its identity in any agency (deliveries not loaded).
+    async fn find_receipt(&self, bill_batch_code: &str, bill_no: &str) -> Result<Option<StoredReceipt>>;
+    /// Records a reversal (冲红) and its deliveries atomically, following the rules of
+    /// [`ReversalOutcome`]. Locked or closed receipts are refused.
+    async fn reverse_receipt(
+        &self,
+        agency_id: Uuid,
+        bill_batch_code: &str,
+        bill_no: &str,
+        reversal: Reversal,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<ReversalOutcome>;
+    /// Counts receipts of an agency (reconciliation).
+    async fn count_receipts(&self, agency_id: Uuid) -> Result<i64>;
+}
+
+pub(crate) const RECEIPT_COLUMNS: &str = "id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, bus_no, \
+     bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, payer_id_index, payer_phone_index, \
+     payer_name_index, open_id, details, file, received_at, reimbursement_state, red_bill_batch_code, red_bill_no, \
+     red_random, reversed_at, reversal_reason, reversal_recorded_at";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ReceiptRow {
+    id: Uuid,
+    agency_id: Uuid,
+    issuer_app_id: String,
+    bill_batch_code: String,
+    bill_no: String,
+    random: String,
+    bus_no: String,
+    bus_type: String,
+    payer_type: String,
+    issued_at: Timestamp,
+    total_fen: i64,
+    content_hash: String,
+    payer_sealed: String,
+    payer_id_index: Option<String>,
+    payer_phone_index: Option<String>,
+    payer_name_index: Option<String>,
+    open_id: Option<String>,
+    details: sqlx::types::Json<serde_json::Value>,
+    file: Option<sqlx::types::Json<FileMeta>>,
+    received_at: Timestamp,
+    reimbursement_state: String,
+    red_bill_batch_code: Option<String>,
+    red_bill_no: Option<String>,
+    red_random: Option<String>,
+    reversed_at: Option<Timestamp>,
+    reversal_reason: Option<String>,
+    reversal_recorded_at: Option<Timestamp>,
+}
+
+impl ReceiptRow {
+    pub(crate) fn into_receipt(self, deliveries: Vec<DeliveryRow>) -> Result<StoredReceipt> {
+        let corrupt = |what: &str, value: &str| StoreError::Corrupt(format!("receipt {}: {what} {value:?}", self.id));
+        let reimbursement_state = ReimbursementState::parse(&self.reimbursement_state)
+            .ok_or_else(|| corrupt("reimbursement state", &self.reimbursement_state))?;
+        let payer_type =
+            PayerType::from_code(&self.payer_type).ok_or_else(|| corrupt("payer type", &self.payer_type))?;
+        let reversal = match (
+            self.red_bill_batch_code,
+            self.red_bill_no,
+            self.red_random,
+            self.reversed_at,
+            self.reversal_reason,
+            self.reversal_recorded_at,
+        ) {
+            (None, None, None, None, None, None) => None,
+            (
+                Some(red_bill_batch_code),
+                Some(red_bill_no),
+                Some(red_random),
+                Some(reversed_at),
+                Some(reason),
+                Some(recorded_at),
+            ) => Some(Reversal {
+                red_bill_batch_code,
+                red_bill_no,
+                red_random,
+                reversed_at,
+                reason,
+                recorded_at,
+            }),
+            _ => return Err(StoreError::Corrupt(format!("receipt {}: partial reversal", self.id))),
+        };
+        Ok(StoredReceipt {
+            id: self.id,
+            agency_id: self.agency_id,
+            issuer_app_id: self.issuer_app_id,
+            bill_batch_code: self.bill_batch_code,
+            bill_no: self.bill_no,
+            random: self.random,
+            bus_no: self.bus_no,
+            bus_type: self.bus_type,
+            payer_type,
+            issued_at: self.issued_at,
+            total_fen: self.total_fen,
+            content_hash: self.content_hash,
+            payer_sealed: self.payer_sealed,
+            payer_id_index: self.payer_id_index,
+            payer_phone_index: self.payer_phone_index,
+            payer_name_index: self.payer_name_index,
+            open_id: self.open_id,
+            details: self.details.0,
+            file: self.file.map(|f| f.0),
+            received_at: self.received_at,
+            reimbursement_state,
+            reversal,
+            deliveries: queue::deliveries(deliveries)?,
+        })
+    }
+}
+
+/// The receipt with this id, with its deliveries.
+async fn load_receipt<C: Conn + ?Sized>(conn: &mut C, id: Uuid) -> Result<Option<StoredReceipt>> {
+    let row: Option<ReceiptRow> = Sql::new(concatcp!("SELECT ", RECEIPT_COLUMNS, " FROM receipts WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    with_deliveries(conn, row).await
+}
+
+async fn with_deliveries<C: Conn + ?Sized>(conn: &mut C, row: Option<ReceiptRow>) -> Result<Option<StoredReceipt>> {
+    let Some(row) = row else { return Ok(None) };
+    let deliveries = queue::receipt_deliveries(conn, row.id).await?;
+    row.into_receipt(deliveries).map(Some)
+}
+
+/// What a push whose identity is already taken amounts to.
+fn classify_existing(existing: StoredReceipt, new: &NewReceiptRecord) -> InsertOutcome {
+    if existing.agency_id != new.agency_id {
+        InsertOutcome::Conflict { same_agency: false }
+    } else if existing.content_hash != new.content_hash {
+        InsertOutcome::Conflict { same_agency: true }
+    } else {
+        InsertOutcome::Duplicate(existing)
+    }
+}
+
+/// The answer to a reversal request that the stored receipt refuses, or `None`
+/// when the reversal is to be recorded.
+fn refuse_reversal(stored: StoredReceipt, request: &Reversal) -> Option<ReversalOutcome> {
+    // A recorded reversal wins over the lock: a repeat must still get its first answer.
+    match &stored.reversal {
+        Some(previous) if previous.same_request(request) => return Some(ReversalOutcome::AlreadyReversed(stored)),
+        Some(_) => return Some(ReversalOutcome::Conflict(stored)),
+        None => {}
+    }
+    match stored.reimbursement_state {
+        state @ (ReimbursementState::Lock | ReimbursementState::Closure) => Some(ReversalOutcome::Locked(state)),
+        ReimbursementState::Init | ReimbursementState::Cancel => None,
+    }
+}
+
+const INSERT_RECEIPT: &str = "INSERT INTO receipts (id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, \
+     bus_no, bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, payer_id_index, \
+     payer_phone_index, payer_name_index, open_id, details, file, received_at, reimbursement_state, updated_at, \
+     search_text) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
+     'INIT', $21, $22";
+const ON_IDENTITY_TAKEN: &str = " ON CONFLICT (bill_batch_code, bill_no) DO NOTHING RETURNING ";
+
+/// Writes a pushed receipt in the caller's intake transaction.
+async fn insert_in<D: Dialect>(
+    conn: &mut D::Conn,
+    r: &NewReceiptRecord,
+    deliveries: Vec<NewDelivery>,
+) -> Result<InsertOutcome> {
+    let now = Timestamp::now();
+    let lock_keys = wallets::receipt_lock_keys(r);
+    let insert = match D::BACKEND {
+        // A concurrent insert of the same identity makes this wait for the other
+        // transaction; once it commits we get no row and read its receipt below.
+        // The statement also takes the payer's identity locks (saving a round
+        // trip): a registration holding them has committed by the time they are
+        // ours, and the matching below is a later statement, so it sees that payer.
+        Backend::Postgres => Sql::new(concatcp!(
+            INSERT_RECEIPT,
+            " FROM (SELECT count(pg_advisory_xact_lock(k)) FROM unnest($23::bigint[]) AS k) AS locked",
+            ON_IDENTITY_TAKEN,
+            RECEIPT_COLUMNS
+        )),
+        // Writers are serialised, so a taken identity is simply a committed row.
+        // (`WHERE true`: SQLite's upsert after a SELECT needs a WHERE to parse.)
+        Backend::Sqlite => Sql::new(concatcp!(
+            INSERT_RECEIPT,
+            " WHERE true",
+            ON_IDENTITY_TAKEN,
+            RECEIPT_COLUMNS
+        )),
+    };
+    let mut insert = insert
+        .bind(r.id)
+        .bind(r.agency_id)
+        .bind(&r.issuer_app_id)
+        .bind(&r.bill_batch_code)
+        .bind(&r.bill_no)
+        .bind(&r.random)
+        .bind(&r.bus_no)
+        .bind(&r.bus_type)
+        .bind(r.payer_type.as_code())
+        .bind(r.issued_at)
+        .bind(r.total_fen)
+        .bind(&r.content_hash)
+        .bind(&r.payer_sealed)
+        .bind(&r.payer_id_index)
+        .bind(&r.payer_phone_index)
+        .bind(&r.payer_name_index)
+        .bind(&r.open_id)
+        .bind(Json(&r.details))
+        .bind(r.file.as_ref().map(Json))
+        .bind(r.received_at)
+        .bind(now)
+        .bind(&r.search_text);
+    if D::BACKEND == Backend::Postgres {
+        insert = insert.bind(lock_keys.iter().map(|k| Some(*k)).collect::<Vec<_>>());
+    }
+    let inserted: Option<ReceiptRow> = insert
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| write_error(e, "receipt_id"))?;
+    if let Some(row) = inserted {
+        // The rows come back from the writes themselves: no reading back.
+        let mut planned = deliveries;
+        let owed =
+            wallets::collect_new_receipt::<D>(&mut *conn, r, &planned, now, D::BACKEND == Backend::Postgres).await?;
+        planned.extend(owed);
+        let stored = queue::insert_deliveries::<D>(&mut *conn, row.id, r.agency_id, &planned, now).await?;
+        return Ok(InsertOutcome::Created(row.into_receipt(stored)?));
+    }
+    // PostgreSQL at READ COMMITTED: this statement sees the row that won the conflict.
+    let row: Option<ReceiptRow> = Sql::new(concatcp!(
+        "SELECT ",
+        RECEIPT_COLUMNS,
+        " FROM receipts WHERE bill_batch_code = $1 AND bill_no = $2"
+    ))
+    .bind(&r.bill_batch_code)
+    .bind(&r.bill_no)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let existing = written(with_deliveries(conn, row).await?, "conflicting receipt")?;
+    Ok(classify_existing(existing, r))
+}
+
+#[async_trait]
+impl<D: Dialect> Intake for Db<D> {
+    async fn insert_receipt(&self, receipt: NewReceiptRecord, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome> {
+        let d = self.d.clone();
+        self.d
+            .run_intake(Box::pin(async move {
+                let mut tx = d.intake().await?;
+                let outcome = insert_in::<D>(tx.conn(), &receipt, deliveries).await?;
+                tx.commit().await?;
+                Ok(outcome)
+            }))
+            .await
+    }
+
+    async fn receipt(&self, agency_id: Uuid, bill_batch_code: &str, bill_no: &str) -> Result<Option<StoredReceipt>> {
+        // Receipt and deliveries from one snapshot.
+        let mut tx = self.d.snapshot().await?;
+        let row: Option<ReceiptRow> = Sql::new(concatcp!(
+            "SELECT ",
+            RECEIPT_COLUMNS,
+            " FROM receipts WHERE agency_id = $1 AND bill_batch_code = $2 AND bill_no = $3"
+        ))
+        .bind(agency_id)
+        .bind(bill_batch_code)
+        .bind(bill_no)
+        .fetch_optional(tx.conn())
+        .await?;
+        let stored = with_deliveries(tx.conn(), row).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn find_receipt(&self, bill_batch_code: &str, bill_no: &str) -> Result<Option<StoredReceipt>> {
+        let row: Option<ReceiptRow> = Sql::new(concatcp!(
+            "SELECT ",
+            RECEIPT_COLUMNS,
+            " FROM receipts WHERE bill_batch_code = $1 AND bill_no = $2"
+        ))
+        .bind(bill_batch_code)
+        .bind(bill_no)
+        .fetch_optional(&mut *self.d.read().await?)
+        .await?;
+        row.map(|r| r.into_receipt(Vec::new())).transpose()
+    }
+
+    async fn reverse_receipt(
+        &self,
+        agency_id: Uuid,
+        bill_batch_code: &str,
+        bill_no: &str,
+        reversal: Reversal,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<ReversalOutcome> {
+        const FIND: &str = concatcp!(
+            "SELECT ",
+            RECEIPT_COLUMNS,
+            " FROM receipts WHERE agency_id = $1 AND bill_batch_code = $2 AND bill_no = $3"
+        );
+        let now = Timestamp::now();
+        let mut tx = self.d.write().await?;
+        let row: Option<ReceiptRow> = Sql::new(D::row_lock(FIND, concatcp!(FIND, " FOR UPDATE")))
+            .bind(agency_id)
+            .bind(bill_batch_code)
+            .bind(bill_no)
+            .fetch_optional(tx.conn())
+            .await?;
+        let Some(stored) = with_deliveries(tx.conn(), row).await? else {
+            return Ok(ReversalOutcome::NotFound);
+        };
+        let id = stored.id;
+        if let Some(refusal) = refuse_reversal(stored, &reversal) {
+            return Ok(refusal);
+        }
+        Sql::new(
+            "UPDATE receipts SET red_bill_batch_code = $2, red_bill_no = $3, red_random = $4, reversed_at = $5, \
+             reversal_reason = $6, reversal_recorded_at = $7, reimbursement_state = 'CANCEL', updated_at = $8 \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&reversal.red_bill_batch_code)
+        .bind(&reversal.red_bill_no)
+        .bind(&reversal.red_random)
+        .bind(reversal.reversed_at)
+        .bind(&reversal.reason)
+        .bind(reversal.recorded_at)
+        .bind(now)
+        .execute(tx.conn())
+        .await?;
+        queue::insert_deliveries::<D>(tx.conn(), id, agency_id, &deliveries, now).await?;
+        let updated = written(load_receipt(tx.conn(), id).await?, "receipt")?;
+        tx.commit().await?;
+        Ok(ReversalOutcome::Reversed(updated))
+    }
+
+    async fn count_receipts(&self, agency_id: Uuid) -> Result<i64> {
+        let (n,): (i64,) = Sql::new("SELECT count(*) FROM receipts WHERE agency_id = $1")
+            .bind(agency_id)
+            .fetch_one(&mut *self.d.read().await?)
+            .await?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,1193 @@
+//! Payers and their wallets (票夹): payers of the mini-programs, their WeChat
+//! identities and refresh tokens, wallet entries, subscription credits and the
+//! audit trail; and the collection of a person's receipts by identity, from both
+//! sides (a registration collects what is held; an arriving receipt is collected
+//! for the payers it matches).
+//!
+//! Personal data never appears here in plain text: profiles arrive sealed and are
+//! matched through blind indexes.
+
+use async_trait::async_trait;
+use const_format::concatcp;
+use piaojia_core::delivery::{ChannelKind, DeliveryEvent};
+use piaojia_core::parties::ReimbursementState;
+use piaojia_core::receipt::PayerType;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::intake::{NewReceiptRecord, RECEIPT_COLUMNS, ReceiptRow, StoredReceipt};
+use crate::queue::NewDelivery;
+use crate::sql::{Conn, Dialect, Json, Sql, Tx, write_error, written};
+use crate::{Db, Result, StoreError, Timestamp};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayerRecord {
+    pub id: Uuid,
+    /// Name, ID type and number, phone: sealed JSON; `None` until registered.
+    pub profile_sealed: Option<String>,
+    pub phone_verified: bool,
+    pub consent_version: Option<String>,
+    pub consent_at: Option<Timestamp>,
+    /// Reimbursement reminders wanted.
+    pub reminders: bool,
+    pub registered_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoginOutcome {
+    pub payer: PayerRecord,
+    /// True when this login created the payer.
+    pub created: bool,
+}
+
+/// A registration or a change of it: the sealed profile and what it is matched by.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub profile_sealed: String,
+    pub id_index: String,
+    pub name_index: String,
+    pub phone_index: Option<String>,
+    pub phone_verified: bool,
+    pub consent_version: String,
+    pub consent_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegisterOutcome {
+    pub payer: PayerRecord,
+    /// Receipts newly collected into the wallet by this registration.
+    pub collected: u64,
+    /// Collected receipts that no longer match the changed identity.
+    pub released: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    pub id: Uuid,
+    pub family_id: Uuid,
+    pub payer_id: Uuid,
+    pub app_id: String,
+    /// Keyed hash of the token; the token itself is never stored.
+    pub token_hash: String,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// The presented token was valid: it is now used, and `next` (same family) stored.
+    Rotated {
+        payer_id: Uuid,
+        app_id: String,
+    },
+    /// Used before: the family is revoked now (a stolen token was replayed, or the
+    /// thief rotated first).
+    Reused {
+        payer_id: Uuid,
+        family_id: Uuid,
+    },
+    Revoked,
+    Expired,
+    Unknown,
+}
+
+/// A payer's answer to `wx.requestSubscribeMessage` for one template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionChoice {
+    Accept,
+    Reject,
+    /// The payer turned the template off for good in WeChat's settings.
+    Ban,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubscriptionReport {
+    pub template_id: String,
+    pub choice: SubscriptionChoice,
+    /// The template is long-term: one acceptance covers every message.
+    pub long_term: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubscriptionCredit {
+    pub app_id: String,
+    pub template_id: String,
+    pub remaining: i32,
+    pub long_term: bool,
+    pub updated_at: Timestamp,
+}
+
+/// A subscribe-message channel a receipt arriving for a registered payer may be
+/// announced through, in order of preference (the agency's own mini-program,
+/// then the platform wallet).
+#[derive(Debug, Clone)]
+pub struct WalletChannel {
+    /// `wechat_subscribe` or `wallet_subscribe`: the delivery's channel.
+    pub kind: ChannelKind,
+    pub app_id: String,
+    pub template_id: String,
+    pub long_term: bool,
+    /// The outside interface the delivery calls.
+    pub interface: String,
+}
+
+/// Which receipts of a wallet to list.
+#[derive(Debug, Clone, Default)]
+pub struct WalletQuery {
+    pub payer_id: Uuid,
+    /// The agencies the mini-program may show (`None`: the platform wallet, all).
+    pub scope: Option<Vec<Uuid>>,
+    pub agency_code: Option<String>,
+    pub issued_from: Option<Timestamp>,
+    pub issued_before: Option<Timestamp>,
+    pub bus_type: Option<String>,
+    pub min_fen: Option<i64>,
+    pub max_fen: Option<i64>,
+    pub reversed: Option<bool>,
+    pub reimbursement_state: Option<ReimbursementState>,
+    /// Free text matched against agency and item names.
+    pub text: Option<String>,
+    /// Keyset cursor: entries strictly after (older than) this one.
+    pub after: Option<(Timestamp, Uuid)>,
+    pub limit: i64,
+}
+
+/// How a receipt came into a wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalletSource {
+    /// Matched by the payer's verified identity.
+    Collected,
+    /// Added by the payer, who proved to hold it (code, number and check code).
+    Possession,
+}
+
+impl WalletSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WalletSource::Collected => "collected",
+            WalletSource::Possession => "possession",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "collected" => Ok(WalletSource::Collected),
+            "possession" => Ok(WalletSource::Possession),
+            other => Err(StoreError::Corrupt(format!("wallet entry source {other:?}"))),
+        }
+    }
+}
+
+/// One line of a wallet page.
+#[derive(Debug, Clone)]
+pub struct WalletItem {
+    pub receipt_id: Uuid,
+    pub agency_code: String,
+    pub agency_name: String,
+    pub bill_batch_code: String,
+    pub bill_no: String,
+    pub bus_type: String,
+    pub issued_at: Timestamp,
+    pub total_fen: i64,
+    pub reversed: bool,
+    pub reimbursement_state: ReimbursementState,
+    pub has_file: bool,
+    pub source: WalletSource,
+    pub tags: Vec<String>,
+    pub added_at: Timestamp,
+}
+
+/// A receipt in a wallet, whole (its deliveries are not loaded).
+#[derive(Debug, Clone)]
+pub struct WalletDetail {
+    pub receipt: StoredReceipt,
+    pub agency_code: String,
+    pub agency_name: String,
+    pub source: WalletSource,
+    pub tags: Vec<String>,
+    pub note_sealed: Option<String>,
+    pub added_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalletAdd {
+    Added,
+    /// Already in the wallet (a removed entry is restored).
+    AlreadyThere,
+}
+
+/// A change of the payer's own tags or note; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct WalletAnnotation {
+    pub tags: Option<Vec<String>>,
+    /// `Some(None)` clears the note.
+    pub note_sealed: Option<Option<String>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    pub id: Uuid,
+    pub payer_id: Uuid,
+    pub event: String,
+    pub at: Timestamp,
+    pub detail: Option<serde_json::Value>,
+}
+
+/// The wallet's storage.
+#[async_trait]
+pub trait Wallets: Send + Sync {
+    /// The payer behind a mini-program login: the one with this identity, else the
+    /// one with this unionid (same person, another of our mini-programs), else a
+    /// new one. Records the identity and the login time.
+    async fn login_payer(&self, app_id: &str, openid: &str, unionid_index: Option<&str>) -> Result<LoginOutcome>;
+    async fn payer(&self, id: Uuid) -> Result<Option<PayerRecord>>;
+    /// Registers or changes the profile, then (in the same transaction) collects
+    /// every held receipt of a person whose identity matches (ID number and name,
+    /// or a verified phone and name) and releases collected ones that no longer do.
+    async fn register_payer(&self, payer_id: Uuid, registration: Registration) -> Result<RegisterOutcome>;
+    async fn set_reminders(&self, payer_id: Uuid, enabled: bool) -> Result<PayerRecord>;
+    /// Erases the payer: profile, identities, tokens, credits and wallet entries
+    /// go; an audit record stays. False when there was no such payer.
+    async fn delete_payer(&self, payer_id: Uuid) -> Result<bool>;
+    async fn payer_audit(&self, payer_id: Uuid) -> Result<Vec<AuditRecord>>;
+
+    async fn insert_refresh_token(&self, token: NewRefreshToken) -> Result<()>;
+    /// Uses the token whose hash is `presented` and stores `next` in its family;
+    /// a token used before revokes its family instead.
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next: NewRefreshToken,
+        now: Timestamp,
+    ) -> Result<RefreshOutcome>;
+    /// Revokes the family of the token whose hash is `presented` (logout). False
+    /// when the token is unknown or belongs to another payer.
+    async fn revoke_refresh_family(&self, payer_id: Uuid, presented: &str) -> Result<bool>;
+
+    async fn record_subscriptions(&self, payer_id: Uuid, app_id: &str, reports: &[SubscriptionReport]) -> Result<()>;
+    async fn subscription_credits(&self, payer_id: Uuid) -> Result<Vec<SubscriptionCredit>>;
+
+    /// A page of the wallet, newest issue first (ties by receipt id), `limit` rows.
+    async fn wallet_page(&self, query: &WalletQuery) -> Result<Vec<WalletItem>>;
+    async fn wallet_receipt(
+        &self,
+        payer_id: Uuid,
+        receipt_id: Uuid,
+        scope: Option<&[Uuid]>,
+    ) -> Result<Option<WalletDetail>>;
+    /// Adds a receipt the payer proved to hold.
+    async fn add_to_wallet(&self, payer_id: Uuid, receipt_id: Uuid) -> Result<WalletAdd>;
+    /// Hides the receipt from the wallet for good (not collected again).
+    async fn remove_from_wallet(&self, payer_id: Uuid, receipt_id: Uuid, scope: Option<&[Uuid]>) -> Result<bool>;
+    async fn annotate_wallet_entry(
+        &self,
+        payer_id: Uuid,
+        receipt_id: Uuid,
+        scope: Option<&[Uuid]>,
+        annotation: WalletAnnotation,
+    ) -> Result<bool>;
+}
+
+const PAYER_COLUMNS: &str =
+    "id, profile_sealed, phone_verified, consent_version, consent_at, reminders, registered_at, created_at, updated_at";
+
+#[derive(sqlx::FromRow)]
+struct PayerRow {
+    id: Uuid,
+    profile_sealed: Option<String>,
+    phone_verified: bool,
+    consent_version: Option<String>,
+    consent_at: Option<Timestamp>,
+    reminders: bool,
+    registered_at: Option<Timestamp>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+}
+
+impl From<PayerRow> for PayerRecord {
+    fn from(r: PayerRow) -> Self {
+        PayerRecord {
+            id: r.id,
+            profile_sealed: r.profile_sealed,
+            phone_verified: r.phone_verified,
+            consent_version: r.consent_version,
+            consent_at: r.consent_at,
+            reminders: r.reminders,
+            registered_at: r.registered_at,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RefreshRow {
+    family_id: Uuid,
+    payer_id: Uuid,
+    app_id: String,
+    expires_at: Timestamp,
+    used_at: Option<Timestamp>,
+    revoked_at: Option<Timestamp>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CreditRow {
+    app_id: String,
+    template_id: String,
+    remaining: i32,
+    long_term: bool,
+    updated_at: Timestamp,
+}
+
+/// Columns of a wallet page in the order of [`WalletItemRow`].
+const WALLET_ITEM_COLUMNS: &str = "r.id AS receipt_id, a.code AS agency_code, a.name AS agency_name, \
+     r.bill_batch_code, r.bill_no, r.bus_type, w.issued_at, r.total_fen, \
+     (r.red_bill_no IS NOT NULL) AS reversed, r.reimbursement_state, (r.file IS NOT NULL) AS has_file, \
+     w.source, w.tags, w.added_at";
+
+#[derive(sqlx::FromRow)]
+struct WalletItemRow {
+    receipt_id: Uuid,
+    agency_code: String,
+    agency_name: String,
+    bill_batch_code: String,
+    bill_no: String,
+    bus_type: String,
+    issued_at: Timestamp,
+    total_fen: i64,
+    reversed: bool,
+    reimbursement_state: String,
+    has_file: bool,
+    source: String,
+    tags: sqlx::types::Json<Vec<String>>,
+    added_at: Timestamp,
+}
+
+impl TryFrom<WalletItemRow> for WalletItem {
+    type Error = StoreError;
+
+    fn try_from(r: WalletItemRow) -> Result<Self> {
+        Ok(WalletItem {
+            reimbursement_state: ReimbursementState::parse(&r.reimbursement_state)
+                .ok_or_else(|| StoreError::Corrupt(format!("receipt {}: reimbursement state", r.receipt_id)))?,
+            source: WalletSource::parse(&r.source)?,
+            receipt_id: r.receipt_id,
+            agency_code: r.agency_code,
+            agency_name: r.agency_name,
+            bill_batch_code: r.bill_batch_code,
+            bill_no: r.bill_no,
+            bus_type: r.bus_type,
+            issued_at: r.issued_at,
+            total_fen: r.total_fen,
+            reversed: r.reversed,
+            has_file: r.has_file,
+            tags: r.tags.0,
+            added_at: r.added_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct WalletEntryRow {
+    agency_code: String,
+    agency_name: String,
+    source: String,
+    tags: sqlx::types::Json<Vec<String>>,
+    note_sealed: Option<String>,
+    added_at: Timestamp,
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: Uuid,
+    payer_id: Uuid,
+    event: String,
+    at: Timestamp,
+    detail: Option<sqlx::types::Json<serde_json::Value>>,
+}
+
+/// `LIKE` pattern for free text: `%`, `_` and `\` match themselves.
+fn like_pattern(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+/// A key for serialising the matching of one identity (PostgreSQL advisory lock):
+/// registration and receipt arrival take the same keys, so neither misses the
+/// other. FNV-1a; a collision only serialises two unrelated transactions.
+fn identity_lock_key(domain: &str, index: &str, name_index: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in domain
+        .bytes()
+        .chain([0])
+        .chain(index.bytes())
+        .chain([0])
+        .chain(name_index.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+/// The lock keys of an identity: ID number + name, phone + name.
+fn identity_lock_keys(id_index: Option<&str>, phone_index: Option<&str>, name_index: &str) -> Vec<i64> {
+    let mut keys: Vec<i64> = id_index
+        .map(|i| identity_lock_key("id", i, name_index))
+        .into_iter()
+        .chain(phone_index.map(|p| identity_lock_key("phone", p, name_index)))
+        .collect();
+    // One order everywhere, so two transactions never wait on each other in a cycle.
+    keys.sort_unstable();
+    keys
+}
+
+/// The identity locks a just-pushed receipt needs before it is matched to payers:
+/// none unless it is a person's with a name and an ID number or phone.
+pub(crate) fn receipt_lock_keys(r: &NewReceiptRecord) -> Vec<i64> {
+    match (r.payer_name_index.as_deref(), r.payer_type) {
+        (Some(name_index), PayerType::Person) => {
+            identity_lock_keys(r.payer_id_index.as_deref(), r.payer_phone_index.as_deref(), name_index)
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Collects a just-inserted receipt of a person into the wallets of the
+/// registered payers it matches, and plans the subscribe message each is owed:
+/// the first of `r.wallet_channels` where the payer has an identity and a consent
+/// left (one-time consents are used up here, in the same transaction).
+/// `locked`: the transaction already holds [`receipt_lock_keys`].
+pub(crate) async fn collect_new_receipt<D: Dialect>(
+    conn: &mut D::Conn,
+    r: &NewReceiptRecord,
+    planned: &[NewDelivery],
+    now: Timestamp,
+    locked: bool,
+) -> Result<Vec<NewDelivery>> {
+    let (Some(name_index), PayerType::Person) = (r.payer_name_index.as_deref(), r.payer_type) else {
+        return Ok(Vec::new());
+    };
+    if r.payer_id_index.is_none() && r.payer_phone_index.is_none() {
+        return Ok(Vec::new());
+    }
+    if !locked {
+        D::lock_identities(&mut *conn, &receipt_lock_keys(r)).await?;
+    }
+    // ID number and name, or a verified phone and name.
+    let payers: Vec<(Uuid,)> = Sql::new(
+        "SELECT id FROM payers WHERE registered_at IS NOT NULL AND name_index = $2 \
+         AND (id_index = $1 OR (phone_verified = true AND phone_index = $3)) ORDER BY id",
+    )
+    .bind(&r.payer_id_index)
+    .bind(name_index)
+    .bind(&r.payer_phone_index)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out: Vec<NewDelivery> = Vec::new();
+    for (payer,) in payers {
+        Sql::new(
+            "INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
+             VALUES ($1, $2, $3, $4, 'collected', '[]', $5) ON CONFLICT (payer_id, receipt_id) DO NOTHING",
+        )
+        .bind(payer)
+        .bind(r.id)
+        .bind(r.agency_id)
+        .bind(r.issued_at)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        for channel in &r.wallet_channels {
+            let identity: Option<(String, Option<i32>, Option<bool>)> = Sql::new(
+                "SELECT i.openid, c.remaining, c.long_term FROM payer_identities i \
+                 LEFT JOIN subscription_credits c ON c.payer_id = i.payer_id AND c.app_id = i.app_id \
+                 AND c.template_id = $3 WHERE i.payer_id = $1 AND i.app_id = $2 \
+                 ORDER BY i.last_login_at DESC LIMIT 1",
+            )
+            .bind(payer)
+            .bind(&channel.app_id)
+            .bind(&channel.template_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some((openid, remaining, long_term)) = identity else {
+                continue;
+            };
+            let owed = if channel.long_term && long_term == Some(true) {
+                true
+            } else if remaining.unwrap_or(0) > 0 {
+                Sql::new(
+                    "UPDATE subscription_credits SET remaining = remaining - 1, updated_at = $4 \
+                     WHERE payer_id = $1 AND app_id = $2 AND template_id = $3 AND remaining > 0",
+                )
+                .bind(payer)
+                .bind(&channel.app_id)
+                .bind(&channel.template_id)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?
+                    == 1
+            } else {
+                false
+            };
+            if !owed {
+                continue;
+            }
+            // The issuer's push may already address this openid on this channel.
+            let already = planned
+                .iter()
+                .chain(out.iter())
+                .any(|d| d.channel == channel.kind && d.target == openid);
+            if !already {
+                out.push(NewDelivery {
+                    id: Uuid::now_v7(),
+                    event: DeliveryEvent::Issued,
+                    channel: channel.kind,
+                    target: openid,
+                    interface: channel.interface.clone(),
+                    // A wallet message has no fallback channel: the other channels
+                    // know this payer under other openids.
+                    payload: Some(serde_json::json!({
+                        "tried": ChannelKind::ALL
+                            .iter()
+                            .filter(|k| k.is_wechat())
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>(),
+                        "wallet": true,
+                    })),
+                });
+            }
+            break;
+        }
+    }
+    Ok(out)
+}
+
+async fn load_payer<C: Conn + ?Sized>(conn: &mut C, id: Uuid) -> Result<Option<PayerRecord>> {
+    let row: Option<PayerRow> = Sql::new(concatcp!("SELECT ", PAYER_COLUMNS, " FROM payers WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(Into::into))
+}
+
+async fn insert_audit<C: Conn + ?Sized>(
+    conn: &mut C,
+    payer_id: Uuid,
+    event: &str,
+    detail: serde_json::Value,
+    now: Timestamp,
+) -> Result<()> {
+    Sql::new("INSERT INTO payer_audit (id, payer_id, event, at, detail) VALUES ($1, $2, $3, $4, $5)")
+        .bind(Uuid::now_v7())
+        .bind(payer_id)
+        .bind(event)
+        .bind(now)
+        .bind(Json(detail))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+const INSERT_REFRESH_TOKEN: &str = "INSERT INTO refresh_tokens (id, family_id, payer_id, app_id, token_hash, \
+     created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Appends the condition naming one visible entry of the payer's wallet to an
+/// `UPDATE wallet_entries` (the scope filters on `w.agency_id`: a subquery gives it
+/// that alias).
+fn push_entry<'a>(sql: &mut Sql<'a>, payer_id: Uuid, receipt_id: Uuid, scope: Option<&'a [Uuid]>) {
+    sql.push(" WHERE payer_id = ")
+        .push_bind(payer_id)
+        .push(" AND receipt_id = ")
+        .push_bind(receipt_id)
+        .push(
+            " AND removed_at IS NULL AND receipt_id IN (SELECT w.receipt_id FROM wallet_entries w WHERE w.payer_id = ",
+        )
+        .push_bind(payer_id);
+    push_scope(sql, scope);
+    sql.push(")");
+}
+
+/// Appends `AND w.agency_id IN (…)` for an agency mini-program's scope.
+fn push_scope<'a>(sql: &mut Sql<'a>, scope: Option<&'a [Uuid]>) {
+    if let Some(scope) = scope {
+        sql.push(" AND w.agency_id IN ").push_list(scope.iter().copied());
+    }
+}
+
+/// The receipts of a person matching a payer's identity. Parameters: id index,
+/// name index, phone verified, phone index ($2 to $5; $1 is the payer).
+const MATCHING_RECEIPTS: &str = "SELECT r.id FROM receipts r WHERE r.payer_type = '1' AND r.payer_name_index = $3 \
+     AND (r.payer_id_index = $2 OR ($4 = true AND r.payer_phone_index = $5))";
+
+/// Collects matching receipts into the wallet of payer $1 (now: $6).
+const COLLECT: &str = concatcp!(
+    "INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
+     SELECT $1, r.id, r.agency_id, r.issued_at, 'collected', '[]', $6 FROM receipts r WHERE r.id IN (",
+    MATCHING_RECEIPTS,
+    ") ON CONFLICT (payer_id, receipt_id) DO NOTHING"
+);
+
+/// Releases collected (not removed) entries of payer $1 that no longer match.
+const RELEASE: &str = concatcp!(
+    "DELETE FROM wallet_entries WHERE payer_id = $1 AND source = 'collected' AND removed_at IS NULL \
+     AND receipt_id NOT IN (",
+    MATCHING_RECEIPTS,
+    ")"
+);
+
+impl<D: Dialect> Db<D> {
+    async fn login_once(&self, app_id: &str, openid: &str, unionid_index: Option<&str>) -> Result<LoginOutcome> {
+        const FIND: &str = "SELECT payer_id FROM payer_identities WHERE app_id = $1 AND openid = $2";
+        let now = Timestamp::now();
+        let mut tx = self.d.write().await?;
+        let existing: Option<(Uuid,)> = Sql::new(D::row_lock(FIND, concatcp!(FIND, " FOR UPDATE")))
+            .bind(app_id)
+            .bind(openid)
+            .fetch_optional(tx.conn())
+            .await?;
+        let (payer_id, created) = match existing {
+            Some((id,)) => {
+                Sql::new("UPDATE payer_identities SET last_login_at = $3 WHERE app_id = $1 AND openid = $2")
+                    .bind(app_id)
+                    .bind(openid)
+                    .bind(now)
+                    .execute(tx.conn())
+                    .await?;
+                (id, false)
+            }
+            None => {
+                let by_union: Option<(Uuid,)> = match unionid_index {
+                    Some(u) => {
+                        Sql::new("SELECT id FROM payers WHERE unionid_index = $1")
+                            .bind(u)
+                            .fetch_optional(tx.conn())
+                            .await?
+                    }
+                    None => None,
+                };
+                let (id, created) = match by_union {
+                    Some((id,)) => (id, false),
+                    None => {
+                        let id = Uuid::now_v7();
+                        Sql::new(
+                            "INSERT INTO payers (id, unionid_index, created_at, updated_at) VALUES ($1, $2, $3, $3)",
+                        )
+                        .bind(id)
+                        .bind(unionid_index)
+                        .bind(now)
+                        .execute(tx.conn())
+                        .await
+                        .map_err(|e| write_error(e, "payer_unionid"))?;
+                        (id, true)
+                    }
+                };
+                Sql::new(
+                    "INSERT INTO payer_identities (app_id, openid, payer_id, created_at, last_login_at) \
+                     VALUES ($1, $2, $3, $4, $4)",
+                )
+                .bind(app_id)
+                .bind(openid)
+                .bind(id)
+                .bind(now)
+                .execute(tx.conn())
+                .await
+                .map_err(|e| write_error(e, "payer_identity"))?;
+                (id, created)
+            }
+        };
+        if let Some(u) = unionid_index {
+            // A payer first seen without a unionid learns it now.
+            Sql::new(
+                "UPDATE payers SET unionid_index = $2 WHERE id = $1 AND unionid_index IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM payers WHERE unionid_index = $2)",
+            )
+            .bind(payer_id)
+            .bind(u)
+            .execute(tx.conn())
+            .await?;
+        }
+        let payer = written(load_payer(tx.conn(), payer_id).await?, "payer")?;
+        tx.commit().await?;
+        Ok(LoginOutcome { payer, created })
+    }
+
+    /// Runs one change of a wallet entry in a write transaction; true when it changed a row.
+    async fn change_entry(&self, change: Sql<'_>) -> Result<bool> {
+        let mut tx = self.d.write().await?;
+        let changed = change.execute(tx.conn()).await? == 1;
+        tx.commit().await?;
+        Ok(changed)
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> Wallets for Db<D> {
+    async fn login_payer(&self, app_id: &str, openid: &str, unionid_index: Option<&str>) -> Result<LoginOutcome> {
+        // Two first logins of one person race on the identity or unionid key: the
+        // loser retries and finds the winner's payer.
+        let mut tries = 0;
+        loop {
+            match self.login_once(app_id, openid, unionid_index).await {
+                Err(StoreError::Conflict(_)) if tries < 2 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn payer(&self, id: Uuid) -> Result<Option<PayerRecord>> {
+        load_payer(&mut *self.d.read().await?, id).await
+    }
+
+    async fn register_payer(&self, payer_id: Uuid, reg: Registration) -> Result<RegisterOutcome> {
+        let now = Timestamp::now();
+        let mut tx = self.d.write().await?;
+        let before = load_payer(tx.conn(), payer_id).await?.ok_or(StoreError::NotFound)?;
+        let keys = identity_lock_keys(
+            Some(&reg.id_index),
+            reg.phone_index.as_deref().filter(|_| reg.phone_verified),
+            &reg.name_index,
+        );
+        D::lock_identities(tx.conn(), &keys).await?;
+        Sql::new(
+            "UPDATE payers SET profile_sealed = $2, id_index = $3, name_index = $4, phone_index = $5, \
+             phone_verified = $6, consent_version = $7, consent_at = $8, \
+             registered_at = COALESCE(registered_at, $9), updated_at = $9 WHERE id = $1",
+        )
+        .bind(payer_id)
+        .bind(&reg.profile_sealed)
+        .bind(&reg.id_index)
+        .bind(&reg.name_index)
+        .bind(&reg.phone_index)
+        .bind(reg.phone_verified)
+        .bind(&reg.consent_version)
+        .bind(reg.consent_at)
+        .bind(now)
+        .execute(tx.conn())
+        .await?;
+        let matching = |sql: &'static str| {
+            Sql::new(sql)
+                .bind(payer_id)
+                .bind(&reg.id_index)
+                .bind(&reg.name_index)
+                .bind(reg.phone_verified)
+                .bind(&reg.phone_index)
+        };
+        let released = matching(RELEASE).execute(tx.conn()).await?;
+        let collected = matching(COLLECT).bind(now).execute(tx.conn()).await?;
+        let event = if before.registered_at.is_none() {
+            "registered"
+        } else {
+            "profile_changed"
+        };
+        let detail =
+            serde_json::json!({ "collected": collected, "released": released, "consentVersion": reg.consent_version });
+        insert_audit(tx.conn(), payer_id, event, detail, now).await?;
+        let payer = load_payer(tx.conn(), payer_id).await?.ok_or(StoreError::NotFound)?;
+        tx.commit().await?;
+        Ok(RegisterOutcome {
+            payer,
+            collected,
+            released,
+        })
+    }
+
+    async fn set_reminders(&self, payer_id: Uuid, enabled: bool) -> Result<PayerRecord> {
+        let mut tx = self.d.write().await?;
+        let changed = Sql::new("UPDATE payers SET reminders = $2, updated_at = $3 WHERE id = $1")
+            .bind(payer_id)
+            .bind(enabled)
+            .bind(Timestamp::now())
+            .execute(tx.conn())
+            .await?;
+        if changed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let payer = written(load_payer(tx.conn(), payer_id).await?, "payer")?;
+        tx.commit().await?;
+        Ok(payer)
+    }
+
+    async fn delete_payer(&self, payer_id: Uuid) -> Result<bool> {
+        let now = Timestamp::now();
+        let mut tx = self.d.write().await?;
+        let (entries,): (i64,) = Sql::new("SELECT count(*) FROM wallet_entries WHERE payer_id = $1")
+            .bind(payer_id)
+            .fetch_one(tx.conn())
+            .await?;
+        // Children first: SQLite's cascade needs foreign keys switched on per
+        // connection, so nothing here relies on it.
+        for sql in [
+            "DELETE FROM wallet_entries WHERE payer_id = $1",
+            "DELETE FROM subscription_credits WHERE payer_id = $1",
+            "DELETE FROM refresh_tokens WHERE payer_id = $1",
+            "DELETE FROM payer_identities WHERE payer_id = $1",
+        ] {
+            Sql::new(sql).bind(payer_id).execute(tx.conn()).await?;
+        }
+        let deleted = Sql::new("DELETE FROM payers WHERE id = $1")
+            .bind(payer_id)
+            .execute(tx.conn())
+            .await?;
+        if deleted == 0 {
+            return Ok(false);
+        }
+        insert_audit(
+            tx.conn(),
+            payer_id,
+            "deleted",
+            serde_json::json!({ "walletEntries": entries }),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn payer_audit(&self, payer_id: Uuid) -> Result<Vec<AuditRecord>> {
+        let rows: Vec<AuditRow> =
+            Sql::new("SELECT id, payer_id, event, at, detail FROM payer_audit WHERE payer_id = $1 ORDER BY at, id")
+                .bind(payer_id)
+                .fetch_all(&mut *self.d.read().await?)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditRecord {
+                id: r.id,
+                payer_id: r.payer_id,
+                event: r.event,
+                at: r.at,
+                detail: r.detail.map(|d| d.0),
+            })
+            .collect())
+    }
+
+    async fn insert_refresh_token(&self, t: NewRefreshToken) -> Result<()> {
+        Sql::new(INSERT_REFRESH_TOKEN)
+            .bind(t.id)
+            .bind(t.family_id)
+            .bind(t.payer_id)
+            .bind(&t.app_id)
+            .bind(&t.token_hash)
+            .bind(Timestamp::now())
+            .bind(t.expires_at)
+            .execute(&mut *self.d.writer().await?)
+            .await
+            .map_err(|e| write_error(e, "refresh_token"))?;
+        Ok(())
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next: NewRefreshToken,
+        now: Timestamp,
+    ) -> Result<RefreshOutcome> {
+        const FIND: &str = "SELECT family_id, payer_id, app_id, expires_at, used_at, revoked_at \
+             FROM refresh_tokens WHERE token_hash = $1";
+        let mut tx = self.d.write().await?;
+        let row: Option<RefreshRow> = Sql::new(D::row_lock(FIND, concatcp!(FIND, " FOR UPDATE")))
+            .bind(presented)
+            .fetch_optional(tx.conn())
+            .await?;
+        let Some(row) = row else {
+            return Ok(RefreshOutcome::Unknown);
+        };
+        if row.revoked_at.is_some() {
+            return Ok(RefreshOutcome::Revoked);
+        }
+        if row.used_at.is_some() {
+            Sql::new("UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL")
+                .bind(row.family_id)
+                .bind(now)
+                .execute(tx.conn())
+                .await?;
+            let detail = serde_json::json!({ "family": row.family_id });
+            insert_audit(tx.conn(), row.payer_id, "refresh_token_reused", detail, now).await?;
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Reused {
+                payer_id: row.payer_id,
+                family_id: row.family_id,
+            });
+        }
+        if row.expires_at <= now {
+            return Ok(RefreshOutcome::Expired);
+        }
+        Sql::new("UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1")
+            .bind(presented)
+            .bind(now)
+            .execute(tx.conn())
+            .await?;
+        Sql::new(INSERT_REFRESH_TOKEN)
+            .bind(next.id)
+            .bind(row.family_id)
+            .bind(row.payer_id)
+            .bind(&row.app_id)
+            .bind(&next.token_hash)
+            .bind(now)
+            .bind(next.expires_at)
+            .execute(tx.conn())
+            .await
+            .map_err(|e| write_error(e, "refresh_token"))?;
+        tx.commit().await?;
+        Ok(RefreshOutcome::Rotated {
+            payer_id: row.payer_id,
+            app_id: row.app_id,
+        })
+    }
+
+    async fn revoke_refresh_family(&self, payer_id: Uuid, presented: &str) -> Result<bool> {
+        let revoked = Sql::new(
+            "UPDATE refresh_tokens SET revoked_at = $3 WHERE revoked_at IS NULL AND family_id = \
+             (SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND payer_id = $2)",
+        )
+        .bind(presented)
+        .bind(payer_id)
+        .bind(Timestamp::now())
+        .execute(&mut *self.d.writer().await?)
+        .await?;
+        Ok(revoked > 0)
+    }
+
+    async fn record_subscriptions(&self, payer_id: Uuid, app_id: &str, reports: &[SubscriptionReport]) -> Result<()> {
+        let now = Timestamp::now();
+        let mut tx = self.d.write().await?;
+        for r in reports {
+            // Accepting a one-time template adds one message (WeChat keeps at most a
+            // few per template; we cap generously); a long-term one is accepted until
+            // refused. Refusing drops what is left.
+            let sql = match (r.choice, r.long_term) {
+                (SubscriptionChoice::Accept, false) => {
+                    "INSERT INTO subscription_credits (payer_id, app_id, template_id, remaining, long_term, \
+                     updated_at) VALUES ($1, $2, $3, 1, false, $4) \
+                     ON CONFLICT (payer_id, app_id, template_id) DO UPDATE SET \
+                     remaining = CASE WHEN subscription_credits.remaining < 100 \
+                     THEN subscription_credits.remaining + 1 ELSE 100 END, updated_at = $4"
+                }
+                (SubscriptionChoice::Accept, true) => {
+                    "INSERT INTO subscription_credits (payer_id, app_id, template_id, remaining, long_term, \
+                     updated_at) VALUES ($1, $2, $3, 0, true, $4) \
+                     ON CONFLICT (payer_id, app_id, template_id) DO UPDATE SET long_term = true, updated_at = $4"
+                }
+                (SubscriptionChoice::Reject | SubscriptionChoice::Ban, _) => {
+                    "INSERT INTO subscription_credits (payer_id, app_id, template_id, remaining, long_term, \
+                     updated_at) VALUES ($1, $2, $3, 0, false, $4) \
+                     ON CONFLICT (payer_id, app_id, template_id) DO UPDATE SET \
+                     remaining = 0, long_term = false, updated_at = $4"
+                }
+            };
+            Sql::new(sql)
+                .bind(payer_id)
+                .bind(app_id)
+                .bind(&r.template_id)
+                .bind(now)
+                .execute(tx.conn())
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn subscription_credits(&self, payer_id: Uuid) -> Result<Vec<SubscriptionCredit>> {
+        let rows: Vec<CreditRow> = Sql::new(
+            "SELECT app_id, template_id, remaining, long_term, updated_at FROM subscription_credits \
+             WHERE payer_id = $1 ORDER BY app_id, template_id",
+        )
+        .bind(payer_id)
+        .fetch_all(&mut *self.d.read().await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SubscriptionCredit {
+                app_id: r.app_id,
+                template_id: r.template_id,
+                remaining: r.remaining,
+                long_term: r.long_term,
+                updated_at: r.updated_at,
+            })
+            .collect())
+    }
+
+    async fn wallet_page(&self, q: &WalletQuery) -> Result<Vec<WalletItem>> {
+        let mut sql = Sql::new(concatcp!(
+            "SELECT ",
+            WALLET_ITEM_COLUMNS,
+            " FROM wallet_entries w JOIN receipts r ON r.id = w.receipt_id \
+             JOIN agencies a ON a.id = r.agency_id WHERE w.payer_id = "
+        ));
+        sql.push_bind(q.payer_id).push(" AND w.removed_at IS NULL");
+        push_scope(&mut sql, q.scope.as_deref());
+        if let Some(code) = &q.agency_code {
+            sql.push(" AND a.code = ").push_bind(code);
+        }
+        if let Some(t) = q.issued_from {
+            sql.push(" AND w.issued_at >= ").push_bind(t);
+        }
+        if let Some(t) = q.issued_before {
+            sql.push(" AND w.issued_at < ").push_bind(t);
+        }
+        if let Some(b) = &q.bus_type {
+            sql.push(" AND r.bus_type = ").push_bind(b);
+        }
+        if let Some(v) = q.min_fen {
+            sql.push(" AND r.total_fen >= ").push_bind(v);
+        }
+        if let Some(v) = q.max_fen {
+            sql.push(" AND r.total_fen <= ").push_bind(v);
+        }
+        match q.reversed {
+            Some(true) => {
+                sql.push(" AND r.red_bill_no IS NOT NULL");
+            }
+            Some(false) => {
+                sql.push(" AND r.red_bill_no IS NULL");
+            }
+            None => {}
+        }
+        if let Some(s) = q.reimbursement_state {
+            sql.push(" AND r.reimbursement_state = ").push_bind(s.as_str());
+        }
+        if let Some(text) = &q.text {
+            let pattern = like_pattern(text);
+            sql.push(" AND (lower(a.name) LIKE ")
+                .push_bind(pattern.clone())
+                .push(" ESCAPE '\\' OR lower(COALESCE(r.search_text, '')) LIKE ")
+                .push_bind(pattern)
+                .push(" ESCAPE '\\')");
+        }
+        if let Some((at, id)) = q.after {
+            sql.push(" AND (w.issued_at, w.receipt_id) < (")
+                .push_bind(at)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        sql.push(" ORDER BY w.issued_at DESC, w.receipt_id DESC LIMIT ")
+            .push_bind(q.limit);
+        let rows: Vec<WalletItemRow> = sql.fetch_all(&mut *self.d.read().await?).await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    async fn wallet_receipt(
+        &self,
+        payer_id: Uuid,
+        receipt_id: Uuid,
+        scope: Option<&[Uuid]>,
+    ) -> Result<Option<WalletDetail>> {
+        let mut sql = Sql::new(
+            "SELECT a.code AS agency_code, a.name AS agency_name, w.source, w.tags, w.note_sealed, w.added_at \
+             FROM wallet_entries w JOIN agencies a ON a.id = w.agency_id WHERE w.payer_id = ",
+        );
+        sql.push_bind(payer_id)
+            .push(" AND w.receipt_id = ")
+            .push_bind(receipt_id)
+            .push(" AND w.removed_at IS NULL");
+        push_scope(&mut sql, scope);
+        let mut conn = self.d.read().await?;
+        let entry: Option<WalletEntryRow> = sql.fetch_optional(&mut *conn).await?;
+        let Some(entry) = entry else { return Ok(None) };
+        let row: Option<ReceiptRow> = Sql::new(concatcp!("SELECT ", RECEIPT_COLUMNS, " FROM receipts WHERE id = $1"))
+            .bind(receipt_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(WalletDetail {
+            receipt: row.into_receipt(Vec::new())?,
+            agency_code: entry.agency_code,
+            agency_name: entry.agency_name,
+            source: WalletSource::parse(&entry.source)?,
+            tags: entry.tags.0,
+            note_sealed: entry.note_sealed,
+            added_at: entry.added_at,
+        }))
+    }
+
+    async fn add_to_wallet(&self, payer_id: Uuid, receipt_id: Uuid) -> Result<WalletAdd> {
+        let now = Timestamp::now();
+        let mut tx = self.d.write().await?;
+        let inserted = Sql::new(
+            "INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
+             SELECT $1, r.id, r.agency_id, r.issued_at, 'possession', '[]', $3 FROM receipts r \
+             WHERE r.id = $2 ON CONFLICT (payer_id, receipt_id) DO NOTHING",
+        )
+        .bind(payer_id)
+        .bind(receipt_id)
+        .bind(now)
+        .execute(tx.conn())
+        .await
+        .map_err(|e| write_error(e, "wallet_entry"))?;
+        let outcome = if inserted == 1 {
+            WalletAdd::Added
+        } else {
+            let restored = Sql::new(
+                "UPDATE wallet_entries SET removed_at = NULL, source = 'possession', added_at = $3 \
+                 WHERE payer_id = $1 AND receipt_id = $2 AND removed_at IS NOT NULL",
+            )
+            .bind(payer_id)
+            .bind(receipt_id)
+            .bind(now)
+            .execute(tx.conn())
+            .await?;
+            if restored == 1 {
+                WalletAdd::Added
+            } else {
+                WalletAdd::AlreadyThere
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn remove_from_wallet(&self, payer_id: Uuid, receipt_id: Uuid, scope: Option<&[Uuid]>) -> Result<bool> {
+        let mut sql = Sql::new("UPDATE wallet_entries SET removed_at = ");
+        sql.push_bind(Timestamp::now());
+        push_entry(&mut sql, payer_id, receipt_id, scope);
+        self.change_entry(sql).await
+    }
+
+    async fn annotate_wallet_entry(
+        &self,
+        payer_id: Uuid,
+        receipt_id: Uuid,
+        scope: Option<&[Uuid]>,
+        annotation: WalletAnnotation,
+    ) -> Result<bool> {
+        let mut sql = Sql::new("UPDATE wallet_entries SET payer_id = payer_id");
+        if let Some(tags) = annotation.tags {
+            sql.push(", tags = ").push_bind(Json(tags));
+        }
+        if let Some(note) = annotation.note_sealed {
+            sql.push(", note_sealed = ").push_bind(note);
+        }
+        push_entry(&mut sql, payer_id, receipt_id, scope);
+        self.change_entry(sql).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_pattern("50%_Ab"), "%50\\%\\_ab%");
+        assert_eq!(like_pattern("血常规"), "%血常规%");
+    }
+
+    #[test]
+    fn identity_lock_keys_are_sorted_and_distinct_per_domain() {
+        let keys = identity_lock_keys(Some("i"), Some("i"), "n");
+        assert_eq!(keys.len(), 2);
+        assert!(keys[0] <= keys[1]);
+        assert_ne!(identity_lock_key("id", "i", "n"), identity_lock_key("phone", "i", "n"));
+    }
+}

@@ -1,0 +1,330 @@
+//! Intake: receipts pushed and reversed, with the deliveries they call for.
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use piaojia_store::{
+    ChannelKind, DeliveryEvent, DeliveryStatus, InsertOutcome, NewDelivery, ReimbursementState, Reversal,
+    ReversalOutcome, StoreError, Timestamp,
+};
+use uuid::Uuid;
+
+use crate::Fixture;
+use crate::support::{TestResult, at, created, delivery, issued_deliveries, one_agency, receipt, reversal};
+
+chapters!(
+    create_duplicate_conflict,
+    concurrent_identical_inserts,
+    lookup_is_scoped_by_agency,
+    reversal_rules,
+    deliveries_share_the_transaction,
+);
+
+async fn create_duplicate_conflict(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let b = one_agency(&*store, "B002").await?;
+
+    let new = receipt(a, "0000000001", "hash-1");
+    let first = created(store.insert_receipt(new.clone(), issued_deliveries()).await?)?;
+    assert_eq!(first.id, new.id);
+    assert_eq!(first.agency_id, a);
+    assert_eq!(first.bill_no, "0000000001");
+    assert_eq!(first.details, new.details);
+    assert_eq!(first.file, new.file);
+    assert_eq!(first.payer_id_index.as_deref(), Some("idx-id"));
+    assert_eq!(first.payer_name_index, None);
+    assert_eq!(first.open_id.as_deref(), Some("o-open-id"));
+    assert_eq!(first.total_fen, 12_345);
+    assert_eq!(first.received_at, new.received_at);
+    // Stored at microsecond precision on both backends.
+    assert_eq!(first.issued_at, at(0) + Duration::microseconds(123_456));
+    assert_eq!(first.reimbursement_state, ReimbursementState::Init);
+    assert!(first.reversal.is_none());
+    assert_eq!(first.deliveries.len(), 2);
+    for d in &first.deliveries {
+        assert_eq!(d.receipt_id, first.id);
+        assert_eq!(d.event, DeliveryEvent::Issued);
+        assert_eq!(d.status, DeliveryStatus::Pending);
+        assert_eq!(d.attempts, 0);
+        assert!(d.last_error.is_none());
+        assert_eq!(d.agency_id, a);
+        assert_eq!(d.interface, format!("{}:test", d.channel));
+        assert!(d.payload.is_none() && d.park_reason.is_none() && d.provider_ref.is_none());
+        assert!(d.delivered_at.is_none());
+        assert_eq!(d.next_attempt_at, d.created_at);
+    }
+
+    // The same push again (a retry makes a new id): the first result, no new deliveries.
+    let again = store
+        .insert_receipt(receipt(a, "0000000001", "hash-1"), issued_deliveries())
+        .await?;
+    let InsertOutcome::Duplicate(dup) = again else {
+        return Err(format!("expected Duplicate, got {again:?}").into());
+    };
+    assert_eq!(dup.id, first.id);
+    assert_eq!(dup.deliveries.len(), 2);
+    assert_eq!(
+        dup.deliveries.iter().map(|d| d.id).collect::<Vec<_>>(),
+        first.deliveries.iter().map(|d| d.id).collect::<Vec<_>>()
+    );
+
+    // Different content from the same agency, or the identity from another agency.
+    assert!(matches!(
+        store
+            .insert_receipt(receipt(a, "0000000001", "hash-2"), issued_deliveries())
+            .await?,
+        InsertOutcome::Conflict { same_agency: true }
+    ));
+    assert!(matches!(
+        store
+            .insert_receipt(receipt(b, "0000000001", "hash-1"), issued_deliveries())
+            .await?,
+        InsertOutcome::Conflict { same_agency: false }
+    ));
+    // Same number in another batch is another receipt.
+    let mut other_batch = receipt(a, "0000000001", "hash-3");
+    other_batch.bill_batch_code = "11010126".to_owned();
+    created(store.insert_receipt(other_batch, vec![]).await?)?;
+
+    assert_eq!(store.count_receipts(a).await?, 2);
+    assert_eq!(store.count_receipts(b).await?, 0);
+
+    // Found by identity in any agency, without its deliveries.
+    let found = store
+        .find_receipt("11010125", "0000000001")
+        .await?
+        .ok_or("receipt not found by identity")?;
+    assert_eq!((found.id, found.agency_id), (first.id, a));
+    assert!(found.deliveries.is_empty());
+    assert!(store.find_receipt("11010125", "0000000404").await?.is_none());
+
+    // Unknown agency, reused receipt id.
+    assert!(matches!(
+        store
+            .insert_receipt(receipt(Uuid::now_v7(), "0000000009", "h"), vec![])
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let mut reused = receipt(a, "0000000010", "h");
+    reused.id = first.id;
+    assert!(matches!(
+        store.insert_receipt(reused, vec![]).await,
+        Err(StoreError::Conflict("receipt_id"))
+    ));
+    assert_eq!(store.count_receipts(a).await?, 2);
+    Ok(())
+}
+
+async fn concurrent_identical_inserts(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let template = receipt(a, "0000000042", "hash-42");
+
+    // All eight wait at the barrier so their transactions really overlap.
+    let start = Arc::new(tokio::sync::Barrier::new(8));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = Arc::clone(&store);
+        let start = Arc::clone(&start);
+        let mut push = template.clone();
+        push.id = Uuid::now_v7();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            store.insert_receipt(push, issued_deliveries()).await
+        }));
+    }
+    let mut created_ids = Vec::new();
+    let mut duplicate_ids = Vec::new();
+    for task in tasks {
+        match task.await?? {
+            InsertOutcome::Created(r) => created_ids.push(r.id),
+            InsertOutcome::Duplicate(r) => duplicate_ids.push(r.id),
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+    }
+    assert_eq!(created_ids.len(), 1, "exactly one push creates");
+    assert_eq!(duplicate_ids.len(), 7);
+    assert!(duplicate_ids.iter().all(|id| *id == created_ids[0]));
+    assert_eq!(store.count_receipts(a).await?, 1);
+    let stored = store
+        .receipt(a, "11010125", "0000000042")
+        .await?
+        .ok_or("receipt missing")?;
+    assert_eq!(stored.id, created_ids[0]);
+    assert_eq!(stored.deliveries.len(), 2, "only the winner wrote deliveries");
+    Ok(())
+}
+
+async fn lookup_is_scoped_by_agency(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let b = one_agency(&*store, "B002").await?;
+    let first = created(
+        store
+            .insert_receipt(receipt(a, "0000000001", "hash-1"), issued_deliveries())
+            .await?,
+    )?;
+
+    let found = store
+        .receipt(a, "11010125", "0000000001")
+        .await?
+        .ok_or("own receipt not found")?;
+    assert_eq!(found.id, first.id);
+    assert_eq!(found.deliveries.len(), 2);
+    assert_eq!(found.content_hash, "hash-1");
+    assert!(store.receipt(b, "11010125", "0000000001").await?.is_none());
+    assert!(store.receipt(a, "11010125", "0000000002").await?.is_none());
+    assert!(store.receipt(a, "99999999", "0000000001").await?.is_none());
+    Ok(())
+}
+
+async fn reversal_rules(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let b = one_agency(&*store, "B002").await?;
+    let original = created(
+        store
+            .insert_receipt(receipt(a, "0000000001", "hash-1"), issued_deliveries())
+            .await?,
+    )?;
+    let reversed_deliveries = || vec![delivery(DeliveryEvent::Reversed, ChannelKind::IssuerWebhook)];
+
+    // Unknown receipt, or another agency's.
+    for (agency, no) in [(a, "0000000404"), (b, "0000000001")] {
+        assert!(matches!(
+            store
+                .reverse_receipt(agency, "11010125", no, reversal("退费"), reversed_deliveries())
+                .await?,
+            ReversalOutcome::NotFound
+        ));
+    }
+
+    let request = reversal("退费");
+    let outcome = store
+        .reverse_receipt(a, "11010125", "0000000001", request.clone(), reversed_deliveries())
+        .await?;
+    let ReversalOutcome::Reversed(done) = outcome else {
+        return Err(format!("expected Reversed, got {outcome:?}").into());
+    };
+    assert_eq!(done.id, original.id);
+    assert_eq!(done.reimbursement_state, ReimbursementState::Cancel);
+    let stored = done.reversal.clone().ok_or("reversal not recorded")?;
+    // Kept at microsecond precision (the request was given nanoseconds).
+    assert_eq!(stored.reversed_at, at(3600));
+    assert!(stored.same_request(&Reversal {
+        reversed_at: at(3600),
+        ..request.clone()
+    }));
+    // Outbox: the issued deliveries first, then the reversal's.
+    assert_eq!(
+        done.deliveries.iter().map(|d| d.event).collect::<Vec<_>>(),
+        [DeliveryEvent::Issued, DeliveryEvent::Issued, DeliveryEvent::Reversed]
+    );
+
+    // The same request again (recorded later by us): its first answer, nothing new.
+    let mut repeat = request.clone();
+    repeat.recorded_at = Timestamp::now() + Duration::seconds(5);
+    let outcome = store
+        .reverse_receipt(a, "11010125", "0000000001", repeat, reversed_deliveries())
+        .await?;
+    let ReversalOutcome::AlreadyReversed(same) = outcome else {
+        return Err(format!("expected AlreadyReversed, got {outcome:?}").into());
+    };
+    assert_eq!(same.reversal, done.reversal);
+    assert_eq!(same.deliveries.len(), 3);
+
+    // A different reversal of the same receipt.
+    let mut different = request.clone();
+    different.red_bill_no = "9000000002".to_owned();
+    let outcome = store
+        .reverse_receipt(a, "11010125", "0000000001", different, reversed_deliveries())
+        .await?;
+    let ReversalOutcome::Conflict(kept) = outcome else {
+        return Err(format!("expected Conflict, got {outcome:?}").into());
+    };
+    assert_eq!(kept.reversal, done.reversal);
+    assert_eq!(kept.deliveries.len(), 3);
+
+    // Locked and closed receipts cannot be reversed.
+    for (no, state) in [
+        ("0000000002", ReimbursementState::Lock),
+        ("0000000003", ReimbursementState::Closure),
+    ] {
+        let r = created(store.insert_receipt(receipt(a, no, "h"), vec![]).await?)?;
+        store.set_reimbursement_state(r.id, state).await?;
+        let outcome = store
+            .reverse_receipt(a, "11010125", no, reversal("退费"), reversed_deliveries())
+            .await?;
+        assert!(
+            matches!(outcome, ReversalOutcome::Locked(s) if s == state),
+            "{state:?}: {outcome:?}"
+        );
+        let after = store.receipt(a, "11010125", no).await?.ok_or("receipt missing")?;
+        assert!(after.reversal.is_none());
+        assert_eq!(after.reimbursement_state, state);
+        assert!(after.deliveries.is_empty());
+        // Unlocked again, it can be reversed.
+        store.set_reimbursement_state(r.id, ReimbursementState::Init).await?;
+        assert!(matches!(
+            store
+                .reverse_receipt(a, "11010125", no, reversal("退费"), reversed_deliveries())
+                .await?,
+            ReversalOutcome::Reversed(_)
+        ));
+    }
+
+    assert!(matches!(
+        store
+            .set_reimbursement_state(Uuid::now_v7(), ReimbursementState::Lock)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    Ok(())
+}
+
+async fn deliveries_share_the_transaction(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+
+    // A delivery that cannot be written (its id is taken twice) undoes the receipt.
+    let twice = delivery(DeliveryEvent::Issued, ChannelKind::IssuerWebhook);
+    let result = store
+        .insert_receipt(receipt(a, "0000000001", "hash-1"), vec![twice.clone(), twice])
+        .await;
+    assert!(matches!(result, Err(StoreError::Conflict("delivery_id"))), "{result:?}");
+    assert_eq!(store.count_receipts(a).await?, 0);
+    assert!(store.receipt(a, "11010125", "0000000001").await?.is_none());
+
+    // After the failure the same push goes through whole.
+    let ok = created(
+        store
+            .insert_receipt(receipt(a, "0000000001", "hash-1"), issued_deliveries())
+            .await?,
+    )?;
+    assert_eq!(ok.deliveries.len(), 2);
+
+    // Same for a reversal: a failed delivery leaves the receipt unreversed.
+    let taken = ok.deliveries[0].id;
+    let result = store
+        .reverse_receipt(
+            a,
+            "11010125",
+            "0000000001",
+            reversal("退费"),
+            vec![NewDelivery {
+                id: taken,
+                ..delivery(DeliveryEvent::Reversed, ChannelKind::IssuerWebhook)
+            }],
+        )
+        .await;
+    assert!(matches!(result, Err(StoreError::Conflict("delivery_id"))), "{result:?}");
+    let after = store
+        .receipt(a, "11010125", "0000000001")
+        .await?
+        .ok_or("receipt missing")?;
+    assert!(after.reversal.is_none());
+    assert_eq!(after.reimbursement_state, ReimbursementState::Init);
+    assert_eq!(after.deliveries.len(), 2);
+    Ok(())
+}
