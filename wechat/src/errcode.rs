@@ -36,6 +36,10 @@ pub const API_UNAUTHORIZED: i64 = 48001;
 pub const DATA_FORMAT_ERROR: i64 = 47001;
 /// Invalid `media_id` (e.g. a `media_id` menu button).
 pub const INVALID_MEDIA_ID: i64 = 40007;
+/// An upload without its file (e.g. `setpdf` without the `pdf` field).
+pub const MEDIA_DATA_MISSING: i64 = 41005;
+/// `menu/get` of an account without a menu.
+pub const MENU_NOT_EXIST: i64 = 46003;
 
 // ---- custom menu (`/cgi-bin/menu/create`) ----
 /// Top-level buttons: 1 to 3.
@@ -157,6 +161,8 @@ pub fn classify(errcode: i64) -> ErrorClass {
         | API_UNAUTHORIZED
         | DATA_FORMAT_ERROR
         | INVALID_MEDIA_ID
+        | MEDIA_DATA_MISSING
+        | MENU_NOT_EXIST
         | MENU_INVALID_BUTTON_SIZE
         | MENU_INVALID_BUTTON_TYPE
         | MENU_INVALID_BUTTON_NAME_SIZE

@@ -44,8 +44,11 @@ pub(crate) fn read_answer(text: &str, job: &PushJob) -> Answer {
     Answer::Reply(Box::new(reply))
 }
 
-/// Text of each element by path (`xml/Articles/item/Title`); a `xml/Articles/item` entry
-/// with empty text marks the start of each article.
+/// Marks the start of each `news` article in [`fields`]' output.
+const ARTICLE_START: &str = "xml/Articles/item#";
+
+/// Text of each element by path (`xml/Articles/item/Title`), with [`ARTICLE_START`]
+/// before each article.
 fn fields(xml: &str) -> Result<Vec<(String, String)>, String> {
     if xml.len() > MAX_REPLY_BYTES {
         return Err("reply too large".into());
@@ -64,7 +67,7 @@ fn fields(xml: &str) -> Result<Vec<(String, String)>, String> {
                 path.push(e.name().0.to_owned());
                 text.clear();
                 if path.join("/") == "xml/Articles/item" {
-                    out.push(("xml/Articles/item".into(), String::new()));
+                    out.push((ARTICLE_START.into(), String::new()));
                 }
             }
             XmlEvent::End(_) => {
@@ -140,21 +143,19 @@ fn check(text: &str, job: &PushJob, r: &mut PassiveReply) -> Result<(), String> 
         .or_else(|| get(&f, "xml/Video/MediaId"))
         .map(str::to_owned);
     for (path, value) in &f {
-        let Some(name) = path.strip_prefix("xml/Articles/item") else {
-            continue;
-        };
-        if name.is_empty() {
+        if path == ARTICLE_START {
             r.articles.push(ReplyArticle::default());
             continue;
         }
-        if let Some(a) = r.articles.last_mut() {
-            match name {
-                "/Title" => a.title = value.clone(),
-                "/Description" => a.description = value.clone(),
-                "/PicUrl" => a.pic_url = value.clone(),
-                "/Url" => a.url = value.clone(),
-                _ => {}
-            }
+        let (Some(name), Some(a)) = (path.strip_prefix("xml/Articles/item/"), r.articles.last_mut()) else {
+            continue;
+        };
+        match name {
+            "Title" => a.title = value.clone(),
+            "Description" => a.description = value.clone(),
+            "PicUrl" => a.pic_url = value.clone(),
+            "Url" => a.url = value.clone(),
+            _ => {}
         }
     }
 
