@@ -208,13 +208,23 @@ impl Event {
         {
             return id.to_owned();
         }
-        format!(
+        let mut key = format!(
             "{}|{}|{}|{}",
             self.from_user_name.as_deref().unwrap_or(""),
             self.create_time.unwrap_or(0),
             self.event.as_deref().unwrap_or(""),
             self.event_key.as_deref().unwrap_or("")
-        )
+        );
+        // Card-package events carry no EventKey: two orders authorised, or two cards
+        // changed, by one user within a second must not look like retries of one push.
+        let invoice = [&self.succ_order_id, &self.fail_order_id, &self.card_id, &self.code];
+        if invoice.iter().any(|v| v.as_deref().is_some_and(|s| !s.is_empty())) {
+            for v in invoice.into_iter().chain([&self.status]) {
+                key.push('|');
+                key.push_str(v.as_deref().unwrap_or(""));
+            }
+        }
+        key
     }
 
     pub fn is_event(&self, name: &str) -> bool {
@@ -862,7 +872,13 @@ mod tests {
         let built = Event::user_authorize_invoice("gh_1", "o1", 5, "order-1", "wxapp", "web");
         assert_eq!(
             parse_event(&built).expect("parses").dedup_key(),
-            "o1|5|user_authorize_invoice|"
+            "o1|5|user_authorize_invoice||order-1||||"
+        );
+        let other = Event::user_authorize_invoice("gh_1", "o1", 5, "order-2", "wxapp", "web");
+        assert_ne!(
+            parse_event(&other).expect("parses").dedup_key(),
+            parse_event(&built).expect("parses").dedup_key(),
+            "two orders in one second are two events"
         );
         assert!(matches!(
             parse_typed_event(&built).expect("typed").kind,
@@ -882,6 +898,11 @@ mod tests {
                 card_id: "pCARD".into(),
                 code: "123456789012".into()
             }
+        );
+        let unlock = Event::update_invoice_status("gh_1", "o1", 6, ReimburseStatus::Init, "pCARD", "123456789012");
+        assert_ne!(
+            parse_event(&xml).expect("parses").dedup_key(),
+            parse_event(&unlock).expect("parses").dedup_key()
         );
         let bad = xml.replace("INVOICE_REIMBURSE_LOCK", "LOCKED");
         assert!(parse_typed_event(&bad).is_err());
