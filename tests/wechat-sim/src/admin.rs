@@ -1,4 +1,20 @@
 //! The `/sim/…` admin API: the Rust API's controls and records over JSON.
+//!
+//! Records: `GET /sim/calls[?path=]`, `DELETE /sim/calls`, `GET /sim/messages/subscribe`,
+//! `GET /sim/messages/template`, `GET /sim/events` (pushes with every attempt and any passive
+//! reply), `GET /sim/replies`, `GET /sim/qrcodes`, `GET /sim/counters/{appid}`.
+//! Controls: `GET|PUT|DELETE /sim/faults`, `POST /sim/seed`, `POST /sim/quotas/reset`,
+//! `POST /sim/clock/advance`, `POST /sim/tokens/invalidate|expire`,
+//! `PUT /sim/apps/{appid}/message_server`, `PUT /sim/apps/{appid}/oauth_domains`,
+//! `GET /sim/apps/{appid}/menu`.
+//! Users: `POST /sim/codes/login|oauth|phone|realname`, `PUT|DELETE /sim/realname`,
+//! `POST /sim/subscriptions[/long_term]`, `POST /sim/users/following|template_status`,
+//! `POST /sim/users/follow|scan|click|unfollow|link`, `POST /sim/qrcodes/scan`,
+//! `GET /sim/browser/login` (sets the simulated browser user's cookie).
+//! Card package: `GET /sim/invoice/s_pappid/{appid}`, `GET /sim/invoice/orders|templates`,
+//! `POST /sim/invoice/authorize` (the payer agrees), `POST /sim/invoice/choose`
+//! (`wx.chooseInvoice`), `GET /sim/cardpackage?appid&openid` (JSON) and
+//! `GET /sim/cardpackage/page?appid[&openid]` (the payer's 卡包 as a page).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -417,8 +417,11 @@ impl Simulator {
         if let Some(s) = query.get_mut("secret") {
             *s = REDACTED.to_owned();
         }
-        if let Some(s) = body.get_mut("secret") {
-            *s = json!(REDACTED);
+        // Nor app secrets, nor the identities a real-name check carries (PIPL).
+        for key in ["secret", "real_name", "cred_id"] {
+            if let Some(s) = body.get_mut(key) {
+                *s = json!(REDACTED);
+            }
         }
         self.with_state(|st| {
             let rec = RecordedCall {

@@ -175,6 +175,13 @@ async fn real_name_admin_api() {
         .call(MP, paths::CHECK_REAL_NAME, &check(&payer, NAME, ID, &code))
         .await;
     assert_eq!(r["verify_real_name"], "V_NM_ID_MA");
+    // Records keep no names or ID numbers.
+    let recorded = env.sim.calls_to(paths::CHECK_REAL_NAME).remove(0).body;
+    assert_eq!(
+        (recorded["real_name"].as_str(), recorded["cred_id"].as_str()),
+        (Some("<redacted>"), Some("<redacted>"))
+    );
+    assert_eq!(recorded["openid"], payer.as_str());
 
     let (status, _) = env
         .admin(Method::PUT, "/sim/realname", Some(&json!({ "openid": payer })))
