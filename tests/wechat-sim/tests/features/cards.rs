@@ -86,7 +86,6 @@ async fn media(env: &Env, appid: &str) -> String {
         .to_owned()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn insert_body(order_id: &str, card_id: &str, appid: &str, fee: i64, no: &str, code: &str, media: &str) -> Value {
     json!({
         "order_id": order_id, "card_id": card_id, "appid": appid,

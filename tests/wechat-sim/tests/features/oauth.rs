@@ -85,6 +85,15 @@ async fn authorize_redirects_with_a_single_use_code() {
     let r = env.get(&exchange_path(OA, OA_SECRET, &q["code"])).await;
     assert_eq!(r["scope"], "snsapi_userinfo");
 
+    // The documented link ends in `#wechat_redirect`: a fragment, which browsers keep to themselves.
+    let documented = format!(
+        "{}#wechat_redirect",
+        authorize_path(OA, "https://piaojia.example/cb", "snsapi_base", "frag")
+    );
+    let resp = env.browse(&documented, Some(&cookie)).await;
+    assert_eq!(resp.status().as_u16(), 302);
+    assert_eq!(query_of(&location(&resp))["state"], "frag");
+
     // About five minutes to use it.
     let resp = env
         .browse(
