@@ -5,6 +5,7 @@
 //! (in process or in Redis for scale-out) and refreshed by one caller at a time.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +30,21 @@ pub const PATH_JSCODE2SESSION: &str = "/sns/jscode2session";
 pub const PATH_OAUTH2_ACCESS_TOKEN: &str = "/sns/oauth2/access_token";
 pub const PATH_QRCODE_CREATE: &str = "/cgi-bin/qrcode/create";
 pub const PATH_GET_PHONE_NUMBER: &str = "/wxa/business/getuserphonenumber";
+pub const PATH_GET_TICKET: &str = "/cgi-bin/ticket/getticket";
+pub const PATH_CHECK_REAL_NAME: &str = "/intp/realname/checkrealnameinfo";
+pub const PATH_MENU_CREATE: &str = "/cgi-bin/menu/create";
+pub const PATH_INVOICE_SET_URL: &str = "/card/invoice/seturl";
+pub const PATH_CREATE_BILL_CARD: &str = "/nontax/createbillcard";
+pub const PATH_GET_BILL_AUTH_URL: &str = "/nontax/getbillauthurl";
+pub const PATH_GET_AUTH_DATA: &str = "/card/invoice/getauthdata";
+pub const PATH_SET_PDF: &str = "/card/invoice/platform/setpdf";
+pub const PATH_INSERT_BILL: &str = "/nontax/insertbill";
+pub const PATH_REJECT_INSERT: &str = "/card/invoice/rejectinsert";
+pub const PATH_PLATFORM_UPDATE_STATUS: &str = "/card/invoice/platform/updatestatus";
+pub const PATH_REIMBURSE_GET_INFO: &str = "/card/invoice/reimburse/getinvoiceinfo";
+pub const PATH_REIMBURSE_GET_BATCH: &str = "/card/invoice/reimburse/getinvoicebatch";
+pub const PATH_REIMBURSE_UPDATE_STATUS: &str = "/card/invoice/reimburse/updateinvoicestatus";
+pub const PATH_REIMBURSE_UPDATE_BATCH: &str = "/card/invoice/reimburse/updatestatusbatch";
 
 /// Cached tokens expire this long before WeChat's expiry, so callers refresh early.
 const EXPIRY_MARGIN_SECS: i64 = 300;
@@ -173,6 +189,65 @@ enum TokenStore {
 struct StableToken {
     access_token: String,
     expires_in: i64,
+}
+
+/// What the shared cache holds per app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credential {
+    AccessToken,
+    /// The card-package `api_ticket` (`getticket?type=wx_card`).
+    CardTicket,
+}
+
+impl Credential {
+    fn memory_key(self, appid: &str) -> String {
+        match self {
+            Self::AccessToken => appid.to_owned(),
+            Self::CardTicket => format!("ticket:wx_card:{appid}"),
+        }
+    }
+
+    fn redis_key(self, prefix: &str, appid: &str) -> String {
+        match self {
+            Self::AccessToken => token_key(prefix, appid),
+            Self::CardTicket => format!("{prefix}wechat:ticket:wx_card:{appid}"),
+        }
+    }
+
+    fn lock_key(self, prefix: &str, appid: &str) -> String {
+        match self {
+            Self::AccessToken => format!("{prefix}wechat:token-lock:{appid}"),
+            Self::CardTicket => format!("{prefix}wechat:ticket-lock:wx_card:{appid}"),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::AccessToken => "access_token",
+            Self::CardTicket => "wx_card_ticket",
+        }
+    }
+}
+
+/// A freshly fetched token or ticket.
+struct Fresh {
+    value: String,
+    expires_in: i64,
+}
+
+/// A request body.
+pub(crate) enum Payload<'a> {
+    Empty,
+    Json(&'a Value),
+    /// `multipart/form-data` already encoded with `boundary`.
+    Multipart {
+        boundary: String,
+        bytes: Vec<u8>,
+    },
+}
+
+fn pairs(q: &[(String, String)]) -> Vec<(&str, &str)> {
+    q.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 /// Thin client over reqwest; cheap to clone (shares HTTP pool, cache and limiter).
@@ -405,36 +480,68 @@ impl WechatClient {
         &self.base
     }
 
-    // ---- access token -------------------------------------------------------------
+    // ---- access token and card ticket -------------------------------------------------
 
     /// A valid access token for `app`, from the cache or a single refresher.
     pub async fn access_token(&self, app: &AppCredentials) -> Result<String, CallError> {
-        match &self.tokens {
-            TokenStore::Memory(slots) => {
-                let slot = slots.lock().await.entry(app.appid.clone()).or_default().clone();
-                // Holding the slot lock across the fetch makes concurrent callers wait for it.
-                let mut cached = slot.lock().await;
-                if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
-                    return Ok(t.token.clone());
-                }
-                let fresh = self.fetch_stable_token(app).await?;
-                let refresh_at = Instant::now() + Duration::from_secs(cache_ttl_secs(fresh.expires_in));
-                *cached = Some(MemoryToken {
-                    token: fresh.access_token.clone(),
-                    refresh_at,
-                });
-                Ok(fresh.access_token)
-            }
-            TokenStore::Redis { conn, prefix } => self.redis_access_token(conn.clone(), prefix, app).await,
-        }
+        self.cached(app, Credential::AccessToken, &|| self.fetch_stable_token(app))
+            .await
     }
 
     /// Drops the cached token only if it is still `failed`: another caller may already
     /// have replaced it, and that newer token must survive.
     pub async fn invalidate_token(&self, app: &AppCredentials, failed: &str) -> Result<(), CallError> {
+        self.invalidate_cached(app, Credential::AccessToken, failed).await
+    }
+
+    /// The card-package `api_ticket` (`getticket?type=wx_card`) for `app`, cached and
+    /// refreshed like the access token (it also lives 7200 s and its calls are limited).
+    pub async fn card_ticket(&self, app: &AppCredentials) -> Result<String, CallError> {
+        self.cached(app, Credential::CardTicket, &|| self.fetch_card_ticket(app))
+            .await
+    }
+
+    /// Drops the cached card ticket if it is still `failed`.
+    pub async fn invalidate_card_ticket(&self, app: &AppCredentials, failed: &str) -> Result<(), CallError> {
+        self.invalidate_cached(app, Credential::CardTicket, failed).await
+    }
+
+    /// The cached `cred`, or `fetch`ed by a single refresher. Generic over the fetch so the
+    /// ticket's fetch (which needs a token from this same cache) is not async recursion.
+    async fn cached<F, Fut>(&self, app: &AppCredentials, cred: Credential, fetch: &F) -> Result<String, CallError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Fresh, CallError>>,
+    {
         match &self.tokens {
             TokenStore::Memory(slots) => {
-                let slot = slots.lock().await.get(&app.appid).cloned();
+                let slot = slots
+                    .lock()
+                    .await
+                    .entry(cred.memory_key(&app.appid))
+                    .or_default()
+                    .clone();
+                // Holding the slot lock across the fetch makes concurrent callers wait for it.
+                let mut cached = slot.lock().await;
+                if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
+                    return Ok(t.token.clone());
+                }
+                let fresh = fetch().await?;
+                let refresh_at = Instant::now() + Duration::from_secs(cache_ttl_secs(fresh.expires_in));
+                *cached = Some(MemoryToken {
+                    token: fresh.value.clone(),
+                    refresh_at,
+                });
+                Ok(fresh.value)
+            }
+            TokenStore::Redis { conn, prefix } => self.redis_cached(conn.clone(), prefix, app, cred, fetch).await,
+        }
+    }
+
+    async fn invalidate_cached(&self, app: &AppCredentials, cred: Credential, failed: &str) -> Result<(), CallError> {
+        match &self.tokens {
+            TokenStore::Memory(slots) => {
+                let slot = slots.lock().await.get(&cred.memory_key(&app.appid)).cloned();
                 if let Some(slot) = slot {
                     let mut cached = slot.lock().await;
                     if cached.as_ref().is_some_and(|t| t.token == failed) {
@@ -446,7 +553,7 @@ impl WechatClient {
             TokenStore::Redis { conn, prefix } => {
                 let mut conn = conn.clone();
                 let _: i64 = redis::Script::new(COMPARE_AND_DELETE)
-                    .key(token_key(prefix, &app.appid))
+                    .key(cred.redis_key(prefix, &app.appid))
                     .arg(failed)
                     .invoke_async(&mut conn)
                     .await
@@ -456,14 +563,20 @@ impl WechatClient {
         }
     }
 
-    async fn redis_access_token(
+    async fn redis_cached<F, Fut>(
         &self,
         mut conn: redis::aio::ConnectionManager,
         prefix: &str,
         app: &AppCredentials,
-    ) -> Result<String, CallError> {
-        let key = token_key(prefix, &app.appid);
-        let lock_key = format!("{prefix}wechat:token-lock:{}", app.appid);
+        cred: Credential,
+        fetch: &F,
+    ) -> Result<String, CallError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Fresh, CallError>>,
+    {
+        let key = cred.redis_key(prefix, &app.appid);
+        let lock_key = cred.lock_key(prefix, &app.appid);
         if let Some(t) = redis_get(&mut conn, &key).await? {
             return Ok(t);
         }
@@ -480,7 +593,7 @@ impl WechatClient {
                 .await
                 .map_err(cache_err)?;
             if acquired.is_some() {
-                let result = self.refresh_into_redis(&mut conn, &key, app).await;
+                let result = refresh_into_redis(&mut conn, &key, fetch).await;
                 let released: Result<i64, _> = redis::Script::new(COMPARE_AND_DELETE)
                     .key(&lock_key)
                     .arg(&owner)
@@ -488,15 +601,16 @@ impl WechatClient {
                     .await;
                 if let Err(e) = released {
                     // The lock expires by itself; only log.
-                    tracing::warn!(appid = %app.appid, error = %e, "releasing wechat token lock failed");
+                    tracing::warn!(appid = %app.appid, cache = cred.label(), error = %e, "releasing wechat cache lock failed");
                 }
                 return result;
             }
             if Instant::now() >= deadline {
-                // The holder is stuck; normal-mode stable_token is safe to call concurrently.
-                tracing::warn!(appid = %app.appid, "wechat token lock wait timed out; fetching without lock");
-                let fresh = self.fetch_stable_token(app).await?;
-                return Ok(fresh.access_token);
+                // The holder is stuck; normal-mode stable_token (and getticket, which hands
+                // out the current ticket) are safe to call concurrently.
+                tracing::warn!(appid = %app.appid, cache = cred.label(), "wechat cache lock wait timed out; fetching without lock");
+                let fresh = fetch().await?;
+                return Ok(fresh.value);
             }
             tokio::time::sleep(LOCK_POLL).await;
             if let Some(t) = redis_get(&mut conn, &key).await? {
@@ -505,29 +619,7 @@ impl WechatClient {
         }
     }
 
-    async fn refresh_into_redis(
-        &self,
-        conn: &mut redis::aio::ConnectionManager,
-        key: &str,
-        app: &AppCredentials,
-    ) -> Result<String, CallError> {
-        // Another process may have refreshed between our miss and taking the lock.
-        if let Some(t) = redis_get(conn, key).await? {
-            return Ok(t);
-        }
-        let fresh = self.fetch_stable_token(app).await?;
-        let _: () = redis::cmd("SET")
-            .arg(key)
-            .arg(&fresh.access_token)
-            .arg("EX")
-            .arg(cache_ttl_secs(fresh.expires_in))
-            .query_async(conn)
-            .await
-            .map_err(cache_err)?;
-        Ok(fresh.access_token)
-    }
-
-    async fn fetch_stable_token(&self, app: &AppCredentials) -> Result<StableToken, CallError> {
+    async fn fetch_stable_token(&self, app: &AppCredentials) -> Result<Fresh, CallError> {
         let body = json!({
             "grant_type": "client_credential",
             "appid": app.appid,
@@ -537,8 +629,35 @@ impl WechatClient {
         });
         tracing::debug!(appid = %app.appid, "fetching wechat stable_token");
         // Not rate-limited: a refresher holding the Redis lock must not queue behind sends.
-        self.request(app, Method::POST, PATH_STABLE_TOKEN, &[], Some(&body), false)
-            .await
+        let t: StableToken = self
+            .request(app, Method::POST, PATH_STABLE_TOKEN, &[], &Payload::Json(&body), false)
+            .await?;
+        Ok(Fresh {
+            value: t.access_token,
+            expires_in: t.expires_in,
+        })
+    }
+
+    async fn fetch_card_ticket(&self, app: &AppCredentials) -> Result<Fresh, CallError> {
+        #[derive(Deserialize)]
+        struct Ticket {
+            ticket: String,
+            expires_in: i64,
+        }
+        tracing::debug!(appid = %app.appid, "fetching wechat wx_card ticket");
+        let t: Ticket = self
+            .call(
+                app,
+                Method::GET,
+                PATH_GET_TICKET,
+                &[("type", "wx_card")],
+                &Payload::Empty,
+            )
+            .await?;
+        Ok(Fresh {
+            value: t.ticket,
+            expires_in: t.expires_in,
+        })
     }
 
     // ---- generic call -------------------------------------------------------------
@@ -552,17 +671,38 @@ impl WechatClient {
         path: &str,
         body: &Value,
     ) -> Result<T, CallError> {
-        let body = (!body.is_null()).then_some(body);
+        let payload = if body.is_null() {
+            Payload::Empty
+        } else {
+            Payload::Json(body)
+        };
+        self.call(app, method, path, &[], &payload).await
+    }
+
+    /// [`call_json`](Self::call_json) with extra query parameters and any payload.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        app: &AppCredentials,
+        method: Method,
+        path: &str,
+        extra_query: &[(&str, &str)],
+        payload: &Payload<'_>,
+    ) -> Result<T, CallError> {
         let token = self.access_token(app).await?;
+        let query = |token: &str| {
+            let mut q = vec![("access_token".to_owned(), token.to_owned())];
+            q.extend(extra_query.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+            q
+        };
         let first = self
-            .request(app, method.clone(), path, &[("access_token", &token)], body, true)
+            .request(app, method.clone(), path, &pairs(&query(&token)), payload, true)
             .await;
         match first {
             Err(CallError::Wechat(e)) if e.class() == ErrorClass::TokenInvalid => {
                 tracing::info!(appid = %app.appid, errcode = e.errcode, "wechat rejected access token; refreshing once");
                 self.invalidate_token(app, &token).await?;
                 let token = self.access_token(app).await?;
-                self.request(app, method, path, &[("access_token", &token)], body, true)
+                self.request(app, method, path, &pairs(&query(&token)), payload, true)
                     .await
             }
             other => other,
@@ -576,7 +716,7 @@ impl WechatClient {
         method: Method,
         path: &str,
         query: &[(&str, &str)],
-        body: Option<&Value>,
+        payload: &Payload<'_>,
         paced: bool,
     ) -> Result<T, CallError> {
         if paced && let Some(limiter) = &self.limiter {
@@ -584,7 +724,7 @@ impl WechatClient {
         }
         let interface = format!("wechat:{}:{}", app.appid, interface_name(path));
         let started = Instant::now();
-        let result = self.exchange(method, path, query, body).await;
+        let result = self.exchange(method, path, query, payload).await;
         metrics::histogram!("piaojia_external_request_duration_seconds", "interface" => interface.clone())
             .record(started.elapsed().as_secs_f64());
         let outcome = match &result {
@@ -604,7 +744,7 @@ impl WechatClient {
         method: Method,
         path: &str,
         query: &[(&str, &str)],
-        body: Option<&Value>,
+        payload: &Payload<'_>,
     ) -> Result<T, CallError> {
         let mut req = self
             .http
@@ -613,8 +753,17 @@ impl WechatClient {
         if !query.is_empty() {
             req = req.query(query);
         }
-        if let Some(body) = body {
-            req = req.json(body);
+        match payload {
+            Payload::Empty => {}
+            Payload::Json(body) => req = req.json(body),
+            Payload::Multipart { boundary, bytes } => {
+                req = req
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        format!("multipart/form-data; boundary={boundary}"),
+                    )
+                    .body(bytes.clone());
+            }
         }
         let resp = req.send().await?;
         let status = resp.status();
@@ -656,7 +805,7 @@ impl WechatClient {
             ("js_code", code),
             ("grant_type", "authorization_code"),
         ];
-        self.request(app, Method::GET, PATH_JSCODE2SESSION, &query, None, true)
+        self.request(app, Method::GET, PATH_JSCODE2SESSION, &query, &Payload::Empty, true)
             .await
     }
 
@@ -673,7 +822,14 @@ impl WechatClient {
             ("grant_type", "authorization_code"),
         ];
         let r: OAuth = self
-            .request(app, Method::GET, PATH_OAUTH2_ACCESS_TOKEN, &query, None, true)
+            .request(
+                app,
+                Method::GET,
+                PATH_OAUTH2_ACCESS_TOKEN,
+                &query,
+                &Payload::Empty,
+                true,
+            )
             .await?;
         Ok(r.openid)
     }
@@ -715,6 +871,32 @@ fn token_key(prefix: &str, appid: &str) -> String {
     format!("{prefix}wechat:token:{appid}")
 }
 
+/// Stores a fresh value under `key`, unless another process did so first.
+async fn refresh_into_redis<F, Fut>(
+    conn: &mut redis::aio::ConnectionManager,
+    key: &str,
+    fetch: &F,
+) -> Result<String, CallError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Fresh, CallError>>,
+{
+    // Another process may have refreshed between our miss and taking the lock.
+    if let Some(t) = redis_get(conn, key).await? {
+        return Ok(t);
+    }
+    let fresh = fetch().await?;
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(&fresh.value)
+        .arg("EX")
+        .arg(cache_ttl_secs(fresh.expires_in))
+        .query_async(conn)
+        .await
+        .map_err(cache_err)?;
+    Ok(fresh.value)
+}
+
 async fn redis_get(conn: &mut redis::aio::ConnectionManager, key: &str) -> Result<Option<String>, CallError> {
     redis::cmd("GET").arg(key).query_async(conn).await.map_err(cache_err)
 }
@@ -741,6 +923,17 @@ fn decode_err(e: serde_json::Error) -> CallError {
     let msg = e.to_string();
     CallError::Decode(msg.split(':').next().unwrap_or("invalid response").trim().to_owned())
 }
+
+mod card;
+mod menu;
+mod realname;
+
+pub use card::{
+    AuthData, AuthSource, BillAuthRequest, BillAuthUrl, BillCardTemplate, InsertBill, InsertedBill, InvoiceAuthStatus,
+    InvoiceInfo, InvoiceRef, InvoiceUserInfo, ReimburseStatus,
+};
+pub use menu::{ButtonAction, Menu, MenuButton, SubButton};
+pub use realname::{OpenidVerification, RealNameCheck, RealNameResult, RealNameVerification};
 
 #[cfg(test)]
 mod tests;

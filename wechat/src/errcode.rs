@@ -32,6 +32,67 @@ pub const IP_NOT_WHITELISTED: i64 = 40164;
 pub const INVALID_ARGS: i64 = 40097;
 /// API unauthorised for this account (e.g. unverified service account).
 pub const API_UNAUTHORIZED: i64 = 48001;
+/// The body is not the JSON the interface expects.
+pub const DATA_FORMAT_ERROR: i64 = 47001;
+/// Invalid `media_id` (e.g. a `media_id` menu button).
+pub const INVALID_MEDIA_ID: i64 = 40007;
+/// An upload without its file (e.g. `setpdf` without the `pdf` field).
+pub const MEDIA_DATA_MISSING: i64 = 41005;
+/// `menu/get` of an account without a menu.
+pub const MENU_NOT_EXIST: i64 = 46003;
+
+// ---- custom menu (`/cgi-bin/menu/create`) ----
+/// Top-level buttons: 1 to 3.
+pub const MENU_INVALID_BUTTON_SIZE: i64 = 40016;
+pub const MENU_INVALID_BUTTON_TYPE: i64 = 40017;
+/// Top-level name: 1 to 16 bytes.
+pub const MENU_INVALID_BUTTON_NAME_SIZE: i64 = 40018;
+/// `key`: 1 to 128 bytes.
+pub const MENU_INVALID_BUTTON_KEY_SIZE: i64 = 40019;
+/// `url`: 1 to 1024 bytes, http(s).
+pub const MENU_INVALID_BUTTON_URL_SIZE: i64 = 40020;
+/// A sub-button with sub-buttons of its own.
+pub const MENU_INVALID_SUB_MENU_LEVEL: i64 = 40022;
+/// Sub-buttons: 1 to 5.
+pub const MENU_INVALID_SUB_BUTTON_SIZE: i64 = 40023;
+pub const MENU_INVALID_SUB_BUTTON_TYPE: i64 = 40024;
+/// Sub-button name: 1 to 60 bytes.
+pub const MENU_INVALID_SUB_BUTTON_NAME_SIZE: i64 = 40025;
+pub const MENU_INVALID_SUB_BUTTON_KEY_SIZE: i64 = 40026;
+pub const MENU_INVALID_SUB_BUTTON_URL_SIZE: i64 = 40027;
+
+// ---- real-name check (`/intp/realname/checkrealnameinfo`) ----
+/// Real-name authorisation code unknown, expired, already used, or issued for another
+/// user or app ("无效code").
+pub const REALNAME_INVALID_CODE: i64 = 80113;
+
+// ---- card package: fiscal receipts and reimbursers (DOMAIN.md §7) ----
+/// `card_id` unknown.
+pub const INVALID_CARD_ID: i64 = 40073;
+/// The card or order is not authorised for this caller (e.g. `getauthdata` of an order
+/// WeChat never saw, an `encrypt_code` chosen for another reimburser).
+pub const CARD_NOT_AUTHORIZED: i64 = 40078;
+/// No permission: the card, order or platform belongs to another account.
+pub const INVOICE_NO_PERMISSION: i64 = 72015;
+/// The card is locked by another reimburser.
+pub const INVOICE_LOCKED_BY_OTHER: i64 = 72023;
+/// The card's status does not allow this change (closed, cancelled, order already carded).
+pub const INVOICE_BAD_STATUS: i64 = 72024;
+pub const INVOICE_INVALID_PARAMS: i64 = 72031;
+/// The platform refused to issue for this order (`rejectinsert`).
+pub const INVOICE_ORDER_REJECTED: i64 = 72035;
+/// WeChat is busy with this card: retry.
+pub const INVOICE_BUSY: i64 = 72036;
+/// The payer never authorised this order.
+pub const INVOICE_ORDER_NEVER_AUTH: i64 = 72038;
+/// Closing a card needs a prior lock by the same reimburser.
+pub const INVOICE_MUST_LOCK_FIRST: i64 = 72039;
+/// The PDF (or its `s_media_id`) is unusable.
+pub const INVOICE_PDF_ERROR: i64 = 72040;
+/// This `billing_no` + `billing_code` was already put in a card package.
+pub const INVOICE_CODE_NUMBER_REPEATED: i64 = 72042;
+/// A size limit was exceeded (e.g. the PDF is empty or over 2 MiB).
+pub const INVOICE_SIZE_ERROR: i64 = 72043;
 
 /// WeChat's error body. `errcode == 0` is success and never built into this type by the client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -84,7 +145,7 @@ pub fn classify(errcode: i64) -> ErrorClass {
         INVALID_CREDENTIAL | INVALID_ACCESS_TOKEN | ACCESS_TOKEN_EXPIRED => ErrorClass::TokenInvalid,
         RATE_LIMITED => ErrorClass::RateLimited,
         QUOTA_EXHAUSTED => ErrorClass::QuotaExhausted,
-        BUSY => ErrorClass::Busy,
+        BUSY | INVOICE_BUSY => ErrorClass::Busy,
         USER_REFUSED
         | INVALID_OPENID
         | INVALID_TEMPLATE_DATA
@@ -97,7 +158,35 @@ pub fn classify(errcode: i64) -> ErrorClass {
         | INVALID_SECRET
         | IP_NOT_WHITELISTED
         | INVALID_ARGS
-        | API_UNAUTHORIZED => ErrorClass::Permanent,
+        | API_UNAUTHORIZED
+        | DATA_FORMAT_ERROR
+        | INVALID_MEDIA_ID
+        | MEDIA_DATA_MISSING
+        | MENU_NOT_EXIST
+        | MENU_INVALID_BUTTON_SIZE
+        | MENU_INVALID_BUTTON_TYPE
+        | MENU_INVALID_BUTTON_NAME_SIZE
+        | MENU_INVALID_BUTTON_KEY_SIZE
+        | MENU_INVALID_BUTTON_URL_SIZE
+        | MENU_INVALID_SUB_MENU_LEVEL
+        | MENU_INVALID_SUB_BUTTON_SIZE
+        | MENU_INVALID_SUB_BUTTON_TYPE
+        | MENU_INVALID_SUB_BUTTON_NAME_SIZE
+        | MENU_INVALID_SUB_BUTTON_KEY_SIZE
+        | MENU_INVALID_SUB_BUTTON_URL_SIZE
+        | REALNAME_INVALID_CODE
+        | INVALID_CARD_ID
+        | CARD_NOT_AUTHORIZED
+        | INVOICE_NO_PERMISSION
+        | INVOICE_LOCKED_BY_OTHER
+        | INVOICE_BAD_STATUS
+        | INVOICE_INVALID_PARAMS
+        | INVOICE_ORDER_REJECTED
+        | INVOICE_ORDER_NEVER_AUTH
+        | INVOICE_MUST_LOCK_FIRST
+        | INVOICE_PDF_ERROR
+        | INVOICE_CODE_NUMBER_REPEATED
+        | INVOICE_SIZE_ERROR => ErrorClass::Permanent,
         _ => ErrorClass::Other,
     }
 }
@@ -118,6 +207,19 @@ mod tests {
             assert_eq!(classify(c), ErrorClass::Permanent, "{c}");
         }
         assert_eq!(classify(99999), ErrorClass::Other);
+        // Card package: only 72036 (busy) is worth retrying.
+        assert_eq!(classify(72036), ErrorClass::Busy);
+        for c in [
+            40073, 40078, 72015, 72023, 72024, 72031, 72035, 72038, 72039, 72040, 72042, 72043,
+        ] {
+            assert_eq!(classify(c), ErrorClass::Permanent, "{c}");
+        }
+        // Menu validation and the real-name code.
+        for c in [
+            40007, 40016, 40017, 40018, 40019, 40020, 40022, 40023, 40024, 40025, 40026, 40027, 80113, 47001,
+        ] {
+            assert_eq!(classify(c), ErrorClass::Permanent, "{c}");
+        }
         assert!(!ErrorClass::QuotaExhausted.is_retryable());
         assert!(!ErrorClass::Permanent.is_retryable());
         assert!(ErrorClass::Busy.is_retryable());

@@ -6,6 +6,9 @@
 use quick_xml::events::Event as XmlEvent;
 use serde::{Deserialize, Serialize};
 
+use crate::client::ReimburseStatus;
+use crate::msgcrypt::MsgCrypt;
+
 /// WeChat pushes are a few KiB; anything far larger is not from WeChat.
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
@@ -18,6 +21,12 @@ pub const EVENT_TEMPLATE_SEND_JOB_FINISH: &str = "TEMPLATESENDJOBFINISH";
 pub const EVENT_SUBSCRIBE_MSG_POPUP: &str = "subscribe_msg_popup_event";
 pub const EVENT_SUBSCRIBE_MSG_CHANGE: &str = "subscribe_msg_change_event";
 pub const EVENT_SUBSCRIBE_MSG_SENT: &str = "subscribe_msg_sent_event";
+/// A payer agreed on the card-package authorisation page (DOMAIN.md §7).
+pub const EVENT_USER_AUTHORIZE_INVOICE: &str = "user_authorize_invoice";
+/// A reimburser changed a card's status.
+pub const EVENT_UPDATE_INVOICE_STATUS: &str = "update_invoice_status";
+pub const MSG_TYPE_TEXT: &str = "text";
+pub const MSG_TYPE_NEWS: &str = "news";
 /// EventKey prefix of a `subscribe` caused by scanning a parametric QR code.
 pub const QRSCENE_PREFIX: &str = "qrscene_";
 
@@ -31,6 +40,9 @@ pub enum EventError {
     Xml(String),
     #[error("malformed JSON: {0}")]
     Json(String),
+    /// A field the event's type requires is absent (or the push is still encrypted).
+    #[error("missing {0}")]
+    Missing(&'static str),
 }
 
 /// One push. Every field is optional because the set depends on `MsgType`/`Event`;
@@ -82,6 +94,24 @@ pub struct Event {
     /// `subscribe_msg_sent_event`: delivery result of a subscribe message.
     #[serde(rename = "SubscribeMsgSentEvent", default)]
     pub subscribe_msg_sent_event: Option<SubscribeMsgList>,
+    /// `user_authorize_invoice`: the order the payer authorised (empty when it failed).
+    #[serde(rename = "SuccOrderId", default)]
+    pub succ_order_id: Option<String>,
+    /// `user_authorize_invoice`: the order whose authorisation failed.
+    #[serde(rename = "FailOrderId", default)]
+    pub fail_order_id: Option<String>,
+    /// `user_authorize_invoice`: the app that obtained the authorisation URL.
+    #[serde(rename = "AuthorizeAppId", default)]
+    pub authorize_app_id: Option<String>,
+    /// `user_authorize_invoice`: `web` (official-account page) or `app`.
+    #[serde(rename = "Source", alias = "source", default)]
+    pub source: Option<String>,
+    /// `update_invoice_status`: the card template (`card_id`).
+    #[serde(rename = "CardId", default)]
+    pub card_id: Option<String>,
+    /// `update_invoice_status`: the card's `code`.
+    #[serde(rename = "Code", default)]
+    pub code: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,13 +208,23 @@ impl Event {
         {
             return id.to_owned();
         }
-        format!(
+        let mut key = format!(
             "{}|{}|{}|{}",
             self.from_user_name.as_deref().unwrap_or(""),
             self.create_time.unwrap_or(0),
             self.event.as_deref().unwrap_or(""),
             self.event_key.as_deref().unwrap_or("")
-        )
+        );
+        // Card-package events carry no EventKey: two orders authorised, or two cards
+        // changed, by one user within a second must not look like retries of one push.
+        let invoice = [&self.succ_order_id, &self.fail_order_id, &self.card_id, &self.code];
+        if invoice.iter().any(|v| v.as_deref().is_some_and(|s| !s.is_empty())) {
+            for v in invoice.into_iter().chain([&self.status]) {
+                key.push('|');
+                key.push_str(v.as_deref().unwrap_or(""));
+            }
+        }
+        key
     }
 
     pub fn is_event(&self, name: &str) -> bool {
@@ -234,6 +274,12 @@ impl Event {
         plain(&mut x, "MsgId", &self.msg_id);
         plain(&mut x, "MsgID", &self.job_msg_id);
         cdata(&mut x, "Status", &self.status);
+        cdata(&mut x, "SuccOrderId", &self.succ_order_id);
+        cdata(&mut x, "FailOrderId", &self.fail_order_id);
+        cdata(&mut x, "AuthorizeAppId", &self.authorize_app_id);
+        cdata(&mut x, "Source", &self.source);
+        cdata(&mut x, "CardId", &self.card_id);
+        cdata(&mut x, "Code", &self.code);
         cdata(&mut x, "Encrypt", &self.encrypt);
         cdata(&mut x, "MsgSignature", &self.msg_signature);
         plain(&mut x, "TimeStamp", &self.time_stamp);
@@ -287,6 +333,51 @@ impl Event {
         e.to_xml()
     }
 
+    /// `unsubscribe`.
+    pub fn unsubscribe(to: &str, from: &str, create_time: i64) -> String {
+        Self::new_event(to, from, create_time, EVENT_UNSUBSCRIBE).to_xml()
+    }
+
+    /// `CLICK` on a menu button with `key`.
+    pub fn click(to: &str, from: &str, create_time: i64, key: &str) -> String {
+        Self::new_event(to, from, create_time, EVENT_CLICK)
+            .with_event_key(key)
+            .to_xml()
+    }
+
+    /// `user_authorize_invoice` for one authorised order.
+    pub fn user_authorize_invoice(
+        to: &str,
+        from: &str,
+        create_time: i64,
+        succ_order_id: &str,
+        authorize_app_id: &str,
+        source: &str,
+    ) -> String {
+        let mut e = Self::new_event(to, from, create_time, EVENT_USER_AUTHORIZE_INVOICE);
+        e.succ_order_id = Some(succ_order_id.to_owned());
+        e.fail_order_id = Some(String::new());
+        e.authorize_app_id = Some(authorize_app_id.to_owned());
+        e.source = Some(source.to_owned());
+        e.to_xml()
+    }
+
+    /// `update_invoice_status` after a reimburser changed a card.
+    pub fn update_invoice_status(
+        to: &str,
+        from: &str,
+        create_time: i64,
+        status: ReimburseStatus,
+        card_id: &str,
+        code: &str,
+    ) -> String {
+        let mut e = Self::new_event(to, from, create_time, EVENT_UPDATE_INVOICE_STATUS);
+        e.status = Some(status.as_str().to_owned());
+        e.card_id = Some(card_id.to_owned());
+        e.code = Some(code.to_owned());
+        e.to_xml()
+    }
+
     /// `subscribe_msg_popup_event` with one `(template_id, status)` per template.
     pub fn subscribe_msg_popup(to: &str, from: &str, create_time: i64, choices: &[(&str, &str)]) -> String {
         let mut e = Self::new_event(to, from, create_time, EVENT_SUBSCRIBE_MSG_POPUP);
@@ -312,6 +403,257 @@ impl Event {
             ..Self::default()
         };
         e.to_xml()
+    }
+}
+
+/// Final status of a template message (`TEMPLATESENDJOBFINISH`'s `Status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateJobStatus {
+    Success,
+    /// `failed:user block`: the user blocked the account's messages.
+    UserBlock,
+    /// `failed: system failed`.
+    SystemFailed,
+    /// Any other text WeChat may send.
+    Other(String),
+}
+
+impl TemplateJobStatus {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "success" => Self::Success,
+            "failed:user block" => Self::UserBlock,
+            "failed: system failed" => Self::SystemFailed,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+/// What a push is about, with the fields each kind requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// A new follower; `scene` is set (without `qrscene_`) when they came through a parametric QR code.
+    Subscribe {
+        scene: Option<String>,
+        ticket: Option<String>,
+    },
+    /// A follower scanned a parametric QR code.
+    Scan {
+        scene: String,
+        ticket: Option<String>,
+    },
+    /// A menu `click` button.
+    Click {
+        key: String,
+    },
+    Unsubscribe,
+    /// `msg_id` is the `msgid` that template/send returned.
+    TemplateSendJobFinish {
+        msg_id: String,
+        status: TemplateJobStatus,
+    },
+    /// The payer agreed (or failed) to put an order's receipt into their card package.
+    UserAuthorizeInvoice {
+        succ_order_id: Option<String>,
+        fail_order_id: Option<String>,
+        authorize_app_id: String,
+        source: String,
+    },
+    /// A reimburser locked, unlocked or closed a card.
+    UpdateInvoiceStatus {
+        status: ReimburseStatus,
+        card_id: String,
+        code: String,
+    },
+    /// A text message from the user.
+    Text {
+        content: String,
+        msg_id: Option<String>,
+    },
+    /// Anything else (other events and message types): read [`Event`] itself.
+    Other,
+}
+
+/// A decrypted push with its kind checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypedEvent {
+    /// The account's `gh_` id.
+    pub to_user_name: String,
+    /// The user's openid.
+    pub from_user_name: String,
+    pub create_time: i64,
+    pub kind: EventKind,
+}
+
+fn non_empty(v: &Option<String>) -> Option<String> {
+    v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+fn required(v: &Option<String>, name: &'static str) -> Result<String, EventError> {
+    non_empty(v).ok_or(EventError::Missing(name))
+}
+
+impl Event {
+    /// The typed view of a plain (or decrypted) push. A secure-mode envelope has no
+    /// `MsgType`: decrypt its `Encrypt` first.
+    pub fn typed(&self) -> Result<TypedEvent, EventError> {
+        let msg_type = required(&self.msg_type, "MsgType")?;
+        let kind = if msg_type == MSG_TYPE_EVENT {
+            match required(&self.event, "Event")?.as_str() {
+                EVENT_SUBSCRIBE => EventKind::Subscribe {
+                    scene: self.qr_scene().map(str::to_owned),
+                    ticket: non_empty(&self.ticket),
+                },
+                EVENT_SCAN => EventKind::Scan {
+                    scene: required(&self.event_key, "EventKey")?,
+                    ticket: non_empty(&self.ticket),
+                },
+                EVENT_CLICK => EventKind::Click {
+                    key: required(&self.event_key, "EventKey")?,
+                },
+                EVENT_UNSUBSCRIBE => EventKind::Unsubscribe,
+                EVENT_TEMPLATE_SEND_JOB_FINISH => EventKind::TemplateSendJobFinish {
+                    msg_id: required(&self.job_msg_id, "MsgID")?,
+                    status: TemplateJobStatus::parse(&required(&self.status, "Status")?),
+                },
+                EVENT_USER_AUTHORIZE_INVOICE => {
+                    let succ_order_id = non_empty(&self.succ_order_id);
+                    let fail_order_id = non_empty(&self.fail_order_id);
+                    if succ_order_id.is_none() && fail_order_id.is_none() {
+                        return Err(EventError::Missing("SuccOrderId or FailOrderId"));
+                    }
+                    EventKind::UserAuthorizeInvoice {
+                        succ_order_id,
+                        fail_order_id,
+                        authorize_app_id: required(&self.authorize_app_id, "AuthorizeAppId")?,
+                        source: required(&self.source, "Source")?,
+                    }
+                }
+                EVENT_UPDATE_INVOICE_STATUS => EventKind::UpdateInvoiceStatus {
+                    status: required(&self.status, "Status")?
+                        .parse()
+                        .map_err(|_| EventError::Missing("a known reimburse Status"))?,
+                    card_id: required(&self.card_id, "CardId")?,
+                    code: required(&self.code, "Code")?,
+                },
+                _ => EventKind::Other,
+            }
+        } else if msg_type == MSG_TYPE_TEXT {
+            EventKind::Text {
+                content: self.content.clone().unwrap_or_default(),
+                msg_id: non_empty(&self.msg_id),
+            }
+        } else {
+            EventKind::Other
+        };
+        Ok(TypedEvent {
+            to_user_name: required(&self.to_user_name, "ToUserName")?,
+            from_user_name: required(&self.from_user_name, "FromUserName")?,
+            create_time: self.create_time.ok_or(EventError::Missing("CreateTime"))?,
+            kind,
+        })
+    }
+}
+
+/// Parses a plain (or decrypted) XML push into its typed form.
+pub fn parse_typed_event(xml: &str) -> Result<TypedEvent, EventError> {
+    parse_event(xml)?.typed()
+}
+
+/// One article of a `news` passive reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Article {
+    pub title: String,
+    pub description: String,
+    pub pic_url: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyBody {
+    Text {
+        content: String,
+    },
+    /// A `news` reply with one article.
+    News(Article),
+}
+
+/// A passive reply: the message server's answer to a push, shown to the user at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveReply {
+    /// The user's openid (the push's `FromUserName`).
+    pub to_user_name: String,
+    /// The account's `gh_` id (the push's `ToUserName`).
+    pub from_user_name: String,
+    pub create_time: i64,
+    pub body: ReplyBody,
+}
+
+impl PassiveReply {
+    /// A reply to `event`, addressed back to its sender.
+    pub fn to_event(event: &TypedEvent, create_time: i64, body: ReplyBody) -> Self {
+        Self {
+            to_user_name: event.from_user_name.clone(),
+            from_user_name: event.to_user_name.clone(),
+            create_time,
+            body,
+        }
+    }
+
+    pub fn text(event: &TypedEvent, create_time: i64, content: &str) -> Self {
+        Self::to_event(
+            event,
+            create_time,
+            ReplyBody::Text {
+                content: content.to_owned(),
+            },
+        )
+    }
+
+    pub fn news(event: &TypedEvent, create_time: i64, article: Article) -> Self {
+        Self::to_event(event, create_time, ReplyBody::News(article))
+    }
+
+    /// The plain-mode reply body.
+    pub fn to_xml(&self) -> String {
+        let mut x = String::from("<xml>");
+        cdata(&mut x, "ToUserName", &Some(self.to_user_name.clone()));
+        cdata(&mut x, "FromUserName", &Some(self.from_user_name.clone()));
+        x.push_str(&format!("<CreateTime>{}</CreateTime>", self.create_time));
+        match &self.body {
+            ReplyBody::Text { content } => {
+                cdata(&mut x, "MsgType", &Some(MSG_TYPE_TEXT.to_owned()));
+                cdata(&mut x, "Content", &Some(content.clone()));
+            }
+            ReplyBody::News(a) => {
+                cdata(&mut x, "MsgType", &Some(MSG_TYPE_NEWS.to_owned()));
+                x.push_str("<ArticleCount>1</ArticleCount><Articles><item>");
+                cdata(&mut x, "Title", &Some(a.title.clone()));
+                cdata(&mut x, "Description", &Some(a.description.clone()));
+                cdata(&mut x, "PicUrl", &Some(a.pic_url.clone()));
+                cdata(&mut x, "Url", &Some(a.url.clone()));
+                x.push_str("</item></Articles>");
+            }
+        }
+        x.push_str("</xml>");
+        x
+    }
+
+    /// The secure-mode reply: the plain XML encrypted and signed with the push's own
+    /// `timestamp` and `nonce` (or fresh ones).
+    pub fn to_secure_xml(&self, crypt: &MsgCrypt, timestamp: &str, nonce: &str) -> String {
+        crypt.encrypted_reply_xml(&self.to_xml(), timestamp, nonce)
+    }
+
+    /// Deterministic secure-mode reply for tests and test vectors.
+    pub fn to_secure_xml_with_random(
+        &self,
+        crypt: &MsgCrypt,
+        timestamp: &str,
+        nonce: &str,
+        random16: &[u8; 16],
+    ) -> String {
+        crypt.sealed_reply_with_random(&self.to_xml(), timestamp, nonce, random16)
     }
 }
 
@@ -441,6 +783,202 @@ mod tests {
         ));
         assert!(parse_event("<xml><CreateTime>x</CreateTime></xml>").is_err());
         assert!(parse_event("<xml><ToUserName>").is_err());
+    }
+
+    #[test]
+    fn typed_user_events() {
+        let t = parse_typed_event(&Event::subscribe("gh_1", "o1", 10, Some("r:42"), Some("T"))).expect("typed");
+        assert_eq!(t.from_user_name, "o1");
+        assert_eq!(t.to_user_name, "gh_1");
+        assert_eq!(
+            t.kind,
+            EventKind::Subscribe {
+                scene: Some("r:42".into()),
+                ticket: Some("T".into())
+            }
+        );
+        let t = parse_typed_event(&Event::subscribe("gh_1", "o1", 10, None, None)).expect("typed");
+        assert_eq!(
+            t.kind,
+            EventKind::Subscribe {
+                scene: None,
+                ticket: None
+            }
+        );
+        let t = parse_typed_event(&Event::scan("gh_1", "o1", 11, "r:42", Some("T"))).expect("typed");
+        assert_eq!(
+            t.kind,
+            EventKind::Scan {
+                scene: "r:42".into(),
+                ticket: Some("T".into())
+            }
+        );
+        let t = parse_typed_event(&Event::click("gh_1", "o1", 12, "MY_RECEIPTS")).expect("typed");
+        assert_eq!(
+            t.kind,
+            EventKind::Click {
+                key: "MY_RECEIPTS".into()
+            }
+        );
+        let t = parse_typed_event(&Event::unsubscribe("gh_1", "o1", 13)).expect("typed");
+        assert_eq!(t.kind, EventKind::Unsubscribe);
+        let t = parse_typed_event(&Event::template_send_job_finish(
+            "gh_1",
+            "o1",
+            14,
+            7,
+            "failed:user block",
+        ))
+        .expect("typed");
+        assert_eq!(
+            t.kind,
+            EventKind::TemplateSendJobFinish {
+                msg_id: "7".into(),
+                status: TemplateJobStatus::UserBlock
+            }
+        );
+        // CLICK and SCAN need their EventKey.
+        let no_key = Event::new_event("gh_1", "o1", 1, EVENT_CLICK).to_xml();
+        assert!(matches!(
+            parse_typed_event(&no_key),
+            Err(EventError::Missing("EventKey"))
+        ));
+        // An encrypted envelope must be decrypted first.
+        assert!(matches!(
+            parse_typed_event(&Event::secure_envelope("gh_1", "abc")),
+            Err(EventError::Missing("MsgType"))
+        ));
+    }
+
+    #[test]
+    fn typed_invoice_events() {
+        // WeChat's own sample of the authorisation event (an empty FailOrderId).
+        let xml = "<xml><ToUserName><![CDATA[gh_fc0a06a20993]]></ToUserName>
+            <FromUserName><![CDATA[oZI8Fj040-be6rlDohc6gkoPOQTQ]]></FromUserName>
+            <CreateTime>1475134700</CreateTime><MsgType><![CDATA[event]]></MsgType>
+            <Event><![CDATA[user_authorize_invoice]]></Event>
+            <SuccOrderId><![CDATA[1202933957956]]></SuccOrderId><FailOrderId><![CDATA[]]></FailOrderId>
+            <AuthorizeAppId><![CDATA[wxf8b4f85f3a794e77]]></AuthorizeAppId><Source><![CDATA[web]]></Source></xml>";
+        let t = parse_typed_event(xml).expect("typed");
+        assert_eq!(
+            t.kind,
+            EventKind::UserAuthorizeInvoice {
+                succ_order_id: Some("1202933957956".into()),
+                fail_order_id: None,
+                authorize_app_id: "wxf8b4f85f3a794e77".into(),
+                source: "web".into(),
+            }
+        );
+        let built = Event::user_authorize_invoice("gh_1", "o1", 5, "order-1", "wxapp", "web");
+        assert_eq!(
+            parse_event(&built).expect("parses").dedup_key(),
+            "o1|5|user_authorize_invoice||order-1||||"
+        );
+        let other = Event::user_authorize_invoice("gh_1", "o1", 5, "order-2", "wxapp", "web");
+        assert_ne!(
+            parse_event(&other).expect("parses").dedup_key(),
+            parse_event(&built).expect("parses").dedup_key(),
+            "two orders in one second are two events"
+        );
+        assert!(matches!(
+            parse_typed_event(&built).expect("typed").kind,
+            EventKind::UserAuthorizeInvoice { .. }
+        ));
+        let mut neither = parse_event(&built).expect("parses");
+        neither.succ_order_id = None;
+        assert!(matches!(neither.typed(), Err(EventError::Missing(_))));
+
+        let xml = Event::update_invoice_status("gh_1", "o1", 6, ReimburseStatus::Lock, "pCARD", "123456789012");
+        assert!(xml.contains("<Status><![CDATA[INVOICE_REIMBURSE_LOCK]]></Status>"));
+        let t = parse_typed_event(&xml).expect("typed");
+        assert_eq!(
+            t.kind,
+            EventKind::UpdateInvoiceStatus {
+                status: ReimburseStatus::Lock,
+                card_id: "pCARD".into(),
+                code: "123456789012".into()
+            }
+        );
+        let unlock = Event::update_invoice_status("gh_1", "o1", 6, ReimburseStatus::Init, "pCARD", "123456789012");
+        assert_ne!(
+            parse_event(&xml).expect("parses").dedup_key(),
+            parse_event(&unlock).expect("parses").dedup_key()
+        );
+        let bad = xml.replace("INVOICE_REIMBURSE_LOCK", "LOCKED");
+        assert!(parse_typed_event(&bad).is_err());
+    }
+
+    #[test]
+    fn typed_parsing_refuses_entities_and_oversize() {
+        let laughs = r#"<!DOCTYPE x [<!ENTITY a "aaaa">]><xml><ToUserName>&a;</ToUserName></xml>"#;
+        assert!(matches!(parse_typed_event(laughs), Err(EventError::Doctype)));
+        let big = format!("<xml><Content>{}</Content></xml>", "a".repeat(MAX_EVENT_BYTES));
+        assert!(matches!(parse_typed_event(&big), Err(EventError::TooLarge)));
+    }
+
+    fn click_event() -> TypedEvent {
+        parse_typed_event(&Event::click("gh_0123456789ab", "oUser", 100, "K")).expect("typed")
+    }
+
+    #[test]
+    fn plain_passive_replies() {
+        let text = PassiveReply::text(&click_event(), 200, "您有 2 张新票据 <a href=\"x\">查看</a>");
+        let xml = text.to_xml();
+        assert!(xml.starts_with("<xml><ToUserName><![CDATA[oUser]]></ToUserName><FromUserName><![CDATA[gh_0123456789ab]]></FromUserName><CreateTime>200</CreateTime><MsgType><![CDATA[text]]></MsgType>"), "{xml}");
+        let back = parse_event(&xml).expect("parses");
+        assert_eq!(back.content.as_deref(), Some("您有 2 张新票据 <a href=\"x\">查看</a>"));
+
+        let news = PassiveReply::news(
+            &click_event(),
+            201,
+            Article {
+                title: "门诊收费票据".into(),
+                description: "¥12.50".into(),
+                pic_url: "https://piaojia.example/p.png".into(),
+                url: "https://piaojia.example/r/1?a=1&b=2".into(),
+            },
+        );
+        let xml = news.to_xml();
+        assert!(xml.contains("<MsgType><![CDATA[news]]></MsgType><ArticleCount>1</ArticleCount><Articles><item><Title><![CDATA[门诊收费票据]]></Title>"), "{xml}");
+        assert!(xml.contains("<Url><![CDATA[https://piaojia.example/r/1?a=1&b=2]]></Url></item></Articles></xml>"));
+    }
+
+    fn vector(name: &str) -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/wechat_vectors.json");
+        let all: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("vectors")).expect("json");
+        all[name].clone()
+    }
+
+    #[test]
+    fn secure_passive_replies_follow_the_official_algorithm() {
+        let v = vector("secure_reply");
+        let s = |k: &str| v[k].as_str().expect("field").to_owned();
+        let crypt = MsgCrypt::new(&s("token"), &s("encoding_aes_key"), &s("appid")).expect("key");
+        let random: [u8; 16] = s("random16").as_bytes().try_into().expect("16 bytes");
+        // The official vector, through the same sealing the replies use.
+        let sealed = crypt.sealed_reply_with_random(&s("plaintext"), &s("TimeStamp"), &s("Nonce"), &random);
+        let env = parse_event(&sealed).expect("envelope");
+        assert_eq!(env.encrypt.as_deref(), Some(s("Encrypt").as_str()));
+        assert_eq!(env.msg_signature.as_deref(), Some(s("MsgSignature").as_str()));
+        assert_eq!(env.time_stamp.as_deref(), Some(s("TimeStamp").as_str()));
+        assert_eq!(env.nonce.as_deref(), Some(s("Nonce").as_str()));
+
+        // A text reply sealed the same way decrypts back to its plain XML.
+        let reply = PassiveReply::text(&click_event(), 300, "已收到");
+        let xml = reply.to_secure_xml_with_random(&crypt, "1713424427", "415670741", &random);
+        let env = parse_event(&xml).expect("envelope");
+        let enc = env.encrypt.expect("Encrypt");
+        assert!(crypt.verify_msg_signature("1713424427", "415670741", &enc, &env.msg_signature.expect("sig")));
+        assert_eq!(crypt.decrypt(&enc).expect("decrypts"), reply.to_xml());
+        // Random prefixes differ between calls.
+        let a = parse_event(&reply.to_secure_xml(&crypt, "1", "2"))
+            .expect("env")
+            .encrypt;
+        let b = parse_event(&reply.to_secure_xml(&crypt, "1", "2"))
+            .expect("env")
+            .encrypt;
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -211,6 +211,17 @@ impl MsgCrypt {
         self.reply_xml_for(&self.encrypt(plaintext), timestamp, nonce)
     }
 
+    /// Deterministic passive-reply envelope: `plaintext` encrypted with `random16`, then signed.
+    pub fn sealed_reply_with_random(
+        &self,
+        plaintext: &str,
+        timestamp: &str,
+        nonce: &str,
+        random16: &[u8; 16],
+    ) -> String {
+        self.reply_xml_for(&self.encrypt_with_random(plaintext, random16), timestamp, nonce)
+    }
+
     /// Envelope around an already-encrypted payload (deterministic; used with `encrypt_with_random`).
     pub fn reply_xml_for(&self, encrypt: &str, timestamp: &str, nonce: &str) -> String {
         let sig = self.msg_signature(timestamp, nonce, encrypt);

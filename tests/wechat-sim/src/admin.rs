@@ -1,4 +1,20 @@
 //! The `/sim/…` admin API: the Rust API's controls and records over JSON.
+//!
+//! Records: `GET /sim/calls[?path=]`, `DELETE /sim/calls`, `GET /sim/messages/subscribe`,
+//! `GET /sim/messages/template`, `GET /sim/events` (pushes with every attempt and any passive
+//! reply), `GET /sim/replies`, `GET /sim/qrcodes`, `GET /sim/counters/{appid}`.
+//! Controls: `GET|PUT|DELETE /sim/faults`, `POST /sim/seed`, `POST /sim/quotas/reset`,
+//! `POST /sim/clock/advance`, `POST /sim/tokens/invalidate|expire`,
+//! `PUT /sim/apps/{appid}/message_server`, `PUT /sim/apps/{appid}/oauth_domains`,
+//! `GET /sim/apps/{appid}/menu`.
+//! Users: `POST /sim/codes/login|oauth|phone|realname`, `PUT|DELETE /sim/realname`,
+//! `POST /sim/subscriptions[/long_term]`, `POST /sim/users/following|template_status`,
+//! `POST /sim/users/follow|scan|click|unfollow|link`, `POST /sim/qrcodes/scan`,
+//! `GET /sim/browser/login` (sets the simulated browser user's cookie).
+//! Card package: `GET /sim/invoice/s_pappid/{appid}`, `GET /sim/invoice/orders|templates`,
+//! `POST /sim/invoice/authorize` (the payer agrees), `POST /sim/invoice/choose`
+//! (`wx.chooseInvoice`), `GET /sim/cardpackage?appid&openid` (JSON) and
+//! `GET /sim/cardpackage/page?appid[&openid]` (the payer's 卡包 as a page).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,7 +31,37 @@ fn done() -> HttpResponse {
 }
 
 fn sim_error(e: &SimError) -> HttpResponse {
-    HttpResponse::NotFound().json(json!({ "error": e.to_string() }))
+    let body = json!({ "error": e.to_string() });
+    match e {
+        SimError::InvalidOpenid => HttpResponse::BadRequest().json(body),
+        SimError::AlreadyFollowing
+        | SimError::NotFollowing
+        | SimError::OrderTakenByOther
+        | SimError::CardNotChoosable => HttpResponse::Conflict().json(body),
+        SimError::AuthUrlExpired => HttpResponse::Gone().json(body),
+        _ => HttpResponse::NotFound().json(body),
+    }
+}
+
+/// A route whose handler is async (event pushes wait for delivery).
+fn with_json_async<T, F, Fut>(sim: &Simulator, f: F) -> Route
+where
+    T: DeserializeOwned + 'static,
+    F: Fn(Simulator, T) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = HttpResponse> + 'static,
+{
+    let sim = sim.clone();
+    web::post().to(move |body: web::Json<T>| {
+        let (sim, f) = (sim.clone(), f.clone());
+        async move { f(sim, body.into_inner()).await }
+    })
+}
+
+fn json_or_error<T: serde::Serialize>(r: Result<T, SimError>) -> HttpResponse {
+    match r {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => sim_error(&e),
+    }
 }
 
 /// A route taking a JSON body.
@@ -108,6 +154,59 @@ struct ScanBody {
     openid: String,
     #[serde(default)]
     new_follower: bool,
+}
+
+#[derive(Deserialize)]
+struct RealNameBody {
+    openid: String,
+    #[serde(default)]
+    real_name: Option<String>,
+    #[serde(default)]
+    cred_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UserBody {
+    appid: String,
+    /// Absent: a new user.
+    #[serde(default)]
+    openid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UserScanBody {
+    ticket: String,
+    openid: String,
+}
+
+#[derive(Deserialize)]
+struct ClickBody {
+    appid: String,
+    openid: String,
+    key: String,
+}
+
+#[derive(Deserialize)]
+struct LinkBody {
+    appid: String,
+    openid: String,
+    other_appid: String,
+}
+
+#[derive(Deserialize)]
+struct AuthorizeInvoiceBody {
+    auth_url: String,
+    openid: String,
+}
+
+#[derive(Deserialize)]
+struct ChooseBody {
+    reimburser_appid: String,
+    appid: String,
+    openid: String,
+    /// Card codes; absent or empty: every card the user can submit.
+    #[serde(default)]
+    codes: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -272,6 +371,7 @@ pub(crate) fn configure(sim: &Simulator, cfg: &mut web::ServiceConfig) {
                 "token_issues": s.token_issues(appid),
                 "force_refreshes_today": s.force_refreshes_today(appid),
                 "classic_token_calls": s.calls_to(crate::paths::TOKEN).iter().filter(|c| c.appid.as_deref() == Some(appid)).count(),
+                "ticket_issues": s.ticket_issues(appid),
             }))
         }),
     );
@@ -302,6 +402,129 @@ pub(crate) fn configure(sim: &Simulator, cfg: &mut web::ServiceConfig) {
                     Err(e) => sim_error(&e),
                 }
             }
+        }),
+    );
+
+    // ---- real names, OAuth domains, menus ----
+    cfg.route(
+        "/sim/realname",
+        with_json(sim, web::put, |s, b: RealNameBody| match (b.real_name, b.cred_id) {
+            (Some(name), Some(id)) => {
+                s.set_real_name(&b.openid, &name, &id);
+                done()
+            }
+            _ => HttpResponse::BadRequest().json(json!({ "error": "real_name and cred_id are required" })),
+        }),
+    )
+    .route(
+        "/sim/realname",
+        with_json(sim, web::delete, |s, b: RealNameBody| {
+            s.clear_real_name(&b.openid);
+            done()
+        }),
+    )
+    .route(
+        "/sim/codes/realname",
+        with_json(sim, web::post, |s, b: CodeBody| {
+            let openid = b.openid.unwrap_or_else(ids::new_openid);
+            let code = s.issue_real_name_code(&b.appid, &openid);
+            HttpResponse::Ok().json(json!({ "code": code, "openid": openid }))
+        }),
+    )
+    .route(
+        "/sim/apps/{appid}/menu",
+        with_req(sim, web::get, |s, req| {
+            let appid = req.match_info().get("appid").unwrap_or_default();
+            match s.menu(appid) {
+                Some(menu) => HttpResponse::Ok().json(menu),
+                None => HttpResponse::NotFound().json(json!({ "error": "no menu" })),
+            }
+        }),
+    )
+    .route(
+        "/sim/replies",
+        with_req(sim, web::get, |s, _| HttpResponse::Ok().json(s.passive_replies())),
+    );
+
+    let s = sim.clone();
+    cfg.route(
+        "/sim/apps/{appid}/oauth_domains",
+        web::put().to(move |req: HttpRequest, body: web::Json<Vec<String>>| {
+            let s = s.clone();
+            async move {
+                let appid = req.match_info().get("appid").unwrap_or_default();
+                let domains: Vec<&str> = body.iter().map(String::as_str).collect();
+                match s.set_oauth_domains(appid, &domains) {
+                    Ok(()) => done(),
+                    Err(e) => sim_error(&e),
+                }
+            }
+        }),
+    );
+
+    // ---- follower events ----
+    cfg.route(
+        "/sim/users/follow",
+        with_json_async(sim, |s, b: UserBody| async move {
+            let openid = b.openid.unwrap_or_else(ids::new_openid);
+            json_or_error(s.follow(&b.appid, &openid).await)
+        }),
+    )
+    .route(
+        "/sim/users/scan",
+        with_json_async(sim, |s, b: UserScanBody| async move {
+            json_or_error(s.scan(&b.ticket, &b.openid).await)
+        }),
+    )
+    .route(
+        "/sim/users/click",
+        with_json_async(sim, |s, b: ClickBody| async move {
+            json_or_error(s.click_menu(&b.appid, &b.openid, &b.key).await)
+        }),
+    )
+    .route(
+        "/sim/users/unfollow",
+        with_json_async(sim, |s, b: UserBody| async move {
+            match b.openid {
+                Some(openid) => json_or_error(s.unfollow(&b.appid, &openid).await),
+                None => sim_error(&SimError::InvalidOpenid),
+            }
+        }),
+    )
+    .route(
+        "/sim/users/link",
+        with_json(sim, web::post, |s, b: LinkBody| {
+            HttpResponse::Ok().json(json!({ "openid": s.openid_in(&b.appid, &b.openid, &b.other_appid) }))
+        }),
+    );
+
+    // ---- card package ----
+    cfg.route(
+        "/sim/invoice/s_pappid/{appid}",
+        with_req(sim, web::get, |s, req| {
+            let appid = req.match_info().get("appid").unwrap_or_default();
+            HttpResponse::Ok().json(json!({ "s_pappid": s.s_pappid(appid) }))
+        }),
+    )
+    .route(
+        "/sim/invoice/orders",
+        with_req(sim, web::get, |s, _| HttpResponse::Ok().json(s.invoice_orders())),
+    )
+    .route(
+        "/sim/invoice/templates",
+        with_req(sim, web::get, |s, _| HttpResponse::Ok().json(s.bill_cards())),
+    )
+    .route(
+        "/sim/invoice/authorize",
+        with_json_async(sim, |s, b: AuthorizeInvoiceBody| async move {
+            json_or_error(s.authorize_invoice(&b.auth_url, &b.openid).await)
+        }),
+    )
+    .route(
+        "/sim/invoice/choose",
+        with_json(sim, web::post, |s, b: ChooseBody| {
+            let codes: Vec<&str> = b.codes.iter().map(String::as_str).collect();
+            json_or_error(s.choose_invoice(&b.reimburser_appid, &b.appid, &b.openid, &codes))
         }),
     );
 }

@@ -31,6 +31,13 @@ pub struct SimApp {
     pub original_id: String,
     #[serde(default)]
     pub message_server: Option<MessageServer>,
+    /// Web authorisation (网页授权) domains: `redirect_uri` of `/connect/oauth2/authorize` must
+    /// be on one of them (`host` or `host:port`). Empty accepts any, as a convenience.
+    #[serde(default)]
+    pub oauth_domains: Vec<String>,
+    /// Display name on the simulated pages (default: the `gh_` id).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 impl SimApp {
@@ -42,6 +49,8 @@ impl SimApp {
             kind,
             original_id: format!("gh_{}", &digest[..12]),
             message_server: None,
+            oauth_domains: Vec::new(),
+            name: None,
         }
     }
 
@@ -61,6 +70,22 @@ impl SimApp {
     pub fn with_original_id(mut self, gh_id: &str) -> Self {
         self.original_id = gh_id.to_owned();
         self
+    }
+
+    /// Adds a web authorisation domain (`example.com` or `example.com:8443`).
+    pub fn with_oauth_domain(mut self, domain: &str) -> Self {
+        self.oauth_domains.push(domain.to_owned());
+        self
+    }
+
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// What the simulated pages call the account.
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.original_id)
     }
 }
 
@@ -92,6 +117,17 @@ pub struct SimConfig {
     pub seed: u64,
     /// Recorded calls, messages and pushes kept (oldest dropped first).
     pub record_limit: usize,
+    /// Base URL of the simulator as browsers reach it (for `auth_url` and `pdf_url`);
+    /// `None`: taken from each request's host and mount point.
+    pub public_base_url: Option<String>,
+    /// Lifetime of `getticket` tickets (WeChat: 7200 s).
+    pub ticket_lifetime: Duration,
+    /// Lifetime of a card-package `auth_url` (WeChat: 7200 s).
+    pub invoice_auth_lifetime: Duration,
+    /// How long an uploaded receipt PDF (`s_media_id`) stays usable (WeChat: 3 days).
+    pub invoice_media_lifetime: Duration,
+    /// Largest PDF `setpdf` takes before 72043.
+    pub max_pdf_bytes: usize,
 }
 
 impl Default for SimConfig {
@@ -100,6 +136,7 @@ impl Default for SimConfig {
             (crate::paths::TEMPLATE_SEND, 100_000),
             (crate::paths::QRCODE_CREATE, 100_000),
             (crate::paths::STABLE_TOKEN, 500_000),
+            (crate::paths::GET_TICKET, 100_000),
         ]
         .into_iter()
         .map(|(p, n)| (p.to_owned(), n))
@@ -119,6 +156,11 @@ impl Default for SimConfig {
             push_attempts: 3,
             seed: 0x5EED,
             record_limit: 10_000,
+            public_base_url: None,
+            ticket_lifetime: Duration::from_secs(7200),
+            invoice_auth_lifetime: Duration::from_secs(7200),
+            invoice_media_lifetime: Duration::from_secs(3 * 86_400),
+            max_pdf_bytes: 2 * 1024 * 1024,
         }
     }
 }

@@ -41,6 +41,37 @@ pub(crate) fn ticket() -> String {
     format!("gQ{}", B64.encode(bytes::<72>()))
 }
 
+/// A `getticket` ticket (86 URL-safe characters, like WeChat's).
+pub(crate) fn card_ticket() -> String {
+    format!("bxLdikRXVbTPdHSM05e5u{}", urlsafe(65))
+}
+
+/// A card template id: `p` + 27 URL-safe characters.
+pub(crate) fn card_id() -> String {
+    format!("p{}", urlsafe(27))
+}
+
+/// A card's `code`: 12 digits.
+pub(crate) fn card_code() -> String {
+    digits(12)
+}
+
+/// An `s_media_id` of an uploaded PDF: 19 digits.
+pub(crate) fn media_id() -> String {
+    format!("1{}", digits(18))
+}
+
+/// An opaque token (auth pages, encrypt codes).
+pub(crate) fn token(len: usize) -> String {
+    urlsafe(len)
+}
+
+fn digits(n: usize) -> String {
+    let mut raw = vec![0u8; n];
+    SystemRandom::new().fill(&mut raw).expect("system random source");
+    raw.iter().map(|b| char::from(b'0' + b % 10)).collect()
+}
+
 pub(crate) fn qr_url() -> String {
     format!("http://weixin.qq.com/q/{}", urlsafe(22))
 }

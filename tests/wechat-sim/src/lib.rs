@@ -2,21 +2,29 @@
 //!
 //! Serves the real paths and wire formats: stable/classic access tokens, jscode2session,
 //! subscribe and template messages (with TEMPLATESENDJOBFINISH pushed to the app's message
-//! server, plain or secure mode), web OAuth, parametric QR codes and phone numbers. Faults
-//! (latency, errors, timeouts, quotas, outages) can be set at run time through the Rust API
-//! or the `/sim/…` admin API, and every call is recorded for assertions.
+//! server, plain or secure mode), web OAuth (the authorize page too), parametric QR codes,
+//! phone numbers, the city-service real-name check, custom menus, follower events
+//! (subscribe, SCAN, CLICK, unsubscribe) with the message server's passive replies, and the
+//! card package for fiscal receipts (tickets, templates, authorisation pages, PDFs, cards,
+//! reimbursers). Faults (latency, errors, timeouts, quotas, outages) can be set at run time
+//! through the Rust API or the `/sim/…` admin API, and every call is recorded for assertions.
 //!
 //! Mount it under a scope with [`Simulator::configure`], or serve it alone with [`Simulator::start`].
 
 mod admin;
 mod api;
+mod card_package;
+pub mod cards;
 pub mod config;
 pub mod faults;
 mod ids;
+mod pages;
 mod push;
 pub mod record;
+mod reply;
 pub mod secure;
 mod state;
+mod users;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -26,16 +34,18 @@ use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpRequest, HttpServer, web};
 use chrono::{DateTime, Utc};
 
+pub use cards::{BillCard, CardStatus, ChosenInvoice, InvoiceOrder, SimCard};
 pub use config::{AppKind, MessageServer, SimApp, SimConfig};
 pub use faults::{FaultScope, Faults, LatencyDist, OutageMode};
 pub use ids::new_openid;
 pub use record::{
-    PushAttempt, PushedEvent, QrCode, RecordedCall, SentSubscribeMessage, SentTemplateMessage, TemplateStatus,
+    PassiveReply, PushAttempt, PushedEvent, QrCode, RecordedCall, ReplyArticle, SentSubscribeMessage,
+    SentTemplateMessage, TemplateStatus,
 };
 
 use crate::api::Api;
 use crate::push::PushJob;
-use crate::state::{CodeKind, State, TokenSource, delta};
+use crate::state::{CodeKind, RealName, State, TokenSource, delta};
 
 /// The WeChat paths the simulator serves, relative to where it is mounted.
 pub mod paths {
@@ -47,6 +57,27 @@ pub mod paths {
     pub const OAUTH_ACCESS_TOKEN: &str = "/sns/oauth2/access_token";
     pub const QRCODE_CREATE: &str = "/cgi-bin/qrcode/create";
     pub const PHONE_NUMBER: &str = "/wxa/business/getuserphonenumber";
+    pub const CHECK_REAL_NAME: &str = "/intp/realname/checkrealnameinfo";
+    pub const MENU_CREATE: &str = "/cgi-bin/menu/create";
+    pub const MENU_GET: &str = "/cgi-bin/menu/get";
+    pub const MENU_DELETE: &str = "/cgi-bin/menu/delete";
+    pub const GET_TICKET: &str = "/cgi-bin/ticket/getticket";
+    pub const INVOICE_SET_URL: &str = "/card/invoice/seturl";
+    pub const CREATE_BILL_CARD: &str = "/nontax/createbillcard";
+    pub const GET_BILL_AUTH_URL: &str = "/nontax/getbillauthurl";
+    pub const GET_AUTH_DATA: &str = "/card/invoice/getauthdata";
+    pub const SET_PDF: &str = "/card/invoice/platform/setpdf";
+    pub const INSERT_BILL: &str = "/nontax/insertbill";
+    pub const REJECT_INSERT: &str = "/card/invoice/rejectinsert";
+    pub const PLATFORM_UPDATE_STATUS: &str = "/card/invoice/platform/updatestatus";
+    pub const REIMBURSE_GET_INFO: &str = "/card/invoice/reimburse/getinvoiceinfo";
+    pub const REIMBURSE_GET_BATCH: &str = "/card/invoice/reimburse/getinvoicebatch";
+    pub const REIMBURSE_UPDATE_STATUS: &str = "/card/invoice/reimburse/updateinvoicestatus";
+    pub const REIMBURSE_UPDATE_BATCH: &str = "/card/invoice/reimburse/updatestatusbatch";
+    /// Browser pages (not API calls): web OAuth, the card-package authorisation page, receipt PDFs.
+    pub const OAUTH_AUTHORIZE: &str = "/connect/oauth2/authorize";
+    pub const INVOICE_AUTH_PAGE: &str = "/bizmall/authinvoice";
+    pub const INVOICE_PDF: &str = "/card/invoice/pdf";
 }
 
 /// Errors of the simulator's own Rust API (not WeChat errors).
@@ -56,6 +87,23 @@ pub enum SimError {
     UnknownTicket,
     QrCodeExpired,
     NoMessageServer(String),
+    /// Not a 28-character openid.
+    InvalidOpenid,
+    /// `follow` by a user who already followed through the simulator.
+    AlreadyFollowing,
+    /// Clicking or unfollowing needs a follower.
+    NotFollowing,
+    /// The app's menu has no button with this key.
+    UnknownMenuKey(String),
+    /// No such card-package authorisation link.
+    UnknownAuthUrl,
+    AuthUrlExpired,
+    /// Another payer already agreed to this order.
+    OrderTakenByOther,
+    /// No such card in the user's package.
+    UnknownCard,
+    /// The card is closed, cancelled or locked by another reimburser.
+    CardNotChoosable,
 }
 
 impl std::fmt::Display for SimError {
@@ -65,6 +113,15 @@ impl std::fmt::Display for SimError {
             Self::UnknownTicket => f.write_str("unknown QR ticket"),
             Self::QrCodeExpired => f.write_str("QR code expired"),
             Self::NoMessageServer(a) => write!(f, "app {a} has no message server"),
+            Self::InvalidOpenid => f.write_str("an openid is 28 characters [A-Za-z0-9_-]"),
+            Self::AlreadyFollowing => f.write_str("the user already follows the account"),
+            Self::NotFollowing => f.write_str("the user does not follow the account"),
+            Self::UnknownMenuKey(k) => write!(f, "the menu has no button with key {k}"),
+            Self::UnknownAuthUrl => f.write_str("unknown card-package authorisation link"),
+            Self::AuthUrlExpired => f.write_str("the authorisation link expired"),
+            Self::OrderTakenByOther => f.write_str("another user already agreed to this order"),
+            Self::UnknownCard => f.write_str("no such card in the user's card package"),
+            Self::CardNotChoosable => f.write_str("the card is closed, cancelled or locked by another account"),
         }
     }
 }
@@ -121,8 +178,10 @@ impl Simulator {
         self.configure_admin(cfg);
     }
 
-    /// Mounts only the WeChat endpoints.
+    /// Mounts only the WeChat endpoints (and the pages browsers open: OAuth authorize,
+    /// card-package authorisation, receipt PDFs).
     pub fn configure_wechat(&self, cfg: &mut web::ServiceConfig) {
+        pages::configure_pages(self, cfg);
         for api in Api::ALL {
             let sim = self.clone();
             cfg.route(
@@ -135,9 +194,10 @@ impl Simulator {
         }
     }
 
-    /// Mounts only the `/sim/…` admin API.
+    /// Mounts only the `/sim/…` admin API (and the sandbox pages under it).
     pub fn configure_admin(&self, cfg: &mut web::ServiceConfig) {
         admin::configure(self, cfg);
+        pages::configure_admin_pages(self, cfg);
     }
 
     /// Serves the simulator alone on 127.0.0.1 at a free port. Needs a Tokio runtime.
@@ -210,6 +270,41 @@ impl Simulator {
         self.with_state(|st| st.issue_code(CodeKind::Phone, appid, "", None, Some(phone)))
     }
 
+    /// Emulates the city-service real-name authorisation a mini-program opens: a
+    /// single-use code for checkrealnameinfo, bound to the app and the user.
+    pub fn issue_real_name_code(&self, appid: &str, openid: &str) -> String {
+        self.with_state(|st| st.issue_code(CodeKind::RealName, appid, openid, None, None))
+    }
+
+    /// The user's WeChat Pay real-name record (name and mainland ID number).
+    pub fn set_real_name(&self, openid: &str, real_name: &str, cred_id: &str) {
+        self.with_state(|st| {
+            st.real_names.insert(
+                openid.to_owned(),
+                RealName {
+                    name: real_name.to_owned(),
+                    cred_id: cred_id.to_owned(),
+                },
+            )
+        });
+    }
+
+    /// The user has no WeChat Pay real name (checks answer `V_OP_NA`).
+    pub fn clear_real_name(&self, openid: &str) {
+        self.with_state(|st| st.real_names.remove(openid));
+    }
+
+    /// Sets the app's web authorisation domains (empty: any `redirect_uri`).
+    pub fn set_oauth_domains(&self, appid: &str, domains: &[&str]) -> Result<(), SimError> {
+        self.with_state(|st| match st.apps.get_mut(appid) {
+            Some(app) => {
+                app.oauth_domains = domains.iter().map(|d| (*d).to_owned()).collect();
+                Ok(())
+            }
+            None => Err(SimError::UnknownApp(appid.to_owned())),
+        })
+    }
+
     /// The session_key issued at the user's last jscode2session.
     pub fn session_key(&self, appid: &str, openid: &str) -> Option<String> {
         self.with_state(|st| st.session_keys.get(&(appid.to_owned(), openid.to_owned())).cloned())
@@ -279,6 +374,11 @@ impl Simulator {
     /// All current tokens answer 42001.
     pub fn expire_tokens(&self, appid: &str) {
         self.with_state(|st| st.expire(appid));
+    }
+
+    /// `getticket` tickets minted for the app, ever.
+    pub fn ticket_issues(&self, appid: &str) -> u64 {
+        self.with_state(|st| st.ticket_issues.get(appid).copied().unwrap_or(0))
     }
 
     /// Tokens minted for the app (stable and classic), ever.
@@ -380,6 +480,11 @@ impl Simulator {
 
     pub fn qrcodes(&self) -> Vec<QrCode> {
         self.with_state(|st| st.qrcodes.iter().cloned().collect())
+    }
+
+    /// The passive replies message servers gave to pushes (valid or not), oldest first.
+    pub fn passive_replies(&self) -> Vec<PassiveReply> {
+        self.with_state(|st| st.pushes.iter().filter_map(|p| p.reply.clone()).collect())
     }
 
     /// Clears calls, sent messages and pushes (not QR codes, tokens, codes or faults).

@@ -7,6 +7,7 @@ use crate::Simulator;
 use crate::config::{MessageServer, SimApp};
 use crate::ids;
 use crate::record::{PushAttempt, PushedEvent};
+use crate::reply::{self, Answer};
 use crate::secure;
 use crate::state::push_bounded;
 
@@ -85,6 +86,53 @@ pub(crate) fn scan_xml(
     )
 }
 
+/// `subscribe` without a scene, `unsubscribe`, or `CLICK` with its key.
+pub(crate) fn user_event_xml(to: &str, openid: &str, create_time: i64, event: &str, key: Option<&str>) -> String {
+    let key = key
+        .map(|k| format!("<EventKey>{}</EventKey>", cdata(k)))
+        .unwrap_or_default();
+    format!("{}{key}</xml>", event_head(to, openid, create_time, event))
+}
+
+/// `user_authorize_invoice`: the payer agreed to take an order's receipt.
+pub(crate) fn authorize_invoice_xml(
+    to: &str,
+    openid: &str,
+    create_time: i64,
+    succ_order_id: &str,
+    fail_order_id: &str,
+    authorize_appid: &str,
+    source: &str,
+) -> String {
+    format!(
+        "{}<SuccOrderId>{}</SuccOrderId><FailOrderId>{}</FailOrderId><AuthorizeAppId>{}</AuthorizeAppId>\
+         <Source>{}</Source></xml>",
+        event_head(to, openid, create_time, "user_authorize_invoice"),
+        cdata(succ_order_id),
+        cdata(fail_order_id),
+        cdata(authorize_appid),
+        cdata(source)
+    )
+}
+
+/// `update_invoice_status`: a reimburser changed a card.
+pub(crate) fn invoice_status_xml(
+    to: &str,
+    openid: &str,
+    create_time: i64,
+    status: &str,
+    card_id: &str,
+    code: &str,
+) -> String {
+    format!(
+        "{}<Status>{}</Status><CardId>{}</CardId><Code>{}</Code></xml>",
+        event_head(to, openid, create_time, "update_invoice_status"),
+        cdata(status),
+        cdata(card_id),
+        cdata(code)
+    )
+}
+
 /// The `Event` of an event XML, for records.
 pub(crate) fn event_name(xml: &str) -> String {
     let Some(start) = xml.find("<Event>") else {
@@ -131,6 +179,8 @@ impl Simulator {
             attempts: Vec::new(),
             delivered: false,
             acknowledged: false,
+            openid: job.openid.clone(),
+            reply: None,
         };
         let body = match &job.server.encoding_aes_key {
             None => Some(job.xml.clone()),
@@ -178,10 +228,26 @@ impl Simulator {
                         error,
                         latency_ms: millis(started),
                     });
-                    if ok {
-                        event.delivered = true;
-                        event.acknowledged = text.is_some_and(|t| matches!(t.trim(), "" | "success"));
-                        break;
+                    if !ok {
+                        continue;
+                    }
+                    event.delivered = true;
+                    // `success`/empty or a valid passive reply ends it; anything else is
+                    // retried like a timeout (WeChat shows the user an error meanwhile).
+                    match reply::read_answer(text.as_deref().unwrap_or_default(), &job) {
+                        Answer::Ack => {
+                            event.acknowledged = true;
+                            event.reply = None;
+                            break;
+                        }
+                        Answer::Reply(r) => {
+                            let valid = r.valid;
+                            event.reply = Some(*r);
+                            if valid {
+                                event.acknowledged = true;
+                                break;
+                            }
+                        }
                     }
                 }
             }

@@ -96,8 +96,51 @@ pub struct PushedEvent {
     pub attempts: Vec<PushAttempt>,
     /// An attempt got a 2xx answer.
     pub delivered: bool,
-    /// That answer was `success` or empty, as WeChat expects.
+    /// That answer was `success`, empty, or a valid passive reply, as WeChat expects;
+    /// anything else is retried like a timeout.
     pub acknowledged: bool,
+    /// The user the event is about (the `openid` query parameter).
+    #[serde(default)]
+    pub openid: Option<String>,
+    /// The message server's passive reply (anything but `success`/empty), from the last attempt.
+    #[serde(default)]
+    pub reply: Option<PassiveReply>,
+}
+
+/// One article of a `news` passive reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyArticle {
+    pub title: String,
+    pub description: String,
+    pub pic_url: String,
+    pub url: String,
+}
+
+/// A message server's passive reply to a push, as WeChat would read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassiveReply {
+    /// The body as received.
+    pub raw: String,
+    /// The push was in secure mode, so the reply had to be an encrypted envelope.
+    pub secure: bool,
+    /// Secure mode: whether the envelope's `MsgSignature` matched.
+    pub signature_valid: Option<bool>,
+    /// The plaintext reply XML (decrypted in secure mode).
+    pub xml: Option<String>,
+    pub msg_type: Option<String>,
+    pub to_user_name: Option<String>,
+    pub from_user_name: Option<String>,
+    pub create_time: Option<i64>,
+    /// `text` replies.
+    pub content: Option<String>,
+    /// `news` replies.
+    pub articles: Vec<ReplyArticle>,
+    /// `image`/`voice`/`video` replies.
+    pub media_id: Option<String>,
+    /// WeChat would show it to the user.
+    pub valid: bool,
+    /// Why not (WeChat then tells the user "该公众号暂时无法提供服务，请稍后再试").
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
+use crate::cards::InvoiceState;
 use crate::config::{SimApp, SimConfig};
 use crate::faults::{Faults, Prng};
 use crate::record::{PushedEvent, QrCode, RecordedCall, SentSubscribeMessage, SentTemplateMessage, TemplateStatus};
@@ -36,8 +37,72 @@ pub(crate) struct Code {
     pub openid: String,
     pub unionid: Option<String>,
     pub phone: Option<String>,
+    /// OAuth scope (`snsapi_base` unless the authorize step asked for more).
+    pub scope: Option<String>,
     pub issued_at: DateTime<Utc>,
     pub used: bool,
+}
+
+/// A user's WeChat Pay real-name record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RealName {
+    pub name: String,
+    pub cred_id: String,
+}
+
+/// A `getticket` ticket.
+#[derive(Debug, Clone)]
+pub(crate) struct Ticket {
+    pub appid: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The people behind openids: one person has one openid per app, so events for one
+/// payer reach each app under that app's own openid.
+#[derive(Debug, Default)]
+pub(crate) struct People {
+    by_openid: HashMap<UserKey, u64>,
+    openids: BTreeMap<(u64, String), String>,
+    next: u64,
+}
+
+impl People {
+    /// The person behind `openid` in `appid` (a new one if the simulator never saw it).
+    pub fn person(&mut self, appid: &str, openid: &str) -> u64 {
+        let key = (appid.to_owned(), openid.to_owned());
+        if let Some(p) = self.by_openid.get(&key) {
+            return *p;
+        }
+        self.next += 1;
+        let p = self.next;
+        self.by_openid.insert(key, p);
+        self.openids.insert((p, appid.to_owned()), openid.to_owned());
+        p
+    }
+
+    pub fn lookup(&self, appid: &str, openid: &str) -> Option<u64> {
+        self.by_openid.get(&(appid.to_owned(), openid.to_owned())).copied()
+    }
+
+    /// The person's openid in `appid`, minted on first use.
+    pub fn openid_in(&mut self, person: u64, appid: &str) -> String {
+        if let Some(o) = self.openids.get(&(person, appid.to_owned())) {
+            return o.clone();
+        }
+        let openid = crate::ids::new_openid();
+        self.openids.insert((person, appid.to_owned()), openid.clone());
+        self.by_openid.insert((appid.to_owned(), openid.clone()), person);
+        openid
+    }
+
+    /// Openids the simulator has seen in `appid`, oldest person first.
+    pub fn known(&self, appid: &str) -> Vec<String> {
+        self.openids
+            .iter()
+            .filter(|((_, a), _)| a == appid)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
 }
 
 pub(crate) type UserKey = (String, String);
@@ -75,6 +140,19 @@ pub(crate) struct State {
     pub pushes: VecDeque<PushedEvent>,
     pub qrcodes: VecDeque<QrCode>,
     pub calls_since_prune: u64,
+    pub realname_codes: HashMap<String, Code>,
+    /// openid → WeChat Pay real name.
+    pub real_names: HashMap<String, RealName>,
+    /// appid → the menu as stored (`{"button": [...]}`).
+    pub menus: HashMap<String, serde_json::Value>,
+    /// Users who followed through the simulator (scans of theirs are `SCAN`s).
+    pub followed: HashSet<UserKey>,
+    pub people: People,
+    pub tickets: HashMap<String, Ticket>,
+    /// (appid, type) → the current ticket.
+    pub current_ticket: HashMap<UserKey, String>,
+    pub ticket_issues: HashMap<String, u64>,
+    pub invoice: InvoiceState,
 }
 
 pub(crate) fn push_bounded<T>(q: &mut VecDeque<T>, item: T, limit: usize) {
@@ -119,6 +197,15 @@ impl State {
             pushes: VecDeque::new(),
             qrcodes: VecDeque::new(),
             calls_since_prune: 0,
+            realname_codes: HashMap::new(),
+            real_names: HashMap::new(),
+            menus: HashMap::new(),
+            followed: HashSet::new(),
+            people: People::default(),
+            tickets: HashMap::new(),
+            current_ticket: HashMap::new(),
+            ticket_issues: HashMap::new(),
+            invoice: InvoiceState::default(),
             cfg,
         }
     }
@@ -224,11 +311,15 @@ impl State {
         phone: Option<&str>,
     ) -> String {
         let code = crate::ids::code();
+        if !openid.is_empty() {
+            self.people.person(appid, openid);
+        }
         let rec = Code {
             appid: appid.to_owned(),
             openid: openid.to_owned(),
             unionid: unionid.map(str::to_owned),
             phone: phone.map(str::to_owned),
+            scope: None,
             issued_at: self.now(),
             used: false,
         };
@@ -241,7 +332,46 @@ impl State {
             CodeKind::Login => &mut self.login_codes,
             CodeKind::OAuth => &mut self.oauth_codes,
             CodeKind::Phone => &mut self.phone_codes,
+            CodeKind::RealName => &mut self.realname_codes,
         }
+    }
+
+    /// The current ticket of `kind` for `appid`, minting one when there is none or it has
+    /// less than the stable-token refresh window left (older ones stay valid until expiry).
+    pub fn ticket(&mut self, appid: &str, kind: &str) -> (String, i64) {
+        let now = self.now();
+        let key = (appid.to_owned(), kind.to_owned());
+        if let Some(t) = self.current_ticket.get(&key)
+            && let Some(rec) = self.tickets.get(t)
+            && rec.expires_at - now > delta(self.cfg.stable_refresh_window)
+        {
+            return (t.clone(), (rec.expires_at - now).num_seconds());
+        }
+        let ticket = crate::ids::card_ticket();
+        let lifetime = delta(self.cfg.ticket_lifetime);
+        self.tickets.insert(
+            ticket.clone(),
+            Ticket {
+                appid: appid.to_owned(),
+                expires_at: now + lifetime,
+            },
+        );
+        self.current_ticket.insert(key, ticket.clone());
+        *self.ticket_issues.entry(appid.to_owned()).or_insert(0) += 1;
+        (ticket, lifetime.num_seconds())
+    }
+
+    /// Whether `ticket` is a live ticket of `appid`.
+    pub fn ticket_valid(&self, appid: &str, ticket: &str) -> bool {
+        let now = self.now();
+        self.tickets
+            .get(ticket)
+            .is_some_and(|t| t.appid == appid && t.expires_at > now)
+    }
+
+    /// Whether the user follows the account: everyone does unless they unfollowed.
+    pub fn is_following(&self, appid: &str, openid: &str) -> bool {
+        !self.unfollowed.contains(&(appid.to_owned(), openid.to_owned()))
     }
 
     /// Drops state that can no longer matter, so a long-running sandbox stays small.
@@ -250,7 +380,12 @@ impl State {
         let day_ago = now - TimeDelta::days(1);
         let code_cutoff = now - delta(self.cfg.code_lifetime) - TimeDelta::hours(1);
         self.tokens.retain(|_, t| t.expires_at > day_ago);
-        for codes in [&mut self.login_codes, &mut self.oauth_codes, &mut self.phone_codes] {
+        for codes in [
+            &mut self.login_codes,
+            &mut self.oauth_codes,
+            &mut self.phone_codes,
+            &mut self.realname_codes,
+        ] {
             codes.retain(|_, c| c.issued_at > code_cutoff);
         }
         let minute = now.timestamp() / 60;
@@ -258,6 +393,9 @@ impl State {
         self.client_msg_ids.retain(|_, (_, at)| *at > day_ago);
         let yesterday = (now + TimeDelta::hours(8) - TimeDelta::days(1)).date_naive();
         self.daily.retain(|k, _| k.0 >= yesterday);
+        self.tickets.retain(|_, t| t.expires_at > day_ago);
+        let media_cutoff = now - delta(self.cfg.invoice_media_lifetime) - TimeDelta::hours(1);
+        self.invoice.prune(media_cutoff);
     }
 }
 
@@ -266,4 +404,6 @@ pub(crate) enum CodeKind {
     Login,
     OAuth,
     Phone,
+    /// City-service real-name authorisation.
+    RealName,
 }

@@ -93,7 +93,7 @@ pub(super) fn oauth_access_token(st: &mut State, call: &Call) -> Result<Reply, W
         "expires_in": 7200,
         "refresh_token": ids::access_token(),
         "openid": rec.openid,
-        "scope": "snsapi_base",
+        "scope": rec.scope.as_deref().unwrap_or("snsapi_base"),
     });
     if let Some(u) = rec.unionid {
         body["unionid"] = json!(u);

@@ -1,8 +1,12 @@
 //! The WeChat endpoints: request parsing, fault application, recording, and dispatch.
 
+pub(crate) mod card;
 mod login;
+mod menu;
 mod message;
+pub(crate) mod multipart;
 mod qrcode;
+mod realname;
 mod token;
 
 use std::collections::BTreeMap;
@@ -33,10 +37,27 @@ pub(crate) enum Api {
     OAuthAccessToken,
     QrCodeCreate,
     PhoneNumber,
+    CheckRealName,
+    MenuCreate,
+    MenuGet,
+    MenuDelete,
+    GetTicket,
+    InvoiceSetUrl,
+    CreateBillCard,
+    GetBillAuthUrl,
+    GetAuthData,
+    SetPdf,
+    InsertBill,
+    RejectInsert,
+    PlatformUpdateStatus,
+    ReimburseGetInfo,
+    ReimburseGetBatch,
+    ReimburseUpdateStatus,
+    ReimburseUpdateBatch,
 }
 
 impl Api {
-    pub const ALL: [Api; 8] = [
+    pub const ALL: [Api; 25] = [
         Api::StableToken,
         Api::ClassicToken,
         Api::JsCode2Session,
@@ -45,6 +66,23 @@ impl Api {
         Api::OAuthAccessToken,
         Api::QrCodeCreate,
         Api::PhoneNumber,
+        Api::CheckRealName,
+        Api::MenuCreate,
+        Api::MenuGet,
+        Api::MenuDelete,
+        Api::GetTicket,
+        Api::InvoiceSetUrl,
+        Api::CreateBillCard,
+        Api::GetBillAuthUrl,
+        Api::GetAuthData,
+        Api::SetPdf,
+        Api::InsertBill,
+        Api::RejectInsert,
+        Api::PlatformUpdateStatus,
+        Api::ReimburseGetInfo,
+        Api::ReimburseGetBatch,
+        Api::ReimburseUpdateStatus,
+        Api::ReimburseUpdateBatch,
     ];
 
     pub fn path(self) -> &'static str {
@@ -57,11 +95,36 @@ impl Api {
             Api::OAuthAccessToken => paths::OAUTH_ACCESS_TOKEN,
             Api::QrCodeCreate => paths::QRCODE_CREATE,
             Api::PhoneNumber => paths::PHONE_NUMBER,
+            Api::CheckRealName => paths::CHECK_REAL_NAME,
+            Api::MenuCreate => paths::MENU_CREATE,
+            Api::MenuGet => paths::MENU_GET,
+            Api::MenuDelete => paths::MENU_DELETE,
+            Api::GetTicket => paths::GET_TICKET,
+            Api::InvoiceSetUrl => paths::INVOICE_SET_URL,
+            Api::CreateBillCard => paths::CREATE_BILL_CARD,
+            Api::GetBillAuthUrl => paths::GET_BILL_AUTH_URL,
+            Api::GetAuthData => paths::GET_AUTH_DATA,
+            Api::SetPdf => paths::SET_PDF,
+            Api::InsertBill => paths::INSERT_BILL,
+            Api::RejectInsert => paths::REJECT_INSERT,
+            Api::PlatformUpdateStatus => paths::PLATFORM_UPDATE_STATUS,
+            Api::ReimburseGetInfo => paths::REIMBURSE_GET_INFO,
+            Api::ReimburseGetBatch => paths::REIMBURSE_GET_BATCH,
+            Api::ReimburseUpdateStatus => paths::REIMBURSE_UPDATE_STATUS,
+            Api::ReimburseUpdateBatch => paths::REIMBURSE_UPDATE_BATCH,
         }
     }
 
     fn is_get(self) -> bool {
-        matches!(self, Api::ClassicToken | Api::JsCode2Session | Api::OAuthAccessToken)
+        matches!(
+            self,
+            Api::ClassicToken
+                | Api::JsCode2Session
+                | Api::OAuthAccessToken
+                | Api::GetTicket
+                | Api::MenuGet
+                | Api::MenuDelete
+        )
     }
 
     fn handle(self, st: &mut State, call: &Call) -> Result<Reply, WxErr> {
@@ -74,6 +137,23 @@ impl Api {
             Api::OAuthAccessToken => login::oauth_access_token(st, call),
             Api::QrCodeCreate => qrcode::create(st, call),
             Api::PhoneNumber => login::phone_number(st, call),
+            Api::CheckRealName => realname::check(st, call),
+            Api::MenuCreate => menu::create(st, call),
+            Api::MenuGet => menu::get(st, call),
+            Api::MenuDelete => menu::delete(st, call),
+            Api::GetTicket => card::get_ticket(st, call),
+            Api::InvoiceSetUrl => card::set_url(st, call),
+            Api::CreateBillCard => card::create_bill_card(st, call),
+            Api::GetBillAuthUrl => card::get_bill_auth_url(st, call),
+            Api::GetAuthData => card::get_auth_data(st, call),
+            Api::SetPdf => card::set_pdf(st, call),
+            Api::InsertBill => card::insert_bill(st, call),
+            Api::RejectInsert => card::reject_insert(st, call),
+            Api::PlatformUpdateStatus => card::platform_update_status(st, call),
+            Api::ReimburseGetInfo => card::reimburse_get_info(st, call),
+            Api::ReimburseGetBatch => card::reimburse_get_batch(st, call),
+            Api::ReimburseUpdateStatus => card::reimburse_update_status(st, call),
+            Api::ReimburseUpdateBatch => card::reimburse_update_batch(st, call),
         }
     }
 }
@@ -82,6 +162,11 @@ impl Api {
 pub(crate) struct Call {
     pub query: BTreeMap<String, String>,
     pub body: Value,
+    /// The body as sent (multipart uploads).
+    pub raw: Bytes,
+    pub content_type: String,
+    /// Where browsers reach the simulator (scheme, host and mount point), for `auth_url`s.
+    pub base_url: String,
 }
 
 impl Call {
@@ -138,13 +223,22 @@ pub(crate) fn app<'a>(st: &'a State, appid: &str) -> Result<&'a SimApp, WxErr> {
 
 /// Checks `?access_token=` and that the app may call this API; returns the appid.
 pub(crate) fn authorize(st: &State, call: &Call, kind: AppKind) -> Result<String, WxErr> {
+    authorize_kinds(st, call, &[kind])
+}
+
+/// [`authorize`] for APIs both official accounts and mini-programs may call.
+pub(crate) fn authorize_any(st: &State, call: &Call) -> Result<String, WxErr> {
+    authorize_kinds(st, call, &[AppKind::OfficialAccount, AppKind::MiniProgram])
+}
+
+fn authorize_kinds(st: &State, call: &Call, kinds: &[AppKind]) -> Result<String, WxErr> {
     let token = call
         .q("access_token")
         .ok_or_else(|| WxErr::new(41001, "access_token missing"))?;
     match st.token_state(token) {
         TokenState::Valid(t) => {
             let app = app(st, &t.appid)?;
-            if app.kind != kind {
+            if !kinds.contains(&app.kind) {
                 return Err(WxErr::new(48001, "api unauthorized"));
             }
             Ok(t.appid.clone())
@@ -211,6 +305,11 @@ fn plan(st: &mut State, api: Api, call: &Call) -> Plan {
     p
 }
 
+/// The scope the simulator is mounted under: `path` up to where `route` begins.
+pub(crate) fn mount_prefix<'a>(path: &'a str, route: &str) -> &'a str {
+    path.rfind(route).map_or("", |i| &path[..i])
+}
+
 fn parse_body(raw: &Bytes) -> Value {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Value::Null;
@@ -219,14 +318,40 @@ fn parse_body(raw: &Bytes) -> Value {
 }
 
 impl Simulator {
+    /// Where browsers reach the simulator: the configured public URL, or this request's
+    /// scheme and host plus the scope the simulator is mounted under (`route` stripped).
+    pub(crate) fn base_url(&self, req: &HttpRequest, route: &str) -> String {
+        if let Some(url) = self.with_state(|st| st.cfg.public_base_url.clone()) {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let info = req.connection_info();
+        format!("{}://{}{}", info.scheme(), info.host(), mount_prefix(req.path(), route))
+    }
+
     pub(crate) async fn dispatch(&self, api: Api, req: HttpRequest, raw: Bytes) -> HttpResponse {
         let started = Instant::now();
         let query = url::form_urlencoded::parse(req.query_string().as_bytes())
             .into_owned()
             .collect();
+        let content_type = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let multipart = content_type.starts_with("multipart/form-data");
+        let body = if multipart {
+            multipart::summary(&content_type, &raw)
+        } else {
+            parse_body(&raw)
+        };
+        let base_url = self.base_url(&req, api.path());
         let call = Call {
             query,
-            body: parse_body(&raw),
+            body,
+            raw,
+            content_type,
+            base_url,
         };
 
         // A timeout fault answers late, after the call has taken effect: the caller
@@ -286,12 +411,17 @@ impl Simulator {
         };
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         // App secrets are not kept in records (the admin API serves them).
-        let Call { mut query, mut body } = call;
+        let Call {
+            mut query, mut body, ..
+        } = call;
         if let Some(s) = query.get_mut("secret") {
             *s = REDACTED.to_owned();
         }
-        if let Some(s) = body.get_mut("secret") {
-            *s = json!(REDACTED);
+        // Nor app secrets, nor the identities a real-name check carries (PIPL).
+        for key in ["secret", "real_name", "cred_id"] {
+            if let Some(s) = body.get_mut(key) {
+                *s = json!(REDACTED);
+            }
         }
         self.with_state(|st| {
             let rec = RecordedCall {
