@@ -983,7 +983,16 @@ async fn batch_updates_are_all_or_nothing() {
         72031
     );
 
-    let pushes_before = env.sim.pushed_events().len();
+    // Pushes run in the background: let those of the earlier calls land first.
+    let mut pushes_before = env.sim.pushed_events().len();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = env.sim.pushed_events().len();
+        if now == pushes_before {
+            break;
+        }
+        pushes_before = now;
+    }
     assert_eq!(
         errcode(
             &env.call(
