@@ -99,6 +99,8 @@ pub enum DeliveryStatus {
     Failed,
     /// Waits for an operator (or, parked for an outage, for the interface).
     Parked,
+    /// Never to be sent: its recipient erased their account.
+    Cancelled,
 }
 
 spelled!(DeliveryStatus {
@@ -106,6 +108,7 @@ spelled!(DeliveryStatus {
     Delivered => "delivered",
     Failed => "failed",
     Parked => "parked",
+    Cancelled => "cancelled",
 });
 
 impl DeliveryStatus {

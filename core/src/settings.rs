@@ -75,6 +75,7 @@ pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
     pub migrate_on_start: bool,
+    pub acquire_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -350,6 +351,9 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if !(1..=300).contains(&self.database.acquire_timeout_secs) {
+            return Err(invalid("database.acquire_timeout_secs", "must be between 1 and 300"));
         }
         let db = self.database.url.expose_secret();
         if !db.is_empty() && self.store_kind_of(db).is_none() {

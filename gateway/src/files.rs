@@ -27,6 +27,7 @@ pub enum FileError {
     Store(#[from] object_store::Error),
 }
 
+#[derive(Clone)]
 pub struct FileStore {
     store: Arc<dyn ObjectStore>,
     max_bytes: u64,
@@ -73,6 +74,13 @@ impl FileStore {
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), FileError> {
         self.store.put(&ObjectPath::from(key), PutPayload::from(bytes)).await?;
         Ok(())
+    }
+
+    /// Deletes a file no record points at; a failure only leaves garbage behind.
+    pub async fn remove(&self, key: &str) {
+        if let Err(e) = self.store.delete(&object_store::path::Path::from(key)).await {
+            tracing::warn!(key, error = %e, "removing an unused receipt file failed");
+        }
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, FileError> {

@@ -27,12 +27,11 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating data_dir {}", settings.data_dir.display()))?;
     }
-    let store = piaojia_store::connect(&ConnectOptions {
-        url: settings.database_url(),
-        max_connections: settings.database.max_connections,
-    })
-    .await
-    .context("connecting to the database")?;
+    let mut options = ConnectOptions::new(settings.database_url(), settings.database.max_connections);
+    options.acquire_timeout = Duration::from_secs(settings.database.acquire_timeout_secs);
+    let store = piaojia_store::connect(&options)
+        .await
+        .context("connecting to the database")?;
     if settings.database.migrate_on_start {
         store.migrate().await.context("applying migrations")?;
     }
@@ -160,11 +159,11 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         None => NonceRegistry::in_memory(nonce_ttl),
     };
     let files = FileStore::from_settings(&settings)?;
-    let apps = AppDirectory::new(
+    let apps = Arc::new(AppDirectory::new(
         store.clone(),
         keyring.clone(),
         Duration::from_secs(settings.security.app_cache_secs),
-    );
+    ));
     let wake = match (&redis, settings.redis_url()) {
         (Some(conn), Some(url)) => {
             piaojia_notifier::Wake::redis(conn.clone(), redis::Client::open(url)?, &settings.redis.key_prefix)
@@ -184,13 +183,24 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         files.object_store(),
         redis.as_ref(),
     ));
+    let intake = crate::intake::Intake::new(
+        store.clone(),
+        keyring.clone(),
+        files,
+        apps.clone(),
+        wake.clone(),
+        Arc::new(piaojia_notifier::alerts::Alerter::new(
+            store.clone(),
+            settings.alerts.clone(),
+        )),
+    );
     Ok(AppState {
         settings,
         store,
         keyring,
         nonces,
-        files,
         apps,
+        intake,
         redis,
         metrics: telemetry::metrics_handle(),
         wake,

@@ -10,7 +10,6 @@ use piaojia_store::{Agency, AppKind, Store, StoreError};
 use redis::aio::ConnectionManager;
 use secrecy::SecretString;
 
-use crate::files::FileStore;
 use crate::nonces::NonceRegistry;
 
 pub struct AppState {
@@ -18,8 +17,9 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub keyring: Arc<Keyring>,
     pub nonces: NonceRegistry,
-    pub files: FileStore,
-    pub apps: AppDirectory,
+    pub apps: Arc<AppDirectory>,
+    /// What issuers push and reverse.
+    pub intake: crate::intake::Intake,
     pub redis: Option<ConnectionManager>,
     pub metrics: PrometheusHandle,
     /// Tells the notifier (here or in other processes) that work is due.

@@ -52,6 +52,11 @@ pub struct ProfileView {
     #[schema(example = "138****8000")]
     pub phone: Option<String>,
     pub phone_verified: bool,
+    /// How the identity was verified (`wechat_realname` or `phone`); `null`: not
+    /// verified, receipts are added by possession only.
+    #[schema(example = "wechat_realname")]
+    pub verified_via: Option<String>,
+    pub verified_at: Option<DateTime<Utc>>,
     #[schema(example = "2026-11")]
     pub consent_version: Option<String>,
     pub consent_at: Option<DateTime<Utc>>,

@@ -19,6 +19,8 @@ pub const LATENCY_P95: &str = "latency_p95";
 pub const BACKLOG_AGE: &str = "backlog_age";
 pub const BREAKER_OPEN: &str = "breaker_open";
 pub const QUOTA_EXHAUSTED: &str = "quota_exhausted";
+/// Two agencies hold a receipt with one code and number (raised at intake).
+pub const IDENTITY_CLASH: &str = "identity_clash";
 
 pub struct Alerter {
     store: Arc<dyn Store>,

@@ -115,13 +115,17 @@ pub struct StoredReceipt {
 
 #[derive(Debug, Clone)]
 pub enum InsertOutcome {
-    Created(StoredReceipt),
-    /// The same receipt was pushed before: the first result.
-    Duplicate(StoredReceipt),
-    /// The identity is taken by different content or by another agency.
-    Conflict {
-        same_agency: bool,
+    Created {
+        receipt: StoredReceipt,
+        /// Another agency holds a receipt with the same code and number: an
+        /// issuer pushed what is not its own, or a real clash. Operators are told;
+        /// neither receipt is blocked, and the issuer learns nothing.
+        identity_clash: bool,
     },
+    /// The same receipt was pushed before by this agency: the first result.
+    Duplicate(StoredReceipt),
+    /// This agency holds a different receipt with this code and number.
+    Conflict,
 }
 
 #[derive(Debug, Clone)]
@@ -142,14 +146,15 @@ pub trait Intake: Send + Sync {
     /// collects a person's receipt into the wallets of the registered payers it
     /// matches (with the subscribe messages they are owed, see
     /// [`NewReceiptRecord::wallet_channels`]). Identity is (`bill_batch_code`,
-    /// `bill_no`) across all agencies: a second push with the same `content_hash`
-    /// and agency is `Duplicate`, anything else `Conflict`; deliveries are only
-    /// written for `Created`.
+    /// `bill_no`) within the agency: a second push with the same `content_hash` is
+    /// `Duplicate`, with other content `Conflict`; deliveries are only written for
+    /// `Created`.
     async fn insert_receipt(&self, receipt: NewReceiptRecord, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome>;
     /// A receipt of one agency by its identity, with its deliveries.
     async fn receipt(&self, agency_id: Uuid, bill_batch_code: &str, bill_no: &str) -> Result<Option<StoredReceipt>>;
-    /// A receipt by its identity in any agency (deliveries not loaded).
-    async fn find_receipt(&self, bill_batch_code: &str, bill_no: &str) -> Result<Option<StoredReceipt>>;
+    /// The receipts of every agency with this code and number (deliveries not
+    /// loaded): callers tell them apart by the check code (possession, verification).
+    async fn find_receipts(&self, bill_batch_code: &str, bill_no: &str) -> Result<Vec<StoredReceipt>>;
     /// Records a reversal (冲红) and its deliveries atomically, following the rules of
     /// [`ReversalOutcome`]. Locked or closed receipts are refused.
     async fn reverse_receipt(
@@ -276,15 +281,22 @@ async fn with_deliveries<C: Conn + ?Sized>(conn: &mut C, row: Option<ReceiptRow>
     row.into_receipt(deliveries).map(Some)
 }
 
-/// What a push whose identity is already taken amounts to.
+/// What a push whose identity the agency already holds amounts to.
 fn classify_existing(existing: StoredReceipt, new: &NewReceiptRecord) -> InsertOutcome {
-    if existing.agency_id != new.agency_id {
-        InsertOutcome::Conflict { same_agency: false }
-    } else if existing.content_hash != new.content_hash {
-        InsertOutcome::Conflict { same_agency: true }
-    } else {
+    if existing.content_hash == new.content_hash {
         InsertOutcome::Duplicate(existing)
+    } else {
+        InsertOutcome::Conflict
     }
+}
+
+/// A pushed receipt as its INSERT returns it, with whether another agency holds
+/// the same code and number (the subquery sees only committed rows of others).
+#[derive(sqlx::FromRow)]
+struct InsertedRow {
+    #[sqlx(flatten)]
+    receipt: ReceiptRow,
+    identity_clash: bool,
 }
 
 /// The answer to a reversal request that the stored receipt refuses, or `None`
@@ -307,7 +319,9 @@ const INSERT_RECEIPT: &str = "INSERT INTO receipts (id, agency_id, issuer_app_id
      payer_phone_index, payer_name_index, open_id, details, file, received_at, reimbursement_state, updated_at, \
      search_text) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
      'INIT', $21, $22";
-const ON_IDENTITY_TAKEN: &str = " ON CONFLICT (bill_batch_code, bill_no) DO NOTHING RETURNING ";
+const ON_IDENTITY_TAKEN: &str = " ON CONFLICT (agency_id, bill_batch_code, bill_no) DO NOTHING RETURNING ";
+const RETURNING_CLASH: &str = ", EXISTS (SELECT 1 FROM receipts other WHERE other.bill_batch_code = receipts.bill_batch_code \
+     AND other.bill_no = receipts.bill_no AND other.agency_id <> receipts.agency_id) AS identity_clash";
 
 /// Writes a pushed receipt in the caller's intake transaction.
 async fn insert_in<D: Dialect>(
@@ -327,7 +341,8 @@ async fn insert_in<D: Dialect>(
             INSERT_RECEIPT,
             " FROM (SELECT count(pg_advisory_xact_lock(k)) FROM unnest($23::bigint[]) AS k) AS locked",
             ON_IDENTITY_TAKEN,
-            RECEIPT_COLUMNS
+            RECEIPT_COLUMNS,
+            RETURNING_CLASH
         )),
         // Writers are serialised, so a taken identity is simply a committed row.
         // (`WHERE true`: SQLite's upsert after a SELECT needs a WHERE to parse.)
@@ -335,7 +350,8 @@ async fn insert_in<D: Dialect>(
             INSERT_RECEIPT,
             " WHERE true",
             ON_IDENTITY_TAKEN,
-            RECEIPT_COLUMNS
+            RECEIPT_COLUMNS,
+            RETURNING_CLASH
         )),
     };
     let mut insert = insert
@@ -364,25 +380,33 @@ async fn insert_in<D: Dialect>(
     if D::BACKEND == Backend::Postgres {
         insert = insert.bind(lock_keys.iter().map(|k| Some(*k)).collect::<Vec<_>>());
     }
-    let inserted: Option<ReceiptRow> = insert
+    let inserted: Option<InsertedRow> = insert
         .fetch_optional(&mut *conn)
         .await
         .map_err(|e| write_error(e, "receipt_id"))?;
-    if let Some(row) = inserted {
+    if let Some(InsertedRow {
+        receipt: row,
+        identity_clash,
+    }) = inserted
+    {
         // The rows come back from the writes themselves: no reading back.
         let mut planned = deliveries;
         let owed =
             wallets::collect_new_receipt::<D>(&mut *conn, r, &planned, now, D::BACKEND == Backend::Postgres).await?;
         planned.extend(owed);
         let stored = queue::insert_deliveries::<D>(&mut *conn, row.id, r.agency_id, &planned, now).await?;
-        return Ok(InsertOutcome::Created(row.into_receipt(stored)?));
+        return Ok(InsertOutcome::Created {
+            receipt: row.into_receipt(stored)?,
+            identity_clash,
+        });
     }
     // PostgreSQL at READ COMMITTED: this statement sees the row that won the conflict.
     let row: Option<ReceiptRow> = Sql::new(concatcp!(
         "SELECT ",
         RECEIPT_COLUMNS,
-        " FROM receipts WHERE bill_batch_code = $1 AND bill_no = $2"
+        " FROM receipts WHERE agency_id = $1 AND bill_batch_code = $2 AND bill_no = $3"
     ))
+    .bind(r.agency_id)
     .bind(&r.bill_batch_code)
     .bind(&r.bill_no)
     .fetch_optional(&mut *conn)
@@ -423,17 +447,17 @@ impl<D: Dialect> Intake for Db<D> {
         Ok(stored)
     }
 
-    async fn find_receipt(&self, bill_batch_code: &str, bill_no: &str) -> Result<Option<StoredReceipt>> {
-        let row: Option<ReceiptRow> = Sql::new(concatcp!(
+    async fn find_receipts(&self, bill_batch_code: &str, bill_no: &str) -> Result<Vec<StoredReceipt>> {
+        let rows: Vec<ReceiptRow> = Sql::new(concatcp!(
             "SELECT ",
             RECEIPT_COLUMNS,
-            " FROM receipts WHERE bill_batch_code = $1 AND bill_no = $2"
+            " FROM receipts WHERE bill_batch_code = $1 AND bill_no = $2 ORDER BY received_at, id"
         ))
         .bind(bill_batch_code)
         .bind(bill_no)
-        .fetch_optional(&mut *self.d.read().await?)
+        .fetch_all(&mut *self.d.read().await?)
         .await?;
-        row.map(|r| r.into_receipt(Vec::new())).transpose()
+        rows.into_iter().map(|r| r.into_receipt(Vec::new())).collect()
     }
 
     async fn reverse_receipt(

@@ -124,6 +124,19 @@ impl Backend {
 pub struct ConnectOptions {
     pub url: String,
     pub max_connections: u32,
+    /// How long a request waits for a connection before the database counts as
+    /// unavailable (`503`): rather a quick answer to retry than a hung request.
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl ConnectOptions {
+    pub fn new(url: impl Into<String>, max_connections: u32) -> Self {
+        Self {
+            url: url.into(),
+            max_connections,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        }
+    }
 }
 
 /// The store on one database: every role, implemented once over its dialect.

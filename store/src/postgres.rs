@@ -32,6 +32,7 @@ impl PgStore {
         let options = PgConnectOptions::from_str(&opts.url)?;
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
+            .acquire_timeout(opts.acquire_timeout)
             .connect_with(options)
             .await?;
         let intake = Arc::new(Semaphore::new((opts.max_connections as usize / 2).max(1)));

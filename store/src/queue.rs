@@ -884,7 +884,7 @@ impl<D: Dialect> DeliveryQueue for Db<D> {
         let statuses = match filter.status {
             None => vec![DeliveryStatus::Parked, DeliveryStatus::Failed],
             Some(s @ (DeliveryStatus::Parked | DeliveryStatus::Failed)) => vec![s],
-            Some(DeliveryStatus::Pending | DeliveryStatus::Delivered) => return Ok(0),
+            Some(DeliveryStatus::Pending | DeliveryStatus::Delivered | DeliveryStatus::Cancelled) => return Ok(0),
         };
         let unfiltered = DeliveryFilter {
             status: None,

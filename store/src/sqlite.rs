@@ -72,6 +72,7 @@ impl SqliteStore {
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(opts.max_connections.max(1))
+                .acquire_timeout(opts.acquire_timeout)
                 .connect_with(options.clone())
                 .await?;
             // Writing through one connection keeps its page cache warm: a

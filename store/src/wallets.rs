@@ -20,12 +20,44 @@ use crate::queue::NewDelivery;
 use crate::sql::{Conn, Dialect, Json, Sql, Tx, write_error, written};
 use crate::{Db, Result, StoreError, Timestamp};
 
+/// How a payer proved who they are. Only a verified identity collects receipts
+/// by identity; anyone may add a receipt they hold by possession.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityVerification {
+    /// WeChat's real-name check matched the name and ID number (collects by ID
+    /// number and name, and by a verified phone and name).
+    WechatRealname,
+    /// A phone number WeChat verified (collects by that phone and the name).
+    Phone,
+}
+
+impl IdentityVerification {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityVerification::WechatRealname => "wechat_realname",
+            IdentityVerification::Phone => "phone",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "wechat_realname" => Ok(IdentityVerification::WechatRealname),
+            "phone" => Ok(IdentityVerification::Phone),
+            other => Err(StoreError::Corrupt(format!("payer identity verification {other:?}"))),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PayerRecord {
     pub id: Uuid,
     /// Name, ID type and number, phone: sealed JSON; `None` until registered.
     pub profile_sealed: Option<String>,
     pub phone_verified: bool,
+    /// How the identity was verified, and when; `None`: possession only.
+    pub identity_verified_via: Option<IdentityVerification>,
+    pub identity_verified_at: Option<Timestamp>,
     pub consent_version: Option<String>,
     pub consent_at: Option<Timestamp>,
     /// Reimbursement reminders wanted.
@@ -50,6 +82,8 @@ pub struct Registration {
     pub name_index: String,
     pub phone_index: Option<String>,
     pub phone_verified: bool,
+    /// What proved the identity (the caller checked it); `None` collects nothing.
+    pub verified_via: Option<IdentityVerification>,
     pub consent_version: String,
     pub consent_at: Timestamp,
 }
@@ -244,13 +278,17 @@ pub trait Wallets: Send + Sync {
     /// new one. Records the identity and the login time.
     async fn login_payer(&self, app_id: &str, openid: &str, unionid_index: Option<&str>) -> Result<LoginOutcome>;
     async fn payer(&self, id: Uuid) -> Result<Option<PayerRecord>>;
+    /// The payer's openid in a mini-program (the one of the latest sign-in).
+    async fn payer_openid(&self, payer_id: Uuid, app_id: &str) -> Result<Option<String>>;
     /// Registers or changes the profile, then (in the same transaction) collects
-    /// every held receipt of a person whose identity matches (ID number and name,
-    /// or a verified phone and name) and releases collected ones that no longer do.
+    /// every held receipt of a person whose verified identity matches (ID number and
+    /// name after WeChat's real-name check, or a verified phone and name) and
+    /// releases collected ones that no longer do.
     async fn register_payer(&self, payer_id: Uuid, registration: Registration) -> Result<RegisterOutcome>;
     async fn set_reminders(&self, payer_id: Uuid, enabled: bool) -> Result<PayerRecord>;
     /// Erases the payer: profile, identities, tokens, credits and wallet entries
-    /// go; an audit record stays. False when there was no such payer.
+    /// go, every delivery to the payer not yet made is cancelled (never sent), and
+    /// an audit record stays. False when there was no such payer.
     async fn delete_payer(&self, payer_id: Uuid) -> Result<bool>;
     async fn payer_audit(&self, payer_id: Uuid) -> Result<Vec<AuditRecord>>;
 
@@ -291,14 +329,16 @@ pub trait Wallets: Send + Sync {
     ) -> Result<bool>;
 }
 
-const PAYER_COLUMNS: &str =
-    "id, profile_sealed, phone_verified, consent_version, consent_at, reminders, registered_at, created_at, updated_at";
+const PAYER_COLUMNS: &str = "id, profile_sealed, phone_verified, identity_verified_via, identity_verified_at, \
+     consent_version, consent_at, reminders, registered_at, created_at, updated_at";
 
 #[derive(sqlx::FromRow)]
 struct PayerRow {
     id: Uuid,
     profile_sealed: Option<String>,
     phone_verified: bool,
+    identity_verified_via: Option<String>,
+    identity_verified_at: Option<Timestamp>,
     consent_version: Option<String>,
     consent_at: Option<Timestamp>,
     reminders: bool,
@@ -307,9 +347,17 @@ struct PayerRow {
     updated_at: Timestamp,
 }
 
-impl From<PayerRow> for PayerRecord {
-    fn from(r: PayerRow) -> Self {
-        PayerRecord {
+impl TryFrom<PayerRow> for PayerRecord {
+    type Error = StoreError;
+
+    fn try_from(r: PayerRow) -> Result<Self> {
+        Ok(PayerRecord {
+            identity_verified_via: r
+                .identity_verified_via
+                .as_deref()
+                .map(IdentityVerification::parse)
+                .transpose()?,
+            identity_verified_at: r.identity_verified_at,
             id: r.id,
             profile_sealed: r.profile_sealed,
             phone_verified: r.phone_verified,
@@ -319,7 +367,7 @@ impl From<PayerRow> for PayerRecord {
             registered_at: r.registered_at,
             created_at: r.created_at,
             updated_at: r.updated_at,
-        }
+        })
     }
 }
 
@@ -485,10 +533,12 @@ pub(crate) async fn collect_new_receipt<D: Dialect>(
     if !locked {
         D::lock_identities(&mut *conn, &receipt_lock_keys(r)).await?;
     }
-    // ID number and name, or a verified phone and name.
+    // ID number and name of a payer WeChat's real-name check verified, or a
+    // verified phone and name.
     let payers: Vec<(Uuid,)> = Sql::new(
         "SELECT id FROM payers WHERE registered_at IS NOT NULL AND name_index = $2 \
-         AND (id_index = $1 OR (phone_verified = true AND phone_index = $3)) ORDER BY id",
+         AND ((identity_verified_via = 'wechat_realname' AND id_index = $1) \
+         OR (phone_verified = true AND phone_index = $3)) ORDER BY id",
     )
     .bind(&r.payer_id_index)
     .bind(name_index)
@@ -578,7 +628,7 @@ async fn load_payer<C: Conn + ?Sized>(conn: &mut C, id: Uuid) -> Result<Option<P
         .bind(id)
         .fetch_optional(conn)
         .await?;
-    Ok(row.map(Into::into))
+    row.map(PayerRecord::try_from).transpose()
 }
 
 async fn insert_audit<C: Conn + ?Sized>(
@@ -625,15 +675,16 @@ fn push_scope<'a>(sql: &mut Sql<'a>, scope: Option<&'a [Uuid]>) {
     }
 }
 
-/// The receipts of a person matching a payer's identity. Parameters: id index,
-/// name index, phone verified, phone index ($2 to $5; $1 is the payer).
+/// The receipts of a person matching a payer's verified identity. Parameters: id
+/// index, name index, phone verified, phone index, real name verified ($2 to $6;
+/// $1 is the payer).
 const MATCHING_RECEIPTS: &str = "SELECT r.id FROM receipts r WHERE r.payer_type = '1' AND r.payer_name_index = $3 \
-     AND (r.payer_id_index = $2 OR ($4 = true AND r.payer_phone_index = $5))";
+     AND (($6 = true AND r.payer_id_index = $2) OR ($4 = true AND r.payer_phone_index = $5))";
 
-/// Collects matching receipts into the wallet of payer $1 (now: $6).
+/// Collects matching receipts into the wallet of payer $1 (now: $7).
 const COLLECT: &str = concatcp!(
     "INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
-     SELECT $1, r.id, r.agency_id, r.issued_at, 'collected', '[]', $6 FROM receipts r WHERE r.id IN (",
+     SELECT $1, r.id, r.agency_id, r.issued_at, 'collected', '[]', $7 FROM receipts r WHERE r.id IN (",
     MATCHING_RECEIPTS,
     ") ON CONFLICT (payer_id, receipt_id) DO NOTHING"
 );
@@ -749,6 +800,18 @@ impl<D: Dialect> Wallets for Db<D> {
         load_payer(&mut *self.d.read().await?, id).await
     }
 
+    async fn payer_openid(&self, payer_id: Uuid, app_id: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = Sql::new(
+            "SELECT openid FROM payer_identities WHERE payer_id = $1 AND app_id = $2 \
+             ORDER BY last_login_at DESC LIMIT 1",
+        )
+        .bind(payer_id)
+        .bind(app_id)
+        .fetch_optional(&mut *self.d.read().await?)
+        .await?;
+        Ok(row.map(|(openid,)| openid))
+    }
+
     async fn register_payer(&self, payer_id: Uuid, reg: Registration) -> Result<RegisterOutcome> {
         let now = Timestamp::now();
         let mut tx = self.d.write().await?;
@@ -762,7 +825,8 @@ impl<D: Dialect> Wallets for Db<D> {
         Sql::new(
             "UPDATE payers SET profile_sealed = $2, id_index = $3, name_index = $4, phone_index = $5, \
              phone_verified = $6, consent_version = $7, consent_at = $8, \
-             registered_at = COALESCE(registered_at, $9), updated_at = $9 WHERE id = $1",
+             registered_at = COALESCE(registered_at, $9), updated_at = $9, identity_verified_via = $10, \
+             identity_verified_at = CASE WHEN $10 IS NULL THEN NULL ELSE $9 END WHERE id = $1",
         )
         .bind(payer_id)
         .bind(&reg.profile_sealed)
@@ -773,8 +837,10 @@ impl<D: Dialect> Wallets for Db<D> {
         .bind(&reg.consent_version)
         .bind(reg.consent_at)
         .bind(now)
+        .bind(reg.verified_via.map(IdentityVerification::as_str))
         .execute(tx.conn())
         .await?;
+        let real_name = reg.verified_via == Some(IdentityVerification::WechatRealname);
         let matching = |sql: &'static str| {
             Sql::new(sql)
                 .bind(payer_id)
@@ -782,6 +848,7 @@ impl<D: Dialect> Wallets for Db<D> {
                 .bind(&reg.name_index)
                 .bind(reg.phone_verified)
                 .bind(&reg.phone_index)
+                .bind(real_name)
         };
         let released = matching(RELEASE).execute(tx.conn()).await?;
         let collected = matching(COLLECT).bind(now).execute(tx.conn()).await?;
@@ -790,8 +857,12 @@ impl<D: Dialect> Wallets for Db<D> {
         } else {
             "profile_changed"
         };
-        let detail =
-            serde_json::json!({ "collected": collected, "released": released, "consentVersion": reg.consent_version });
+        let detail = serde_json::json!({
+            "collected": collected,
+            "released": released,
+            "consentVersion": reg.consent_version,
+            "verifiedVia": reg.verified_via.map(IdentityVerification::as_str),
+        });
         insert_audit(tx.conn(), payer_id, event, detail, now).await?;
         let payer = load_payer(tx.conn(), payer_id).await?.ok_or(StoreError::NotFound)?;
         tx.commit().await?;
@@ -825,6 +896,19 @@ impl<D: Dialect> Wallets for Db<D> {
             .bind(payer_id)
             .fetch_one(tx.conn())
             .await?;
+        // Nothing is sent to the payer afterwards, whatever its state (a parked or
+        // failed delivery could be re-driven): cancelled, and kept as a record.
+        let cancelled = Sql::new(
+            "UPDATE deliveries SET status = 'cancelled', last_error = 'the payer erased their account', \
+             lease_owner = NULL, lease_until = NULL, updated_at = $2 \
+             WHERE status IN ('pending', 'parked', 'failed') \
+             AND channel IN ('wechat_template', 'wechat_subscribe', 'wallet_subscribe') \
+             AND target IN (SELECT openid FROM payer_identities WHERE payer_id = $1)",
+        )
+        .bind(payer_id)
+        .bind(now)
+        .execute(tx.conn())
+        .await?;
         // Children first: SQLite's cascade needs foreign keys switched on per
         // connection, so nothing here relies on it.
         for sql in [
@@ -846,7 +930,7 @@ impl<D: Dialect> Wallets for Db<D> {
             tx.conn(),
             payer_id,
             "deleted",
-            serde_json::json!({ "walletEntries": entries }),
+            serde_json::json!({ "walletEntries": entries, "cancelledDeliveries": cancelled }),
             now,
         )
         .await?;

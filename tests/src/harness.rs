@@ -434,3 +434,38 @@ macro_rules! both_modes {
         }
     };
 }
+
+/// A TCP relay in front of a service (PostgreSQL, Redis) that a test can cut, as
+/// an outage would: every open connection is dropped and new ones are refused.
+pub struct TcpRelay {
+    pub port: u16,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl TcpRelay {
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let port = listener.local_addr().expect("addr").port();
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let accepted = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                accepted.lock().expect("relay lock").push(conn.abort_handle());
+            }
+        });
+        tasks.lock().expect("relay lock").push(accept.abort_handle());
+        Self { port, tasks }
+    }
+
+    /// The outage: the listener closes and every relayed connection is reset.
+    pub fn cut(&self) {
+        for task in self.tasks.lock().expect("relay lock").drain(..) {
+            task.abort();
+        }
+    }
+}

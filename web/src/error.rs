@@ -259,6 +259,8 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound => ApiError::not_found("not_found", "no such resource"),
             StoreError::Conflict(what) => ApiError::conflict("conflict", format!("{what} already exists")),
+            // The request may well succeed later: nothing is wrong with it.
+            other if other.is_unavailable() => ApiError::unavailable("database_unavailable", other),
             other => ApiError::internal(other),
         }
     }

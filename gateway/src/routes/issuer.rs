@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::auth::Issuer;
 use crate::error::{ApiError, Problem};
 use crate::files::FileError;
-use crate::intake::{self, IntakeError};
+use crate::intake::IntakeError;
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -248,7 +248,7 @@ pub async fn push_receipt(
 ) -> Result<HttpResponse, ApiError> {
     require_json(&req)?;
     let receipt = receipt::parse_push(&issuer.body).map_err(receipt_error)?;
-    let accepted = intake::push(&state, &issuer, receipt).await?;
+    let accepted = state.intake.push(&issuer, receipt).await?;
     let status = if accepted.created {
         StatusCode::CREATED
     } else {
@@ -315,7 +315,10 @@ pub async fn get_receipt(
     path: web::Path<ReceiptPath>,
 ) -> Result<HttpResponse, ApiError> {
     check_identity(&path)?;
-    let receipt = intake::lookup(&state, &issuer, &path.bill_batch_code, &path.bill_no).await?;
+    let receipt = state
+        .intake
+        .lookup(&issuer, &path.bill_batch_code, &path.bill_no)
+        .await?;
     Ok(HttpResponse::Ok().json(ReceiptView::build(&state, &receipt)))
 }
 
@@ -452,7 +455,10 @@ pub async fn reverse_receipt(
     require_json(&req)?;
     let request: ReversalRequest = parse_json(&issuer.body)?;
     let reversal = request.validate(&path)?;
-    let accepted = intake::reverse(&state, &issuer, &path.bill_batch_code, &path.bill_no, reversal).await?;
+    let accepted = state
+        .intake
+        .reverse(&issuer, &path.bill_batch_code, &path.bill_no, reversal)
+        .await?;
     let status = if accepted.created {
         StatusCode::CREATED
     } else {

@@ -163,7 +163,7 @@ pub async fn alerts(_op: Operator, state: web::Data<AppState>) -> Result<HttpRes
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
-    /// `pending`, `delivered`, `failed` or `parked`.
+    /// `pending`, `delivered`, `failed`, `parked` or `cancelled`.
     pub status: Option<String>,
     pub channel: Option<String>,
     pub interface: Option<String>,
@@ -180,7 +180,7 @@ fn filter(q: &DeliveryQuery, ids: Option<Vec<Uuid>>) -> Result<DeliveryFilter, A
             ApiError::unprocessable("validation_failed", "unknown status").field(
                 "/status",
                 "invalid_value",
-                "pending, delivered, failed or parked",
+                "pending, delivered, failed, parked or cancelled",
             )
         })?),
     };

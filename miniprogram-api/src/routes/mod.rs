@@ -101,13 +101,15 @@ impl Problems {
 
 /// A WeChat call that failed while serving a payer.
 pub(crate) fn wechat_error(e: CallError) -> ApiError {
-    use piaojia_wechat::errcode::{CODE_BEEN_USED, INVALID_CODE, RATE_LIMITED};
+    use piaojia_wechat::errcode::{CODE_BEEN_USED, INVALID_CODE, RATE_LIMITED, REALNAME_INVALID_CODE};
     match &e {
-        CallError::Wechat(w) if w.errcode == INVALID_CODE || w.errcode == CODE_BEEN_USED => ApiError::unauthorized(
-            "wechat_code_invalid",
-            "the WeChat code is invalid, expired or already used",
-        )
-        .challenge(piaojia_web::error::Challenge::Bearer),
+        CallError::Wechat(w) if [INVALID_CODE, CODE_BEEN_USED, REALNAME_INVALID_CODE].contains(&w.errcode) => {
+            ApiError::unauthorized(
+                "wechat_code_invalid",
+                "the WeChat code is invalid, expired or already used",
+            )
+            .challenge(piaojia_web::error::Challenge::Bearer)
+        }
         CallError::Wechat(w) if w.errcode == RATE_LIMITED => {
             ApiError::too_many_requests("wechat_rate_limited", 60).cause(e)
         }

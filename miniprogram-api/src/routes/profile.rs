@@ -1,14 +1,18 @@
 //! Registration and the payer's profile: name, ID document, phone (verified
 //! through WeChat's phone-number button, or entered and marked unverified) and
-//! consent to the privacy notice. Registering collects the receipts already held
-//! for this identity into the wallet.
+//! consent to the privacy notice. A verified identity (WeChat's real-name check of
+//! the name and ID number, or a verified phone with the name) collects the
+//! receipts already held for it into the wallet; an unverified one collects
+//! nothing (receipts are then added by possession).
 
 use actix_web::{HttpResponse, delete, get, put, web};
 use piaojia_core::identity::{self, IdType};
 use piaojia_core::mask;
 use piaojia_core::pii::purpose;
-use piaojia_store::wallets::{PayerRecord, Registration};
+use piaojia_store::wallets::{IdentityVerification, PayerRecord, Registration};
 use piaojia_web::error::{ApiError, Problem};
+use piaojia_wechat::client::RealNameCheck;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -48,6 +52,11 @@ pub struct ProfileRequest {
     /// A phone number typed in: kept, but unverified (not used to collect receipts).
     #[schema(example = "13800138000")]
     pub phone: Option<String>,
+    /// The code of the mini-program's real-name authorisation (WeChat's city-service
+    /// real-name check, resident ID cards only): WeChat then checks the name and ID
+    /// number against the payer's WeChat Pay real name, and a match verifies the
+    /// identity.
+    pub real_name_code: Option<String>,
     pub consent: Consent,
 }
 
@@ -72,6 +81,8 @@ pub(crate) fn profile_view(state: &WalletState, payer: &Payer, record: &PayerRec
         id_number: profile.as_ref().map(|p| mask::id_number(&p.id_number)),
         phone: profile.as_ref().and_then(|p| p.phone.as_deref()).map(mask::phone),
         phone_verified: record.phone_verified,
+        verified_via: record.identity_verified_via.map(|v| v.as_str().to_owned()),
+        verified_at: record.identity_verified_at.map(Into::into),
         consent_version: record.consent_version.clone(),
         consent_at: record.consent_at.map(Into::into),
         reminders: record.reminders,
@@ -101,10 +112,13 @@ pub async fn get_profile(state: web::Data<WalletState>, payer: Payer) -> Result<
 
 /// Register, or change the profile.
 ///
-/// Requires consent to the current privacy notice. Every receipt already held for
-/// a person with this ID number and name (or this verified phone and name) is
-/// collected into the wallet; after a change, collected receipts that no longer
-/// match leave it. Organisations' receipts are never collected.
+/// Requires consent to the current privacy notice. With `realNameCode` WeChat checks
+/// the name and ID number (a mismatch is refused); with `phoneCode` the phone is
+/// verified. Every receipt already held for a person with this verified identity
+/// (ID number and name after the real-name check, or the verified phone and name)
+/// is collected into the wallet; after a change, collected receipts that no longer
+/// match leave it. An unverified identity collects nothing: receipts are then
+/// added by possession. Organisations' receipts are never collected.
 #[utoipa::path(
     put,
     path = "/v1/mp/profile",
@@ -113,13 +127,14 @@ pub async fn get_profile(state: web::Data<WalletState>, payer: Payer) -> Result<
     request_body(content = ProfileRequest, example = json!({
         "name": "张三丰", "idType": "resident", "idNumber": "11010519491231002X",
         "phoneCode": "e31968a7f94cc5ee25fafc2aef2773f0bb8c3937b22520eb8ee345274d00c144",
+        "realNameCode": "081Kq4Ga1Xb2dE0Hn9Ja1cUTxH2Kq4Gz",
         "consent": {"version": "2026-11", "accepted": true}
     })),
     responses(
         (status = 200, description = "Registered; `collected` receipts were added to the wallet", body = RegistrationView),
         (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation_failed` (per field, e.g. `/idNumber` `invalid_value` for a wrong check digit, `/consent` `consent_required`)", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "`wechat_unavailable` (the phone code could not be checked)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed` (per field, e.g. `/idNumber` `invalid_value` for a wrong check digit, `/consent` `consent_required`, `/realNameCode` `not_verified` when WeChat's real-name record does not match)", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "`wechat_unavailable` (a phone or real-name code could not be checked)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[put("/v1/mp/profile")]
@@ -156,6 +171,22 @@ pub async fn put_profile(
     if req.phone_code.as_deref().is_some_and(|c| c.is_empty() || c.len() > 256) {
         p.push("/phoneCode", "invalid_format", "the code of the getPhoneNumber button");
     }
+    if let Some(code) = req.real_name_code.as_deref() {
+        if code.is_empty() || code.len() > 256 {
+            p.push(
+                "/realNameCode",
+                "invalid_format",
+                "the code of the real-name authorisation",
+            );
+        }
+        if req.id_type != IdType::Resident {
+            p.push(
+                "/realNameCode",
+                "not_applicable",
+                "WeChat's real-name check covers resident ID cards only",
+            );
+        }
+    }
     p.into_result()?;
     let (Some(name), Some(id_number)) = (name, id_number) else {
         return Err(ApiError::internal(anyhow::anyhow!("validated fields missing")));
@@ -185,6 +216,21 @@ pub async fn put_profile(
         None => (typed_phone, false),
     };
 
+    let real_name_verified = match req.real_name_code.as_deref() {
+        Some(code) => {
+            check_real_name(&state, &payer, code, &name, &id_number).await?;
+            true
+        }
+        None => false,
+    };
+    let verified_via = if real_name_verified {
+        Some(IdentityVerification::WechatRealname)
+    } else if phone_verified {
+        Some(IdentityVerification::Phone)
+    } else {
+        None
+    };
+
     let keyring = &state.keyring;
     let registration = Registration {
         profile_sealed: keyring.seal_json(
@@ -200,6 +246,7 @@ pub async fn put_profile(
         name_index: keyring.blind_index(purpose::index::NAME, &name),
         phone_index: phone.as_deref().map(|p| keyring.blind_index(purpose::index::PHONE, p)),
         phone_verified,
+        verified_via,
         consent_version: req.consent.version,
         consent_at: piaojia_store::Timestamp::now(),
     };
@@ -209,12 +256,63 @@ pub async fn put_profile(
         collected = outcome.collected,
         released = outcome.released,
         phone_verified,
+        verified_via = verified_via.map(IdentityVerification::as_str),
         "payer registered"
     );
     Ok(HttpResponse::Ok().json(RegistrationView {
         profile: profile_view(&state, &payer, &outcome.payer),
         collected: outcome.collected,
     }))
+}
+
+/// WeChat's real-name check of the name and ID number against the payer's WeChat
+/// Pay real name; anything but a match of both is refused.
+async fn check_real_name(
+    state: &WalletState,
+    payer: &Payer,
+    code: &str,
+    name: &str,
+    id_number: &str,
+) -> Result<(), ApiError> {
+    let refuse = |message: &str| {
+        ApiError::validation(vec![piaojia_core::receipt::FieldError {
+            pointer: "/realNameCode".into(),
+            code: "not_verified",
+            message: message.into(),
+        }])
+    };
+    let openid = state
+        .store
+        .payer_openid(payer.id, &payer.app.app_id)
+        .await?
+        .ok_or_else(|| refuse("sign in through this mini-program first"))?;
+    let credentials = payer.app.credentials(&state.keyring).map_err(ApiError::internal)?;
+    let check = RealNameCheck {
+        openid,
+        real_name: SecretString::from(name.to_owned()),
+        cred_id: SecretString::from(id_number.to_owned()),
+        code: code.to_owned(),
+    };
+    let result = state
+        .wechat
+        .check_real_name_info(&credentials, &check)
+        .await
+        .map_err(|e| match wechat_error(e) {
+            e if e.code() == "wechat_code_invalid" => ApiError::validation(vec![piaojia_core::receipt::FieldError {
+                pointer: "/realNameCode".into(),
+                code: "invalid_value",
+                message: "the real-name code is invalid, expired or used".into(),
+            }]),
+            e => e,
+        })?;
+    if result.is_verified() {
+        Ok(())
+    } else {
+        tracing::info!(payer_id = %payer.id, result = ?result, "real-name check did not match");
+        Err(refuse(
+            "the name and ID number do not match this WeChat account's real-name record",
+        ))
+    }
 }
 
 /// Delete the account.

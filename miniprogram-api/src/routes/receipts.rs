@@ -371,14 +371,20 @@ pub async fn add(
     if let Err(wait) = state.limits.check(payer.id, ip).await {
         return Err(ApiError::too_many_requests("too_many_attempts", wait.as_secs() + 1));
     }
-    let proven = match state.store.find_receipt(&claim.bill_batch_code, &claim.bill_no).await? {
-        Some(r)
-            if possession::proves(&r, &claim)
-                && r.payer_type == piaojia_core::receipt::PayerType::Person
-                && payer.app.covers(r.agency_id) =>
-        {
-            Some(r)
-        }
+    // Code and number may name receipts of several agencies: the check code (and
+    // the amount and date when given) tells which one the payer holds.
+    let candidates = state
+        .store
+        .find_receipts(&claim.bill_batch_code, &claim.bill_no)
+        .await?;
+    let mut proven = candidates.into_iter().filter(|r| {
+        possession::proves(r, &claim)
+            && r.payer_type == piaojia_core::receipt::PayerType::Person
+            && payer.app.covers(r.agency_id)
+    });
+    // Two that fit alike cannot be told apart: neither is taken.
+    let proven = match (proven.next(), proven.next()) {
+        (Some(r), None) => Some(r),
         _ => None,
     };
     let Some(receipt) = proven else {

@@ -77,11 +77,7 @@ async fn data_survives_reopening(fx: &Fixture) -> TestResult {
 
 #[tokio::test]
 async fn unsupported_url_is_refused() {
-    let result = connect(&ConnectOptions {
-        url: "mysql://user:secret@localhost/db".to_owned(),
-        max_connections: 1,
-    })
-    .await;
+    let result = connect(&ConnectOptions::new("mysql://user:secret@localhost/db".to_owned(), 1)).await;
     match result {
         Err(StoreError::UnsupportedUrl(shown)) => assert!(!shown.contains("secret")),
         Err(other) => panic!("unexpected error {other}"),
@@ -91,11 +87,7 @@ async fn unsupported_url_is_refused() {
 
 #[tokio::test]
 async fn sqlite_in_memory_works() -> TestResult {
-    let store = connect(&ConnectOptions {
-        url: "sqlite::memory:".to_owned(),
-        max_connections: 4,
-    })
-    .await?;
+    let store = connect(&ConnectOptions::new("sqlite::memory:".to_owned(), 4)).await?;
     store.migrate().await?;
     assert!(store.migrations_current().await?);
     let a = one_agency(&*store, "A001").await?;

@@ -69,35 +69,52 @@ async fn create_duplicate_conflict(fx: &Fixture) -> TestResult {
         first.deliveries.iter().map(|d| d.id).collect::<Vec<_>>()
     );
 
-    // Different content from the same agency, or the identity from another agency.
+    // Different content from the same agency.
     assert!(matches!(
         store
             .insert_receipt(receipt(a, "0000000001", "hash-2"), issued_deliveries())
             .await?,
-        InsertOutcome::Conflict { same_agency: true }
+        InsertOutcome::Conflict
     ));
-    assert!(matches!(
-        store
-            .insert_receipt(receipt(b, "0000000001", "hash-1"), issued_deliveries())
-            .await?,
-        InsertOutcome::Conflict { same_agency: false }
-    ));
-    // Same number in another batch is another receipt.
+    // The identity is the agency's own: another agency's receipt with the same code
+    // and number is stored too (never blocked), and the clash is reported.
+    let clash = store
+        .insert_receipt(receipt(b, "0000000001", "hash-1"), issued_deliveries())
+        .await?;
+    let InsertOutcome::Created {
+        receipt: theirs,
+        identity_clash: true,
+    } = clash
+    else {
+        return Err(format!("expected Created with a clash, got {clash:?}").into());
+    };
+    assert_eq!(theirs.agency_id, b);
+    // Same number in another batch is another receipt, and no clash.
     let mut other_batch = receipt(a, "0000000001", "hash-3");
     other_batch.bill_batch_code = "11010126".to_owned();
-    created(store.insert_receipt(other_batch, vec![]).await?)?;
+    let other = store.insert_receipt(other_batch, vec![]).await?;
+    assert!(
+        matches!(
+            other,
+            InsertOutcome::Created {
+                identity_clash: false,
+                ..
+            }
+        ),
+        "{other:?}"
+    );
 
     assert_eq!(store.count_receipts(a).await?, 2);
-    assert_eq!(store.count_receipts(b).await?, 0);
+    assert_eq!(store.count_receipts(b).await?, 1);
 
-    // Found by identity in any agency, without its deliveries.
-    let found = store
-        .find_receipt("11010125", "0000000001")
-        .await?
-        .ok_or("receipt not found by identity")?;
-    assert_eq!((found.id, found.agency_id), (first.id, a));
-    assert!(found.deliveries.is_empty());
-    assert!(store.find_receipt("11010125", "0000000404").await?.is_none());
+    // Found by code and number in every agency, without their deliveries.
+    let found = store.find_receipts("11010125", "0000000001").await?;
+    assert_eq!(
+        found.iter().map(|r| (r.id, r.agency_id)).collect::<Vec<_>>(),
+        vec![(first.id, a), (theirs.id, b)]
+    );
+    assert!(found.iter().all(|r| r.deliveries.is_empty()));
+    assert!(store.find_receipts("11010125", "0000000404").await?.is_empty());
 
     // Unknown agency, reused receipt id.
     assert!(matches!(
@@ -138,7 +155,7 @@ async fn concurrent_identical_inserts(fx: &Fixture) -> TestResult {
     let mut duplicate_ids = Vec::new();
     for task in tasks {
         match task.await?? {
-            InsertOutcome::Created(r) => created_ids.push(r.id),
+            InsertOutcome::Created { receipt: r, .. } => created_ids.push(r.id),
             InsertOutcome::Duplicate(r) => duplicate_ids.push(r.id),
             other => return Err(format!("unexpected {other:?}").into()),
         }

@@ -56,11 +56,7 @@ impl Fixture {
 
     /// The store on this database, not migrated.
     pub async fn open(&self) -> Result<Arc<dyn Store>, support::Error> {
-        Ok(connect(&ConnectOptions {
-            url: self.db.url.clone(),
-            max_connections: 8,
-        })
-        .await?)
+        Ok(connect(&ConnectOptions::new(self.db.url.clone(), 8)).await?)
     }
 
     /// The store on this database, migrated.

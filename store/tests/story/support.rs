@@ -2,7 +2,7 @@
 
 use chrono::{Duration, TimeZone, Utc};
 use piaojia_core::receipt::PayerType;
-use piaojia_store::wallets::{NewRefreshToken, Registration};
+use piaojia_store::wallets::{IdentityVerification, NewRefreshToken, Registration};
 use piaojia_store::{
     AttemptOutcome, AttemptRecord, ChannelKind, ClaimedDelivery, Completion, Delivery, DeliveryEvent, DeliveryUpdate,
     FileMeta, InsertOutcome, NewAgency, NewApp, NewAppSecret, NewDelivery, NewReceiptRecord, Reversal, Store,
@@ -124,7 +124,7 @@ pub fn reversal(reason: &str) -> Reversal {
 
 pub fn created(outcome: InsertOutcome) -> Result<StoredReceipt, Error> {
     match outcome {
-        InsertOutcome::Created(r) => Ok(r),
+        InsertOutcome::Created { receipt: r, .. } => Ok(r),
         other => Err(format!("expected Created, got {other:?}").into()),
     }
 }
@@ -230,6 +230,7 @@ pub async fn settle(store: &dyn Store, ids: &[Uuid], update: impl Fn(usize) -> D
 
 // ----- the wallet ------------------------------------------------------------------
 
+/// A registration whose name and ID number WeChat's real-name check verified.
 pub fn registration(id_index: &str, name_index: &str, phone: Option<(&str, bool)>) -> Registration {
     Registration {
         profile_sealed: "v1:sealed-profile".to_owned(),
@@ -237,6 +238,7 @@ pub fn registration(id_index: &str, name_index: &str, phone: Option<(&str, bool)
         name_index: name_index.to_owned(),
         phone_index: phone.map(|(p, _)| p.to_owned()),
         phone_verified: phone.is_some_and(|(_, v)| v),
+        verified_via: Some(IdentityVerification::WechatRealname),
         consent_version: "2026-11".to_owned(),
         consent_at: at(5),
     }

@@ -486,7 +486,9 @@ async fn write_old_rows(conn: &mut SqliteConnection) -> Result<OldRows, Error> {
     .execute(&mut *conn)
     .await?;
     for (receipt_id, issued_at, source, added_at, removed_at) in [
-        (reversed, f2, "collected", f3, None),
+        // Both held by possession: migration 0006 gives back what an unverified
+        // identity collected, and this payer is not verified.
+        (reversed, f2, "possession", f3, None),
         (held, f0, "possession", f1, Some(f0)),
     ] {
         sqlx::query(
@@ -571,11 +573,7 @@ async fn sqlite_0004_makes_stored_times_fixed_width() -> TestResult {
     conn.close().await?;
 
     // Open the store as a deployment does, and migrate.
-    let store = connect(&ConnectOptions {
-        url: db.url.clone(),
-        max_connections: 4,
-    })
-    .await?;
+    let store = connect(&ConnectOptions::new(db.url.clone(), 4)).await?;
     assert!(!store.migrations_current().await?);
     store.migrate().await?;
     assert!(store.migrations_current().await?);
@@ -583,7 +581,13 @@ async fn sqlite_0004_makes_stored_times_fixed_width() -> TestResult {
     let mut conn = SqliteConnection::connect_with(&options).await?;
     let (columns_after, after) = stored_times(&mut conn).await?;
     conn.close().await?;
-    assert_eq!(columns_after, columns);
+    // Later migrations may add time columns of their own; the old ones all stay.
+    assert!(columns.iter().all(|c| columns_after.contains(c)), "{columns_after:?}");
+    let after: Vec<(Place, String)> = after
+        .into_iter()
+        .filter(|((table, column, _), _)| columns.iter().any(|(t, c)| t == table && c == column))
+        .collect();
+
     assert_eq!(
         after.iter().map(|(place, _)| place).collect::<Vec<_>>(),
         before.iter().map(|(place, _)| place).collect::<Vec<_>>(),

@@ -4,18 +4,23 @@
 use chrono::Duration;
 use piaojia_core::receipt::PayerType;
 use piaojia_store::wallets::{
-    RefreshOutcome, SubscriptionChoice, SubscriptionReport, WalletAdd, WalletChannel, WalletQuery,
+    IdentityVerification, RefreshOutcome, SubscriptionChoice, SubscriptionReport, WalletAdd, WalletChannel, WalletQuery,
 };
-use piaojia_store::{ChannelKind, InsertOutcome, NewReceiptRecord, Timestamp};
+use piaojia_store::{
+    ChannelKind, DeliveryEvent, DeliveryFilter, DeliveryStatus, InsertOutcome, NewDelivery, NewReceiptRecord, Timestamp,
+};
 use uuid::Uuid;
 
 use crate::Fixture;
 use crate::support::{TestResult, one_agency, person_receipt, refresh, registration};
+use piaojia_store::wallets::Registration;
 
 chapters!(
     wallet_logins_and_tokens,
     collection_never_misses_a_racing_registration,
     consents_are_spent_once,
+    only_a_verified_identity_collects,
+    erasure_cancels_what_was_not_sent,
 );
 
 async fn wallet_logins_and_tokens(fx: &Fixture) -> TestResult {
@@ -227,7 +232,7 @@ async fn consents_are_spent_once(fx: &Fixture) -> TestResult {
     });
     let mut messages = 0;
     for outcome in futures_util::future::join_all(inserts).await {
-        let InsertOutcome::Created(stored) = outcome? else {
+        let InsertOutcome::Created { receipt: stored, .. } = outcome? else {
             return Err("receipt not created".into());
         };
         for d in &stored.deliveries {
@@ -247,5 +252,159 @@ async fn consents_are_spent_once(fx: &Fixture) -> TestResult {
         )
         .await?;
     assert_eq!(store.subscription_credits(payer).await?[0].remaining, 0);
+    Ok(())
+}
+
+/// Typing a name and an ID number proves nothing: only WeChat's real-name check (ID
+/// number and name) or a verified phone (phone and name) collects, from both sides.
+async fn only_a_verified_identity_collects(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let agency = one_agency(&*store, "A001").await?;
+    let by_id = person_receipt(agency, "0000000201", "id-e", "name-e");
+    let by_phone = NewReceiptRecord {
+        payer_id_index: None,
+        payer_phone_index: Some("phone-e".to_owned()),
+        ..person_receipt(agency, "0000000202", "unused", "name-e")
+    };
+    store.insert_receipt(by_id, Vec::new()).await?;
+    store.insert_receipt(by_phone, Vec::new()).await?;
+
+    let payer = store.login_payer("wx-wallet", "o-erin", None).await?.payer.id;
+    let typed = Registration {
+        verified_via: None,
+        ..registration("id-e", "name-e", Some(("phone-e", false)))
+    };
+    let outcome = store.register_payer(payer, typed).await?;
+    assert_eq!(outcome.collected, 0, "a typed name and ID number collect nothing");
+    assert_eq!(outcome.payer.identity_verified_via, None);
+    assert_eq!(outcome.payer.identity_verified_at, None);
+
+    let phone = Registration {
+        verified_via: Some(IdentityVerification::Phone),
+        ..registration("id-e", "name-e", Some(("phone-e", true)))
+    };
+    let outcome = store.register_payer(payer, phone).await?;
+    assert_eq!(outcome.collected, 1, "a verified phone collects by phone and name only");
+    assert_eq!(outcome.payer.identity_verified_via, Some(IdentityVerification::Phone));
+    assert!(outcome.payer.identity_verified_at.is_some());
+
+    let real_name = registration("id-e", "name-e", Some(("phone-e", true)));
+    let outcome = store.register_payer(payer, real_name).await?;
+    assert_eq!(
+        outcome.collected, 1,
+        "the real-name check adds the receipt by ID number"
+    );
+    assert_eq!(
+        outcome.payer.identity_verified_via,
+        Some(IdentityVerification::WechatRealname)
+    );
+
+    // Arriving receipts follow the same rule: an unverified payer gets nothing new.
+    let mallory = store.login_payer("wx-wallet", "o-mallory", None).await?.payer.id;
+    let claims = Registration {
+        verified_via: None,
+        ..registration("id-f", "name-f", None)
+    };
+    store.register_payer(mallory, claims).await?;
+    store
+        .insert_receipt(person_receipt(agency, "0000000203", "id-f", "name-f"), Vec::new())
+        .await?;
+    let page = |payer_id| WalletQuery {
+        payer_id,
+        limit: 10,
+        ..WalletQuery::default()
+    };
+    assert!(store.wallet_page(&page(mallory)).await?.is_empty());
+    store
+        .insert_receipt(person_receipt(agency, "0000000204", "id-e", "name-e"), Vec::new())
+        .await?;
+    assert_eq!(store.wallet_page(&page(payer)).await?.len(), 3);
+
+    // Falling back to unverified releases what was collected.
+    let outcome = store
+        .register_payer(
+            payer,
+            Registration {
+                verified_via: None,
+                ..registration("id-e", "name-e", None)
+            },
+        )
+        .await?;
+    assert_eq!(outcome.released, 3);
+    Ok(())
+}
+
+/// Erasure means erasure: every delivery to the payer not yet made is cancelled
+/// (kept as a record, never sent, never re-driven), and other payers' are untouched.
+async fn erasure_cancels_what_was_not_sent(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let agency = one_agency(&*store, "A001").await?;
+    let gone = store.login_payer("wx-wallet", "o-gone", None).await?.payer.id;
+    store.login_payer("wx-wallet", "o-stays", None).await?;
+    let to = |openid: &str| NewDelivery {
+        id: Uuid::now_v7(),
+        event: DeliveryEvent::Issued,
+        channel: ChannelKind::WalletSubscribe,
+        target: openid.to_owned(),
+        interface: "wechat:wx-wallet:subscribe_send".to_owned(),
+        payload: None,
+    };
+    let receipt = |no: &str| crate::support::receipt(agency, no, &format!("hash-{no}"));
+    let mine = crate::support::created(
+        store
+            .insert_receipt(receipt("0000000301"), vec![to("o-gone"), to("o-gone")])
+            .await?,
+    )?;
+    let theirs = crate::support::created(store.insert_receipt(receipt("0000000302"), vec![to("o-stays")]).await?)?;
+    // One of the payer's deliveries is parked (an operator could re-drive it).
+    let claimed = store
+        .claim_deliveries("w", Timestamp::now(), Timestamp::now() + Duration::seconds(30), 10)
+        .await?;
+    let parked = claimed
+        .iter()
+        .find(|c| c.delivery.id == mine.deliveries[0].id)
+        .ok_or("claimed")?;
+    let held = crate::support::complete(
+        &*store,
+        parked.delivery.id,
+        "w",
+        crate::support::attempt(piaojia_store::AttemptOutcome::Retryable, None),
+        piaojia_store::DeliveryUpdate::Parked {
+            reason: piaojia_store::ParkReason::Exhausted,
+            error: "down".into(),
+        },
+        Vec::new(),
+    )
+    .await?;
+    assert!(held);
+
+    assert!(store.delete_payer(gone).await?);
+    for d in &mine.deliveries {
+        let d = store.delivery(d.id).await?.ok_or("delivery kept")?;
+        assert_eq!(d.status, DeliveryStatus::Cancelled, "{d:?}");
+        assert_eq!(d.last_error.as_deref(), Some("the payer erased their account"));
+    }
+    let other = store.delivery(theirs.deliveries[0].id).await?.ok_or("delivery")?;
+    assert_eq!(other.status, DeliveryStatus::Pending, "another payer's delivery stays");
+    // Nothing of the erased payer is claimed or re-driven afterwards.
+    let redriven = store
+        .redrive(&DeliveryFilter::default(), Timestamp::now(), Duration::milliseconds(1))
+        .await?;
+    assert_eq!(redriven, 0);
+    let later = store
+        .claim_deliveries(
+            "w2",
+            Timestamp::now() + Duration::seconds(60),
+            Timestamp::now() + Duration::seconds(90),
+            10,
+        )
+        .await?;
+    assert!(later.iter().all(|c| c.delivery.target != "o-gone"), "{later:?}");
+    let audit = store.payer_audit(gone).await?;
+    let deleted = audit.iter().find(|a| a.event == "deleted").ok_or("audited")?;
+    assert_eq!(
+        deleted.detail.as_ref().and_then(|d| d["cancelledDeliveries"].as_u64()),
+        Some(2)
+    );
     Ok(())
 }

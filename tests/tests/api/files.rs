@@ -48,13 +48,23 @@ both_modes!(inline_file_is_stored_with_its_hash, |mode: Mode| async move {
     assert_eq!(created["file"]["sha256"], sha256_hex(PDF));
     assert_eq!(created["file"]["size"], PDF.len());
     assert_eq!(created["file"]["format"], "pdf");
-    let stored = std::fs::read(
-        config
-            .data_dir
-            .path()
-            .join("files/receipts/12110000400000001A/11060124/0000000001.pdf"),
-    )
-    .expect("file in the local store");
+    // Stored under a key of its own push (the receipt's id), in the agency's folder.
+    let held = app
+        .store
+        .find_receipts("11060124", "0000000001")
+        .await
+        .expect("store")
+        .pop()
+        .expect("stored");
+    let key = held.file.expect("file meta").object_key;
+    assert_eq!(
+        key,
+        format!(
+            "receipts/12110000400000001A/11060124/0000000001/{}.pdf",
+            held.id.simple()
+        )
+    );
+    let stored = std::fs::read(config.data_dir.path().join("files").join(&key)).expect("file in the local store");
     assert_eq!(stored, PDF);
 
     let mut big = samples::outpatient(2);
@@ -117,4 +127,62 @@ both_modes!(file_url_is_fetched_when_allowed, |mode: Mode| async move {
         "file_fetch_failed"
     );
     host.stop(false).await;
+});
+
+// Two pushes of one receipt with different files race: one wins (201), the other
+// is refused (409), and the file served is always the winner's, whose SHA-256 the
+// record holds; the loser's file is not left behind.
+both_modes!(racing_pushes_never_mismatch_file_and_record, |mode: Mode| async move {
+    let config = TestConfig::new(mode).await;
+    let app = std::sync::Arc::new(config.spawn().await);
+    let issuer = app.issuer().await;
+    for round in 0..6u64 {
+        let n = 100 + round;
+        let variants: Vec<Value> = (0..2u8)
+            .map(|v| {
+                let mut r = samples::outpatient(n);
+                r["busNo"] = format!("MZ-RACE-{v}").into();
+                let file = [PDF, &[v; 64]].concat();
+                r["file"] =
+                    json!({ "format": "pdf", "base64": base64::engine::general_purpose::STANDARD.encode(file) });
+                r
+            })
+            .collect();
+        let tasks: Vec<_> = variants
+            .iter()
+            .cloned()
+            .map(|r| {
+                let (app, issuer) = (app.clone(), issuer.clone());
+                tokio::spawn(async move { app.push(&issuer, &r).await.status().as_u16() })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.expect("task"));
+        }
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409], "round {round}");
+
+        let bill_no = format!("{n:010}");
+        let held = app
+            .store
+            .find_receipts("11060124", &bill_no)
+            .await
+            .expect("store")
+            .pop()
+            .expect("stored");
+        let meta = held.file.expect("file meta");
+        let dir = config
+            .data_dir
+            .path()
+            .join("files/receipts/12110000400000001A/11060124")
+            .join(&bill_no);
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(files.len(), 1, "the loser's file is removed: {files:?}");
+        let served = std::fs::read(config.data_dir.path().join("files").join(&meta.object_key)).expect("served file");
+        assert_eq!(sha256_hex(&served), meta.sha256, "round {round}");
+    }
 });

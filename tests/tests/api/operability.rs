@@ -1,5 +1,5 @@
 use piaojia_tests::both_modes;
-use piaojia_tests::harness::{Mode, spawn_app};
+use piaojia_tests::harness::{Mode, TcpRelay, TestConfig, problem, spawn_app};
 use piaojia_tests::samples;
 use serde_json::Value;
 
@@ -55,4 +55,45 @@ fn committed_openapi_spec_is_current() {
         committed == piaojia_gateway::openapi::spec_json(),
         "openapi/openapi.json drifted: run `cargo run -p piaojia-gateway -- openapi`"
     );
+}
+
+/// A database outage during a request answers `503 database_unavailable` with
+/// Retry-After (problem+json), never a 500, on every kind of request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_answers_503() {
+    let mut config = TestConfig::new(Mode::ScaleOut).await;
+    let database = url::Url::parse(&config.env["DATABASE_URL"]).expect("url");
+    let target = format!(
+        "{}:{}",
+        database.host_str().expect("host"),
+        database.port().unwrap_or(5432)
+    );
+    let relay = TcpRelay::start(target.parse().expect("socket address")).await;
+    let mut relayed = database.clone();
+    relayed.set_port(Some(relay.port)).expect("port");
+    config.set("DATABASE_URL", relayed.to_string());
+    config.set("PIAOJIA_DATABASE__ACQUIRE_TIMEOUT_SECS", "1");
+    let app = config.spawn().await;
+    let issuer = app.issuer().await;
+    assert_eq!(app.push(&issuer, &samples::outpatient(1)).await.status().as_u16(), 201);
+
+    relay.cut();
+    let push = app.push(&issuer, &samples::outpatient(2)).await;
+    assert_eq!(push.status().as_u16(), 503);
+    assert!(push.headers().get("retry-after").is_some());
+    let body = problem(push, 503).await;
+    assert_eq!(body["code"], "database_unavailable", "{body}");
+    let read = app
+        .signed(
+            &issuer,
+            "GET",
+            &format!("/v1/receipts/{}/0000000001", samples::BATCH),
+            None,
+        )
+        .await;
+    assert_eq!(problem(read, 503).await["code"], "database_unavailable");
+    let ops = app.ops("GET", "/v1/ops/deliveries", None).await;
+    assert_eq!(problem(ops, 503).await["code"], "database_unavailable");
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status().as_u16(), 503);
 }

@@ -84,12 +84,60 @@ both_modes!(conflicting_push_is_409, |mode: Mode| async move {
     changed["busNo"] = "MZ-OTHER".into();
     let body = problem(app.push(&issuer, &changed).await, 409).await;
     assert_eq!(body["code"], "receipt_conflict");
+});
 
-    // Another agency cannot take (or learn anything about) the same identity.
+// Receipt identity is the agency's own: an issuer that pushes another agency's
+// code and number first never blocks the real receipt, and neither it nor a
+// prober learns which numbers exist elsewhere; operators see the clash.
+both_modes!(another_agency_can_neither_block_nor_probe, |mode: Mode| async move {
+    let app = spawn_app(mode).await;
+    let real = app.issuer().await;
     app.create_agency("12110000400000002B", &[]).await;
-    let other = app.create_issuer("12110000400000002B", "hosp02-his", None).await;
-    let body = problem(app.push(&other, &receipt).await, 409).await;
-    assert_eq!(body["code"], "receipt_conflict");
+    let rogue = app.create_issuer("12110000400000002B", "hosp02-his", None).await;
+    let receipt = samples::outpatient(3);
+
+    // The rogue issuer is first with the real hospital's code and number.
+    let mut forged = receipt.clone();
+    forged["random"] = "zzzzzz".into();
+    forged["busNo"] = "MZ-FORGED".into();
+    assert_eq!(app.push(&rogue, &forged).await.status().as_u16(), 201);
+    // The real receipt is not blocked.
+    let created: Value = {
+        let resp = app.push(&real, &receipt).await;
+        assert_eq!(resp.status().as_u16(), 201);
+        resp.json().await.expect("json")
+    };
+    assert_eq!(created["busNo"], receipt["busNo"], "{created}");
+    // A probe of an existing and of an unused number gets the same answer.
+    let mut probe = samples::outpatient(7);
+    probe["billNo"] = "0000000003".into();
+    probe["busNo"] = "MZ-PROBE".into();
+    let mut unused = samples::outpatient(8);
+    unused["busNo"] = "MZ-PROBE".into();
+    assert_eq!(app.push(&rogue, &unused).await.status().as_u16(), 201);
+    let probed = app.push(&rogue, &probe).await;
+    assert_eq!(
+        probed.status().as_u16(),
+        409,
+        "the rogue's own receipt 3, not the real one"
+    );
+    // Each issuer reads its own receipt under the code and number.
+    let path = format!("/v1/receipts/{BATCH}/0000000003");
+    let mine: Value = app.signed(&real, "GET", &path, None).await.json().await.expect("json");
+    assert_eq!(mine["busNo"], receipt["busNo"]);
+    let theirs: Value = app.signed(&rogue, "GET", &path, None).await.json().await.expect("json");
+    assert_eq!(theirs["busNo"], "MZ-FORGED");
+    // Operators are told, once per code and number.
+    let alerts: Value = app.ops("GET", "/v1/ops/alerts", None).await.json().await.expect("json");
+    let clashes: Vec<&Value> = alerts
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .filter(|a| a["rule"] == "identity_clash")
+        .collect();
+    assert_eq!(clashes.len(), 1, "{alerts}");
+    assert_eq!(clashes[0]["key"], format!("{BATCH}/0000000003"));
+    assert_eq!(clashes[0]["state"], "firing");
 });
 
 both_modes!(concurrent_identical_pushes_store_one, |mode: Mode| async move {

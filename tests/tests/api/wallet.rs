@@ -876,3 +876,174 @@ async fn possession_limits_hold_across_gateway_processes() {
     assert_eq!(guess(&first, token, None).await, 429);
     assert_eq!(guess(&second, token, None).await, 429);
 }
+
+// Typing a name and an ID number (which leak widely) proves nothing: it collects
+// no receipts. WeChat's real-name check of both does; a mismatch or a spent code
+// is refused; possession works either way.
+both_modes!(
+    collection_by_identity_needs_a_verified_identity,
+    |mode: Mode| async move {
+        let (app, issuer) = setup(mode).await;
+        let sim = app.sim.clone().expect("sandbox simulator");
+        // Receipts of the person, without a phone number.
+        for n in 1..=2 {
+            let mut r = receipt(n, NAME, ID);
+            r.as_object_mut().expect("object").remove("tel");
+            json_of(app.push(&issuer, &r).await, 201).await;
+        }
+        let openid = piaojia_wechat_sim::new_openid();
+        let session = app.mp_login(WALLET, &openid, None).await;
+        let token = session["accessToken"].as_str().expect("token").to_owned();
+
+        // Name, ID number and a typed phone: registered, nothing collected.
+        let typed = json!({
+            "name": NAME, "idType": "resident", "idNumber": ID, "phone": "13900139000",
+            "consent": {"version": "2026-11", "accepted": true}
+        });
+        let registered = json_of(app.mp("PUT", "/v1/mp/profile", &token, Some(&typed)).await, 200).await;
+        assert_eq!(registered["collected"], 0, "{registered}");
+        assert!(registered["profile"]["verifiedVia"].is_null());
+        assert!(ids_of(&app, &token, "").await.is_empty());
+        // A later receipt is not collected for an unverified identity either.
+        let mut later = receipt(3, NAME, ID);
+        later.as_object_mut().expect("object").remove("tel");
+        json_of(app.push(&issuer, &later).await, 201).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(ids_of(&app, &token, "").await.is_empty());
+        // Possession still adds a receipt.
+        let added = app
+            .mp(
+                "POST",
+                "/v1/mp/receipts",
+                &token,
+                Some(&json!({"billBatchCode": BATCH, "billNo": "0000000002", "random": random_of(2)})),
+            )
+            .await;
+        assert_eq!(added.status().as_u16(), 201);
+
+        // WeChat's real-name record says otherwise: refused, nothing changes.
+        sim.set_real_name(&openid, "李四", ID);
+        let with_code = |code: String| {
+            let mut body = typed.clone();
+            body["realNameCode"] = code.into();
+            body
+        };
+        let code = sim.issue_real_name_code(WALLET, &openid);
+        let refused = problem(
+            app.mp("PUT", "/v1/mp/profile", &token, Some(&with_code(code.clone())))
+                .await,
+            422,
+        )
+        .await;
+        assert_eq!(refused["errors"][0]["pointer"], "/realNameCode", "{refused}");
+        assert_eq!(refused["errors"][0]["code"], "not_verified");
+        // A spent code is refused as such.
+        let spent = problem(
+            app.mp("PUT", "/v1/mp/profile", &token, Some(&with_code(code))).await,
+            422,
+        )
+        .await;
+        assert_eq!(spent["errors"][0]["code"], "invalid_value", "{spent}");
+        // Someone else's code (another WeChat user) does not verify this payer.
+        let foreign = sim.issue_real_name_code(WALLET, &piaojia_wechat_sim::new_openid());
+        let foreign = problem(
+            app.mp("PUT", "/v1/mp/profile", &token, Some(&with_code(foreign))).await,
+            422,
+        )
+        .await;
+        assert_eq!(foreign["errors"][0]["pointer"], "/realNameCode");
+
+        // The record matches: verified, and every receipt of the person is collected.
+        sim.set_real_name(&openid, NAME, ID);
+        let code = sim.issue_real_name_code(WALLET, &openid);
+        let verified = json_of(
+            app.mp("PUT", "/v1/mp/profile", &token, Some(&with_code(code))).await,
+            200,
+        )
+        .await;
+        assert_eq!(verified["profile"]["verifiedVia"], "wechat_realname", "{verified}");
+        assert!(verified["profile"]["verifiedAt"].is_string());
+        assert_eq!(verified["collected"], 2, "receipts 1 and 3 (2 was there by possession)");
+        let mut all = ids_of(&app, &token, "").await;
+        all.sort();
+        assert_eq!(all, ["0000000001", "0000000002", "0000000003"]);
+        let profile = json_of(app.mp("GET", "/v1/mp/profile", &token, None).await, 200).await;
+        assert_eq!(profile["verifiedVia"], "wechat_realname");
+    }
+);
+
+// Deleting the account cancels every delivery to the payer not yet made: it is
+// recorded as cancelled and never sent, even once WeChat answers again.
+both_modes!(erasure_cancels_pending_messages, |mode: Mode| async move {
+    let (app, issuer) = setup(mode).await;
+    let sim = app.sim.clone().expect("sandbox simulator");
+    let openid = piaojia_wechat_sim::new_openid();
+    let session = app.mp_login(WALLET, &openid, None).await;
+    let token = session["accessToken"].as_str().expect("token").to_owned();
+    json_of(
+        app.mp(
+            "PUT",
+            "/v1/mp/profile",
+            &token,
+            Some(&register_body(&app, "13900139000")),
+        )
+        .await,
+        200,
+    )
+    .await;
+    sim.grant_subscription(WALLET, &openid, WALLET_TMPL, 1);
+    json_of(
+        app.mp(
+            "POST",
+            "/v1/mp/subscriptions",
+            &token,
+            Some(&json!({"results": {"errMsg": "requestSubscribeMessage:ok", WALLET_TMPL: "accept"}})),
+        )
+        .await,
+        200,
+    )
+    .await;
+    // WeChat fails every send for now: the announcement waits for a retry.
+    sim.set_faults(
+        piaojia_wechat_sim::FaultScope::All,
+        piaojia_wechat_sim::Faults {
+            error_rate: 1.0,
+            errcode: -1,
+            ..Default::default()
+        },
+    );
+    json_of(app.push(&issuer, &receipt(1, NAME, ID)).await, 201).await;
+    let pending = eventually(15, || {
+        let app = &app;
+        async move {
+            let list: Value = app
+                .ops("GET", "/v1/ops/deliveries?channel=wallet_subscribe", None)
+                .await
+                .json()
+                .await
+                .ok()?;
+            let d = list.as_array()?.first()?.clone();
+            (d["attempts"].as_i64()? >= 1).then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(pending["status"], "pending", "{pending}");
+
+    assert_eq!(app.mp("DELETE", "/v1/mp/profile", &token, None).await.status(), 204);
+    sim.clear_faults();
+    // Past every retry of the test schedule (200 ms, 200 ms): nothing was sent.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        sim.sent_subscribe_messages().iter().all(|m| m.touser != openid),
+        "nothing reaches an erased payer"
+    );
+    let cancelled: Value = app
+        .ops("GET", "/v1/ops/deliveries?status=cancelled", None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(cancelled.as_array().map(Vec::len), Some(1), "{cancelled}");
+    assert_eq!(cancelled[0]["id"], pending["id"]);
+    assert_eq!(cancelled[0]["lastError"], "the payer erased their account");
+});
