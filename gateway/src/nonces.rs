@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 pub enum NonceRegistry {
-    Memory(moka::sync::Cache<String, ()>),
+    Memory(moka::sync::Cache<String, String>),
     Redis {
         conn: ConnectionManager,
         prefix: String,
@@ -37,20 +37,51 @@ impl NonceRegistry {
 
     /// True when this is the first use of `nonce` by `app_id` within the window.
     pub async fn first_use(&self, app_id: &str, nonce: &str) -> Result<bool, redis::RedisError> {
-        match self {
-            NonceRegistry::Memory(cache) => Ok(cache.entry(format!("{app_id}:{nonce}")).or_insert(()).is_fresh()),
+        Ok(self.bind(app_id, nonce, "1").await? == Binding::First)
+    }
+
+    /// Binds `nonce` of `scope` to `value` (e.g. the hash of the body it came with)
+    /// for the window: the first use, a repeat with the same value (a retry), or a
+    /// repeat with another (a replay carrying something else).
+    pub async fn bind(&self, scope: &str, nonce: &str, value: &str) -> Result<Binding, redis::RedisError> {
+        let found = match self {
+            NonceRegistry::Memory(cache) => {
+                let entry = cache.entry(format!("{scope}:{nonce}")).or_insert(value.to_owned());
+                if entry.is_fresh() {
+                    return Ok(Binding::First);
+                }
+                entry.into_value()
+            }
             NonceRegistry::Redis { conn, prefix, ttl } => {
                 let mut conn = conn.clone();
+                let key = format!("{prefix}{scope}:{nonce}");
                 let set: Option<String> = redis::cmd("SET")
-                    .arg(format!("{prefix}{app_id}:{nonce}"))
-                    .arg(1)
+                    .arg(&key)
+                    .arg(value)
                     .arg("NX")
                     .arg("EX")
                     .arg(ttl.as_secs().max(1))
                     .query_async(&mut conn)
                     .await?;
-                Ok(set.is_some())
+                if set.is_some() {
+                    return Ok(Binding::First);
+                }
+                let found: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+                match found {
+                    Some(found) => found,
+                    // Expired between the two commands: as good as new.
+                    None => return Ok(Binding::First),
+                }
             }
-        }
+        };
+        Ok(if found == value { Binding::Same } else { Binding::Other })
     }
+}
+
+/// What [`NonceRegistry::bind`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    First,
+    Same,
+    Other,
 }

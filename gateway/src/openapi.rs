@@ -7,7 +7,6 @@ use utoipa::{Modify, OpenApi};
 use crate::error::{FieldProblem, Problem};
 use crate::routes::{health, issuer, ops, wechat_events};
 
-pub use piaojia_core::receipt::WireReceipt as ReceiptPushDoc;
 
 #[derive(OpenApi)]
 #[openapi(

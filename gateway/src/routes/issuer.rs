@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
 use piaojia_core::money;
 use piaojia_core::receipt::{self, ReceiptInputError};
-use piaojia_store::{Delivery, FileMeta, Reversal, StoredReceipt};
+use piaojia_store::{FileMeta, Reversal, StoredReceipt};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -15,6 +15,7 @@ use crate::error::{ApiError, Problem};
 use crate::files::FileError;
 use crate::intake::IntakeError;
 use crate::state::AppState;
+use crate::views::DeliveryView;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(push_receipt).service(get_receipt).service(reverse_receipt);
@@ -82,39 +83,6 @@ fn require_json(req: &actix_web::HttpRequest) -> Result<(), ApiError> {
             "Unsupported media type",
         )
         .detail("send Content-Type: application/json"))
-    }
-}
-
-/// A delivery the receipt called for and where it stands.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DeliveryView {
-    pub id: Uuid,
-    /// `issued` or `reversed`.
-    #[schema(example = "issued")]
-    pub event: String,
-    /// Channel kind, e.g. `issuer_webhook`, `wechat_template`, `wechat_subscribe`.
-    #[schema(example = "issuer_webhook")]
-    pub channel: String,
-    /// `pending`, `delivered`, `failed` (a business outcome) or `parked` (waiting for an operator).
-    #[schema(example = "pending")]
-    pub status: String,
-    pub attempts: i32,
-    pub last_error: Option<String>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<&Delivery> for DeliveryView {
-    fn from(d: &Delivery) -> Self {
-        Self {
-            id: d.id,
-            event: d.event.as_str().to_owned(),
-            channel: d.channel.to_string(),
-            status: d.status.as_str().to_owned(),
-            attempts: d.attempts,
-            last_error: d.last_error.clone(),
-            updated_at: d.updated_at.into(),
-        }
     }
 }
 
@@ -227,7 +195,7 @@ impl ReceiptView {
     path = "/v1/receipts",
     tag = "issuer",
     security(("pj1_hmac" = [])),
-    request_body(content = crate::openapi::ReceiptPushDoc, content_type = "application/json"),
+    request_body(content = piaojia_core::receipt::WireReceipt, content_type = "application/json"),
     responses(
         (status = 201, description = "Stored; deliveries planned", body = ReceiptView),
         (status = 200, description = "Pushed before with the same content: the first result", body = ReceiptView),

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::auth::Operator;
 use crate::error::{ApiError, Problem};
-use crate::routes::issuer::DeliveryView;
+use crate::views::DeliveryView;
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

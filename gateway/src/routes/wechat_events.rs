@@ -2,6 +2,13 @@
 //! WeChat's GET verification and POSTed events in plain or secure mode. We answer
 //! at once and de-duplicate, since WeChat retries three times within 5 s.
 //! `TEMPLATESENDJOBFINISH` reports a template message's final status.
+//!
+//! Only WeChat gets in: the signature must hold; its timestamp must be within
+//! `security.clock_skew_secs` of ours; a (timestamp, nonce) pair is bound to the
+//! body it first came with (WeChat's retries repeat both, a replay carrying another
+//! body is refused; plain mode's signature does not cover the body); an app with an
+//! EncodingAESKey accepts secure mode only; and an event reaches only its own app's
+//! deliveries, along the transitions the delivery queue allows.
 
 use actix_web::{HttpResponse, get, post, web};
 use piaojia_store::{ChannelKind, DeliveryStatus};
@@ -10,6 +17,7 @@ use piaojia_wechat::msgcrypt::{self, MsgCrypt};
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::nonces::Binding;
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -55,6 +63,21 @@ fn refuse() -> ApiError {
     ApiError::forbidden("bad_signature", "the WeChat signature does not match")
 }
 
+/// WeChat signs with its clock: a timestamp far from ours is a replay or a forgery.
+fn check_clock(state: &AppState, timestamp: &str) -> Result<(), ApiError> {
+    let ts: i64 = timestamp
+        .parse()
+        .map_err(|_| ApiError::forbidden("stale_timestamp", "the timestamp is not a unix time"))?;
+    let skew = (chrono::Utc::now().timestamp() - ts).abs();
+    if skew > state.settings.security.clock_skew_secs as i64 {
+        return Err(ApiError::forbidden(
+            "stale_timestamp",
+            "the timestamp is too far from the server clock",
+        ));
+    }
+    Ok(())
+}
+
 /// WeChat's URL verification of our message server: answers `echostr` when
 /// `signature` = sha1(sorted(token, timestamp, nonce)) holds.
 #[utoipa::path(get, path = "/v1/wechat/{appid}/events", tag = "wechat",
@@ -73,6 +96,7 @@ pub async fn verify(
     if !msgcrypt::verify_signature(&s.token, &q.timestamp, &q.nonce, sig) {
         return Err(refuse());
     }
+    check_clock(&state, &q.timestamp)?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain")
         .body(q.echostr.clone().unwrap_or_default()))
@@ -87,7 +111,7 @@ pub async fn verify(
     request_body(content = String, content_type = "text/xml"),
     responses((status = 200, description = "`success`", content_type = "text/plain", body = String),
         (status = 400, description = "`invalid_body`", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`bad_signature`", body = crate::error::Problem, content_type = "application/problem+json")))]
+        (status = 403, description = "`bad_signature`, `stale_timestamp` (more than `security.clock_skew_secs` off), `replayed` (a timestamp and nonce seen with another body), `secure_mode_required` (plain mode for an app with an EncodingAESKey)", body = crate::error::Problem, content_type = "application/problem+json")))]
 #[post("/v1/wechat/{appid}/events")]
 pub async fn receive(
     state: web::Data<AppState>,
@@ -121,8 +145,37 @@ pub async fn receive(
         ) {
             return Err(refuse());
         }
+        if s.aes_key.is_some() {
+            // The account is configured for secure mode: a plain message is not WeChat's.
+            return Err(ApiError::forbidden(
+                "secure_mode_required",
+                "this account's message server accepts secure mode only",
+            ));
+        }
         xml.to_owned()
     };
+    check_clock(&state, &q.timestamp)?;
+    let body_hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, &body));
+    match state
+        .nonces
+        .bind(
+            &format!("wxsig:{appid}"),
+            &format!("{}:{}", q.timestamp, q.nonce),
+            &body_hash,
+        )
+        .await
+        .map_err(|e| ApiError::unavailable("nonce_store_unavailable", e))?
+    {
+        Binding::First => {}
+        // WeChat's own retry: handled once below.
+        Binding::Same => {}
+        Binding::Other => {
+            return Err(ApiError::forbidden(
+                "replayed",
+                "this timestamp and nonce came before with another message",
+            ));
+        }
+    }
     let ev = event::parse_event(&plain).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     // WeChat retries: handle each event once.
     if !state

@@ -420,7 +420,8 @@ both_modes!(
         );
 
         // WeChat's URL check: echostr back only with a valid signature.
-        let (ts, nonce) = ("1714036504", "1514711492");
+        let ts = chrono::Utc::now().timestamp().to_string();
+        let (ts, nonce) = (ts.as_str(), "1514711492");
         let sig = piaojia_wechat::msgcrypt::signature(token, ts, nonce);
         let ok = app
             .get(&format!(

@@ -4,6 +4,7 @@
 mod auth;
 mod delivery;
 mod files;
+mod message_server;
 mod operability;
 mod privacy;
 mod receipts;

@@ -1,0 +1,153 @@
+//! Our message server accepts only WeChat: signatures, a time window, replays bound
+//! to their first body, secure mode where a key is configured, and every event
+//! scoped to its own app's deliveries.
+
+use piaojia_tests::both_modes;
+use piaojia_tests::harness::{Issuer, Mode, TestApp, TestConfig, eventually, problem};
+use piaojia_tests::samples::{self, BATCH};
+use serde_json::Value;
+
+const OA: &str = "wx0a1b2c3d4e5f6a7b";
+const OTHER_OA: &str = "wx7b6a5f4e3d2c1b0a";
+const TOKEN: &str = "msgtoken123";
+const OTHER_TOKEN: &str = "othertoken456";
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+/// An official-account channel of `agency`, plain mode unless `aes_key` is given.
+async fn channel(app: &TestApp, agency: &str, appid: &str, token: &str, aes_key: Option<&str>) {
+    piaojia_gateway::provisioning::set_channel(
+        app.store.as_ref(),
+        &app.keyring,
+        piaojia_gateway::provisioning::ChannelSpec {
+            agency_code: Some(agency.to_owned()),
+            kind: "wechat_template".into(),
+            wechat_app_id: appid.into(),
+            secret: format!("secret-of-{appid}"),
+            template_id: "TMPL-1".into(),
+            fields: serde_json::Map::new(),
+            page: None,
+            message_token: Some(token.into()),
+            encoding_aes_key: aes_key.map(str::to_owned),
+            enabled: true,
+            long_term: false,
+        },
+    )
+    .await
+    .expect("channel");
+}
+
+fn job_finish(appid: &str, msg_id: &str, status: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[gh_{appid}]]></ToUserName><FromUserName><![CDATA[o-user]]></FromUserName>\
+         <CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+         <Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>{msg_id}</MsgID>\
+         <Status><![CDATA[{status}]]></Status></xml>",
+        chrono::Utc::now().timestamp()
+    )
+}
+
+/// Posts a plain-mode event signed with `token` at `ts`.
+async fn post_plain(app: &TestApp, appid: &str, token: &str, ts: i64, nonce: &str, xml: &str) -> reqwest::Response {
+    let ts = ts.to_string();
+    let sig = piaojia_wechat::msgcrypt::signature(token, &ts, nonce);
+    app.client
+        .post(format!(
+            "{}/v1/wechat/{appid}/events?signature={sig}&timestamp={ts}&nonce={nonce}",
+            app.address
+        ))
+        .header("content-type", "text/xml")
+        .body(xml.to_owned())
+        .send()
+        .await
+        .expect("sent")
+}
+
+async fn delivered_template(app: &TestApp, issuer: &Issuer, n: u64) -> Value {
+    let mut r = samples::outpatient(n);
+    r["openID"] = piaojia_wechat_sim::new_openid().into();
+    assert_eq!(app.push(issuer, &r).await.status().as_u16(), 201);
+    eventually(10, || async move {
+        let r: Value = app
+            .signed(issuer, "GET", &format!("/v1/receipts/{BATCH}/{n:010}"), None)
+            .await
+            .json()
+            .await
+            .ok()?;
+        (r["deliveries"][0]["status"] == "delivered").then(|| r["deliveries"][0].clone())
+    })
+    .await
+}
+
+async fn status_of(app: &TestApp, id: &str) -> Value {
+    let list: Value = app
+        .ops("GET", "/v1/ops/deliveries?channel=wechat_template", None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    list.as_array()
+        .expect("deliveries")
+        .iter()
+        .find(|d| d["id"] == id)
+        .expect("the delivery")["status"]
+        .clone()
+}
+
+both_modes!(only_wechat_gets_in, |mode: Mode| async move {
+    let app = TestConfig::new(mode).await.spawn().await;
+    let sim = app.sim.clone().expect("sandbox simulator");
+    let issuer = app.issuer().await;
+    channel(&app, &issuer.agency_code, OA, TOKEN, None).await;
+    sim.add_app(piaojia_wechat_sim::SimApp::new(
+        OA,
+        &format!("secret-of-{OA}"),
+        piaojia_wechat_sim::AppKind::OfficialAccount,
+    ));
+    let delivery = delivered_template(&app, &issuer, 1).await;
+    let msg_id = delivery["providerRef"]
+        .as_str()
+        .expect("the template's msgid")
+        .to_owned();
+    let now = chrono::Utc::now().timestamp();
+
+    // Another agency's account, with a token of its own.
+    app.create_agency("12110000400000002B", &[]).await;
+    channel(&app, "12110000400000002B", OTHER_OA, OTHER_TOKEN, None).await;
+
+    // A stale timestamp is refused, however valid its signature.
+    let failed = job_finish(OA, &msg_id, "failed:user block");
+    let stale = post_plain(&app, OA, TOKEN, now - 3600, "stale0001", &failed).await;
+    assert_eq!(problem(stale, 403).await["code"], "stale_timestamp");
+    // Another app's token cannot touch this app's delivery.
+    let foreign = post_plain(&app, OTHER_OA, OTHER_TOKEN, now, "foreign001", &failed).await;
+    assert_eq!(foreign.status().as_u16(), 200, "answered like any event of that app");
+    let id = delivery["id"].as_str().expect("id").to_owned();
+    assert_eq!(status_of(&app, &id).await, "delivered");
+
+    // WeChat's report through the right app: the delivery turns failed once.
+    let first = post_plain(&app, OA, TOKEN, now, "nonce00001", &failed).await;
+    assert_eq!(first.text().await.expect("text"), "success");
+    assert_eq!(status_of(&app, &id).await, "failed");
+    // WeChat's retry (same timestamp, nonce and body) is answered, not refused.
+    let retry = post_plain(&app, OA, TOKEN, now, "nonce00001", &failed).await;
+    assert_eq!(retry.text().await.expect("text"), "success");
+    // The same timestamp and nonce with another body is a replay.
+    let forged = job_finish(OA, "999999999", "failed:user block");
+    let replay = post_plain(&app, OA, TOKEN, now, "nonce00001", &forged).await;
+    assert_eq!(problem(replay, 403).await["code"], "replayed");
+    // A report can never revive a failed delivery.
+    let success = job_finish(OA, &msg_id, "success");
+    assert_eq!(
+        post_plain(&app, OA, TOKEN, now, "nonce00002", &success)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(status_of(&app, &id).await, "failed");
+
+    // An account with an EncodingAESKey accepts secure mode only.
+    channel(&app, &issuer.agency_code, OA, TOKEN, Some(AES_KEY)).await;
+    let plain = post_plain(&app, OA, TOKEN, now, "nonce00003", &failed).await;
+    assert_eq!(problem(plain, 403).await["code"], "secure_mode_required");
+});
