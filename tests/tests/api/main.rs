@@ -2,11 +2,14 @@
 //! SQLite store and once on PostgreSQL + Redis.
 
 mod auth;
+mod body_limits;
 mod delivery;
 mod files;
 mod operability;
 mod privacy;
 mod receipts;
 mod reversal;
+mod security_headers;
+mod sign_in_limits;
 mod validation;
 mod wallet;
