@@ -347,7 +347,7 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
     let body_limit = settings.server.body_limit_bytes;
     let body_limits = piaojia_web::body_limit::BodyLimits {
         issuer_push: body_limit,
-        wechat_events: piaojia_web::body_limit::WECHAT_EVENT_LIMIT,
+        wechat_events: piaojia_wechat::event::MAX_EVENT_BYTES,
         sandbox: body_limit,
         default: settings.server.json_body_limit_bytes,
     };

@@ -19,9 +19,6 @@ use futures_util::future::LocalBoxFuture;
 
 use crate::error::ApiError;
 
-/// The largest WeChat message-server event we read (WeChat's own are a few KiB).
-pub const WECHAT_EVENT_LIMIT: usize = 256 * 1024;
-
 type PayloadStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, PayloadError>>>>;
 
 /// The limits, by scope.
@@ -29,7 +26,7 @@ type PayloadStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<by
 pub struct BodyLimits {
     /// Issuer pushes and reversals (`server.body_limit_bytes`).
     pub issuer_push: usize,
-    /// `/v1/wechat/{appid}/events`.
+    /// `/v1/wechat/{appid}/events` (256 KiB: WeChat's own events are a few KiB).
     pub wechat_events: usize,
     /// The built-in WeChat simulator (sandbox mode): our own client's uploads.
     pub sandbox: usize,
@@ -152,6 +149,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const WECHAT_EVENT_LIMIT: usize = 256 * 1024;
 
     #[test]
     fn only_issuer_pushes_and_reversals_are_large() {
