@@ -54,6 +54,11 @@ pub struct ServerSettings {
 }
 
 impl ServerSettings {
+    /// The limit of every body but issuer pushes: never above theirs.
+    pub fn json_body_limit(&self) -> usize {
+        self.json_body_limit_bytes.min(self.body_limit_bytes)
+    }
+
     /// The metrics listener, when one is configured (validated at load).
     pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
         self.metrics_address.trim().parse().ok()
@@ -367,11 +372,8 @@ impl Settings {
         if self.server.body_limit_bytes < 1024 {
             return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
         }
-        if !(1024..=self.server.body_limit_bytes).contains(&self.server.json_body_limit_bytes) {
-            return Err(invalid(
-                "server.json_body_limit_bytes",
-                "must be at least 1024 and at most server.body_limit_bytes",
-            ));
+        if self.server.json_body_limit_bytes < 1024 {
+            return Err(invalid("server.json_body_limit_bytes", "must be at least 1024"));
         }
         let metrics = self.server.metrics_address.trim();
         if !metrics.is_empty() && metrics.parse::<std::net::SocketAddr>().is_err() {
@@ -741,9 +743,11 @@ mod tests {
         let err = Settings::load_from(None, env(&[("PIAOJIA_SERVER__METRICS_ADDRESS", "metrics:9464")]))
             .expect_err("not an address");
         assert!(err.to_string().contains("server.metrics_address"), "{err}");
-        let err = Settings::load_from(None, env(&[("PIAOJIA_SERVER__JSON_BODY_LIMIT_BYTES", "100000000")]))
-            .expect_err("above body_limit_bytes");
+        let err =
+            Settings::load_from(None, env(&[("PIAOJIA_SERVER__JSON_BODY_LIMIT_BYTES", "100")])).expect_err("too small");
         assert!(err.to_string().contains("server.json_body_limit_bytes"), "{err}");
+        let s = Settings::load_from(None, env(&[("PIAOJIA_SERVER__BODY_LIMIT_BYTES", "4096")])).expect("loads");
+        assert_eq!(s.server.json_body_limit(), 4096, "never above the issuers' limit");
     }
 
     #[test]

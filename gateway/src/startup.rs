@@ -349,7 +349,7 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
         issuer_push: body_limit,
         wechat_events: piaojia_wechat::event::MAX_EVENT_BYTES,
         sandbox: body_limit,
-        default: settings.server.json_body_limit_bytes,
+        default: settings.server.json_body_limit(),
     };
     let headers_settings = settings.clone();
     let sandbox = state.sandbox.clone();
