@@ -4,9 +4,11 @@
 #
 #   * PostgreSQL on 127.0.0.1:5432, trust auth for user `postgres` over local
 #     TCP, with a database `test`;
-#   * Redis on 127.0.0.1:6379.
+#   * Redis on 127.0.0.1:6379;
+#   * an S3-compatible server on 127.0.0.1:5000: the standalone server of PyPI's
+#     `moto` (`python3 -m moto.server`), for the S3 file store's tests.
 #
-# Idempotent: when both already answer it changes nothing except dropping
+# Idempotent: when all three already answer it changes nothing except dropping
 # test databases (`piaojia_test_*`, `piaojia_store_*`) that earlier runs left
 # behind. Prints every action it takes.
 #
@@ -17,12 +19,20 @@
 #                                     connection, so a test run going on in
 #                                     parallel is not disturbed (10; 0 = any age)
 #   PIAOJIA_KEEP_TEST_DBS=1           do not drop leftover test databases
+#   PIAOJIA_S3_PORT                   port of the S3-compatible server (5000)
+#   PIAOJIA_MOTO_VENV                 where moto is installed when the system
+#                                     Python refuses pip installs
+#                                     (/opt/piaojia-moto)
 set -euo pipefail
 
 PG_HOST=127.0.0.1
 PG_PORT=5432
 REDIS_HOST=127.0.0.1
 REDIS_PORT=6379
+S3_HOST=127.0.0.1
+S3_PORT="${PIAOJIA_S3_PORT:-5000}"
+MOTO_VENV="${PIAOJIA_MOTO_VENV:-/opt/piaojia-moto}"
+MOTO_LOG="${TMPDIR:-/tmp}/piaojia-moto-$S3_PORT.log"
 TIMEOUT="${PIAOJIA_SERVICES_TIMEOUT:-60}"
 MIN_AGE="${PIAOJIA_TEST_DB_MIN_AGE_MINUTES:-10}"
 
@@ -69,6 +79,12 @@ pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" >/dev/null 2>&1; }
 redis_up() {
     [ "$(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null </dev/null)" = "PONG" ]
 }
+# The S3 server answers its ListBuckets (GET /) with 200; bash's /dev/tcp needs no curl.
+s3_up() {
+    timeout 3 bash -c "exec 3<>/dev/tcp/$S3_HOST/$S3_PORT &&
+        printf 'GET / HTTP/1.0\\r\\nHost: $S3_HOST\\r\\n\\r\\n' >&3 &&
+        head -n1 <&3 | grep -q ' 200 '" 2>/dev/null </dev/null
+}
 
 # ---------------------------------------------------------------- install ---
 pkgs=()
@@ -86,6 +102,37 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
     apt_install "${pkgs[@]}"
 else
     log "PostgreSQL and Redis are installed"
+fi
+
+# moto (the S3-compatible server): the machine's python3 with pip, else a venv.
+MOTO_PY=""
+moto_python() {
+    local py
+    for py in python3 "$MOTO_VENV/bin/python"; do
+        if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import moto.server' >/dev/null 2>&1 </dev/null; then
+            MOTO_PY="$(command -v "$py")"
+            return 0
+        fi
+    done
+    return 1
+}
+if ! s3_up && ! moto_python; then
+    if ! command -v python3 >/dev/null 2>&1; then
+        apt_install python3 python3-pip python3-venv
+    fi
+    log "pip install 'moto[server]'"
+    if ! python3 -m pip install -q 'moto[server]' </dev/null; then
+        # A system Python that refuses pip installs (PEP 668): a venv of our own.
+        python3 -m venv --help >/dev/null 2>&1 </dev/null || apt_install python3-venv
+        log "installing moto into $MOTO_VENV"
+        as_root python3 -m venv "$MOTO_VENV" </dev/null
+        as_root "$MOTO_VENV/bin/python" -m pip install -q 'moto[server]' </dev/null
+    fi
+    moto_python || die "moto is installed but python3 -c 'import moto.server' fails"
+elif s3_up; then
+    log "an S3-compatible server answers on $S3_HOST:$S3_PORT"
+else
+    log "moto is installed ($MOTO_PY)"
 fi
 
 # -------------------------------------------------------------- PostgreSQL ---
@@ -127,24 +174,37 @@ else
     log "Redis answers PONG on $REDIS_HOST:$REDIS_PORT"
 fi
 
+# ---------------------------------------------------------------------- S3 ---
+if ! s3_up; then
+    log "starting moto's S3 server on $S3_HOST:$S3_PORT (log: $MOTO_LOG)"
+    # Detached from this script (setsid, nohup; a simple command, so no shell of
+    # ours stays behind holding this script's stdout open): it keeps running.
+    setsid nohup "$MOTO_PY" -m moto.server -H "$S3_HOST" -p "$S3_PORT" \
+        >"$MOTO_LOG" 2>&1 </dev/null &
+fi
+
 # -------------------------------------------------------------------- wait ---
 deadline=$((SECONDS + TIMEOUT))
 while :; do
     pg_ok=0
     redis_ok=0
+    s3_ok=0
     pg_up && pg_ok=1
     redis_up && redis_ok=1
-    [ "$pg_ok" -eq 1 ] && [ "$redis_ok" -eq 1 ] && break
+    s3_up && s3_ok=1
+    [ "$pg_ok" -eq 1 ] && [ "$redis_ok" -eq 1 ] && [ "$s3_ok" -eq 1 ] && break
     if [ "$SECONDS" -ge "$deadline" ]; then
         [ "$pg_ok" -eq 1 ] ||
             warn "PostgreSQL is not ready on $PG_HOST:$PG_PORT (see pg_lsclusters and /var/log/postgresql/)"
         [ "$redis_ok" -eq 1 ] ||
             warn "Redis does not answer PING on $REDIS_HOST:$REDIS_PORT"
+        [ "$s3_ok" -eq 1 ] ||
+            warn "the S3 server does not answer on $S3_HOST:$S3_PORT (see $MOTO_LOG)"
         die "services not ready after ${TIMEOUT}s"
     fi
     sleep 1
 done
-log "PostgreSQL and Redis are up"
+log "PostgreSQL, Redis and S3 (moto) are up"
 
 # ------------------------------------------------- trust auth over loopback ---
 if [ -z "$PG_VER" ]; then
@@ -222,4 +282,4 @@ else
     log "dropped $dropped leftover test database(s); $in_use recent or in-use one(s) kept"
 fi
 
-log "ready: postgres://postgres@$PG_HOST:$PG_PORT/test redis://$REDIS_HOST:$REDIS_PORT"
+log "ready: postgres://postgres@$PG_HOST:$PG_PORT/test redis://$REDIS_HOST:$REDIS_PORT http://$S3_HOST:$S3_PORT (S3)"

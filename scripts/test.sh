@@ -4,11 +4,13 @@
 #   bash scripts/test.sh [extra cargo-nextest arguments]
 #
 # 1. scripts/services.sh makes sure PostgreSQL (127.0.0.1:5432, database
-#    `test`) and Redis (127.0.0.1:6379) are installed and running.
+#    `test`), Redis (127.0.0.1:6379) and an S3-compatible server (moto,
+#    127.0.0.1:5000) are installed and running.
 # 2. Every API test runs on both stores internally (SQLite, and
 #    PostgreSQL + Redis through PIAOJIA_TEST_DATABASE_URL and
-#    PIAOJIA_TEST_REDIS_URL), so one run covers both. The OpenAPI drift test
-#    is an ordinary test and runs here too.
+#    PIAOJIA_TEST_REDIS_URL), so one run covers both. The S3 file store's
+#    tests use PIAOJIA_TEST_S3_ENDPOINT (they fail under CI=true without it).
+#    The OpenAPI drift test is an ordinary test and runs here too.
 # 3. Doc tests run separately (nextest does not run them).
 #
 # Extra arguments go to `cargo nextest run` (or to `cargo test` when nextest is
@@ -26,8 +28,10 @@ bash scripts/services.sh
 
 export PIAOJIA_TEST_DATABASE_URL="${PIAOJIA_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export PIAOJIA_TEST_REDIS_URL="${PIAOJIA_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+export PIAOJIA_TEST_S3_ENDPOINT="${PIAOJIA_TEST_S3_ENDPOINT:-http://127.0.0.1:${PIAOJIA_S3_PORT:-5000}}"
 echo "PIAOJIA_TEST_DATABASE_URL=$PIAOJIA_TEST_DATABASE_URL"
 echo "PIAOJIA_TEST_REDIS_URL=$PIAOJIA_TEST_REDIS_URL"
+echo "PIAOJIA_TEST_S3_ENDPOINT=$PIAOJIA_TEST_S3_ENDPOINT"
 
 failed=()
 

@@ -41,14 +41,34 @@ pub struct ServerSettings {
     pub port: u16,
     pub workers: usize,
     pub shutdown_timeout_secs: u64,
+    /// Largest body of an issuer push or reversal (the only large bodies).
     pub body_limit_bytes: usize,
+    /// Largest body of every other request (mini-program, operator, reimburser JSON).
+    pub json_body_limit_bytes: usize,
     pub public_url: String,
+    /// Where `/metrics` is served (`host:port`); empty: not served at all.
+    pub metrics_address: String,
     /// Comma-separated addresses or CIDR ranges of the proxies in front of us whose
     /// `X-Forwarded-For` is believed (see [`ServerSettings::trusted_proxies`]).
     pub trusted_proxies: String,
 }
 
 impl ServerSettings {
+    /// The limit of every body but issuer pushes: never above theirs.
+    pub fn json_body_limit(&self) -> usize {
+        self.json_body_limit_bytes.min(self.body_limit_bytes)
+    }
+
+    /// The metrics listener, when one is configured (validated at load).
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_address.trim().parse().ok()
+    }
+
+    /// Whether the externally visible URL is https (HSTS is then sent).
+    pub fn public_url_is_https(&self) -> bool {
+        url::Url::parse(&self.public_url).is_ok_and(|u| u.scheme() == "https")
+    }
+
     /// The proxies whose `X-Forwarded-For` names the client (validated at load).
     pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
         parse_networks(&self.trusted_proxies).unwrap_or_default()
@@ -98,6 +118,7 @@ pub struct FileSettings {
     pub max_bytes: u64,
     pub fetch_timeout_secs: u64,
     pub allow_private_networks: bool,
+    pub allow_http: bool,
     pub store: FileStoreKind,
     pub local_dir: String,
     pub s3_bucket: String,
@@ -196,7 +217,11 @@ pub struct AlertSettings {
 #[serde(deny_unknown_fields)]
 pub struct OpsSettings {
     pub token: SecretString,
+    pub token_failures_per_ip_per_min: u32,
 }
+
+/// The shortest operator token accepted: it guards re-drives and every channel's figures.
+pub const OPS_TOKEN_MIN_CHARS: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -222,6 +247,8 @@ pub struct MiniProgramSettings {
     pub download_link_secs: u64,
     pub possession_per_payer_per_min: u32,
     pub possession_per_ip_per_min: u32,
+    pub session_per_ip_per_min: u32,
+    pub session_per_app_per_min: u32,
     pub page_size_max: u32,
 }
 
@@ -346,6 +373,28 @@ impl Settings {
         if self.server.body_limit_bytes < 1024 {
             return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
         }
+        if self.server.json_body_limit_bytes < 1024 {
+            return Err(invalid("server.json_body_limit_bytes", "must be at least 1024"));
+        }
+        let metrics = self.server.metrics_address.trim();
+        if !metrics.is_empty() && metrics.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "server.metrics_address",
+                "must be an address like 127.0.0.1:9464 (or empty: no metrics listener)",
+            ));
+        }
+        let ops_token = self.ops.token.expose_secret();
+        if !ops_token.is_empty() && ops_token.chars().count() < OPS_TOKEN_MIN_CHARS {
+            return Err(invalid(
+                "ops.token",
+                format!(
+                    "must be at least {OPS_TOKEN_MIN_CHARS} characters (generate one with `piaojia keygen`), or empty to turn the operator API off"
+                ),
+            ));
+        }
+        if self.ops.token_failures_per_ip_per_min == 0 {
+            return Err(invalid("ops.token_failures_per_ip_per_min", "must be at least 1"));
+        }
         if let Err(e) = parse_networks(&self.server.trusted_proxies) {
             return Err(invalid("server.trusted_proxies", e));
         }
@@ -435,6 +484,12 @@ impl Settings {
             return Err(invalid(
                 "miniprogram.possession_per_payer_per_min",
                 "and miniprogram.possession_per_ip_per_min must be at least 1",
+            ));
+        }
+        if mp.session_per_ip_per_min == 0 || mp.session_per_app_per_min == 0 {
+            return Err(invalid(
+                "miniprogram.session_per_ip_per_min",
+                "and miniprogram.session_per_app_per_min must be at least 1",
             ));
         }
         if !(1..=100).contains(&mp.page_size_max) {
@@ -665,6 +720,38 @@ mod tests {
         std::fs::write(&path, "[server]\nprot = 7000\n").expect("write");
         let err = Settings::load_from(Some(&path), env(&[])).expect_err("typo");
         assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn operator_token_and_listeners_are_checked_at_start() {
+        let err = Settings::load_from(None, env(&[("PIAOJIA_OPS__TOKEN", "short-token")])).expect_err("short token");
+        assert!(err.to_string().contains("ops.token"), "{err}");
+        assert!(err.to_string().contains("32 characters"), "{err}");
+        assert!(
+            !err.to_string().contains("short-token"),
+            "the token is never printed: {err}"
+        );
+        let s = Settings::load_from(None, env(&[("PIAOJIA_OPS__TOKEN", &"t".repeat(32))])).expect("32 characters");
+        assert_eq!(s.ops.token.expose_secret().len(), 32);
+        // Off unless set: an empty token turns the operator API off.
+        assert!(Settings::load_from(None, env(&[("PIAOJIA_OPS__TOKEN", "")])).is_ok());
+
+        let s = Settings::load_from(None, env(&[])).expect("defaults");
+        assert_eq!(
+            s.server.metrics_address(),
+            Some("127.0.0.1:9464".parse().expect("addr")),
+            "metrics on loopback by default"
+        );
+        let s = Settings::load_from(None, env(&[("PIAOJIA_SERVER__METRICS_ADDRESS", "")])).expect("off");
+        assert_eq!(s.server.metrics_address(), None);
+        let err = Settings::load_from(None, env(&[("PIAOJIA_SERVER__METRICS_ADDRESS", "metrics:9464")]))
+            .expect_err("not an address");
+        assert!(err.to_string().contains("server.metrics_address"), "{err}");
+        let err =
+            Settings::load_from(None, env(&[("PIAOJIA_SERVER__JSON_BODY_LIMIT_BYTES", "100")])).expect_err("too small");
+        assert!(err.to_string().contains("server.json_body_limit_bytes"), "{err}");
+        let s = Settings::load_from(None, env(&[("PIAOJIA_SERVER__BODY_LIMIT_BYTES", "4096")])).expect("loads");
+        assert_eq!(s.server.json_body_limit(), 4096, "never above the issuers' limit");
     }
 
     #[test]

@@ -107,8 +107,24 @@ pub fn sign(secret: &str, method: &str, path_with_query: &str, timestamp: i64, n
 
 /// Verifies in constant time (ring's `hmac::verify`).
 pub fn verify(secret: &str, params: &AuthParams, method: &str, path_with_query: &str, body: &[u8]) -> bool {
+    let body_hash = hex::encode(digest::digest(&digest::SHA256, body));
+    verify_body_hash(secret, params, method, path_with_query, &body_hash)
+}
+
+/// [`verify`] for a body hashed as it streamed in (lower-case hex SHA-256), so
+/// that a body need not be kept to check its signature.
+pub fn verify_body_hash(
+    secret: &str,
+    params: &AuthParams,
+    method: &str,
+    path_with_query: &str,
+    body_sha256_hex: &str,
+) -> bool {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    let msg = string_to_sign(method, path_with_query, params.timestamp, &params.nonce, body);
+    let msg = format!(
+        "{method}\n{path_with_query}\n{}\n{}\n{body_sha256_hex}",
+        params.timestamp, params.nonce
+    );
     hmac::verify(&key, msg.as_bytes(), &params.signature).is_ok()
 }
 

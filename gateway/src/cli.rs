@@ -31,7 +31,7 @@ pub enum Command {
     /// Run the HTTP gateway (with no configuration: embedded SQLite, sandbox WeChat),
     /// with the delivery workers in-process when `notifier.enabled`.
     Serve,
-    /// Run only the delivery workers (with /healthz, /readyz and /metrics).
+    /// Run only the delivery workers (with /healthz and /readyz; /metrics on server.metrics_address).
     Notifier,
     /// Apply database migrations and exit.
     Migrate,
@@ -393,7 +393,10 @@ async fn call(args: &CallArgs) -> anyhow::Result<()> {
         &body,
     );
     let url = format!("{}{}", args.base_url.trim_end_matches('/'), args.path);
-    let mut req = reqwest::Client::new()
+    // Direct: never through a proxy named by the environment.
+    let mut req = reqwest::Client::builder()
+        .no_proxy()
+        .build()?
         .request(reqwest::Method::from_bytes(method.as_bytes())?, &url)
         .header("authorization", auth);
     if !body.is_empty() {

@@ -7,12 +7,11 @@ use utoipa::{Modify, OpenApi};
 use crate::error::{FieldProblem, Problem};
 use crate::routes::{health, issuer, ops, wechat_events};
 
-
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "piaojia",
-        description = "Delivers China's fiscal electronic receipts (财政电子票据) from issuers (hospital billing systems) to payers through WeChat, and on to reimbursers.\n\nIssuer and reimburser calls are signed with PJ1-HMAC-SHA256: `Authorization: PJ1-HMAC-SHA256 appId=<appId>, timestamp=<unix seconds>, nonce=<16-64 [A-Za-z0-9]>, signature=<base64>` where signature = base64(HMAC-SHA256(secret, METHOD \\n PATH_WITH_QUERY \\n timestamp \\n nonce \\n hex(SHA-256(body)))). Requests more than 300 s off the server clock or reusing a nonce within 600 s are refused.\n\nEvery error is RFC 9457 `application/problem+json` with a stable `code`.",
+        description = "Delivers China's fiscal electronic receipts (财政电子票据) from issuers (hospital billing systems) to payers through WeChat, and on to reimbursers.\n\nIssuer and reimburser calls are signed with PJ1-HMAC-SHA256: `Authorization: PJ1-HMAC-SHA256 appId=<appId>, timestamp=<unix seconds>, nonce=<16-64 [A-Za-z0-9]>, signature=<base64>` where signature = base64(HMAC-SHA256(secret, METHOD \\n PATH_WITH_QUERY \\n timestamp \\n nonce \\n hex(SHA-256(body)))). Requests more than 300 s off the server clock or reusing a nonce within 600 s are refused; an unknown appId and a wrong signature get the same answer (`401 auth_bad_signature`).\n\nRequest bodies are bounded per scope and refused with `413 payload_too_large` before they are read: issuer pushes and reversals up to `server.body_limit_bytes` (8 MiB), the WeChat message server 256 KiB, every other request (mini-program, operator, reimburser) `server.json_body_limit_bytes` (64 KiB).\n\nEvery error is RFC 9457 `application/problem+json` with a stable `code`.",
         license(name = "Apache-2.0"),
         version = "1"
     ),
@@ -22,7 +21,6 @@ use crate::routes::{health, issuer, ops, wechat_events};
         issuer::reverse_receipt,
         health::healthz,
         health::readyz,
-        health::metrics,
         ops::channels,
         ops::interfaces,
         ops::alerts,
@@ -36,7 +34,7 @@ use crate::routes::{health, issuer, ops, wechat_events};
     tags(
         (name = "issuer", description = "Hospital billing and receipt systems push receipts and reversals"),
         (name = "wechat", description = "Our message server: the callback URL configured in an official account"),
-        (name = "operations", description = "Health, readiness, metrics, and the operator API: channel and interface health, alerts, re-drive"),
+        (name = "operations", description = "Health, readiness, and the operator API: channel and interface health, alerts, re-drive. Prometheus metrics are served on their own listener (`server.metrics_address`, loopback by default), not here."),
     )
 )]
 pub struct ApiDoc;

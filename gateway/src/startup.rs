@@ -174,6 +174,11 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
     if let Some(sim) = &sandbox {
         spawn_sandbox_sync(sim.clone(), store.clone(), keyring.clone(), own_port);
     }
+    let ops_limits = piaojia_web::rate_limit::RateLimits::with_redis(
+        &[(crate::auth::TOKEN_FAILURES, settings.ops.token_failures_per_ip_per_min)],
+        redis.as_ref(),
+        format!("{}ops_token:", settings.redis.key_prefix),
+    );
     let settings = Arc::new(settings);
     let wallet = Arc::new(piaojia_miniprogram_api::WalletState::new(
         settings.clone(),
@@ -208,6 +213,7 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         wechat,
         sandbox,
         wallet,
+        ops_limits,
     })
 }
 
@@ -223,6 +229,8 @@ pub enum Role {
 pub struct Application {
     port: u16,
     server: Server,
+    /// `/metrics` on `server.metrics_address`, apart from the public port.
+    metrics: Option<(u16, Server)>,
     notifier: Option<(piaojia_notifier::Notifier, CancellationToken)>,
     sandbox: Option<piaojia_wechat_sim::Simulator>,
 }
@@ -236,6 +244,12 @@ impl Application {
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
         let port = listener.local_addr()?.port();
+        let metrics_listener = match settings.server.metrics_address() {
+            Some(addr) => Some(TcpListener::bind(addr).with_context(|| {
+                format!("binding server.metrics_address {addr} (set another address, or \"\" to serve no metrics)")
+            })?),
+            None => None,
+        };
         let state = build_state(settings, port).await?;
         let run_notifier = role == Role::Notifier || state.settings.notifier.enabled;
         let notifier = if run_notifier {
@@ -257,13 +271,23 @@ impl Application {
             None
         };
         let sandbox = state.sandbox.clone();
+        let metrics = match metrics_listener {
+            Some(l) => Some((l.local_addr()?.port(), serve_metrics(l, &state)?)),
+            None => None,
+        };
         let server = serve(listener, state, role)?;
         Ok(Self {
             port,
             server,
+            metrics,
             notifier,
             sandbox,
         })
+    }
+
+    /// The port `/metrics` is served on (`server.metrics_address`), if any.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(|(port, _)| *port)
     }
 
     /// The built-in WeChat simulator (sandbox mode).
@@ -287,7 +311,15 @@ impl Application {
 
     /// Runs until SIGTERM/SIGINT; in-flight requests get `server.shutdown_timeout_secs`.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let metrics = self.metrics.map(|(_, server)| {
+            let handle = server.handle();
+            (handle, tokio::spawn(server))
+        });
         let result = self.server.await;
+        if let Some((handle, task)) = metrics {
+            handle.stop(true).await;
+            let _ = task.await;
+        }
         if let Some((_, token)) = &self.notifier {
             token.cancel();
         }
@@ -295,9 +327,41 @@ impl Application {
     }
 }
 
+/// Security headers for every response; the docs page's Swagger UI needs inline styles.
+fn security_headers(settings: &Settings) -> piaojia_web::security_headers::SecurityHeaders {
+    piaojia_web::security_headers::SecurityHeaders::new(settings.server.public_url_is_https())
+        .page_policy("/docs/", routes::docs::CSP)
+}
+
+/// The metrics listener: `/metrics` only, for Prometheus on a private address.
+fn serve_metrics(listener: TcpListener, state: &AppState) -> anyhow::Result<Server> {
+    let handle = state.metrics.clone();
+    let settings = state.settings.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(handle.clone()))
+            .wrap(security_headers(&settings))
+            .configure(routes::health::configure_metrics)
+            .default_service(web::to(handlers::not_found))
+    })
+    .workers(1)
+    .listen(listener)?
+    .shutdown_timeout(1)
+    .disable_signals()
+    .run();
+    Ok(server)
+}
+
 fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<Server> {
     let settings = state.settings.clone();
     let body_limit = settings.server.body_limit_bytes;
+    let body_limits = piaojia_web::body_limit::BodyLimits {
+        issuer_push: body_limit,
+        wechat_events: piaojia_wechat::event::MAX_EVENT_BYTES,
+        sandbox: body_limit,
+        default: settings.server.json_body_limit(),
+    };
+    let headers_settings = settings.clone();
     let sandbox = state.sandbox.clone();
     let wallet = web::Data::from(state.wallet.clone());
     let data = web::Data::new(state);
@@ -313,8 +377,12 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
             .app_data(web::PathConfig::default().error_handler(handlers::path))
             .app_data(web::QueryConfig::default().error_handler(handlers::query))
             .app_data(web::PayloadConfig::default().limit(body_limit))
+            // Innermost: bodies bounded before any handler reads them (and counted
+            // by `observe` when refused); outermost: headers on every response.
+            .wrap(body_limits)
             .wrap(from_fn(telemetry::observe))
             .wrap(TracingLogger::<piaojia_web::logging::RouteSpan>::new())
+            .wrap(security_headers(&headers_settings))
             .configure(routes::health::configure)
             .configure(|cfg| {
                 if role == Role::Gateway {

@@ -30,6 +30,8 @@ pub struct AppState {
     pub sandbox: Option<piaojia_wechat_sim::Simulator>,
     /// What the mini-program routes share.
     pub wallet: Arc<piaojia_miniprogram_api::WalletState>,
+    /// Wrong operator tokens per client address.
+    pub ops_limits: piaojia_web::rate_limit::RateLimits,
 }
 
 /// An app as authentication needs it: secrets opened, agency joined.

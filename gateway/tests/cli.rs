@@ -17,6 +17,7 @@ fn piaojia(data: &Path, port: u16, args: &[&str]) -> Output {
         .args(args)
         .env("PIAOJIA_DATA_DIR", data)
         .env("PIAOJIA_SERVER__PORT", port.to_string())
+        .env("PIAOJIA_SERVER__METRICS_ADDRESS", "")
         .env("PIAOJIA_LOG__FILTER", "warn")
         .output()
         .expect("piaojia runs")
@@ -86,6 +87,7 @@ fn readme_walkthrough() {
             .arg("serve")
             .env("PIAOJIA_DATA_DIR", data.path())
             .env("PIAOJIA_SERVER__PORT", port.to_string())
+            .env("PIAOJIA_SERVER__METRICS_ADDRESS", "")
             .env("PIAOJIA_LOG__FILTER", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -151,4 +153,24 @@ fn keygen_and_config_errors() {
         String::from_utf8_lossy(&out.stderr).contains("database.url"),
         "errors name the key"
     );
+
+    // The keygen's operator token is long enough; a short one stops `serve` at start.
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("PIAOJIA_OPS__TOKEN="))
+        .expect("keygen prints an operator token");
+    assert!(token.len() >= 32, "{token}");
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env("PIAOJIA_DATA_DIR", data.path())
+        .env("PIAOJIA_SERVER__PORT", "0")
+        .env("PIAOJIA_SERVER__METRICS_ADDRESS", "")
+        .env("PIAOJIA_OPS__TOKEN", "password123")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "a short operator token is refused at start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ops.token") && stderr.contains("32"), "{stderr}");
+    assert!(!stderr.contains("password123"), "the token is not printed: {stderr}");
 }

@@ -268,6 +268,8 @@ impl Fleet {
             ("PIAOJIA_LOG__FILTER", "info".to_owned()),
             ("PIAOJIA_SERVER__WORKERS", "1".to_owned()),
             ("PIAOJIA_SERVER__SHUTDOWN_TIMEOUT_SECS", "1".to_owned()),
+            // Several processes on one host: no metrics listener to collide on.
+            ("PIAOJIA_SERVER__METRICS_ADDRESS", String::new()),
             ("PIAOJIA_DATABASE__MAX_CONNECTIONS", "4".to_owned()),
             ("PIAOJIA_DATABASE__MIGRATE_ON_START", "false".to_owned()),
             ("PIAOJIA_WECHAT__MODE", "live".to_owned()),
@@ -302,7 +304,7 @@ impl Fleet {
             sim_server,
             settings,
             issuer: Issuer {
-                http: reqwest::Client::new(),
+                http: reqwest::Client::builder().no_proxy().build().expect("client"),
                 base: String::new(),
                 secret: String::new(),
             },

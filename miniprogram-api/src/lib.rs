@@ -42,6 +42,8 @@ pub struct WalletState {
     pub tokens: tokens::TokenKeys,
     pub apps: apps::MiniPrograms,
     pub limits: limits::PossessionLimits,
+    /// Sign-ins per client address and per mini-program.
+    pub session_limits: limits::SessionLimits,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -66,6 +68,12 @@ impl WalletState {
                 }
                 None => limits::PossessionLimits::new(per_payer, per_ip),
             },
+            session_limits: limits::SessionLimits::new(
+                mp.session_per_ip_per_min,
+                mp.session_per_app_per_min,
+                redis,
+                &settings.redis.key_prefix,
+            ),
             trusted_proxies: settings.server.trusted_proxies(),
             settings,
             store,

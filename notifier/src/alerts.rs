@@ -30,7 +30,9 @@ pub struct Alerter {
 
 impl Alerter {
     pub fn new(store: Arc<dyn Store>, cfg: AlertSettings) -> Self {
+        // Direct: never through a proxy named by the environment.
         let http = reqwest::Client::builder()
+            .no_proxy()
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();

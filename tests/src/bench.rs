@@ -59,6 +59,7 @@ pub async fn store_env(store: StoreArg, data_dir: &Path, port: u16) -> HashMap<S
         ("PIAOJIA_DATA_DIR".into(), data_dir.display().to_string()),
         ("PIAOJIA_SERVER__PORT".into(), port.to_string()),
         ("PIAOJIA_LOG__FILTER".into(), "warn".into()),
+        ("PIAOJIA_SERVER__METRICS_ADDRESS".into(), String::new()),
     ]);
     if store == StoreArg::Postgres {
         env.insert("DATABASE_URL".into(), fresh_postgres_database().await);

@@ -19,7 +19,8 @@ use piaojia_store::{AppKind, Store};
 use serde_json::Value;
 use tempfile::TempDir;
 
-pub const OPS_TOKEN: &str = "test-operator-token";
+/// At least 32 characters, as `ops.token` must be.
+pub const OPS_TOKEN: &str = "test-operator-token-0123456789abcdef";
 
 /// Polls `check` until it returns `Some`, for at most `secs` seconds.
 pub async fn eventually<T, F, Fut>(secs: u64, check: F) -> T
@@ -109,6 +110,8 @@ impl TestConfig {
             ("PIAOJIA_NOTIFIER__BREAKER_WINDOW_SECS", "10".to_owned()),
             ("PIAOJIA_ALERTS__EVALUATE_EVERY_SECS", "3600".to_owned()),
             ("PIAOJIA_OPS__TOKEN", OPS_TOKEN.to_owned()),
+            // Metrics on a loopback port of the app's own (TestApp::metrics_address).
+            ("PIAOJIA_SERVER__METRICS_ADDRESS", "127.0.0.1:0".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -147,6 +150,7 @@ impl TestConfig {
             .expect("store opens");
         let app = Application::build(settings.clone()).await.expect("application builds");
         let port = app.port();
+        let metrics_address = app.metrics_port().map(|p| format!("http://127.0.0.1:{p}"));
         let handle = app.handle();
         let sim = app.sandbox().cloned();
         let notifier = app.notifier().cloned();
@@ -154,7 +158,9 @@ impl TestConfig {
         TestApp {
             config: self.clone(),
             address: format!("http://127.0.0.1:{port}"),
+            metrics_address,
             client: reqwest::Client::builder()
+                .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("client"),
@@ -174,6 +180,8 @@ pub async fn spawn_app(mode: Mode) -> TestApp {
 pub struct TestApp {
     pub config: TestConfig,
     pub address: String,
+    /// Where `/metrics` is served (`server.metrics_address`), when it is.
+    pub metrics_address: Option<String>,
     pub client: reqwest::Client,
     /// The app's own store, for set-up that has no public API yet and for
     /// reading what was persisted.

@@ -279,6 +279,9 @@ pub mod handlers {
             JsonPayloadError::OverflowKnownLength { limit, .. } | JsonPayloadError::Overflow { limit } => {
                 ApiError::payload_too_large(limit)
             }
+            JsonPayloadError::Payload(PayloadError::Overflow) => {
+                ApiError::payload_too_large(0).detail("the request body is too large")
+            }
             JsonPayloadError::ContentType => ApiError::new(
                 actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

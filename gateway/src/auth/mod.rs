@@ -4,5 +4,5 @@
 mod operator;
 mod signed;
 
-pub use operator::Operator;
+pub use operator::{Operator, TOKEN_FAILURES};
 pub use signed::{CallerAppId, Issuer, SignedApp, read_body};

@@ -3,6 +3,14 @@
 //!
 //! The extractor reads the body to hash it and hands those same bytes to the
 //! handler, so what is parsed is exactly what was signed.
+//!
+//! Order, so a stranger can neither make us buffer a large body nor learn which app
+//! ids exist: the header is parsed (nonce format included) and the timestamp window
+//! checked first; a body is buffered only for a known, enabled app of the right
+//! kind. For any other app id the body is hashed as it streams past and dropped,
+//! and the signature checked against a dummy secret when the app is unknown: an
+//! unknown app id and a wrong signature get the same answer, after the same work.
+//! Only a caller who proves the secret learns that its app is disabled.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use piaojia_core::signing;
 use piaojia_store::{Agency, AppKind};
+use ring::digest;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::ApiError;
@@ -74,6 +83,32 @@ pub async fn read_body(limit: usize, mut payload: Payload) -> Result<Bytes, ApiE
     Ok(body.freeze())
 }
 
+/// Hashes the body as it streams in, keeping none of it.
+async fn hash_body(limit: usize, mut payload: Payload) -> Result<String, ApiError> {
+    let mut hash = digest::Context::new(&digest::SHA256);
+    let mut seen = 0usize;
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(crate::error::handlers::payload)?;
+        seen += chunk.len();
+        if seen > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        hash.update(&chunk);
+    }
+    Ok(hex::encode(hash.finish()))
+}
+
+/// What an unknown app id is checked against, so it costs what a known one does.
+fn dummy_secret() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(piaojia_core::pii::generate_secret)
+}
+
+/// The one answer to a wrong signature and to an unknown app id alike.
+fn bad_signature() -> ApiError {
+    ApiError::unauthorized("auth_bad_signature", "the signature does not match the appId's secret")
+}
+
 async fn authenticate(req: &HttpRequest, payload: Payload, kind: AppKind) -> Result<(SignedApp, Bytes), ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
@@ -100,36 +135,44 @@ async fn authenticate(req: &HttpRequest, payload: Payload, kind: AppKind) -> Res
         ));
     }
 
-    let app = state
-        .apps
-        .get(&params.app_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("auth_unknown_app", "no such appId"))?;
-    if app.kind != kind {
-        return Err(ApiError::forbidden(
-            "app_wrong_kind",
-            format!("this API is for {} apps", kind.as_str()),
-        ));
-    }
-    if !app.enabled {
-        return Err(ApiError::forbidden("app_disabled", "this app is disabled"));
-    }
-
-    let body = read_body(state.settings.server.body_limit_bytes, payload).await?;
+    let limit = state.settings.server.body_limit_bytes;
     let target = req
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().path(), |pq| pq.as_str());
     let method = req.method().as_str();
+    let app = state.apps.get(&params.app_id).await?;
+    let app = match app {
+        Some(app) if app.kind == kind && app.enabled => app,
+        other => {
+            // Unknown, disabled or of another kind: nothing is buffered, and nothing
+            // is said that the secret does not prove.
+            let body_hash = hash_body(limit, payload).await?;
+            let Some(app) = other else {
+                let _ = signing::verify_body_hash(dummy_secret(), &params, method, target, &body_hash);
+                return Err(bad_signature());
+            };
+            let valid = app.secrets.iter().any(|secret: &SecretString| {
+                signing::verify_body_hash(secret.expose_secret(), &params, method, target, &body_hash)
+            });
+            if !valid {
+                return Err(bad_signature());
+            }
+            return Err(if app.kind == kind {
+                ApiError::forbidden("app_disabled", "this app is disabled")
+            } else {
+                ApiError::forbidden("app_wrong_kind", format!("this API is for {} apps", kind.as_str()))
+            });
+        }
+    };
+
+    let body = read_body(limit, payload).await?;
     let valid = app
         .secrets
         .iter()
         .any(|secret: &SecretString| signing::verify(secret.expose_secret(), &params, method, target, &body));
     if !valid {
-        return Err(ApiError::unauthorized(
-            "auth_bad_signature",
-            "the signature does not match",
-        ));
+        return Err(bad_signature());
     }
 
     // Only after the signature holds, so nobody can burn another app's nonces.

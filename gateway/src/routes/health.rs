@@ -1,4 +1,5 @@
-//! Liveness, readiness and Prometheus metrics.
+//! Liveness and readiness on the public port; Prometheus metrics on their own
+//! listener (`server.metrics_address`, loopback by default), never the public one.
 
 use actix_web::{HttpResponse, get, web};
 use serde::Serialize;
@@ -8,7 +9,12 @@ use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(healthz).service(readyz).service(metrics);
+    cfg.service(healthz).service(readyz);
+}
+
+/// The metrics listener's one route (its app data is the Prometheus handle).
+pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
+    cfg.service(metrics);
 }
 
 #[derive(Serialize, ToSchema)]
@@ -77,11 +83,10 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     }))
 }
 
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", body = String)))]
+/// Prometheus text exposition (on `server.metrics_address` only).
 #[get("/metrics")]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(handle: web::Data<metrics_exporter_prometheus::PrometheusHandle>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
+        .body(handle.render())
 }

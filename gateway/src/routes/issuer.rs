@@ -49,6 +49,11 @@ impl From<IntakeError> for ApiError {
                     "private and loopback addresses are refused",
                 )
             }
+            IntakeError::File(FileError::InsecureScheme) => ApiError::unprocessable(
+                "file_host_not_allowed",
+                "the file URL must be https",
+            )
+            .field("/file/url", "https_required", "files are fetched over https only"),
             IntakeError::File(FileError::Fetch(why)) => ApiError::unprocessable(
                 "file_fetch_failed",
                 format!("the receipt file could not be fetched: {why}"),

@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use crate::auth::Operator;
 use crate::error::{ApiError, Problem};
-use crate::views::DeliveryView;
 use crate::state::AppState;
+use crate::views::DeliveryView;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(channels)

@@ -2,7 +2,7 @@
 //! refresh token. WeChat's `session_key` is dropped at once: it never leaves the
 //! server, nor is it kept.
 
-use actix_web::{HttpResponse, post, web};
+use actix_web::{HttpRequest, HttpResponse, post, web};
 use chrono::{Duration, Utc};
 use piaojia_core::pii::purpose;
 use piaojia_store::wallets::{NewRefreshToken, RefreshOutcome};
@@ -56,7 +56,9 @@ fn refresh_expiry(state: &WalletState) -> piaojia_store::Timestamp {
 /// Sign in with a `wx.login` code.
 ///
 /// A payer who reaches us through several of our mini-programs with the same
-/// WeChat `unionid` is one payer.
+/// WeChat `unionid` is one payer. Sign-ins are limited per client address (IPv6:
+/// per /64) and per mini-program before WeChat is asked
+/// (`miniprogram.session_per_ip_per_min`, `session_per_app_per_min`).
 #[utoipa::path(
     post,
     path = "/v1/mp/session",
@@ -67,12 +69,17 @@ fn refresh_expiry(state: &WalletState) -> piaojia_store::Timestamp {
         (status = 401, description = "`wechat_code_invalid`: the code is wrong, expired or used", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`miniprogram_not_found`: no enabled mini-program has this appid", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`wechat_rate_limited`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`too_many_attempts` (too many sign-ins from this address or for this mini-program; `Retry-After`) or `wechat_rate_limited`", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "`wechat_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[post("/v1/mp/session")]
-pub async fn login(state: web::Data<WalletState>, body: web::Json<LoginRequest>) -> Result<HttpResponse, ApiError> {
+pub async fn login(
+    req: HttpRequest,
+    state: web::Data<WalletState>,
+    body: web::Json<LoginRequest>,
+) -> Result<HttpResponse, ApiError> {
     let LoginRequest { app_id, code } = body.into_inner();
     let mut p = Problems::default();
     if app_id.is_empty() || app_id.len() > 32 || !app_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -87,6 +94,12 @@ pub async fn login(state: web::Data<WalletState>, body: web::Json<LoginRequest>)
         .get(&app_id)
         .await?
         .ok_or_else(|| ApiError::not_found("miniprogram_not_found", "no enabled mini-program has this appid"))?;
+    // Before WeChat is asked: bogus codes must not spend the app's quota.
+    let ip = piaojia_web::client::client_ip(&req, &state.trusted_proxies);
+    if let Err(wait) = state.session_limits.check(ip, &app_id).await {
+        tracing::warn!(app_id, "sign-ins over their limit");
+        return Err(ApiError::too_many_requests("too_many_attempts", wait.as_secs() + 1));
+    }
     let credentials = app.credentials(&state.keyring).map_err(ApiError::internal)?;
     let session = state
         .wechat

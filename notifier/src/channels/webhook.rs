@@ -24,7 +24,9 @@ pub struct WebhookChannel {
 
 impl WebhookChannel {
     pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, timeout: Duration) -> anyhow::Result<Self> {
+        // Direct: never through a proxy named by the environment.
         let http = reqwest::Client::builder()
+            .no_proxy()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;

@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let env = bench::store_env(args.store, data_dir.path(), args.port).await;
     let secret = bench::provision_issuer(&args.bin, &env, "bench-his")?;
     let client = reqwest::Client::builder()
+        .no_proxy()
         .pool_max_idle_per_host(args.clients)
         .build()?;
     let server = bench::Server::start(&args.bin, &env, &client).await?;

@@ -131,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
         &[("PIAOJIA_WECHAT_SECRET", OA_SECRET)],
     )?;
     let client = reqwest::Client::builder()
+        .no_proxy()
         .pool_max_idle_per_host(args.clients)
         .build()?;
     let server = bench::Server::start(&args.bin, &env, &client).await?;

@@ -133,7 +133,10 @@ async fn run(
     clients: usize,
     seconds: u64,
 ) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(clients)
+        .build()?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -235,7 +238,7 @@ async fn main() -> anyhow::Result<()> {
         ],
         &[("PIAOJIA_WECHAT_SECRET", "bench-secret")],
     )?;
-    let server = bench::Server::start(&args.bin, &env, &reqwest::Client::new()).await?;
+    let server = bench::Server::start(&args.bin, &env, &reqwest::Client::builder().no_proxy().build()?).await?;
     let base = server.base.clone();
 
     // Tokens minted with the server's own (derived) keys, as a login would.

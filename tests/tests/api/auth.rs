@@ -181,18 +181,30 @@ async fn replayed_nonce_across_two_gateways_is_401() {
 both_modes!(unknown_and_disabled_apps_are_refused, |mode: Mode| async move {
     let app = spawn_app(mode).await;
     let issuer = app.issuer().await;
+    // An unknown app id and a wrong signature of a known one: the same answer, so
+    // app ids cannot be enumerated.
     let unknown = Issuer {
         app_id: "nobody".into(),
         ..issuer.clone()
     };
-    assert_eq!(
-        problem(app.push(&unknown, &samples::outpatient(1)).await, 401).await["code"],
-        "auth_unknown_app"
-    );
+    let wrong = Issuer {
+        secret: "w".repeat(43),
+        ..issuer.clone()
+    };
+    let unknown_answer = problem(app.push(&unknown, &samples::outpatient(1)).await, 401).await;
+    let wrong_answer = problem(app.push(&wrong, &samples::outpatient(1)).await, 401).await;
+    assert_eq!(unknown_answer["code"], "auth_bad_signature");
+    assert_eq!(unknown_answer, wrong_answer, "status, code and message are the same");
 
     provisioning::set_enabled(app.store.as_ref(), &issuer.app_id, false)
         .await
         .expect("disable");
+    // Without its secret nobody learns that the app exists and is disabled.
+    assert_eq!(
+        problem(app.push(&wrong, &samples::outpatient(1)).await, 401).await,
+        wrong_answer
+    );
+    // Its holder does.
     assert_eq!(
         problem(app.push(&issuer, &samples::outpatient(1)).await, 403).await["code"],
         "app_disabled"
@@ -202,6 +214,54 @@ both_modes!(unknown_and_disabled_apps_are_refused, |mode: Mode| async move {
         .expect("enable");
     assert_eq!(app.push(&issuer, &samples::outpatient(1)).await.status().as_u16(), 201);
 });
+
+// Unknown app ids are checked against a dummy secret after reading the body, as a
+// known app's wrong signature is: no gross difference in time either (both take
+// the body's upload; neither answers before it).
+both_modes!(
+    unknown_app_ids_take_the_time_of_wrong_signatures,
+    |mode: Mode| async move {
+        let app = spawn_app(mode).await;
+        let issuer = app.issuer().await;
+        let unknown = Issuer {
+            app_id: "nobody".into(),
+            ..issuer.clone()
+        };
+        let wrong = Issuer {
+            secret: "w".repeat(43),
+            ..issuer.clone()
+        };
+        let mut big = samples::outpatient(1);
+        big["busNo"] = serde_json::Value::String("b".repeat(2 << 20));
+        let big = serde_json::to_vec(&big).expect("json");
+        let mut median = Vec::new();
+        for who in [&unknown, &wrong] {
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let started = std::time::Instant::now();
+                let resp = app
+                    .signed_raw(
+                        who,
+                        "POST",
+                        "/v1/receipts",
+                        big.clone(),
+                        chrono::Utc::now().timestamp(),
+                        &random_alnum(20),
+                    )
+                    .await;
+                assert_eq!(resp.status().as_u16(), 401);
+                times.push(started.elapsed());
+            }
+            times.sort();
+            median.push(times[2]);
+        }
+        let (unknown_t, wrong_t) = (median[0], median[1]);
+        assert!(
+            unknown_t * 4 > wrong_t && wrong_t * 4 > unknown_t,
+            "unknown app {unknown_t:?} vs wrong signature {wrong_t:?}"
+        );
+    }
+);
 
 both_modes!(
     secret_rotation_keeps_old_secret_until_retired,

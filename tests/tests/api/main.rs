@@ -2,6 +2,7 @@
 //! SQLite store and once on PostgreSQL + Redis.
 
 mod auth;
+mod body_limits;
 mod delivery;
 mod files;
 mod message_server;
@@ -9,5 +10,7 @@ mod operability;
 mod privacy;
 mod receipts;
 mod reversal;
+mod security_headers;
+mod sign_in_limits;
 mod validation;
 mod wallet;

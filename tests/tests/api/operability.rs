@@ -1,5 +1,5 @@
 use piaojia_tests::both_modes;
-use piaojia_tests::harness::{Mode, TcpRelay, TestConfig, problem, spawn_app};
+use piaojia_tests::harness::{Mode, OPS_TOKEN, TcpRelay, TestApp, TestConfig, problem, spawn_app};
 use piaojia_tests::samples;
 use serde_json::Value;
 
@@ -17,7 +17,19 @@ both_modes!(health_readiness_and_metrics, |mode: Mode| async move {
 
     let issuer = app.issuer().await;
     assert_eq!(app.push(&issuer, &samples::outpatient(1)).await.status().as_u16(), 201);
-    let metrics = app.get("/metrics").await.text().await.expect("text");
+    // Not on the public port: app ids, WeChat appids and traffic are for operators.
+    assert_eq!(problem(app.get("/metrics").await, 404).await["code"], "route_not_found");
+    // On the metrics listener (server.metrics_address) only.
+    let metrics_base = app.metrics_address.clone().expect("a metrics listener");
+    assert_ne!(metrics_base, app.address);
+    let resp = app
+        .client
+        .get(format!("{metrics_base}/metrics"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status().as_u16(), 200);
+    let metrics = resp.text().await.expect("text");
     assert!(metrics.contains("http_requests_total{"), "{metrics}");
     assert!(
         metrics.contains("route=\"/v1/receipts\""),
@@ -96,4 +108,89 @@ async fn database_outage_answers_503() {
     assert_eq!(problem(ops, 503).await["code"], "database_unavailable");
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status().as_u16(), 503);
+}
+
+both_modes!(metrics_can_be_turned_off, |mode: Mode| async move {
+    let mut config = TestConfig::new(mode).await;
+    config.set("PIAOJIA_SERVER__METRICS_ADDRESS", "");
+    let app = config.spawn().await;
+    assert!(app.metrics_address.is_none());
+    assert_eq!(app.get("/metrics").await.status().as_u16(), 404);
+});
+
+/// An operator call with `token` from `client` (behind the trusted proxy).
+async fn ops_as(app: &TestApp, token: &str, client: &str) -> reqwest::Response {
+    app.client
+        .get(format!("{}/v1/ops/alerts", app.address))
+        .bearer_auth(token)
+        .header("x-forwarded-for", client)
+        .send()
+        .await
+        .expect("sent")
+}
+
+both_modes!(
+    wrong_operator_tokens_are_limited_per_client_address,
+    |mode: Mode| async move {
+        let mut config = TestConfig::new(mode).await;
+        config
+            .set("PIAOJIA_SERVER__TRUSTED_PROXIES", "127.0.0.1")
+            .set("PIAOJIA_OPS__TOKEN_FAILURES_PER_IP_PER_MIN", "3");
+        let app = config.spawn().await;
+        let wrong = "x".repeat(OPS_TOKEN.len());
+        for _ in 0..3 {
+            assert_eq!(
+                problem(ops_as(&app, &wrong, "203.0.113.7").await, 401).await["code"],
+                "auth_bad_token"
+            );
+        }
+        let resp = ops_as(&app, &wrong, "203.0.113.7").await;
+        let retry_after: u64 = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After");
+        assert!((1..=21).contains(&retry_after), "{retry_after}");
+        assert_eq!(problem(resp, 429).await["code"], "too_many_attempts");
+        // Guessing stops paying: the right token from that address waits too.
+        assert_eq!(
+            problem(ops_as(&app, OPS_TOKEN, "203.0.113.7").await, 429).await["code"],
+            "too_many_attempts"
+        );
+        // Other addresses are not held back.
+        assert_eq!(ops_as(&app, OPS_TOKEN, "203.0.113.8").await.status().as_u16(), 200);
+        // An IPv6 client counts by its /64: a new address in it is the same client.
+        for i in 1..=3 {
+            assert_eq!(
+                ops_as(&app, &wrong, &format!("2001:db8:7:7::{i}"))
+                    .await
+                    .status()
+                    .as_u16(),
+                401
+            );
+        }
+        assert_eq!(
+            ops_as(&app, &wrong, "2001:db8:7:7:ffff::1").await.status().as_u16(),
+            429
+        );
+        assert_eq!(ops_as(&app, OPS_TOKEN, "2001:db8:7:8::1").await.status().as_u16(), 200);
+    }
+);
+
+/// In scale-out the failures of one address are counted across gateway processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_operator_tokens_are_counted_across_gateways() {
+    let mut config = TestConfig::new(Mode::ScaleOut).await;
+    config
+        .set("PIAOJIA_SERVER__TRUSTED_PROXIES", "127.0.0.1")
+        .set("PIAOJIA_OPS__TOKEN_FAILURES_PER_IP_PER_MIN", "2");
+    let first = config.spawn().await;
+    let second = config.spawn().await;
+    let wrong = "y".repeat(40);
+    assert_eq!(ops_as(&first, &wrong, "198.51.100.4").await.status().as_u16(), 401);
+    assert_eq!(ops_as(&second, &wrong, "198.51.100.4").await.status().as_u16(), 401);
+    assert_eq!(ops_as(&first, OPS_TOKEN, "198.51.100.4").await.status().as_u16(), 200);
+    assert_eq!(ops_as(&second, &wrong, "198.51.100.4").await.status().as_u16(), 429);
+    assert_eq!(ops_as(&first, OPS_TOKEN, "198.51.100.4").await.status().as_u16(), 429);
 }
