@@ -54,6 +54,12 @@ pub struct ServerSettings {
 }
 
 impl ServerSettings {
+    /// True when `host` only accepts connections from this machine.
+    pub fn host_is_loopback(&self) -> bool {
+        let host = self.host.trim().trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// The limit of every body but issuer pushes: never above theirs.
     pub fn json_body_limit(&self) -> usize {
         self.json_body_limit_bytes.min(self.body_limit_bytes)
@@ -235,6 +241,7 @@ pub enum WechatMode {
 pub struct WechatSettings {
     pub mode: WechatMode,
     pub api_base_url: String,
+    pub sandbox_allow_public: bool,
 }
 
 /// The receipt-wallet mini-program API (payers).
@@ -462,6 +469,20 @@ impl Settings {
         }
         if !self.alerts.webhook_url.is_empty() && url::Url::parse(&self.alerts.webhook_url).is_err() {
             return Err(invalid("alerts.webhook_url", "is not a URL"));
+        }
+        if self.wechat.mode == WechatMode::Sandbox
+            && !self.wechat.sandbox_allow_public
+            && !self.server.host_is_loopback()
+        {
+            // The simulator hands out WeChat logins for any openid: never where real payers are.
+            return Err(invalid(
+                "wechat.sandbox_allow_public",
+                format!(
+                    "is false, so wechat.mode = \"sandbox\" serves on a loopback server.host only (not {:?}); \
+                     set wechat.mode = \"live\" for real payers",
+                    self.server.host
+                ),
+            ));
         }
         if url::Url::parse(&self.wechat.api_base_url).is_err() {
             return Err(invalid("wechat.api_base_url", "is not a URL"));
@@ -720,6 +741,27 @@ mod tests {
         std::fs::write(&path, "[server]\nprot = 7000\n").expect("write");
         let err = Settings::load_from(Some(&path), env(&[])).expect_err("typo");
         assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn the_sandbox_serves_on_loopback_only_unless_allowed() {
+        for host in ["127.0.0.1", "localhost", "::1", "[::1]"] {
+            assert!(
+                Settings::load_from(None, env(&[("PIAOJIA_SERVER__HOST", host)])).is_ok(),
+                "{host}"
+            );
+        }
+        for host in ["0.0.0.0", "::", "10.1.2.3", "piaojia.example"] {
+            let err = Settings::load_from(None, env(&[("PIAOJIA_SERVER__HOST", host)])).expect_err("public sandbox");
+            assert!(err.to_string().contains("wechat.sandbox_allow_public"), "{err}");
+        }
+        let allowed = env(&[
+            ("PIAOJIA_SERVER__HOST", "0.0.0.0"),
+            ("PIAOJIA_WECHAT__SANDBOX_ALLOW_PUBLIC", "true"),
+        ]);
+        assert!(Settings::load_from(None, allowed).is_ok());
+        let live = env(&[("PIAOJIA_SERVER__HOST", "0.0.0.0"), ("PIAOJIA_WECHAT__MODE", "live")]);
+        assert!(Settings::load_from(None, live).is_ok());
     }
 
     #[test]

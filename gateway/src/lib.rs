@@ -10,7 +10,17 @@ pub mod nonces;
 pub mod openapi;
 pub mod provisioning;
 pub mod routes;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
 pub mod views;
+
+#[cfg(feature = "sandbox")]
+pub use sandbox::Sandbox;
+
+/// Without the `sandbox` feature there is no simulator: nothing is of this type.
+#[cfg(not(feature = "sandbox"))]
+#[derive(Clone)]
+pub enum Sandbox {}

@@ -15,6 +15,7 @@ use piaojia_store::{ConnectOptions, Store};
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
+use crate::Sandbox;
 use crate::error::handlers;
 use crate::files::FileStore;
 use crate::nonces::NonceRegistry;
@@ -53,20 +54,24 @@ fn wechat_client(
     settings: &Settings,
     redis: Option<&redis::aio::ConnectionManager>,
     own_port: u16,
-) -> anyhow::Result<(
-    Arc<piaojia_wechat::client::WechatClient>,
-    Option<piaojia_wechat_sim::Simulator>,
-)> {
+) -> anyhow::Result<(Arc<piaojia_wechat::client::WechatClient>, Option<Sandbox>)> {
     use piaojia_core::settings::WechatMode;
     use piaojia_wechat::client::{TokenCache, WechatClient};
     let (base, sandbox) = match settings.wechat.mode {
         WechatMode::Live => (settings.wechat.api_base_url.clone(), None),
-        WechatMode::Sandbox => (
-            format!("http://127.0.0.1:{own_port}/sandbox/wechat"),
-            Some(piaojia_wechat_sim::Simulator::new(
-                piaojia_wechat_sim::SimConfig::default(),
-            )),
-        ),
+        #[cfg(feature = "sandbox")]
+        WechatMode::Sandbox => {
+            let (sim, base) = crate::sandbox::start(own_port);
+            (base, Some(sim))
+        }
+        #[cfg(not(feature = "sandbox"))]
+        WechatMode::Sandbox => {
+            let _ = own_port;
+            anyhow::bail!(
+                "wechat.mode = \"sandbox\", but this build has no WeChat simulator (built without the \
+                 `sandbox` feature): set wechat.mode = \"live\""
+            );
+        }
     };
     let cache = match redis {
         Some(conn) => TokenCache::Redis {
@@ -81,66 +86,6 @@ fn wechat_client(
         client = client.with_rate_limit(rate);
     }
     Ok((Arc::new(client), sandbox))
-}
-
-/// Keeps the sandbox simulator's apps in step with the configured channels, so a
-/// channel added from the command line works in sandbox mode without a restart.
-fn spawn_sandbox_sync(
-    sim: piaojia_wechat_sim::Simulator,
-    store: Arc<dyn Store>,
-    keyring: Arc<piaojia_core::pii::Keyring>,
-    own_port: u16,
-) {
-    tokio::spawn(async move {
-        loop {
-            let mut channels = store.platform_channels().await.unwrap_or_default();
-            for agency in store.list_agencies().await.unwrap_or_default() {
-                channels.extend(store.channels_for_agency(agency.id).await.unwrap_or_default());
-            }
-            for channel in channels {
-                register_sandbox_app(&sim, &keyring, own_port, &channel);
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-    });
-}
-
-/// Registers a channel's app (and long-term template) with the sandbox simulator.
-fn register_sandbox_app(
-    sim: &piaojia_wechat_sim::Simulator,
-    keyring: &piaojia_core::pii::Keyring,
-    own_port: u16,
-    channel: &piaojia_store::Channel,
-) {
-    if channel.long_term {
-        sim.grant_long_term(&channel.wechat_app_id, &channel.template_id);
-    }
-    if sim.app(&channel.wechat_app_id).is_some() {
-        return;
-    }
-    let purpose = piaojia_core::pii::purpose::wechat_app(&channel.wechat_app_id);
-    let Ok(secret) = keyring.open(&channel.secret_sealed, &purpose) else {
-        return;
-    };
-    let secret = String::from_utf8_lossy(&secret).into_owned();
-    let kind = if channel.kind == piaojia_store::ChannelKind::WechatTemplate {
-        piaojia_wechat_sim::AppKind::OfficialAccount
-    } else {
-        piaojia_wechat_sim::AppKind::MiniProgram
-    };
-    let mut app = piaojia_wechat_sim::SimApp::new(&channel.wechat_app_id, &secret, kind);
-    if let Some(token) = channel
-        .message_token_sealed
-        .as_ref()
-        .and_then(|t| keyring.open(t, &purpose).ok())
-    {
-        app.message_server = Some(piaojia_wechat_sim::MessageServer {
-            url: format!("http://127.0.0.1:{own_port}/v1/wechat/{}/events", channel.wechat_app_id),
-            token: String::from_utf8_lossy(&token).into_owned(),
-            encoding_aes_key: None,
-        });
-    }
-    sim.add_app(app);
 }
 
 /// Everything the request handlers share, connected and ready.
@@ -171,8 +116,9 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         _ => piaojia_notifier::Wake::local(),
     };
     let (wechat, sandbox) = wechat_client(&settings, redis.as_ref(), own_port)?;
+    #[cfg(feature = "sandbox")]
     if let Some(sim) = &sandbox {
-        spawn_sandbox_sync(sim.clone(), store.clone(), keyring.clone(), own_port);
+        crate::sandbox::spawn_sync(sim.clone(), store.clone(), keyring.clone(), own_port);
     }
     let ops_limits = piaojia_web::rate_limit::RateLimits::with_redis(
         &[(crate::auth::TOKEN_FAILURES, settings.ops.token_failures_per_ip_per_min)],
@@ -232,7 +178,7 @@ pub struct Application {
     /// `/metrics` on `server.metrics_address`, apart from the public port.
     metrics: Option<(u16, Server)>,
     notifier: Option<(piaojia_notifier::Notifier, CancellationToken)>,
-    sandbox: Option<piaojia_wechat_sim::Simulator>,
+    sandbox: Option<Sandbox>,
 }
 
 impl Application {
@@ -291,7 +237,7 @@ impl Application {
     }
 
     /// The built-in WeChat simulator (sandbox mode).
-    pub fn sandbox(&self) -> Option<&piaojia_wechat_sim::Simulator> {
+    pub fn sandbox(&self) -> Option<&Sandbox> {
         self.sandbox.as_ref()
     }
 
@@ -362,6 +308,7 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
         default: settings.server.json_body_limit(),
     };
     let headers_settings = settings.clone();
+    #[cfg(feature = "sandbox")]
     let sandbox = state.sandbox.clone();
     let wallet = web::Data::from(state.wallet.clone());
     let data = web::Data::new(state);
@@ -392,8 +339,9 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
                     routes::wechat_events::configure(cfg);
                     routes::docs::configure(cfg);
                 }
+                #[cfg(feature = "sandbox")]
                 if let Some(sim) = &sandbox {
-                    cfg.service(web::scope("/sandbox/wechat").configure(|c| sim.configure(c)));
+                    crate::sandbox::mount(cfg, sim);
                 }
             })
             .default_service(web::to(handlers::not_found))

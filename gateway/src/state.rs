@@ -27,7 +27,7 @@ pub struct AppState {
     pub tracker: Arc<piaojia_notifier::tracker::Tracker>,
     pub wechat: Arc<piaojia_wechat::client::WechatClient>,
     /// The built-in WeChat simulator (sandbox mode only).
-    pub sandbox: Option<piaojia_wechat_sim::Simulator>,
+    pub sandbox: Option<crate::Sandbox>,
     /// What the mini-program routes share.
     pub wallet: Arc<piaojia_miniprogram_api::WalletState>,
     /// Wrong operator tokens per client address.

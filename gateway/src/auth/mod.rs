@@ -1,7 +1,7 @@
 //! Who may call: each caller kind is an extractor, so a handler's signature says
 //! who it serves.
 
-mod operator;
+pub(crate) mod operator;
 mod signed;
 
 pub use operator::{Operator, TOKEN_FAILURES};

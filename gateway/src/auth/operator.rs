@@ -39,7 +39,8 @@ fn fingerprint(token: &str) -> String {
     format!("sha256:{}… ({} chars)", &hex::encode(hash)[..8], token.chars().count())
 }
 
-async fn check(req: &HttpRequest) -> Result<Operator, ApiError> {
+/// The operator check of a request: the extractor's, and the sandbox admin's.
+pub(crate) async fn check(req: &HttpRequest) -> Result<Operator, ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState missing")))?;

@@ -194,3 +194,46 @@ async fn wrong_operator_tokens_are_counted_across_gateways() {
     assert_eq!(ops_as(&second, &wrong, "198.51.100.4").await.status().as_u16(), 429);
     assert_eq!(ops_as(&first, OPS_TOKEN, "198.51.100.4").await.status().as_u16(), 429);
 }
+
+// The sandbox's admin API mints logins for any payer: only operators reach it.
+both_modes!(the_sandbox_admin_needs_the_operator_token, |mode: Mode| async move {
+    let app = spawn_app(mode).await;
+    let body = serde_json::json!({"appid": "wx1111aaaa2222bbbb"});
+    let anonymous = app
+        .client
+        .post(format!("{}/sandbox/wechat/sim/codes/login", app.address))
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(problem(anonymous, 401).await["code"], "auth_missing");
+    let wrong = app
+        .client
+        .get(format!("{}/sandbox/wechat/sim/messages/template", app.address))
+        .bearer_auth("not-the-operator-token-not-the-operator-token")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(problem(wrong, 401).await["code"], "auth_bad_token");
+    let operator = app
+        .client
+        .get(format!("{}/sandbox/wechat/sim/messages/template", app.address))
+        .bearer_auth(OPS_TOKEN)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(operator.status().as_u16(), 200);
+    // WeChat's own API paths of the simulator stay as WeChat serves them.
+    let token = app
+        .client
+        .post(format!("{}/sandbox/wechat/cgi-bin/stable_token", app.address))
+        .json(&serde_json::json!({"grant_type": "client_credential", "appid": "wx-unknown", "secret": "x"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        token.status().as_u16(),
+        200,
+        "answered with a WeChat errcode, not refused"
+    );
+});
