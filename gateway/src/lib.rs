@@ -1,21 +1,28 @@
-//! The piaojia gateway: the actix-web server, its callers' authentication, the
-//! issuer intake, and the `piaojia` command line.
+//! The piaojia gateway: the actix-web server and the `piaojia` command line. Its
+//! callers each have a home: [`issuer`] (hospital systems), [`operator`] (the
+//! people who run it), [`message_server`] (WeChat's callbacks); payers are served
+//! by the `piaojia-miniprogram-api` crate. [`auth`] holds the extractors that
+//! say who may call.
 
 pub mod auth;
 pub mod cli;
 pub use piaojia_web::error;
 pub mod files;
-pub mod intake;
+pub mod issuer;
+pub mod message_server;
 pub mod nonces;
 pub mod openapi;
-pub mod provisioning;
-pub mod routes;
+pub mod operator;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
+pub mod service;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
 pub mod views;
+
+/// Provisioning lives with the operator; tests and tools reach it here too.
+pub use operator::provisioning;
 
 #[cfg(feature = "sandbox")]
 pub use sandbox::Sandbox;

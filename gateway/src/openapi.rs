@@ -5,7 +5,10 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{FieldProblem, Problem};
-use crate::routes::{health, issuer, ops, wechat_events};
+use crate::issuer::routes as issuer;
+use crate::message_server as wechat_events;
+use crate::operator::routes as ops;
+use crate::service::health;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -20,7 +20,7 @@ use crate::error::handlers;
 use crate::files::FileStore;
 use crate::nonces::NonceRegistry;
 use crate::state::{AppDirectory, AppState};
-use crate::{provisioning, routes, telemetry};
+use crate::{issuer, message_server, operator, provisioning, service, telemetry};
 
 /// The store named by the settings, migrated when `database.migrate_on_start`.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
@@ -134,7 +134,7 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         files.object_store(),
         redis.as_ref(),
     ));
-    let intake = crate::intake::Intake::new(
+    let intake = crate::issuer::intake::Intake::new(
         store.clone(),
         keyring.clone(),
         files,
@@ -276,7 +276,7 @@ impl Application {
 /// Security headers for every response; the docs page's Swagger UI needs inline styles.
 fn security_headers(settings: &Settings) -> piaojia_web::security_headers::SecurityHeaders {
     piaojia_web::security_headers::SecurityHeaders::new(settings.server.public_url_is_https())
-        .page_policy("/docs/", routes::docs::CSP)
+        .page_policy("/docs/", service::docs::CSP)
 }
 
 /// The metrics listener: `/metrics` only, for Prometheus on a private address.
@@ -287,7 +287,7 @@ fn serve_metrics(listener: TcpListener, state: &AppState) -> anyhow::Result<Serv
         App::new()
             .app_data(web::Data::new(handle.clone()))
             .wrap(security_headers(&settings))
-            .configure(routes::health::configure_metrics)
+            .configure(service::health::configure_metrics)
             .default_service(web::to(handlers::not_found))
     })
     .workers(1)
@@ -330,14 +330,14 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
             .wrap(from_fn(telemetry::observe))
             .wrap(TracingLogger::<piaojia_web::logging::RouteSpan>::new())
             .wrap(security_headers(&headers_settings))
-            .configure(routes::health::configure)
+            .configure(service::health::configure)
             .configure(|cfg| {
                 if role == Role::Gateway {
-                    routes::issuer::configure(cfg);
+                    issuer::configure(cfg);
                     piaojia_miniprogram_api::configure(cfg);
-                    routes::ops::configure(cfg);
-                    routes::wechat_events::configure(cfg);
-                    routes::docs::configure(cfg);
+                    operator::configure(cfg);
+                    message_server::configure(cfg);
+                    service::docs::configure(cfg);
                 }
                 #[cfg(feature = "sandbox")]
                 if let Some(sim) = &sandbox {

@@ -19,7 +19,7 @@ pub struct AppState {
     pub nonces: NonceRegistry,
     pub apps: Arc<AppDirectory>,
     /// What issuers push and reverse.
-    pub intake: crate::intake::Intake,
+    pub intake: crate::issuer::intake::Intake,
     pub redis: Option<ConnectionManager>,
     pub metrics: PrometheusHandle,
     /// Tells the notifier (here or in other processes) that work is due.

@@ -146,6 +146,17 @@ both_modes!(only_wechat_gets_in, |mode: Mode| async move {
     );
     assert_eq!(status_of(&app, &id).await, "failed");
 
+    // The URL check's signature, once spent, cannot carry a POST body.
+    let verify_sig = piaojia_wechat::msgcrypt::signature(TOKEN, &now.to_string(), "verify0001");
+    let verified = app
+        .get(&format!(
+            "/v1/wechat/{OA}/events?signature={verify_sig}&timestamp={now}&nonce=verify0001&echostr=hi"
+        ))
+        .await;
+    assert_eq!(verified.text().await.expect("text"), "hi");
+    let riding = post_plain(&app, OA, TOKEN, now, "verify0001", &failed).await;
+    assert_eq!(problem(riding, 403).await["code"], "replayed");
+
     // An account with an EncodingAESKey accepts secure mode only.
     channel(&app, &issuer.agency_code, OA, TOKEN, Some(AES_KEY)).await;
     let plain = post_plain(&app, OA, TOKEN, now, "nonce00003", &failed).await;

@@ -1028,6 +1028,22 @@ both_modes!(erasure_cancels_pending_messages, |mode: Mode| async move {
     })
     .await;
     assert_eq!(pending["status"], "pending", "{pending}");
+    // The issuer's read-back shows what its push called for, not the wallet's own
+    // announcement: that would tell it which payers have a verified wallet.
+    let held: Value = app
+        .signed(&issuer, "GET", &format!("/v1/receipts/{BATCH}/0000000001"), None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        held["deliveries"]
+            .as_array()
+            .expect("deliveries")
+            .iter()
+            .all(|d| d["channel"] != "wallet_subscribe"),
+        "{held}"
+    );
 
     assert_eq!(app.mp("DELETE", "/v1/mp/profile", &token, None).await.status(), 204);
     sim.clear_faults();

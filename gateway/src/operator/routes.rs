@@ -1,11 +1,11 @@
-//! The operator API: channel and interface health, alerts, and re-driving
+//! The operator API's routes: channel and interface health, alerts, and re-driving
 //! deliveries after an outage. Bearer-token authenticated (`ops.token`).
 
 use actix_web::{HttpResponse, get, post, web};
 use chrono::{TimeDelta, Utc};
-use piaojia_notifier::tracker::{self, KeySummary, Scope, WindowSummary};
+use piaojia_notifier::tracker::{self, KeySummary, Scope};
 use piaojia_store::{BacklogRow, ChannelKind, DeliveryFilter, DeliveryStatus, ParkReason, StatsRow};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -14,31 +14,14 @@ use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 use crate::views::DeliveryView;
 
+use super::views::{AlertView, InterfacesView, RedriveResult, TrackedView};
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(channels)
         .service(interfaces)
         .service(alerts)
         .service(deliveries)
         .service(redrive);
-}
-
-/// Success rate and latency percentiles of one tracked key.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TrackedView {
-    /// A channel (`wechat_template:<appid>:<template>`, `issuer_webhook:<app>`), an
-    /// outside interface (`wechat:<appid>:template_send`, `webhook:<host>`), or an
-    /// inbound issuer app.
-    pub key: String,
-    #[serde(rename = "last5m")]
-    pub last_5m: WindowSummary,
-    #[serde(rename = "last1h")]
-    pub last_1h: WindowSummary,
-    #[serde(rename = "last24h")]
-    pub last_24h: WindowSummary,
-    /// Pending deliveries and the age of the oldest, in seconds (channels and interfaces).
-    pub backlog: Option<i64>,
-    pub oldest_pending_secs: Option<i64>,
 }
 
 fn views(summaries: Vec<KeySummary>, backlog: impl Fn(&str) -> Option<(i64, i64)>) -> Vec<TrackedView> {
@@ -98,14 +81,6 @@ pub async fn channels(_op: Operator, state: web::Data<AppState>) -> Result<HttpR
     Ok(HttpResponse::Ok().json(out))
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct InterfacesView {
-    /// Each outside interface we call (each WeChat API per app, each webhook host).
-    pub outbound: Vec<TrackedView>,
-    /// The inbound issuer API, per issuer app.
-    pub inbound: Vec<TrackedView>,
-}
-
 /// Per outside interface and for the inbound issuer API: success rate and latency.
 #[utoipa::path(get, path = "/v1/ops/interfaces", tag = "operations", security(("operator_token" = [])),
     responses((status = 200, body = InterfacesView), (status = 401, body = Problem, content_type = "application/problem+json")))]
@@ -119,21 +94,6 @@ pub async fn interfaces(_op: Operator, state: web::Data<AppState>) -> Result<Htt
         }),
         inbound: views(tracker::summaries(&rows, Scope::Inbound, now.into()), |_| None),
     }))
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AlertView {
-    pub id: Uuid,
-    #[schema(example = "success_rate")]
-    pub rule: String,
-    pub key: String,
-    /// `firing` or `resolved`.
-    pub state: String,
-    pub message: String,
-    pub started_at: chrono::DateTime<Utc>,
-    pub last_notified_at: chrono::DateTime<Utc>,
-    pub resolved_at: Option<chrono::DateTime<Utc>>,
 }
 
 /// Alerts, newest first: one per incident.
@@ -241,12 +201,6 @@ pub struct RedriveRequest {
     /// Must be true to re-drive without ids or another filter.
     #[serde(default)]
     pub all: bool,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct RedriveResult {
-    /// How many deliveries are pending again.
-    pub redriven: u64,
 }
 
 /// Re-drive parked or failed deliveries (after an outage): they get a fresh retry

@@ -97,6 +97,17 @@ pub async fn verify(
         return Err(refuse());
     }
     check_clock(&state, &q.timestamp)?;
+    // The signature covers only (token, timestamp, nonce): spent here, it cannot be
+    // reused to carry a POST body of someone else's making.
+    state
+        .nonces
+        .bind(
+            &format!("wxsig:{appid}"),
+            &format!("{}:{}", q.timestamp, q.nonce),
+            "GET",
+        )
+        .await
+        .map_err(|e| ApiError::unavailable("nonce_store_unavailable", e))?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain")
         .body(q.echostr.clone().unwrap_or_default()))
