@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
 use secrecy::{ExposeSecret, SecretString};
@@ -32,6 +33,9 @@ pub struct Settings {
     pub miniprogram: MiniProgramSettings,
     #[serde(default)]
     pub agencies: Vec<AgencyProvision>,
+    /// Which store `database.url` names, decided once at load.
+    #[serde(skip)]
+    store: StoreKind,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -40,7 +44,8 @@ pub struct ServerSettings {
     pub host: String,
     pub port: u16,
     pub workers: usize,
-    pub shutdown_timeout_secs: u64,
+    #[serde(rename = "shutdown_timeout_secs", deserialize_with = "secs")]
+    pub shutdown_timeout: Duration,
     /// Largest body of an issuer push or reversal (the only large bodies).
     pub body_limit_bytes: usize,
     /// Largest body of every other request (mini-program, operator, reimburser JSON).
@@ -48,9 +53,10 @@ pub struct ServerSettings {
     pub public_url: String,
     /// Where `/metrics` is served (`host:port`); empty: not served at all.
     pub metrics_address: String,
-    /// Comma-separated addresses or CIDR ranges of the proxies in front of us whose
-    /// `X-Forwarded-For` is believed (see [`ServerSettings::trusted_proxies`]).
-    pub trusted_proxies: String,
+    /// The proxies in front of us whose `X-Forwarded-For` is believed (written as
+    /// comma-separated addresses or CIDR ranges; a bare address is a /32 or /128).
+    #[serde(deserialize_with = "networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl ServerSettings {
@@ -74,11 +80,6 @@ impl ServerSettings {
     pub fn public_url_is_https(&self) -> bool {
         url::Url::parse(&self.public_url).is_ok_and(|u| u.scheme() == "https")
     }
-
-    /// The proxies whose `X-Forwarded-For` names the client (validated at load).
-    pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
-        parse_networks(&self.trusted_proxies).unwrap_or_default()
-    }
 }
 
 /// `10.0.0.0/8, 192.168.1.7` → networks; a bare address is a /32 (or /128).
@@ -94,6 +95,37 @@ fn parse_networks(list: &str) -> Result<Vec<ipnet::IpNet>, String> {
         .collect()
 }
 
+/// A number of seconds, as the settings write durations.
+fn secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_secs)
+}
+
+fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
+}
+
+fn mins<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(|m| Duration::from_secs(m * 60))
+}
+
+fn days<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(|n| Duration::from_secs(n * 86_400))
+}
+
+/// `15s,3m,6h`: a list of durations.
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    String::deserialize(d)?
+        .split(',')
+        .map(|s| parse_duration(s.trim()))
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
+}
+
+/// Comma-separated addresses or CIDR ranges.
+fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    parse_networks(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
@@ -101,7 +133,8 @@ pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
     pub migrate_on_start: bool,
-    pub acquire_timeout_secs: u64,
+    #[serde(rename = "acquire_timeout_secs", deserialize_with = "secs")]
+    pub acquire_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,7 +155,8 @@ pub enum FileStoreKind {
 #[serde(deny_unknown_fields)]
 pub struct FileSettings {
     pub max_bytes: u64,
-    pub fetch_timeout_secs: u64,
+    #[serde(rename = "fetch_timeout_secs", deserialize_with = "secs")]
+    pub fetch_timeout: Duration,
     pub allow_private_networks: bool,
     pub allow_http: bool,
     pub store: FileStoreKind,
@@ -140,9 +174,12 @@ pub struct SecuritySettings {
     pub master_keys: SecretString,
     pub active_key_id: String,
     pub blind_index_key: SecretString,
-    pub clock_skew_secs: u64,
-    pub nonce_ttl_secs: u64,
-    pub app_cache_secs: u64,
+    #[serde(rename = "clock_skew_secs", deserialize_with = "secs")]
+    pub clock_skew: Duration,
+    #[serde(rename = "nonce_ttl_secs", deserialize_with = "secs")]
+    pub nonce_ttl: Duration,
+    #[serde(rename = "app_cache_secs", deserialize_with = "secs")]
+    pub app_cache: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -165,28 +202,27 @@ pub struct NotifierSettings {
     pub enabled: bool,
     pub concurrency: usize,
     pub batch_size: i64,
-    pub poll_interval_ms: u64,
-    pub lease_secs: u64,
-    pub request_timeout_secs: u64,
-    pub retry_schedule: String,
+    #[serde(rename = "poll_interval_ms", deserialize_with = "millis")]
+    pub poll_interval: Duration,
+    #[serde(rename = "lease_secs", deserialize_with = "secs")]
+    pub lease: Duration,
+    #[serde(rename = "request_timeout_secs", deserialize_with = "secs")]
+    pub request_timeout: Duration,
+    /// The waits before each retry, then parked (written `15s,15s,30s,3m,…`).
+    #[serde(deserialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
     pub jitter_percent: u32,
     pub breaker_failures: u32,
     pub breaker_failure_rate: f64,
-    pub breaker_window_secs: u64,
-    pub breaker_open_secs: u64,
-    pub breaker_max_open_secs: u64,
-    pub release_spacing_ms: u64,
+    #[serde(rename = "breaker_window_secs", deserialize_with = "secs")]
+    pub breaker_window: Duration,
+    #[serde(rename = "breaker_open_secs", deserialize_with = "secs")]
+    pub breaker_open: Duration,
+    #[serde(rename = "breaker_max_open_secs", deserialize_with = "secs")]
+    pub breaker_max_open: Duration,
+    #[serde(rename = "release_spacing_ms", deserialize_with = "millis")]
+    pub release_spacing: Duration,
     pub wechat_rate_per_sec: u32,
-}
-
-impl NotifierSettings {
-    /// The retry waits, parsed (`15s`, `3m`, `6h`, `250ms`).
-    pub fn retry_waits(&self) -> Result<Vec<std::time::Duration>, String> {
-        self.retry_schedule
-            .split(',')
-            .map(|s| parse_duration(s.trim()))
-            .collect()
-    }
 }
 
 /// `250ms`, `15s`, `3m`, `6h`.
@@ -210,13 +246,18 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 #[serde(deny_unknown_fields)]
 pub struct AlertSettings {
     pub webhook_url: String,
-    pub evaluate_every_secs: u64,
-    pub renotify_every_secs: u64,
+    #[serde(rename = "evaluate_every_secs", deserialize_with = "secs")]
+    pub evaluate_every: Duration,
+    #[serde(rename = "renotify_every_secs", deserialize_with = "secs")]
+    pub renotify_every: Duration,
     pub success_rate_below: f64,
-    pub window_mins: u64,
+    #[serde(rename = "window_mins", deserialize_with = "mins")]
+    pub window: Duration,
     pub min_attempts: i64,
-    pub p95_above_ms: u64,
-    pub backlog_older_than_secs: u64,
+    #[serde(rename = "p95_above_ms", deserialize_with = "millis")]
+    pub p95_above: Duration,
+    #[serde(rename = "backlog_older_than_secs", deserialize_with = "secs")]
+    pub backlog_older_than: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,10 +289,13 @@ pub struct WechatSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MiniProgramSettings {
-    pub access_token_secs: u64,
-    pub refresh_token_days: u64,
+    #[serde(rename = "access_token_secs", deserialize_with = "secs")]
+    pub access_token_ttl: Duration,
+    #[serde(rename = "refresh_token_days", deserialize_with = "days")]
+    pub refresh_token_ttl: Duration,
     pub privacy_notice_version: String,
-    pub download_link_secs: u64,
+    #[serde(rename = "download_link_secs", deserialize_with = "secs")]
+    pub download_link_ttl: Duration,
     pub possession_per_payer_per_min: u32,
     pub possession_per_ip_per_min: u32,
     pub session_per_ip_per_min: u32,
@@ -317,9 +361,11 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> SettingsError 
 }
 
 /// Which store the URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StoreKind {
     Postgres,
+    /// The embedded default.
+    #[default]
     Sqlite,
 }
 
@@ -367,7 +413,10 @@ impl Settings {
         {
             builder = builder.set_override("redis.url", url.as_str())?;
         }
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.store = settings
+            .store_kind_of(settings.database.url.expose_secret())
+            .unwrap_or_default();
         settings.validate()?;
         Ok(settings)
     }
@@ -402,13 +451,10 @@ impl Settings {
         if self.ops.token_failures_per_ip_per_min == 0 {
             return Err(invalid("ops.token_failures_per_ip_per_min", "must be at least 1"));
         }
-        if let Err(e) = parse_networks(&self.server.trusted_proxies) {
-            return Err(invalid("server.trusted_proxies", e));
-        }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
         }
-        if !(1..=300).contains(&self.database.acquire_timeout_secs) {
+        if !(1..=300).contains(&self.database.acquire_timeout.as_secs()) {
             return Err(invalid("database.acquire_timeout_secs", "must be between 1 and 300"));
         }
         let db = self.database.url.expose_secret();
@@ -428,10 +474,10 @@ impl Settings {
         if self.files.store == FileStoreKind::S3 && self.files.s3_bucket.is_empty() {
             return Err(invalid("files.s3_bucket", "is required when files.store = \"s3\""));
         }
-        if !(30..=3600).contains(&self.security.clock_skew_secs) {
+        if !(30..=3600).contains(&self.security.clock_skew.as_secs()) {
             return Err(invalid("security.clock_skew_secs", "must be between 30 and 3600"));
         }
-        if self.security.nonce_ttl_secs < 2 * self.security.clock_skew_secs {
+        if self.security.nonce_ttl < 2 * self.security.clock_skew {
             // A nonce must be remembered for the whole window a timestamp is accepted in.
             return Err(invalid(
                 "security.nonce_ttl_secs",
@@ -442,7 +488,7 @@ impl Settings {
             return Err(invalid("server.public_url", "is not a URL"));
         }
         let n = &self.notifier;
-        if n.retry_waits().is_err() || n.retry_waits().is_ok_and(|w| w.is_empty()) {
+        if n.retry_schedule.is_empty() {
             return Err(invalid(
                 "notifier.retry_schedule",
                 "must be a comma-separated list of durations like 15s,3m,6h",
@@ -454,7 +500,7 @@ impl Settings {
                 "and notifier.batch_size must be at least 1",
             ));
         }
-        if n.lease_secs <= n.request_timeout_secs {
+        if n.lease <= n.request_timeout {
             // A lease shorter than a call would let a second worker send while the first still waits.
             return Err(invalid(
                 "notifier.lease_secs",
@@ -488,14 +534,14 @@ impl Settings {
             return Err(invalid("wechat.api_base_url", "is not a URL"));
         }
         let mp = &self.miniprogram;
-        if !(60..=3600).contains(&mp.access_token_secs) {
+        if !(60..=3600).contains(&mp.access_token_ttl.as_secs()) {
             // Payer tokens are meant to be short-lived: refresh tokens carry the session.
             return Err(invalid("miniprogram.access_token_secs", "must be between 60 and 3600"));
         }
-        if !(1..=365).contains(&mp.refresh_token_days) {
+        if !(1..=365).contains(&(mp.refresh_token_ttl.as_secs() / 86_400)) {
             return Err(invalid("miniprogram.refresh_token_days", "must be between 1 and 365"));
         }
-        if !(10..=900).contains(&mp.download_link_secs) {
+        if !(10..=900).contains(&mp.download_link_ttl.as_secs()) {
             return Err(invalid("miniprogram.download_link_secs", "must be between 10 and 900"));
         }
         if mp.privacy_notice_version.trim().is_empty() {
@@ -549,8 +595,7 @@ impl Settings {
     }
 
     pub fn store_kind(&self) -> StoreKind {
-        self.store_kind_of(self.database.url.expose_secret())
-            .unwrap_or(StoreKind::Sqlite)
+        self.store
     }
 
     /// The database URL to connect to: the configured one, or the embedded SQLite file.
@@ -734,7 +779,7 @@ mod tests {
             env(&[("PIAOJIA_SERVER__TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7,::1")]),
         )
         .expect("proxies load");
-        let proxies = s.server.trusted_proxies();
+        let proxies = &s.server.trusted_proxies;
         assert_eq!(proxies.len(), 3);
         assert!(proxies[1].contains(&"192.168.1.7".parse::<std::net::IpAddr>().expect("ip")));
         assert!(!proxies[1].contains(&"192.168.1.8".parse::<std::net::IpAddr>().expect("ip")));

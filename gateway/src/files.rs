@@ -53,7 +53,7 @@ impl FileStore {
         Ok(Self {
             store,
             max_bytes: settings.files.max_bytes,
-            fetch_timeout: Duration::from_secs(settings.files.fetch_timeout_secs),
+            fetch_timeout: settings.files.fetch_timeout,
             allow_private: settings.files.allow_private_networks,
             allow_http: settings.files.allow_http,
         })

@@ -69,7 +69,7 @@ fn check_clock(state: &AppState, timestamp: &str) -> Result<(), ApiError> {
         .parse()
         .map_err(|_| ApiError::forbidden("stale_timestamp", "the timestamp is not a unix time"))?;
     let skew = (chrono::Utc::now().timestamp() - ts).abs();
-    if skew > state.settings.security.clock_skew_secs as i64 {
+    if skew > state.settings.security.clock_skew.as_secs() as i64 {
         return Err(ApiError::forbidden(
             "stale_timestamp",
             "the timestamp is too far from the server clock",

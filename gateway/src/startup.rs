@@ -4,7 +4,6 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
@@ -29,7 +28,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
             .with_context(|| format!("creating data_dir {}", settings.data_dir.display()))?;
     }
     let mut options = ConnectOptions::new(settings.database_url(), settings.database.max_connections);
-    options.acquire_timeout = Duration::from_secs(settings.database.acquire_timeout_secs);
+    options.acquire_timeout = settings.database.acquire_timeout;
     let store = piaojia_store::connect(&options)
         .await
         .context("connecting to the database")?;
@@ -80,8 +79,7 @@ fn wechat_client(
         },
         None => TokenCache::Memory,
     };
-    let mut client =
-        WechatClient::new(&base, cache)?.with_timeout(Duration::from_secs(settings.notifier.request_timeout_secs));
+    let mut client = WechatClient::new(&base, cache)?.with_timeout(settings.notifier.request_timeout);
     if let Some(rate) = std::num::NonZeroU32::new(settings.notifier.wechat_rate_per_sec) {
         client = client.with_rate_limit(rate);
     }
@@ -98,7 +96,7 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         .await
         .context("applying [[agencies]] from the settings")?;
     let redis = open_redis(&settings).await?;
-    let nonce_ttl = Duration::from_secs(settings.security.nonce_ttl_secs);
+    let nonce_ttl = settings.security.nonce_ttl;
     let nonces = match &redis {
         Some(conn) => NonceRegistry::redis(conn.clone(), &settings.redis.key_prefix, nonce_ttl),
         None => NonceRegistry::in_memory(nonce_ttl),
@@ -107,7 +105,7 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
     let apps = Arc::new(AppDirectory::new(
         store.clone(),
         keyring.clone(),
-        Duration::from_secs(settings.security.app_cache_secs),
+        settings.security.app_cache,
     ));
     let wake = match (&redis, settings.redis_url()) {
         (Some(conn), Some(url)) => {
@@ -127,7 +125,13 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
     );
     let settings = Arc::new(settings);
     let wallet = Arc::new(piaojia_miniprogram_api::WalletState::new(
-        settings.clone(),
+        piaojia_miniprogram_api::WalletConfig {
+            miniprogram: settings.miniprogram.clone(),
+            public_url: settings.server.public_url.clone(),
+            trusted_proxies: settings.server.trusted_proxies.clone(),
+            redis_key_prefix: settings.redis.key_prefix.clone(),
+            app_cache: settings.security.app_cache,
+        },
         store.clone(),
         keyring.clone(),
         wechat.clone(),
@@ -200,7 +204,11 @@ impl Application {
         let run_notifier = role == Role::Notifier || state.settings.notifier.enabled;
         let notifier = if run_notifier {
             let notifier = piaojia_notifier::Notifier::new(piaojia_notifier::NotifierDeps {
-                settings: state.settings.clone(),
+                config: piaojia_notifier::NotifierConfig {
+                    notifier: state.settings.notifier.clone(),
+                    alerts: state.settings.alerts.clone(),
+                    app_cache: state.settings.security.app_cache,
+                },
                 store: state.store.clone(),
                 keyring: state.keyring.clone(),
                 wechat: state.wechat.clone(),
@@ -347,7 +355,7 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
             .default_service(web::to(handlers::not_found))
     })
     .listen(listener)?
-    .shutdown_timeout(settings.server.shutdown_timeout_secs);
+    .shutdown_timeout(settings.server.shutdown_timeout.as_secs());
     if settings.server.workers > 0 {
         server = server.workers(settings.server.workers);
     }

@@ -24,16 +24,30 @@ use std::time::Duration;
 
 use actix_web::web;
 use piaojia_core::pii::Keyring;
-use piaojia_core::settings::Settings;
+use piaojia_core::settings::MiniProgramSettings;
 use piaojia_store::Store;
 use piaojia_wechat::WechatClient;
 
 pub use payer::Payer;
 pub use routes::ApiDoc;
 
+/// The settings the mini-program API reads: its own section and the few of the
+/// server's and Redis's it needs.
+#[derive(Debug, Clone)]
+pub struct WalletConfig {
+    pub miniprogram: MiniProgramSettings,
+    /// Externally visible base URL (download links).
+    pub public_url: String,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub redis_key_prefix: String,
+    /// How long a mini-program's channels may be cached.
+    pub app_cache: Duration,
+}
+
 /// What the mini-program routes share. The gateway builds it next to its own state.
 pub struct WalletState {
-    pub settings: Arc<Settings>,
+    pub settings: WalletConfig,
     pub store: Arc<dyn Store>,
     pub keyring: Arc<Keyring>,
     pub wechat: Arc<WechatClient>,
@@ -44,13 +58,11 @@ pub struct WalletState {
     pub limits: limits::PossessionLimits,
     /// Sign-ins per client address and per mini-program.
     pub session_limits: limits::SessionLimits,
-    /// Proxies whose `X-Forwarded-For` names the client.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl WalletState {
     pub fn new(
-        settings: Arc<Settings>,
+        settings: WalletConfig,
         store: Arc<dyn Store>,
         keyring: Arc<Keyring>,
         wechat: Arc<WechatClient>,
@@ -61,10 +73,10 @@ impl WalletState {
         let (per_payer, per_ip) = (mp.possession_per_payer_per_min, mp.possession_per_ip_per_min);
         Self {
             tokens: tokens::TokenKeys::new(&keyring),
-            apps: apps::MiniPrograms::new(store.clone(), Duration::from_secs(settings.security.app_cache_secs)),
+            apps: apps::MiniPrograms::new(store.clone(), settings.app_cache),
             limits: match redis {
                 Some(conn) => {
-                    limits::PossessionLimits::shared(per_payer, per_ip, conn.clone(), &settings.redis.key_prefix)
+                    limits::PossessionLimits::shared(per_payer, per_ip, conn.clone(), &settings.redis_key_prefix)
                 }
                 None => limits::PossessionLimits::new(per_payer, per_ip),
             },
@@ -72,9 +84,8 @@ impl WalletState {
                 mp.session_per_ip_per_min,
                 mp.session_per_app_per_min,
                 redis,
-                &settings.redis.key_prefix,
+                &settings.redis_key_prefix,
             ),
-            trusted_proxies: settings.server.trusted_proxies(),
             settings,
             store,
             keyring,

@@ -45,7 +45,9 @@ impl Alerter {
         let now = Timestamp::now();
         match self.store.firing_alert(rule, key).await? {
             Some(mut alert) => {
-                if now - alert.last_notified_at >= TimeDelta::seconds(self.cfg.renotify_every_secs as i64) {
+                if now - alert.last_notified_at
+                    >= TimeDelta::from_std(self.cfg.renotify_every).unwrap_or(TimeDelta::MAX)
+                {
                     alert.last_notified_at = now;
                     alert.message = message;
                     self.store.save_alert(&alert).await?;
@@ -124,19 +126,20 @@ impl Alerter {
     /// One evaluation of the rules over the last day's figures and the backlog.
     pub async fn evaluate(&self, open_breakers: &[String]) -> Result<(), StoreError> {
         let now = Timestamp::now();
+        let window_mins = (self.cfg.window.as_secs() / 60) as i64;
         let rows = self
             .store
-            .stats_since(now - TimeDelta::minutes(self.cfg.window_mins as i64 + 1))
+            .stats_since(now - TimeDelta::minutes(window_mins + 1))
             .await?;
         for scope in [Scope::Channel, Scope::Interface] {
             for summary in tracker::summaries(&rows, scope, now) {
-                let w = tracker::window_of(&rows, scope, &summary.key, now, self.cfg.window_mins as i64);
+                let w = tracker::window_of(&rows, scope, &summary.key, now, window_mins);
                 let key = format!("{}:{}", scope.as_str(), summary.key);
                 match w.success_rate {
                     Some(rate) if w.attempts >= self.cfg.min_attempts && rate < self.cfg.success_rate_below => {
                         let msg = format!(
                             "近{}分钟成功率 {:.1}%（{} 次中成功 {} 次）",
-                            self.cfg.window_mins,
+                            window_mins,
                             rate * 100.0,
                             w.attempts,
                             w.successes
@@ -146,13 +149,9 @@ impl Alerter {
                     _ => self.resolve(SUCCESS_RATE, &key).await?,
                 }
                 match w.p95_ms {
-                    Some(p95) if w.attempts >= self.cfg.min_attempts && p95 > self.cfg.p95_above_ms => {
-                        self.fire(
-                            LATENCY_P95,
-                            &key,
-                            format!("近{}分钟 p95 延迟约 {p95} ms", self.cfg.window_mins),
-                        )
-                        .await?;
+                    Some(p95) if w.attempts >= self.cfg.min_attempts && p95 > self.cfg.p95_above.as_millis() as u64 => {
+                        self.fire(LATENCY_P95, &key, format!("近{window_mins}分钟 p95 延迟约 {p95} ms"))
+                            .await?;
                     }
                     _ => self.resolve(LATENCY_P95, &key).await?,
                 }
@@ -179,7 +178,7 @@ impl Alerter {
             entry.1 = entry.1.max(age);
         }
         for (key, (pending, age)) in &channels {
-            if *age > self.cfg.backlog_older_than_secs as i64 {
+            if *age > self.cfg.backlog_older_than.as_secs() as i64 {
                 self.fire(
                     BACKLOG_AGE,
                     key,

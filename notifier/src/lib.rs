@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
 use piaojia_core::pii::Keyring;
-use piaojia_core::settings::Settings;
+use piaojia_core::settings::{AlertSettings, NotifierSettings};
 use piaojia_store::{ChannelKind, Store, Timestamp};
 use piaojia_wechat::client::WechatClient;
 use tokio::sync::Semaphore;
@@ -55,8 +55,17 @@ struct Claimed {
     asked: usize,
 }
 
+/// The settings the notifier reads: its own section, the alert rules, and how long
+/// an app may be cached (as the gateway caches it).
+#[derive(Debug, Clone)]
+pub struct NotifierConfig {
+    pub notifier: NotifierSettings,
+    pub alerts: AlertSettings,
+    pub app_cache: Duration,
+}
+
 pub struct NotifierDeps {
-    pub settings: Arc<Settings>,
+    pub config: NotifierConfig,
     pub store: Arc<dyn Store>,
     pub keyring: Arc<Keyring>,
     pub wechat: Arc<WechatClient>,
@@ -66,7 +75,7 @@ pub struct NotifierDeps {
 
 struct Inner {
     store: Arc<dyn Store>,
-    settings: Arc<Settings>,
+    config: NotifierConfig,
     owner: String,
     schedule: RetrySchedule,
     breakers: Breakers,
@@ -89,9 +98,8 @@ pub struct Notifier {
 impl Notifier {
     /// Needs a Tokio runtime: it starts the writer that records finished attempts.
     pub fn new(deps: NotifierDeps) -> anyhow::Result<Self> {
-        let n = &deps.settings.notifier;
-        let waits = n.retry_waits().map_err(anyhow::Error::msg)?;
-        let timeout = Duration::from_secs(n.request_timeout_secs);
+        let n = &deps.config.notifier;
+        let timeout = n.request_timeout;
         let mut adapters: HashMap<ChannelKind, Arc<dyn ChannelAdapter>> = HashMap::new();
         adapters.insert(
             ChannelKind::IssuerWebhook,
@@ -105,10 +113,10 @@ impl Notifier {
         for kind in ChannelKind::ALL.iter().filter(|k| k.is_wechat()) {
             adapters.insert(*kind, wechat.clone());
         }
-        let callbacks = (deps.settings.security.app_cache_secs > 0).then(|| {
+        let callbacks = (!deps.config.app_cache.is_zero()).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(deps.settings.security.app_cache_secs))
+                .time_to_live(deps.config.app_cache)
                 .build()
         });
         let owner = format!("notifier-{}", Uuid::now_v7().simple());
@@ -116,22 +124,22 @@ impl Notifier {
             inner: Arc::new(Inner {
                 completions: Completions::start(deps.store.clone(), owner.clone()),
                 owner,
-                schedule: RetrySchedule::new(waits, n.jitter_percent),
+                schedule: RetrySchedule::new(n.retry_schedule.clone(), n.jitter_percent),
                 breakers: Breakers::new(BreakerConfig {
                     failures: n.breaker_failures,
                     failure_rate: n.breaker_failure_rate,
-                    window: Duration::from_secs(n.breaker_window_secs),
-                    open_for: Duration::from_secs(n.breaker_open_secs),
-                    max_open_for: Duration::from_secs(n.breaker_max_open_secs),
+                    window: n.breaker_window,
+                    open_for: n.breaker_open,
+                    max_open_for: n.breaker_max_open,
                 }),
-                alerter: alerts::Alerter::new(deps.store.clone(), deps.settings.alerts.clone()),
+                alerter: alerts::Alerter::new(deps.store.clone(), deps.config.alerts.clone()),
                 permits: Arc::new(Semaphore::new(n.concurrency)),
                 callbacks,
                 tracker: deps.tracker,
                 adapters,
                 wake: deps.wake,
                 store: deps.store,
-                settings: deps.settings,
+                config: deps.config,
             }),
         })
     }
@@ -141,7 +149,7 @@ impl Notifier {
     pub async fn run(&self, shutdown: CancellationToken) {
         self.inner.wake.spawn_listener(shutdown.clone());
         let housekeeping = tokio::spawn(self.clone().housekeeping(shutdown.clone()));
-        let poll = Duration::from_millis(self.inner.settings.notifier.poll_interval_ms);
+        let poll = self.inner.config.notifier.poll_interval;
         tracing::info!(owner = %self.inner.owner, "notifier started");
         while !shutdown.is_cancelled() {
             let last_claim = Instant::now();
@@ -165,7 +173,7 @@ impl Notifier {
             }
         }
         // Wait for in-flight sends.
-        let total = self.inner.settings.notifier.concurrency as u32;
+        let total = self.inner.config.notifier.concurrency as u32;
         let _ = self.inner.permits.acquire_many(total).await;
         housekeeping.abort();
         let _ = self.inner.tracker.flush(self.inner.store.as_ref()).await;
@@ -177,7 +185,7 @@ impl Notifier {
     /// it claims in batches rather than once per worker that finishes.
     async fn claim(&self) -> piaojia_store::Result<Claimed> {
         let inner = &self.inner;
-        let n = &inner.settings.notifier;
+        let n = &inner.config.notifier;
         let batch = (n.batch_size as usize).clamp(1, n.concurrency.max(1));
         let permits = inner.permits.clone();
         let gathered = tokio::time::timeout(BATCH_GATHER, permits.clone().acquire_many_owned(batch as u32)).await;
@@ -196,7 +204,7 @@ impl Notifier {
         };
         let asked = workers.num_permits();
         let now = Timestamp::now();
-        let lease = TimeDelta::seconds(n.lease_secs as i64);
+        let lease = TimeDelta::from_std(n.lease).unwrap_or(TimeDelta::seconds(30));
         let jobs = inner
             .store
             .claim_deliveries(&inner.owner, now, now + lease, asked as i64)
@@ -218,7 +226,7 @@ impl Notifier {
     /// Stats flushing, backlog gauges and alert evaluation.
     async fn housekeeping(self, shutdown: CancellationToken) {
         let inner = &self.inner;
-        let every = Duration::from_secs(inner.settings.alerts.evaluate_every_secs.max(1));
+        let every = inner.config.alerts.evaluate_every.max(Duration::from_secs(1));
         let mut flush = tokio::time::interval(Duration::from_secs(5));
         let mut evaluate = tokio::time::interval(every);
         loop {

@@ -96,7 +96,7 @@ impl Notifier {
         let started_at = Timestamp::now();
         let clock = Instant::now();
         // A second past the client's own timeout: the adapter's answer wins a tie.
-        let timeout = Duration::from_secs(self.inner.settings.notifier.request_timeout_secs + 1);
+        let timeout = self.inner.config.notifier.request_timeout + Duration::from_secs(1);
         let result = match tokio::time::timeout(timeout, adapter.send(job)).await {
             Ok(r) => r,
             Err(_) => SendResult::Retryable {
@@ -285,7 +285,7 @@ impl Notifier {
             park_reason: Some(ParkReason::Outage),
             ..DeliveryFilter::default()
         };
-        let spacing = TimeDelta::milliseconds(inner.settings.notifier.release_spacing_ms as i64);
+        let spacing = TimeDelta::from_std(inner.config.notifier.release_spacing).unwrap_or(TimeDelta::zero());
         match inner.store.redrive(&filter, Timestamp::now(), spacing).await {
             Ok(n) => tracing::info!(interface, released = n, "interface recovered"),
             Err(e) => tracing::error!(interface, error = %e, "releasing parked deliveries failed"),
@@ -306,8 +306,8 @@ impl Notifier {
     fn spawn_renewal(&self, delivery_id: Uuid) -> CancellationToken {
         let token = CancellationToken::new();
         let (store, owner) = (self.inner.store.clone(), self.inner.owner.clone());
-        let lease = self.inner.settings.notifier.lease_secs;
-        let every = Duration::from_secs((lease / 3).max(1));
+        let lease = self.inner.config.notifier.lease;
+        let every = (lease / 3).max(Duration::from_secs(1));
         let stop = token.clone();
         tokio::spawn(
             async move {
@@ -315,7 +315,7 @@ impl Notifier {
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(every) => {
-                            let until = Timestamp::now() + TimeDelta::seconds(lease as i64);
+                            let until = Timestamp::now() + TimeDelta::from_std(lease).unwrap_or(TimeDelta::seconds(30));
                             if !matches!(store.renew_lease(delivery_id, &owner, until).await, Ok(true)) {
                                 tracing::warn!("lease renewal failed");
                                 return;

@@ -51,7 +51,7 @@ pub(crate) async fn check(req: &HttpRequest) -> Result<Operator, ApiError> {
             "the operator API is off: set ops.token",
         ));
     }
-    let ip = piaojia_web::client::client_ip(req, &state.settings.server.trusted_proxies());
+    let ip = piaojia_web::client::client_ip(req, &state.settings.server.trusted_proxies);
     let key = ip.map(piaojia_web::client::limit_key).unwrap_or_default();
     if let Some(wait) = state.ops_limits.refusal(TOKEN_FAILURES, &key).await {
         return Err(ApiError::too_many_requests("too_many_attempts", wait.as_secs() + 1));

@@ -127,7 +127,7 @@ async fn authenticate(req: &HttpRequest, payload: Payload, kind: AppKind) -> Res
     })?;
 
     let now = chrono::Utc::now().timestamp();
-    let skew = state.settings.security.clock_skew_secs as i64;
+    let skew = state.settings.security.clock_skew.as_secs() as i64;
     if (now - params.timestamp).abs() > skew {
         return Err(ApiError::unauthorized(
             "auth_stale_timestamp",

@@ -249,7 +249,7 @@ pub async fn redrive(
             ),
         );
     }
-    let spacing = TimeDelta::milliseconds(state.settings.notifier.release_spacing_ms as i64);
+    let spacing = TimeDelta::from_std(state.settings.notifier.release_spacing).unwrap_or(TimeDelta::zero());
     let n = state.store.redrive(&f, Utc::now().into(), spacing).await?;
     state.wake.notify().await;
     tracing::info!(redriven = n, "operator re-drive");

@@ -53,7 +53,7 @@ pub async fn link(
         .as_ref()
         .ok_or_else(|| ApiError::not_found("file_not_found", "the issuer sent no file for this receipt"))?;
     let now = Utc::now();
-    let ttl = state.settings.miniprogram.download_link_secs;
+    let ttl = state.settings.miniprogram.download_link_ttl.as_secs();
     let token = state.tokens.issue_download(
         &DownloadGrant {
             payer_id: payer.id,
@@ -64,7 +64,7 @@ pub async fn link(
         ttl,
     );
     let path = format!("/v1/mp/files/{}?token={token}", d.receipt.id);
-    let base = state.settings.server.public_url.trim_end_matches('/');
+    let base = state.settings.public_url.trim_end_matches('/');
     Ok(HttpResponse::Ok().json(DownloadLinkView {
         url: format!("{base}{path}"),
         expires_at: now + Duration::seconds(ttl as i64),

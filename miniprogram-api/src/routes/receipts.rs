@@ -367,7 +367,7 @@ pub async fn add(
     body: web::Json<AddRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let claim = add_claim(&body)?;
-    let ip = piaojia_web::client::client_ip(&req, &state.trusted_proxies);
+    let ip = piaojia_web::client::client_ip(&req, &state.settings.trusted_proxies);
     if let Err(wait) = state.limits.check(payer.id, ip).await {
         return Err(ApiError::too_many_requests("too_many_attempts", wait.as_secs() + 1));
     }

@@ -40,17 +40,18 @@ fn issue(state: &WalletState, payer_id: Uuid, app_id: &str, registered: bool, pa
     SessionView {
         access_token: state
             .tokens
-            .issue_access(payer_id, app_id, Utc::now(), mp.access_token_secs),
+            .issue_access(payer_id, app_id, Utc::now(), mp.access_token_ttl.as_secs()),
         token_type: "Bearer",
-        expires_in: mp.access_token_secs,
+        expires_in: mp.access_token_ttl.as_secs(),
         refresh_token: pair.0,
-        refresh_expires_in: mp.refresh_token_days * 86_400,
+        refresh_expires_in: mp.refresh_token_ttl.as_secs(),
         registered,
     }
 }
 
 fn refresh_expiry(state: &WalletState) -> piaojia_store::Timestamp {
-    piaojia_store::Timestamp::now() + Duration::days(state.settings.miniprogram.refresh_token_days as i64)
+    piaojia_store::Timestamp::now()
+        + Duration::from_std(state.settings.miniprogram.refresh_token_ttl).unwrap_or(Duration::days(30))
 }
 
 /// Sign in with a `wx.login` code.
@@ -95,7 +96,7 @@ pub async fn login(
         .await?
         .ok_or_else(|| ApiError::not_found("miniprogram_not_found", "no enabled mini-program has this appid"))?;
     // Before WeChat is asked: bogus codes must not spend the app's quota.
-    let ip = piaojia_web::client::client_ip(&req, &state.trusted_proxies);
+    let ip = piaojia_web::client::client_ip(&req, &state.settings.trusted_proxies);
     if let Err(wait) = state.session_limits.check(ip, &app_id).await {
         tracing::warn!(app_id, "sign-ins over their limit");
         return Err(ApiError::too_many_requests("too_many_attempts", wait.as_secs() + 1));
