@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{FieldProblem, Problem};
 use crate::issuer::routes as issuer;
-use crate::message_server as wechat_events;
+use crate::message_server;
 use crate::operator::routes as ops;
 use crate::service::health;
 
@@ -29,8 +29,8 @@ use crate::service::health;
         ops::alerts,
         ops::deliveries,
         ops::redrive,
-        wechat_events::verify,
-        wechat_events::receive,
+        message_server::verify,
+        message_server::receive,
     ),
     components(schemas(Problem, FieldProblem)),
     modifiers(&Security),
