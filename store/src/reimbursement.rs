@@ -432,7 +432,7 @@ impl<D: Dialect> Reimbursement for Db<D> {
         let mut current = std::collections::HashMap::with_capacity(order.len());
         for id in &order {
             let row = load_state(tx.conn(), D::row_lock(FIND, FIND_LOCKED), *id).await?;
-            let row = row.ok_or(StoreError::NotFound)?;
+            let row = row.ok_or(StoreError::NotFound(crate::Entity::Receipt))?;
             current.insert(*id, row);
         }
         // Someone may have answered the same request id while we waited.
@@ -624,7 +624,7 @@ impl<D: Dialect> TestSupport for Db<D> {
             .execute(&mut *self.d.writer().await?)
             .await?;
         if changed == 0 {
-            return Err(StoreError::NotFound);
+            return Err(StoreError::NotFound(crate::Entity::Receipt));
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Reimburser;
-use crate::error::{ApiError, Problem};
+use crate::error::{ApiError, ErrorCode, Problem};
 use crate::issuer::routes::parse_json;
 use crate::state::AppState;
 
@@ -231,12 +231,14 @@ fn refusal_problem(refusal: ReimbursementRefusal, pointer: String) -> ApiError {
         ReimbursementRefusal::LockRequired => "you hold no lock on this receipt: lock it first",
         ReimbursementRefusal::PaidExceedsTotal => "the amount paid exceeds the receipt's total",
     };
-    let e = if refusal == ReimbursementRefusal::PaidExceedsTotal {
-        ApiError::unprocessable(refusal.as_str(), detail)
-    } else {
-        ApiError::conflict(refusal.as_str(), detail)
+    let code = match refusal {
+        ReimbursementRefusal::LockedByOther => ErrorCode::ReceiptLockedByOther,
+        ReimbursementRefusal::AlreadyClosed => ErrorCode::ReceiptAlreadyClosed,
+        ReimbursementRefusal::Reversed => ErrorCode::ReceiptReversed,
+        ReimbursementRefusal::LockRequired => ErrorCode::LockRequired,
+        ReimbursementRefusal::PaidExceedsTotal => ErrorCode::PaidExceedsTotal,
     };
-    e.field(pointer, refusal.as_str(), detail)
+    ApiError::with(code, detail).field(pointer, refusal.as_str(), detail)
 }
 
 /// Runs one request (single or batch) through the store.
@@ -317,18 +319,20 @@ async fn apply(
         ReimbursementOutcome::Applied(r) => (r, false),
         ReimbursementOutcome::Replayed(r) => (r, true),
         ReimbursementOutcome::RequestIdReused => {
-            return Err(
-                ApiError::conflict("request_id_reused", "this requestId was used for a different request").field(
-                    "/requestId",
-                    "request_id_reused",
-                    "use a new requestId for a new request",
-                ),
-            );
+            return Err(ApiError::with(
+                ErrorCode::RequestIdReused,
+                "this requestId was used for a different request",
+            )
+            .field(
+                "/requestId",
+                "request_id_reused",
+                "use a new requestId for a new request",
+            ));
         }
         ReimbursementOutcome::NotFound { index } => {
             let at = items.get(index).map(|i| i.0.clone()).unwrap_or_default();
-            return Err(ApiError::not_found(
-                "receipt_not_found",
+            return Err(ApiError::with(
+                ErrorCode::ReceiptNotFound,
                 "no receipt with this code, number and check code from an agency you accept",
             )
             .field(at, "receipt_not_found", "check the code, number and check code"));
@@ -564,8 +568,8 @@ pub async fn history(
         .into_iter()
         .find(|r| caller.accepted_agency_ids.contains(&r.agency_id))
     else {
-        return Err(ApiError::not_found(
-            "receipt_not_found",
+        return Err(ApiError::with(
+            ErrorCode::ReceiptNotFound,
             "no receipt with this code, number and check code from an agency you accept",
         ));
     };
