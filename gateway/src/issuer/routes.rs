@@ -212,7 +212,7 @@ pub async fn get_receipt(
     responses(
         (status = 200, body = crate::reimburser::views::HistoryView),
         (status = 400, description = "Malformed code or number (`invalid_path`)", body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not held for this agency (`receipt_not_found`)", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -265,7 +265,7 @@ pub async fn redrive(
     params(("id" = Uuid, Path, description = "The receipt's id")),
     responses(
         (status = 200, body = crate::reimburser::views::HistoryView),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `auth_bad_token`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
     )
 )]

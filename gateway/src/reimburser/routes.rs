@@ -145,7 +145,7 @@ fn key(r: &ReceiptRef) -> ReceiptKey {
     request_body(content = VerifyRequest, example = json!({"billBatchCode": "11060124", "billNo": "0000000901", "random": "a1b2c3", "issuedDate": "2026-11-23", "totalAmt": "128.50"})),
     responses(
         (status = 200, body = VerificationView, example = json!({"authentic": true, "agencyCode": "12110000400000001A", "agencyName": "示例市第一人民医院", "issuedAt": "2026-11-23T01:30:00Z", "totalAmt": "128.50", "reversed": false, "reimbursementState": "INIT", "heldByYou": false, "accepted": true})),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`reimburser_not_registered`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
     )
@@ -385,7 +385,7 @@ async fn single(
     request_body(content = ChangeRequest, example = json!({"requestId": "c0ffee-0001", "billBatchCode": "11060124", "billNo": "0000000901", "random": "a1b2c3"})),
     responses(
         (status = 200, body = ChangeResultView, example = json!({"requestId": "c0ffee-0001", "replayed": false, "receipts": [{"billBatchCode": "11060124", "billNo": "0000000901", "reimbursementState": "LOCK", "heldByYou": true, "lockedAt": "2026-11-24T02:00:00Z", "paidAmt": null, "totalAmt": "128.50"}]})),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`receipt_not_found` (none with this check code from an accepted agency)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`receipt_locked_by_other`, `receipt_already_closed`, `receipt_reversed`, `request_id_reused`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
@@ -406,7 +406,7 @@ pub async fn lock(state: web::Data<AppState>, req: HttpRequest, caller: Reimburs
     request_body(content = ChangeRequest, example = json!({"requestId": "c0ffee-0003", "billBatchCode": "11060124", "billNo": "0000000901", "random": "a1b2c3", "paidAmt": "100.00"})),
     responses(
         (status = 200, body = ChangeResultView, example = json!({"requestId": "c0ffee-0003", "replayed": false, "receipts": [{"billBatchCode": "11060124", "billNo": "0000000901", "reimbursementState": "CLOSURE", "heldByYou": true, "lockedAt": "2026-11-24T02:00:00Z", "paidAmt": "100.00", "totalAmt": "128.50"}]})),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`lock_required`, `receipt_locked_by_other`, `receipt_already_closed`, `receipt_reversed`, `request_id_reused`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`, `paid_exceeds_total`", body = Problem, content_type = "application/problem+json"),
@@ -426,7 +426,7 @@ pub async fn close(state: web::Data<AppState>, req: HttpRequest, caller: Reimbur
     request_body(content = ChangeRequest, example = json!({"requestId": "c0ffee-0004", "billBatchCode": "11060124", "billNo": "0000000901", "random": "a1b2c3"})),
     responses(
         (status = 200, body = ChangeResultView, example = json!({"requestId": "c0ffee-0004", "replayed": false, "receipts": [{"billBatchCode": "11060124", "billNo": "0000000901", "reimbursementState": "INIT", "heldByYou": false, "lockedAt": null, "paidAmt": null, "totalAmt": "128.50"}]})),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`lock_required`, `receipt_locked_by_other`, `receipt_already_closed`, `receipt_reversed`, `request_id_reused`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
@@ -451,7 +451,7 @@ pub async fn unlock(
     request_body(content = ChangeRequest, example = json!({"requestId": "c0ffee-0005", "billBatchCode": "11060124", "billNo": "0000000901", "random": "a1b2c3", "reason": "不在保障范围"})),
     responses(
         (status = 200, body = ChangeResultView, example = json!({"requestId": "c0ffee-0005", "replayed": false, "receipts": [{"billBatchCode": "11060124", "billNo": "0000000901", "reimbursementState": "INIT", "heldByYou": false, "lockedAt": null, "paidAmt": null, "totalAmt": "128.50"}]})),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`receipt_locked_by_other`, `receipt_already_closed`, `receipt_reversed`, `request_id_reused`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed` (a reason is required)", body = Problem, content_type = "application/problem+json"),
@@ -477,7 +477,7 @@ pub async fn reject(
     request_body(content = BatchRequest, example = json!({"requestId": "c0ffee-0002", "action": "lock", "receipts": [{"billBatchCode": "11060124", "billNo": "0000000901", "random": "a1b2c3"}, {"billBatchCode": "11060124", "billNo": "0000000902", "random": "d4e5f6"}]})),
     responses(
         (status = 200, body = ChangeResultView),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`receipt_locked_by_other`, `receipt_already_closed`, `receipt_reversed`, `lock_required`, `request_id_reused`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`, `paid_exceeds_total`", body = Problem, content_type = "application/problem+json"),
@@ -544,7 +544,7 @@ pub struct HistoryQuery {
     ),
     responses(
         (status = 200, body = HistoryView, example = json!({"billBatchCode": "11060124", "billNo": "0000000901", "reimbursementState": "CLOSURE", "entries": [{"id": "019ad1c0-0000-7000-8000-000000000001", "actor": "insurer01", "action": "lock", "fromState": "INIT", "toState": "LOCK", "paidAmt": null, "reason": null, "remoteAddr": "203.0.113.7", "requestId": "c0ffee-0001", "at": "2026-11-24T02:00:00Z"}]})),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
     )
 )]
