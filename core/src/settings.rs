@@ -31,6 +31,7 @@ pub struct Settings {
     pub ops: OpsSettings,
     pub wechat: WechatSettings,
     pub miniprogram: MiniProgramSettings,
+    pub pages: PagesSettings,
     #[serde(default)]
     pub agencies: Vec<AgencyProvision>,
     /// Which store `database.url` names, decided once at load.
@@ -303,6 +304,24 @@ pub struct MiniProgramSettings {
     pub page_size_max: u32,
 }
 
+/// The official account's pages inside WeChat (H5) and WeChat's own channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagesSettings {
+    /// Lifetime of a page session (the cookie after web OAuth).
+    #[serde(rename = "session_secs", deserialize_with = "secs")]
+    pub session_ttl: Duration,
+    /// Lifetime of a temporary parametric QR code for one receipt (WeChat allows
+    /// up to 30 days).
+    #[serde(rename = "qr_secs", deserialize_with = "secs")]
+    pub qr_ttl: Duration,
+    /// Lifetime of an OAuth `state` (sign-in started, not yet come back).
+    #[serde(rename = "oauth_state_secs", deserialize_with = "secs")]
+    pub oauth_state_ttl: Duration,
+    /// Paper-QR views (check code checks) per minute per client address.
+    pub paper_qr_per_ip_per_min: u32,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgencyProvision {
@@ -438,6 +457,22 @@ impl Settings {
                 "server.metrics_address",
                 "must be an address like 127.0.0.1:9464 (or empty: no metrics listener)",
             ));
+        }
+        let qr = self.pages.qr_ttl.as_secs();
+        if !(60..=2_592_000).contains(&qr) {
+            return Err(invalid(
+                "pages.qr_secs",
+                "must be between 60 and 2592000 (WeChat's limit)",
+            ));
+        }
+        if self.pages.session_ttl.as_secs() < 60 {
+            return Err(invalid("pages.session_secs", "must be at least 60"));
+        }
+        if self.pages.oauth_state_ttl.as_secs() < 30 {
+            return Err(invalid("pages.oauth_state_secs", "must be at least 30"));
+        }
+        if self.pages.paper_qr_per_ip_per_min == 0 {
+            return Err(invalid("pages.paper_qr_per_ip_per_min", "must be at least 1"));
         }
         let ops_token = self.ops.token.expose_secret();
         if !ops_token.is_empty() && ops_token.chars().count() < OPS_TOKEN_MIN_CHARS {

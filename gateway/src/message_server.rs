@@ -197,6 +197,13 @@ pub async fn receive(
     {
         return Ok(HttpResponse::Ok().content_type("text/plain").body("success"));
     }
+    // Scan to view: a parametric QR code of one receipt, scanned by a follower
+    // (`SCAN`) or a new follower (`subscribe` with `qrscene_`).
+    if (ev.is_event(event::EVENT_SCAN) || ev.is_event(event::EVENT_SUBSCRIBE))
+        && let (Some(scene), Some(openid)) = (ev.qr_scene(), ev.from_user_name.as_deref())
+    {
+        crate::pages::deliver_scanned_receipt(&state, &appid, openid, scene).await?;
+    }
     if ev.is_event(event::EVENT_TEMPLATE_SEND_JOB_FINISH) {
         let msg_id = ev.job_msg_id.clone().unwrap_or_default();
         let status = ev.status.clone().unwrap_or_default();

@@ -8,6 +8,7 @@ use crate::error::{FieldProblem, Problem};
 use crate::issuer::routes as issuer;
 use crate::message_server;
 use crate::operator::routes as ops;
+use crate::pages::routes as pages;
 use crate::service::health;
 
 #[derive(OpenApi)]
@@ -22,6 +23,14 @@ use crate::service::health;
         issuer::push_receipt,
         issuer::get_receipt,
         issuer::reverse_receipt,
+        issuer::receipt_qrcode,
+        pages::stylesheet,
+        pages::oauth_callback,
+        pages::list,
+        pages::detail,
+        pages::download,
+        pages::paper,
+        pages::add_to_wallet,
         health::healthz,
         health::readyz,
         ops::channels,
@@ -36,6 +45,7 @@ use crate::service::health;
     modifiers(&Security),
     tags(
         (name = "issuer", description = "Hospital billing and receipt systems push receipts and reversals"),
+        (name = "pages", description = "The official account's pages inside WeChat (H5, HTML in Chinese): payers sign in by web OAuth (snsapi_base) and see the receipts in their wallet; every failure is an error page"),
         (name = "wechat", description = "Our message server: the callback URL configured in an official account"),
         (name = "operations", description = "Health, readiness, and the operator API: channel and interface health, alerts, re-drive. Prometheus metrics are served on their own listener (`server.metrics_address`, loopback by default), not here."),
     )

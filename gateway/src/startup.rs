@@ -19,7 +19,7 @@ use crate::error::handlers;
 use crate::files::FileStore;
 use crate::nonces::NonceRegistry;
 use crate::state::{AppDirectory, AppState};
-use crate::{issuer, message_server, operator, provisioning, service, telemetry};
+use crate::{issuer, message_server, operator, pages, provisioning, service, telemetry};
 
 /// The store named by the settings, migrated when `database.migrate_on_start`.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
@@ -123,6 +123,17 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         redis.as_ref(),
         format!("{}ops_token:", settings.redis.key_prefix),
     );
+    let pages = crate::state::PagesState {
+        paper_limits: piaojia_web::rate_limit::RateLimits::with_redis(
+            &[(
+                crate::pages::routes::PAPER_LIMIT,
+                settings.pages.paper_qr_per_ip_per_min,
+            )],
+            redis.as_ref(),
+            format!("{}pages:", settings.redis.key_prefix),
+        ),
+    };
+    let base_url = crate::state::base_url(&settings, own_port);
     let settings = Arc::new(settings);
     let wallet = Arc::new(piaojia_miniprogram_api::WalletState::new(
         piaojia_miniprogram_api::WalletConfig {
@@ -164,6 +175,8 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         sandbox,
         wallet,
         ops_limits,
+        base_url,
+        pages,
     })
 }
 
@@ -208,6 +221,7 @@ impl Application {
                     notifier: state.settings.notifier.clone(),
                     alerts: state.settings.alerts.clone(),
                     app_cache: state.settings.security.app_cache,
+                    pages_base_url: state.base_url.clone(),
                 },
                 store: state.store.clone(),
                 keyring: state.keyring.clone(),
@@ -345,6 +359,7 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
                     piaojia_miniprogram_api::configure(cfg);
                     operator::configure(cfg);
                     message_server::configure(cfg);
+                    pages::configure(cfg);
                     service::docs::configure(cfg);
                 }
                 #[cfg(feature = "sandbox")]
@@ -352,7 +367,7 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
                     crate::sandbox::mount(cfg, sim);
                 }
             })
-            .default_service(web::to(handlers::not_found))
+            .default_service(web::to(pages::not_found))
     })
     .listen(listener)?
     .shutdown_timeout(settings.server.shutdown_timeout.as_secs());

@@ -62,6 +62,9 @@ pub struct NotifierConfig {
     pub notifier: NotifierSettings,
     pub alerts: AlertSettings,
     pub app_cache: Duration,
+    /// Where payers reach the official account's pages (`server.public_url`, else
+    /// the gateway's own address): a template message links the receipt's page there.
+    pub pages_base_url: String,
 }
 
 pub struct NotifierDeps {
@@ -109,6 +112,7 @@ impl Notifier {
             deps.store.clone(),
             deps.keyring.clone(),
             deps.wechat.clone(),
+            deps.config.pages_base_url.clone(),
         ));
         for kind in ChannelKind::ALL.iter().filter(|k| k.is_wechat()) {
             adapters.insert(*kind, wechat.clone());

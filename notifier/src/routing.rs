@@ -31,7 +31,7 @@ pub struct EventContext<'a> {
     pub channels: &'a [Channel],
 }
 
-fn payer_delivery(event: DeliveryEvent, channel: &Channel, open_id: &str, tried: &[ChannelKind]) -> NewDelivery {
+pub fn payer_delivery(event: DeliveryEvent, channel: &Channel, open_id: &str, tried: &[ChannelKind]) -> NewDelivery {
     NewDelivery {
         id: Uuid::now_v7(),
         event,
@@ -58,16 +58,21 @@ fn enabled(channels: &[Channel], kind: ChannelKind) -> Option<&Channel> {
     channels.iter().find(|c| c.enabled && c.kind == kind)
 }
 
+/// The agency's channel a receipt's openid is announced on (and whose user the
+/// openid is taken to be): the first enabled one in order of preference.
+pub fn payer_channel(channels: &[Channel]) -> Option<&Channel> {
+    ChannelKind::PAYER_PREFERENCE
+        .iter()
+        .find_map(|kind| enabled(channels, *kind))
+}
+
 /// The first deliveries of an event: the payer's WeChat channel when the receipt
 /// carries an openid and the agency has one; otherwise the issuer's status
 /// callback says the receipt is held without a push.
 pub fn plan(ctx: &EventContext<'_>) -> Vec<NewDelivery> {
-    let payer = ctx.open_id.and_then(|open_id| {
-        ChannelKind::PAYER_PREFERENCE
-            .iter()
-            .find_map(|kind| enabled(ctx.channels, *kind))
-            .map(|c| payer_delivery(ctx.event, c, open_id, &[c.kind]))
-    });
+    let payer = ctx
+        .open_id
+        .and_then(|open_id| payer_channel(ctx.channels).map(|c| payer_delivery(ctx.event, c, open_id, &[c.kind])));
     match (payer, ctx.callback_url) {
         (Some(d), _) => vec![d],
         (None, Some(url)) => vec![issuer_webhook(

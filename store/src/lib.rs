@@ -10,12 +10,14 @@
 //! | [`figures`] | tracking figures, backlog, alerts |
 //! | [`wallets`] | payers, sign-ins, wallets, subscription credits, audit |
 //! | [`reimbursement`] | reimbursement state (the flow lands here) |
+//! | [`official_account`] | web OAuth sessions of the official account's pages, wallets kept under an openid, QR scenes |
 //!
 //! [`Store`] is every role at once; the backend is chosen from the URL scheme at
 //! start ([`connect`]), and migrations are run deliberately ([`Store::migrate`]).
 
 pub mod figures;
 pub mod intake;
+pub mod official_account;
 mod postgres;
 pub mod queue;
 pub mod reimbursement;
@@ -33,6 +35,7 @@ use async_trait::async_trait;
 
 pub use figures::{Alert, AlertState, BacklogRow, Figures, StatsRow};
 pub use intake::{FileMeta, InsertOutcome, Intake, NewReceiptRecord, Reversal, ReversalOutcome, StoredReceipt};
+pub use official_account::OfficialAccounts;
 pub use piaojia_core::delivery::{AttemptOutcome, ChannelKind, DeliveryEvent, DeliveryStatus, ParkReason};
 pub use piaojia_core::parties::{AppKind, ReimbursementState};
 pub use postgres::PgStore;
@@ -148,7 +151,7 @@ pub(crate) struct Db<D> {
 /// story (`store/tests/`) and the whole API suite.
 #[async_trait]
 pub trait Store:
-    Tenants + Intake + DeliveryQueue + Figures + Wallets + StoreTestSupport + Send + Sync + 'static
+    Tenants + Intake + DeliveryQueue + Figures + Wallets + OfficialAccounts + StoreTestSupport + Send + Sync + 'static
 {
     fn backend(&self) -> Backend;
     /// Applies the embedded migrations of this backend.

@@ -132,6 +132,12 @@ impl Intake {
 
         let keyring = &self.keyring;
         let payer = &receipt.payer;
+        // The openid belongs to the agency's channel it is announced on: the
+        // receipt is collected into that user's wallet at once.
+        let openid_wallet = match &receipt.open_id {
+            Some(_) => routing::payer_channel(&self.apps.channels(agency.id).await?).map(|c| c.wechat_app_id.clone()),
+            None => None,
+        };
         let record = NewReceiptRecord {
             id,
             agency_id: agency.id,
@@ -162,6 +168,7 @@ impl Intake {
             received_at: Timestamp::now(),
             search_text: receipt.search_text(),
             wallet_channels: self.wallet_channels(agency.id).await?,
+            openid_wallet,
         };
         let deliveries = self
             .plan_deliveries(issuer, DeliveryEvent::Issued, receipt.open_id.as_deref())

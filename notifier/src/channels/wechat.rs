@@ -23,14 +23,30 @@ pub struct WechatChannel {
     /// Channel settings change rarely; a short cache spares a query per send.
     /// Keyed by agency; `Uuid::nil()` holds the platform's channels.
     channels: moka::future::Cache<uuid::Uuid, Arc<Vec<Channel>>>,
+    /// Where the official account's pages are (template messages link there).
+    pages_base_url: String,
+}
+
+/// The page of one receipt in the official account's pages (`/h5/{appId}/receipts/{id}`).
+pub fn receipt_page_url(base_url: &str, wechat_app_id: &str, receipt_id: uuid::Uuid) -> String {
+    format!(
+        "{}/h5/{wechat_app_id}/receipts/{receipt_id}",
+        base_url.trim_end_matches('/')
+    )
 }
 
 impl WechatChannel {
-    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, client: Arc<WechatClient>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        client: Arc<WechatClient>,
+        pages_base_url: String,
+    ) -> Self {
         Self {
             store,
             keyring,
             client,
+            pages_base_url,
             channels: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(5))
@@ -190,7 +206,13 @@ impl ChannelAdapter for WechatChannel {
             let msg = TemplateMessage {
                 touser: job.delivery.target.clone(),
                 template_id: channel.template_id.clone(),
-                url: (!page.is_empty()).then(|| format!("{page}?receipt={}", job.receipt.id)),
+                // The receipt's page among the account's own pages (signed in
+                // by web OAuth on opening): it shows the state, 已冲红 included.
+                url: Some(receipt_page_url(
+                    &self.pages_base_url,
+                    &channel.wechat_app_id,
+                    job.receipt.id,
+                )),
                 miniprogram: None,
                 // WeChat drops a repeat with the same client_msg_id: a re-sent
                 // delivery (after a crash mid-send) reaches the payer once.

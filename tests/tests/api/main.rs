@@ -7,6 +7,8 @@ mod delivery;
 mod files;
 mod message_server;
 mod operability;
+mod pages;
+mod pages_browser;
 mod privacy;
 mod receipts;
 mod reversal;
