@@ -28,7 +28,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 
 /// Scene values we make start with this (WeChat allows 1-64 characters).
@@ -113,8 +113,8 @@ pub fn qr_png(content: &str) -> Result<Vec<u8>, ApiError> {
 /// official account and records its scene.
 pub async fn create_receipt_qr(state: &AppState, receipt: &StoredReceipt) -> Result<ReceiptQrView, ApiError> {
     let Some((appid, credentials)) = agency_account(state, receipt.agency_id).await? else {
-        return Err(ApiError::conflict(
-            "no_official_account",
+        return Err(ApiError::with(
+            ErrorCode::NoOfficialAccount,
             "the agency has no enabled official account (channel wechat_template) to announce the receipt",
         ));
     };
@@ -130,7 +130,7 @@ pub async fn create_receipt_qr(state: &AppState, receipt: &StoredReceipt) -> Res
     );
     let qr = result.map_err(|e| {
         tracing::warn!(appid = %appid, error = %e, "qrcode/create failed");
-        ApiError::unavailable("wechat_unavailable", anyhow::anyhow!("WeChat refused the QR code: {e}"))
+        ApiError::with(ErrorCode::WechatUnavailable, format!("WeChat refused the QR code: {e}"))
     })?;
     let expire_seconds = qr.expire_seconds.unwrap_or(ttl).min(ttl);
     let expires_at = Timestamp::now() + chrono::TimeDelta::seconds(i64::from(expire_seconds));
