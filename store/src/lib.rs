@@ -9,6 +9,7 @@
 //! | [`queue`] | the delivery queue: claims, leases, attempts, re-drive |
 //! | [`figures`] | tracking figures, backlog, alerts |
 //! | [`wallets`] | payers, sign-ins, wallets, subscription credits, audit |
+//! | [`official_account`] | followers, providers' final reports, the card package (卡包) |
 //! | [`reimbursement`] | reimbursement state (the flow lands here) |
 //!
 //! [`Store`] is every role at once; the backend is chosen from the URL scheme at
@@ -16,6 +17,7 @@
 
 pub mod figures;
 pub mod intake;
+pub mod official_account;
 mod postgres;
 pub mod queue;
 pub mod reimbursement;
@@ -33,6 +35,7 @@ use async_trait::async_trait;
 
 pub use figures::{Alert, AlertState, BacklogRow, Figures, StatsRow};
 pub use intake::{FileMeta, InsertOutcome, Intake, NewReceiptRecord, Reversal, ReversalOutcome, StoredReceipt};
+pub use official_account::{CardOrder, CardReceipt, CardUnit, OfficialAccount, ProviderReport};
 pub use piaojia_core::delivery::{AttemptOutcome, ChannelKind, DeliveryEvent, DeliveryStatus, ParkReason};
 pub use piaojia_core::parties::{AppKind, ReimbursementState};
 pub use postgres::PgStore;
@@ -148,7 +151,7 @@ pub(crate) struct Db<D> {
 /// story (`store/tests/`) and the whole API suite.
 #[async_trait]
 pub trait Store:
-    Tenants + Intake + DeliveryQueue + Figures + Wallets + StoreTestSupport + Send + Sync + 'static
+    Tenants + Intake + DeliveryQueue + Figures + Wallets + OfficialAccount + StoreTestSupport + Send + Sync + 'static
 {
     fn backend(&self) -> Backend;
     /// Applies the embedded migrations of this backend.
