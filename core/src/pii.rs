@@ -251,6 +251,8 @@ pub mod purpose {
         pub const PAYER_ACCESS_JWT: &str = "payer-access-jwt";
         /// Signs receipt download links.
         pub const DOWNLOAD_LINK: &str = "receipt-download-link";
+        /// The signed "收入微信卡包" links of template messages.
+        pub const CARD_LINK: &str = "card-package-link";
     }
 
     /// Keyed-hash domains.

@@ -284,6 +284,11 @@ pub struct WechatSettings {
     pub mode: WechatMode,
     pub api_base_url: String,
     pub sandbox_allow_public: bool,
+    /// How long the signed "收入微信卡包" link of a template message stays valid.
+    #[serde(rename = "card_link_secs", deserialize_with = "secs")]
+    pub card_link_ttl: Duration,
+    /// The `key` of the official-account menu's "我的票据" click button.
+    pub menu_receipts_key: String,
 }
 
 /// The receipt-wallet mini-program API (payers).
@@ -575,6 +580,12 @@ impl Settings {
         }
         if !(1..=365).contains(&(mp.refresh_token_ttl.as_secs() / 86_400)) {
             return Err(invalid("miniprogram.refresh_token_days", "must be between 1 and 365"));
+        }
+        if !(60..=30 * 86_400).contains(&self.wechat.card_link_ttl.as_secs()) {
+            return Err(invalid("wechat.card_link_secs", "must be between 60 and 2592000"));
+        }
+        if self.wechat.menu_receipts_key.is_empty() || self.wechat.menu_receipts_key.len() > 128 {
+            return Err(invalid("wechat.menu_receipts_key", "must be 1 to 128 bytes"));
         }
         if !(10..=900).contains(&mp.download_link_ttl.as_secs()) {
             return Err(invalid("miniprogram.download_link_secs", "must be between 10 and 900"));

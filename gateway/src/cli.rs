@@ -65,6 +65,16 @@ pub enum Command {
         #[command(subcommand)]
         command: ChannelCommand,
     },
+    /// The official account's menu (`menu/create`).
+    Menu {
+        #[command(subcommand)]
+        command: MenuCommand,
+    },
+    /// WeChat's card package (卡包) for an agency: its card template (`createbillcard`).
+    Card {
+        #[command(subcommand)]
+        command: CardCommand,
+    },
     /// Sign and send one request as an app, printing the status and body.
     Call(CallArgs),
     /// The first minute, in the sandbox: provisions a demo hospital with an
@@ -76,6 +86,46 @@ pub enum Command {
         /// http://127.0.0.1:<server.port>).
         #[arg(long)]
         url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MenuCommand {
+    /// Set the account's menu with the "我的票据" entry: a `click` button answered
+    /// with a link to the payer's receipts, or with `--view` a `view` button
+    /// opening `/h5/{appId}/receipts`. In sandbox mode it calls the simulator of
+    /// the running `piaojia serve` (server.port).
+    Create {
+        /// The official account's WeChat appid (a `wechat_template` channel).
+        #[arg(long = "app")]
+        app_id: String,
+        #[arg(long)]
+        view: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CardCommand {
+    /// Enable the card package for an agency: its official account becomes the
+    /// platform (`card/invoice/seturl`) and gets the agency's card template
+    /// (`createbillcard`, once).
+    Enable {
+        #[arg(long)]
+        agency: String,
+        /// The agency's official account (a `wechat_template` channel).
+        #[arg(long = "app")]
+        app_id: String,
+        /// The unit's full name on the card.
+        #[arg(long)]
+        payee: String,
+        /// The logo uploaded to WeChat (an mmbiz.qpic.cn URL).
+        #[arg(long)]
+        logo_url: String,
+    },
+    /// Turn the card package off for an agency (cards already taken stay).
+    Disable {
+        #[arg(long)]
+        agency: String,
     },
 }
 
@@ -211,6 +261,21 @@ pub struct CallArgs {
     pub body: Option<PathBuf>,
 }
 
+/// The WeChat client of a one-off command: WeChat itself in live mode, the
+/// simulator of the running `piaojia serve` in sandbox mode.
+fn command_wechat_client(settings: &Settings) -> anyhow::Result<piaojia_wechat::client::WechatClient> {
+    use piaojia_core::settings::WechatMode;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let base = match settings.wechat.mode {
+        WechatMode::Live => settings.wechat.api_base_url.clone(),
+        WechatMode::Sandbox => format!("http://127.0.0.1:{}/sandbox/wechat", settings.server.port),
+    };
+    Ok(piaojia_wechat::client::WechatClient::new(
+        &base,
+        piaojia_wechat::client::TokenCache::Memory,
+    )?)
+}
+
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -297,6 +362,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo { url } => return demo(&settings, &url).await,
+        Command::Menu {
+            command: MenuCommand::Create { app_id, view },
+        } => {
+            let store = open_store(&settings).await?;
+            let keyring = settings.keyring()?;
+            let wechat = command_wechat_client(&settings)?;
+            let menu = crate::menu::create(store.as_ref(), &keyring, &wechat, &settings, &app_id, view).await?;
+            print_json(&menu.to_json())?;
+        }
+        Command::Card { command } => {
+            let store = open_store(&settings).await?;
+            match command {
+                CardCommand::Enable {
+                    agency,
+                    app_id,
+                    payee,
+                    logo_url,
+                } => {
+                    let keyring = settings.keyring()?;
+                    let wechat = command_wechat_client(&settings)?;
+                    let spec = crate::card_package::EnableCard {
+                        agency_code: agency,
+                        wechat_app_id: app_id,
+                        payee,
+                        logo_url,
+                    };
+                    print_json(&crate::card_package::enable(store.as_ref(), &keyring, &wechat, spec).await?)?;
+                }
+                CardCommand::Disable { agency } => {
+                    print_json(&crate::card_package::disable(store.as_ref(), &agency).await?)?
+                }
+            }
+        }
         Command::Migrate => {
             let mut settings = settings;
             settings.database.migrate_on_start = false;

@@ -6,10 +6,12 @@
 //! say who may call.
 
 pub mod auth;
+pub mod card_package;
 pub mod cli;
 pub use piaojia_web::error;
 pub mod files;
 pub mod issuer;
+pub mod menu;
 pub mod message_server;
 pub mod nonces;
 pub mod openapi;
@@ -17,6 +19,7 @@ pub mod operator;
 pub mod pages;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
+pub mod scan;
 pub mod service;
 pub mod startup;
 pub mod state;

@@ -40,6 +40,7 @@ use crate::service::health;
         ops::redrive,
         message_server::verify,
         message_server::receive,
+        crate::card_package::take_card,
     ),
     components(schemas(Problem, FieldProblem)),
     modifiers(&Security),

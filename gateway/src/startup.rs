@@ -149,6 +149,17 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         files.object_store(),
         redis.as_ref(),
     ));
+    let card_links = Arc::new(crate::card_package::CardLinks::new(
+        &keyring,
+        &base_url,
+        settings.wechat.card_link_ttl,
+    ));
+    let card_support: Arc<dyn piaojia_notifier::channels::card::CardSupport> =
+        Arc::new(crate::card_package::GatewayCardSupport {
+            store: store.clone(),
+            files: files.clone(),
+            links: card_links.clone(),
+        });
     let intake = crate::issuer::intake::Intake::new(
         store.clone(),
         keyring.clone(),
@@ -177,6 +188,8 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         ops_limits,
         base_url,
         pages,
+        card_links,
+        card_support,
     })
 }
 
@@ -228,6 +241,7 @@ impl Application {
                 wechat: state.wechat.clone(),
                 wake: state.wake.clone(),
                 tracker: state.tracker.clone(),
+                card_support: Some(state.card_support.clone()),
             })?;
             let token = CancellationToken::new();
             tokio::spawn({
@@ -360,6 +374,7 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
                     operator::configure(cfg);
                     message_server::configure(cfg);
                     pages::configure(cfg);
+                    crate::card_package::configure(cfg);
                     service::docs::configure(cfg);
                 }
                 #[cfg(feature = "sandbox")]

@@ -32,6 +32,10 @@ pub struct AppState {
     pub wallet: Arc<piaojia_miniprogram_api::WalletState>,
     /// Wrong operator tokens per client address.
     pub ops_limits: piaojia_web::rate_limit::RateLimits,
+    /// Signs and checks the "收入微信卡包" links.
+    pub card_links: Arc<crate::card_package::CardLinks>,
+    /// Receipt files and links for the notifier's card channel.
+    pub card_support: Arc<dyn piaojia_notifier::channels::card::CardSupport>,
     /// Where payers' browsers and WeChat reach us: `server.public_url`, else this
     /// process's own address (the embedded default).
     pub base_url: String,

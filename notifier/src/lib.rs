@@ -74,6 +74,8 @@ pub struct NotifierDeps {
     pub wechat: Arc<WechatClient>,
     pub wake: Wake,
     pub tracker: Arc<Tracker>,
+    /// Receipt files and signed links for the card package (the gateway's).
+    pub card_support: Option<Arc<dyn crate::channels::card::CardSupport>>,
 }
 
 struct Inner {
@@ -113,9 +115,19 @@ impl Notifier {
             deps.keyring.clone(),
             deps.wechat.clone(),
             deps.config.pages_base_url.clone(),
+            deps.card_support.clone(),
         ));
         for kind in ChannelKind::ALL.iter().filter(|k| k.is_wechat()) {
             adapters.insert(*kind, wechat.clone());
+        }
+        let card: Arc<dyn ChannelAdapter> = Arc::new(crate::channels::card::CardChannel::new(
+            deps.store.clone(),
+            deps.keyring.clone(),
+            deps.wechat.clone(),
+            deps.card_support.clone(),
+        ));
+        for kind in ChannelKind::ALL.iter().filter(|k| k.is_card()) {
+            adapters.insert(*kind, card.clone());
         }
         let callbacks = (!deps.config.app_cache.is_zero()).then(|| {
             moka::future::Cache::builder()

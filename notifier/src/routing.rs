@@ -15,6 +15,51 @@ pub fn wechat_interface(wechat_app_id: &str, kind: ChannelKind) -> String {
     format!("wechat:{wechat_app_id}:{api}")
 }
 
+/// The outside interface a card-package delivery calls (breakers and figures).
+pub fn card_interface(wechat_app_id: &str, kind: ChannelKind) -> String {
+    let api = match kind {
+        ChannelKind::CardPdf => "setpdf",
+        ChannelKind::CardInsert => "insertbill",
+        _ => "updatestatus",
+    };
+    format!("wechat:{wechat_app_id}:{api}")
+}
+
+/// A card-package delivery of `kind` for the card of `wechat_app_id`.
+pub fn card_delivery(
+    event: DeliveryEvent,
+    kind: ChannelKind,
+    wechat_app_id: &str,
+    open_id: &str,
+    payload: serde_json::Value,
+) -> NewDelivery {
+    NewDelivery {
+        id: Uuid::now_v7(),
+        event,
+        channel: kind,
+        target: open_id.to_owned(),
+        interface: card_interface(wechat_app_id, kind),
+        payload: Some(payload),
+    }
+}
+
+/// What follows a delivered card-package call: the PDF uploaded, the card is
+/// inserted with its `s_media_id`.
+pub fn card_follow_up(finished: &Delivery, provider_ref: Option<&str>) -> Option<NewDelivery> {
+    if finished.channel != ChannelKind::CardPdf {
+        return None;
+    }
+    let media_id = provider_ref?;
+    let appid = finished.interface.split(':').nth(1).unwrap_or_default();
+    Some(card_delivery(
+        finished.event,
+        ChannelKind::CardInsert,
+        appid,
+        &finished.target,
+        json!({ crate::channels::card::MEDIA_ID: media_id }),
+    ))
+}
+
 /// Webhooks are tracked and broken per target host.
 pub fn webhook_interface(url: &str) -> String {
     let host = url::Url::parse(url)
@@ -116,7 +161,7 @@ pub fn follow_ups(
     callback_url: Option<&str>,
     fallback: Option<&Channel>,
 ) -> Vec<NewDelivery> {
-    if finished.channel == ChannelKind::IssuerWebhook {
+    if finished.channel == ChannelKind::IssuerWebhook || finished.channel.is_card() {
         return Vec::new();
     }
     let mut out = Vec::new();

@@ -9,8 +9,9 @@
 //! | [`queue`] | the delivery queue: claims, leases, attempts, re-drive |
 //! | [`figures`] | tracking figures, backlog, alerts |
 //! | [`wallets`] | payers, sign-ins, wallets, subscription credits, audit |
+//! | [`official_account`] | followers, providers' final reports, the card package (卡包) |
 //! | [`reimbursement`] | reimbursement state (the flow lands here) |
-//! | [`official_account`] | web OAuth sessions of the official account's pages, wallets kept under an openid, QR scenes |
+//! | [`pages`] | web OAuth sessions of the official account's pages, wallets kept under an openid, QR scenes |
 //!
 //! [`Store`] is every role at once; the backend is chosen from the URL scheme at
 //! start ([`connect`]), and migrations are run deliberately ([`Store::migrate`]).
@@ -19,6 +20,7 @@ pub mod figures;
 mod group_commit;
 pub mod intake;
 pub mod official_account;
+pub mod pages;
 mod postgres;
 pub mod queue;
 pub mod reimbursement;
@@ -36,7 +38,8 @@ use async_trait::async_trait;
 
 pub use figures::{Alert, AlertState, BacklogRow, Figures, StatsRow};
 pub use intake::{FileMeta, InsertOutcome, Intake, NewReceiptRecord, Reversal, ReversalOutcome, StoredReceipt};
-pub use official_account::OfficialAccounts;
+pub use official_account::{CardOrder, CardReceipt, CardUnit, OfficialAccount, ProviderReport};
+pub use pages::PayerPages;
 pub use piaojia_core::delivery::{AttemptOutcome, ChannelKind, DeliveryEvent, DeliveryStatus, ParkReason};
 pub use piaojia_core::parties::{AppKind, ReimbursementState};
 pub use postgres::PgStore;
@@ -178,7 +181,17 @@ impl<D: sql::Dialect> Db<D> {
 /// story (`store/tests/`) and the whole API suite.
 #[async_trait]
 pub trait Store:
-    Tenants + Intake + DeliveryQueue + Figures + Wallets + OfficialAccounts + StoreTestSupport + Send + Sync + 'static
+    Tenants
+    + Intake
+    + DeliveryQueue
+    + Figures
+    + Wallets
+    + OfficialAccount
+    + PayerPages
+    + StoreTestSupport
+    + Send
+    + Sync
+    + 'static
 {
     fn backend(&self) -> Backend;
     /// Applies the embedded migrations of this backend.

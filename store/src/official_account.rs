@@ -1,310 +1,471 @@
-//! The official account's pages (H5) and WeChat's own channel: sessions of payers
-//! signed in through web OAuth, the wallet kept under an openid before the payer
-//! registers, and the scenes of temporary parametric QR codes that hand one
-//! receipt to whoever scans them first.
-//!
-//! A payer first known by an openid (a receipt pushed with it, a QR scanned, a
-//! page opened) is a payer without a profile whose identity is (WeChat appid,
-//! openid) in `payer_identities`: the same record a mini-program sign-in makes.
-//! Registration later adds the verified identity to that same payer, so nothing
-//! collected under the openid is lost.
+//! The official account and WeChat's own channel: who follows an account (an
+//! `unsubscribe` stops template sends to that openid), what WeChat finally reported
+//! of a delivery (`TEMPLATESENDJOBFINISH`), and the card package (卡包, DOMAIN.md §7):
+//! one card template per agency ([`CardUnit`]) and one authorisation order per
+//! receipt ([`CardOrder`]) with the card it became.
 
 use async_trait::async_trait;
+use const_format::concatcp;
+use serde::Serialize;
 use uuid::Uuid;
 
-use crate::queue::{self, NewDelivery};
-use crate::sql::{Conn, Dialect, Sql, Tx, write_error};
-use crate::wallets::WalletAdd;
-use crate::{Db, Result, Timestamp};
+use crate::intake::FileMeta;
+use crate::queue::{Delivery, NewDelivery, deliveries, insert_deliveries};
+use crate::sql::{Dialect, Sql, Tx, write_error};
+use crate::{Db, Result, StoreError, Timestamp};
 
-/// A new web session: the keyed hash of the cookie's token and whose it is.
-#[derive(Debug, Clone)]
-pub struct NewWebSession {
-    pub token_hash: String,
-    pub payer_id: Uuid,
+/// An agency's card template in the card package, with the platform it is under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CardUnit {
+    pub agency_id: Uuid,
+    /// The official account that is both platform and unit (piaojia plays both roles).
     pub wechat_app_id: String,
-    pub openid: String,
-    pub expires_at: Timestamp,
-}
-
-/// A live web session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebSession {
-    pub payer_id: Uuid,
-    pub wechat_app_id: String,
-    pub openid: String,
+    /// The platform's identifier (`card/invoice/seturl`).
+    pub s_pappid: String,
+    /// `createbillcard`'s `card_id`.
+    pub card_id: String,
+    pub payee: String,
+    pub logo_url: String,
+    pub enabled: bool,
     pub created_at: Timestamp,
-    pub expires_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
-/// A temporary QR code's scene, stored by its keyed hash.
-#[derive(Debug, Clone)]
-pub struct NewScene {
-    pub scene_hash: String,
+/// One receipt offered to a payer's card package (`getbillauthurl`), and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CardOrder {
+    pub order_id: String,
     pub receipt_id: Uuid,
     pub agency_id: Uuid,
     pub wechat_app_id: String,
-    pub expires_at: Timestamp,
+    /// The payer's openid in `wechat_app_id` (the receipt's payer).
+    pub open_id: String,
+    pub card_id: String,
+    pub requested_at: Timestamp,
+    /// When `user_authorize_invoice` arrived.
+    pub authorized_at: Option<Timestamp>,
+    /// The card's `code`, once inserted (`insertbill`).
+    pub code: Option<String>,
+    pub inserted_at: Option<Timestamp>,
+    /// The status we last set on the card (`INVOICE_REIMBURSE_*`).
+    pub card_status: Option<String>,
+    /// The status WeChat last reported (`update_invoice_status`).
+    pub wechat_status: Option<String>,
+    pub wechat_status_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
 }
 
-/// A scan of a receipt's QR code, and the announcement it is owed.
-#[derive(Debug, Clone)]
-pub struct Scan {
-    pub scene_hash: String,
-    pub wechat_app_id: String,
-    pub openid: String,
-    pub now: Timestamp,
-    /// The template message telling the payer (inserted with the first scan only).
-    pub announce: Option<NewDelivery>,
-}
-
+/// What the card package needs of a receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScanOutcome {
-    /// The receipt is in the scanner's wallet now (`first`: this scan took it).
-    Delivered {
-        receipt_id: Uuid,
-        payer_id: Uuid,
-        first: bool,
-    },
-    /// No such scene for this app (forged, or another account's).
-    Unknown,
-    Expired,
-    /// Someone else scanned it first.
-    Taken,
+pub struct CardReceipt {
+    pub id: Uuid,
+    pub agency_id: Uuid,
+    /// The payer's openid the receipt was pushed with.
+    pub open_id: Option<String>,
+    pub total_fen: i64,
+    pub reversed: bool,
+    pub file: Option<FileMeta>,
+}
+
+/// What a provider finally reported of a delivery it had accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderReport {
+    pub delivery_id: Uuid,
+    /// E.g. `success`, `failed:user block`.
+    pub status: String,
+    pub reported_at: Timestamp,
 }
 
 #[async_trait]
-pub trait OfficialAccounts: Send + Sync {
-    async fn create_web_session(&self, session: NewWebSession) -> Result<()>;
-    /// The session whose token hashes to `token_hash`, unless it expired.
-    async fn web_session(&self, token_hash: &str, now: Timestamp) -> Result<Option<WebSession>>;
-    async fn delete_web_session(&self, token_hash: &str) -> Result<bool>;
-    /// The payer known in `wechat_app_id` by `openid` (created without a profile
-    /// if new), and `receipt_id` collected into their wallet.
-    async fn collect_for_openid(
+pub trait OfficialAccount: Send + Sync {
+    /// Records a follow (`subscribe`) or unfollow (`unsubscribe`); an older event
+    /// than the one recorded changes nothing.
+    async fn set_following(&self, wechat_app_id: &str, open_id: &str, following: bool, at: Timestamp) -> Result<()>;
+    /// `Some(false)` once the openid unfollowed (and did not follow again); `None`
+    /// when no event about it was seen.
+    async fn following(&self, wechat_app_id: &str, open_id: &str) -> Result<Option<bool>>;
+    /// Records a provider's final report of a delivery (the first report wins).
+    async fn record_provider_report(&self, delivery_id: Uuid, status: &str, at: Timestamp) -> Result<bool>;
+    async fn provider_report(&self, delivery_id: Uuid) -> Result<Option<ProviderReport>>;
+
+    /// The receipt as the card package needs it.
+    async fn card_receipt(&self, receipt_id: Uuid) -> Result<Option<CardReceipt>>;
+    /// Creates or replaces the agency's card template.
+    async fn upsert_card_unit(&self, unit: CardUnit) -> Result<CardUnit>;
+    async fn card_unit(&self, agency_id: Uuid) -> Result<Option<CardUnit>>;
+    /// Records the authorisation order of a receipt; a repeat returns the order as
+    /// first recorded (its payer cannot change).
+    async fn open_card_order(&self, order: CardOrder) -> Result<CardOrder>;
+    async fn card_order(&self, order_id: &str) -> Result<Option<CardOrder>>;
+    async fn card_order_for_receipt(&self, receipt_id: Uuid) -> Result<Option<CardOrder>>;
+    /// The payer agreed: with the deliveries that put the card into their package,
+    /// in one transaction. `None` (and nothing written) when the order was already
+    /// authorised, so a repeated event starts nothing twice.
+    async fn authorize_card_order(
         &self,
-        wechat_app_id: &str,
-        openid: &str,
+        order_id: &str,
+        at: Timestamp,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Option<Vec<Delivery>>>;
+    /// The card was inserted with `code`.
+    async fn card_inserted(&self, order_id: &str, code: &str, at: Timestamp) -> Result<()>;
+    /// The status we set on the card.
+    async fn set_card_status(&self, order_id: &str, status: &str, at: Timestamp) -> Result<()>;
+    /// What WeChat reported of a card (`update_invoice_status`); false when no
+    /// card of ours has that `card_id` and `code`.
+    async fn record_wechat_card_status(&self, card_id: &str, code: &str, status: &str, at: Timestamp) -> Result<bool>;
+    /// Queues deliveries about a card of `receipt_id` (status mirrors).
+    async fn queue_card_deliveries(
+        &self,
         receipt_id: Uuid,
-    ) -> Result<(Uuid, WalletAdd)>;
-    async fn insert_scene(&self, scene: NewScene) -> Result<()>;
-    /// A scan: the first openid takes the receipt (collected into their wallet,
-    /// the announcement queued); the same openid again is delivered again without
-    /// a second announcement; anyone else, or after expiry, is refused.
-    async fn scan_scene(&self, scan: Scan) -> Result<ScanOutcome>;
+        agency_id: Uuid,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Vec<Delivery>>;
 }
 
-/// The payer behind (appid, openid), created without a profile when new. Safe
-/// against a concurrent first sight of the same openid.
-pub(crate) async fn payer_for_openid<C: Conn + ?Sized>(
-    conn: &mut C,
-    wechat_app_id: &str,
-    openid: &str,
-    now: Timestamp,
-) -> Result<Uuid> {
-    const FIND: &str = "SELECT payer_id FROM payer_identities WHERE app_id = $1 AND openid = $2";
-    let found: Option<(Uuid,)> = Sql::new(FIND)
-        .bind(wechat_app_id)
-        .bind(openid)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if let Some((id,)) = found {
-        return Ok(id);
-    }
-    let id = Uuid::now_v7();
-    Sql::new("INSERT INTO payers (id, created_at, updated_at) VALUES ($1, $2, $2)")
-        .bind(id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    // A concurrent first sight waits here for the other transaction and then
-    // inserts nothing: the winner's payer is read back and ours goes.
-    Sql::new(
-        "INSERT INTO payer_identities (app_id, openid, payer_id, created_at, last_login_at) \
-         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (app_id, openid) DO NOTHING",
-    )
-    .bind(wechat_app_id)
-    .bind(openid)
-    .bind(id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    let (winner,): (Uuid,) = Sql::new(FIND)
-        .bind(wechat_app_id)
-        .bind(openid)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(crate::StoreError::Corrupt("payer identity vanished".into()))?;
-    if winner != id {
-        Sql::new("DELETE FROM payers WHERE id = $1")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(winner)
-}
-
-/// Collects a receipt into a payer's wallet (restoring nothing the payer removed).
-pub(crate) async fn collect_into<C: Conn + ?Sized>(
-    conn: &mut C,
-    payer_id: Uuid,
-    receipt_id: Uuid,
-    now: Timestamp,
-) -> Result<WalletAdd> {
-    let inserted = Sql::new(
-        "INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
-         SELECT $1, r.id, r.agency_id, r.issued_at, 'collected', '[]', $3 FROM receipts r \
-         WHERE r.id = $2 ON CONFLICT (payer_id, receipt_id) DO NOTHING",
-    )
-    .bind(payer_id)
-    .bind(receipt_id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| write_error(e, "wallet_entry"))?;
-    Ok(if inserted == 1 {
-        WalletAdd::Added
-    } else {
-        WalletAdd::AlreadyThere
-    })
-}
+const UNIT_COLUMNS: &str =
+    "agency_id, wechat_app_id, s_pappid, card_id, payee, logo_url, enabled, created_at, updated_at";
 
 #[derive(sqlx::FromRow)]
-struct SessionRow {
-    payer_id: Uuid,
+struct UnitRow {
+    agency_id: Uuid,
     wechat_app_id: String,
-    openid: String,
+    s_pappid: String,
+    card_id: String,
+    payee: String,
+    logo_url: String,
+    enabled: bool,
     created_at: Timestamp,
-    expires_at: Timestamp,
+    updated_at: Timestamp,
 }
 
+impl From<UnitRow> for CardUnit {
+    fn from(r: UnitRow) -> Self {
+        CardUnit {
+            agency_id: r.agency_id,
+            wechat_app_id: r.wechat_app_id,
+            s_pappid: r.s_pappid,
+            card_id: r.card_id,
+            payee: r.payee,
+            logo_url: r.logo_url,
+            enabled: r.enabled,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const ORDER_COLUMNS: &str = "order_id, receipt_id, agency_id, wechat_app_id, open_id, card_id, requested_at, \
+     authorized_at, code, inserted_at, card_status, wechat_status, wechat_status_at, updated_at";
+
 #[derive(sqlx::FromRow)]
-struct SceneRow {
+struct OrderRow {
+    order_id: String,
     receipt_id: Uuid,
     agency_id: Uuid,
-    expires_at: Timestamp,
-    scanned_by: Option<String>,
+    wechat_app_id: String,
+    open_id: String,
+    card_id: String,
+    requested_at: Timestamp,
+    authorized_at: Option<Timestamp>,
+    code: Option<String>,
+    inserted_at: Option<Timestamp>,
+    card_status: Option<String>,
+    wechat_status: Option<String>,
+    wechat_status_at: Option<Timestamp>,
+    updated_at: Timestamp,
+}
+
+impl From<OrderRow> for CardOrder {
+    fn from(r: OrderRow) -> Self {
+        CardOrder {
+            order_id: r.order_id,
+            receipt_id: r.receipt_id,
+            agency_id: r.agency_id,
+            wechat_app_id: r.wechat_app_id,
+            open_id: r.open_id,
+            card_id: r.card_id,
+            requested_at: r.requested_at,
+            authorized_at: r.authorized_at,
+            code: r.code,
+            inserted_at: r.inserted_at,
+            card_status: r.card_status,
+            wechat_status: r.wechat_status,
+            wechat_status_at: r.wechat_status_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CardReceiptRow {
+    id: Uuid,
+    agency_id: Uuid,
+    open_id: Option<String>,
+    total_fen: i64,
+    reversed: bool,
+    file: Option<sqlx::types::Json<FileMeta>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct FollowRow {
+    following: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct ReportRow {
+    delivery_id: Uuid,
+    status: String,
+    reported_at: Timestamp,
+}
+
+impl<D: Dialect> Db<D> {
+    async fn order_by(&self, sql: Sql<'_>) -> Result<Option<CardOrder>> {
+        let row: Option<OrderRow> = sql.fetch_optional(&mut *self.d.read().await?).await?;
+        Ok(row.map(CardOrder::from))
+    }
 }
 
 #[async_trait]
-impl<D: Dialect> OfficialAccounts for Db<D> {
-    async fn create_web_session(&self, s: NewWebSession) -> Result<()> {
-        let now = Timestamp::now();
-        let mut tx = self.d.write().await?;
-        // Expired sessions go as new ones come: the table holds live ones only.
-        Sql::new("DELETE FROM web_sessions WHERE expires_at <= $1")
-            .bind(now)
-            .execute(tx.conn())
-            .await?;
+impl<D: Dialect> OfficialAccount for Db<D> {
+    async fn set_following(&self, wechat_app_id: &str, open_id: &str, following: bool, at: Timestamp) -> Result<()> {
         Sql::new(
-            "INSERT INTO web_sessions (token_hash, payer_id, wechat_app_id, openid, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO wechat_followers (wechat_app_id, open_id, following, changed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (wechat_app_id, open_id) DO UPDATE SET following = excluded.following, \
+             changed_at = excluded.changed_at WHERE wechat_followers.changed_at <= excluded.changed_at",
         )
-        .bind(&s.token_hash)
-        .bind(s.payer_id)
-        .bind(&s.wechat_app_id)
-        .bind(&s.openid)
-        .bind(now)
-        .bind(s.expires_at)
-        .execute(tx.conn())
-        .await
-        .map_err(|e| write_error(e, "web_session"))?;
-        tx.commit().await
-    }
-
-    async fn web_session(&self, token_hash: &str, now: Timestamp) -> Result<Option<WebSession>> {
-        let row: Option<SessionRow> = Sql::new(
-            "SELECT payer_id, wechat_app_id, openid, created_at, expires_at FROM web_sessions \
-             WHERE token_hash = $1 AND expires_at > $2",
-        )
-        .bind(token_hash)
-        .bind(now)
-        .fetch_optional(&mut *self.d.read().await?)
-        .await?;
-        Ok(row.map(|r| WebSession {
-            payer_id: r.payer_id,
-            wechat_app_id: r.wechat_app_id,
-            openid: r.openid,
-            created_at: r.created_at,
-            expires_at: r.expires_at,
-        }))
-    }
-
-    async fn delete_web_session(&self, token_hash: &str) -> Result<bool> {
-        let n = Sql::new("DELETE FROM web_sessions WHERE token_hash = $1")
-            .bind(token_hash)
-            .execute(&mut *self.d.writer().await?)
-            .await?;
-        Ok(n > 0)
-    }
-
-    async fn collect_for_openid(
-        &self,
-        wechat_app_id: &str,
-        openid: &str,
-        receipt_id: Uuid,
-    ) -> Result<(Uuid, WalletAdd)> {
-        let now = Timestamp::now();
-        let mut tx = self.d.write().await?;
-        let payer = payer_for_openid(tx.conn(), wechat_app_id, openid, now).await?;
-        let added = collect_into(tx.conn(), payer, receipt_id, now).await?;
-        tx.commit().await?;
-        Ok((payer, added))
-    }
-
-    async fn insert_scene(&self, s: NewScene) -> Result<()> {
-        Sql::new(
-            "INSERT INTO receipt_scenes (scene_hash, receipt_id, agency_id, wechat_app_id, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&s.scene_hash)
-        .bind(s.receipt_id)
-        .bind(s.agency_id)
-        .bind(&s.wechat_app_id)
-        .bind(Timestamp::now())
-        .bind(s.expires_at)
+        .bind(wechat_app_id)
+        .bind(open_id)
+        .bind(following)
+        .bind(at)
         .execute(&mut *self.d.writer().await?)
-        .await
-        .map_err(|e| write_error(e, "receipt_scene"))?;
+        .await?;
         Ok(())
     }
 
-    async fn scan_scene(&self, scan: Scan) -> Result<ScanOutcome> {
-        const FIND: &str = "SELECT receipt_id, agency_id, expires_at, scanned_by FROM receipt_scenes \
-             WHERE scene_hash = $1 AND wechat_app_id = $2";
-        let mut tx = self.d.write().await?;
-        let row: Option<SceneRow> = Sql::new(D::row_lock(FIND, const_format::concatcp!(FIND, " FOR UPDATE")))
-            .bind(&scan.scene_hash)
-            .bind(&scan.wechat_app_id)
-            .fetch_optional(tx.conn())
-            .await?;
-        let Some(row) = row else {
-            return Ok(ScanOutcome::Unknown);
-        };
-        let first = match row.scanned_by.as_deref() {
-            Some(by) if by == scan.openid => false,
-            Some(_) => return Ok(ScanOutcome::Taken),
-            None if row.expires_at <= scan.now => return Ok(ScanOutcome::Expired),
-            None => true,
-        };
-        let payer_id = payer_for_openid(tx.conn(), &scan.wechat_app_id, &scan.openid, scan.now).await?;
-        collect_into(tx.conn(), payer_id, row.receipt_id, scan.now).await?;
-        if first {
-            Sql::new("UPDATE receipt_scenes SET scanned_by = $2, scanned_at = $3 WHERE scene_hash = $1")
-                .bind(&scan.scene_hash)
-                .bind(&scan.openid)
-                .bind(scan.now)
-                .execute(tx.conn())
+    async fn following(&self, wechat_app_id: &str, open_id: &str) -> Result<Option<bool>> {
+        let row: Option<FollowRow> =
+            Sql::new("SELECT following FROM wechat_followers WHERE wechat_app_id = $1 AND open_id = $2")
+                .bind(wechat_app_id)
+                .bind(open_id)
+                .fetch_optional(&mut *self.d.read().await?)
                 .await?;
-            if let Some(announce) = scan.announce {
-                queue::insert_deliveries::<D>(tx.conn(), row.receipt_id, row.agency_id, &[announce], scan.now).await?;
-            }
-        }
+        Ok(row.map(|r| r.following))
+    }
+
+    async fn record_provider_report(&self, delivery_id: Uuid, status: &str, at: Timestamp) -> Result<bool> {
+        let n = Sql::new(
+            "INSERT INTO provider_reports (delivery_id, status, reported_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (delivery_id) DO NOTHING",
+        )
+        .bind(delivery_id)
+        .bind(status)
+        .bind(at)
+        .execute(&mut *self.d.writer().await?)
+        .await
+        .map_err(|e| write_error(e, "provider_report"))?;
+        Ok(n > 0)
+    }
+
+    async fn provider_report(&self, delivery_id: Uuid) -> Result<Option<ProviderReport>> {
+        let row: Option<ReportRow> =
+            Sql::new("SELECT delivery_id, status, reported_at FROM provider_reports WHERE delivery_id = $1")
+                .bind(delivery_id)
+                .fetch_optional(&mut *self.d.read().await?)
+                .await?;
+        Ok(row.map(|r| ProviderReport {
+            delivery_id: r.delivery_id,
+            status: r.status,
+            reported_at: r.reported_at,
+        }))
+    }
+
+    async fn card_receipt(&self, receipt_id: Uuid) -> Result<Option<CardReceipt>> {
+        let row: Option<CardReceiptRow> = Sql::new(
+            "SELECT id, agency_id, open_id, total_fen, (red_bill_no IS NOT NULL) AS reversed, file \
+             FROM receipts WHERE id = $1",
+        )
+        .bind(receipt_id)
+        .fetch_optional(&mut *self.d.read().await?)
+        .await?;
+        Ok(row.map(|r| CardReceipt {
+            id: r.id,
+            agency_id: r.agency_id,
+            open_id: r.open_id,
+            total_fen: r.total_fen,
+            reversed: r.reversed,
+            file: r.file.map(|f| f.0),
+        }))
+    }
+
+    async fn upsert_card_unit(&self, u: CardUnit) -> Result<CardUnit> {
+        let row: UnitRow = Sql::new(concatcp!(
+            "INSERT INTO card_units (",
+            UNIT_COLUMNS,
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (agency_id) DO UPDATE SET \
+             wechat_app_id = excluded.wechat_app_id, s_pappid = excluded.s_pappid, card_id = excluded.card_id, \
+             payee = excluded.payee, logo_url = excluded.logo_url, enabled = excluded.enabled, \
+             updated_at = excluded.updated_at RETURNING ",
+            UNIT_COLUMNS
+        ))
+        .bind(u.agency_id)
+        .bind(&u.wechat_app_id)
+        .bind(&u.s_pappid)
+        .bind(&u.card_id)
+        .bind(&u.payee)
+        .bind(&u.logo_url)
+        .bind(u.enabled)
+        .bind(u.updated_at)
+        .fetch_one(&mut *self.d.writer().await?)
+        .await
+        .map_err(|e| write_error(e, "card_unit"))?;
+        Ok(row.into())
+    }
+
+    async fn card_unit(&self, agency_id: Uuid) -> Result<Option<CardUnit>> {
+        let row: Option<UnitRow> = Sql::new(concatcp!(
+            "SELECT ",
+            UNIT_COLUMNS,
+            " FROM card_units WHERE agency_id = $1"
+        ))
+        .bind(agency_id)
+        .fetch_optional(&mut *self.d.read().await?)
+        .await?;
+        Ok(row.map(CardUnit::from))
+    }
+
+    async fn open_card_order(&self, o: CardOrder) -> Result<CardOrder> {
+        let mut tx = self.d.write().await?;
+        Sql::new(concatcp!(
+            "INSERT INTO card_orders (",
+            ORDER_COLUMNS,
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, NULL, NULL, $7) \
+             ON CONFLICT DO NOTHING"
+        ))
+        .bind(&o.order_id)
+        .bind(o.receipt_id)
+        .bind(o.agency_id)
+        .bind(&o.wechat_app_id)
+        .bind(&o.open_id)
+        .bind(&o.card_id)
+        .bind(o.requested_at)
+        .execute(tx.conn())
+        .await
+        .map_err(|e| write_error(e, "card_order"))?;
+        let row: Option<OrderRow> = Sql::new(concatcp!(
+            "SELECT ",
+            ORDER_COLUMNS,
+            " FROM card_orders WHERE receipt_id = $1"
+        ))
+        .bind(o.receipt_id)
+        .fetch_optional(tx.conn())
+        .await?;
         tx.commit().await?;
-        Ok(ScanOutcome::Delivered {
-            receipt_id: row.receipt_id,
-            payer_id,
-            first,
-        })
+        row.map(CardOrder::from)
+            .ok_or_else(|| StoreError::Corrupt("card order vanished inside its transaction".into()))
+    }
+
+    async fn card_order(&self, order_id: &str) -> Result<Option<CardOrder>> {
+        self.order_by(
+            Sql::new(concatcp!(
+                "SELECT ",
+                ORDER_COLUMNS,
+                " FROM card_orders WHERE order_id = $1"
+            ))
+            .bind(order_id),
+        )
+        .await
+    }
+
+    async fn card_order_for_receipt(&self, receipt_id: Uuid) -> Result<Option<CardOrder>> {
+        self.order_by(
+            Sql::new(concatcp!(
+                "SELECT ",
+                ORDER_COLUMNS,
+                " FROM card_orders WHERE receipt_id = $1"
+            ))
+            .bind(receipt_id),
+        )
+        .await
+    }
+
+    async fn authorize_card_order(
+        &self,
+        order_id: &str,
+        at: Timestamp,
+        new: Vec<NewDelivery>,
+    ) -> Result<Option<Vec<Delivery>>> {
+        let mut tx = self.d.write().await?;
+        let row: Option<OrderRow> = Sql::new(concatcp!(
+            "UPDATE card_orders SET authorized_at = $2, updated_at = $2 WHERE order_id = $1 \
+             AND authorized_at IS NULL RETURNING ",
+            ORDER_COLUMNS
+        ))
+        .bind(order_id)
+        .bind(at)
+        .fetch_optional(tx.conn())
+        .await?;
+        let Some(order) = row else {
+            return Ok(None);
+        };
+        let rows = insert_deliveries::<D>(tx.conn(), order.receipt_id, order.agency_id, &new, at).await?;
+        tx.commit().await?;
+        Ok(Some(deliveries(rows)?))
+    }
+
+    async fn card_inserted(&self, order_id: &str, code: &str, at: Timestamp) -> Result<()> {
+        let n = Sql::new(
+            "UPDATE card_orders SET code = $2, inserted_at = $3, card_status = 'INVOICE_REIMBURSE_INIT', \
+             updated_at = $3 WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .bind(code)
+        .bind(at)
+        .execute(&mut *self.d.writer().await?)
+        .await
+        .map_err(|e| write_error(e, "card_code"))?;
+        if n == 0 {
+            return Err(StoreError::NotFound(crate::Entity::Referenced));
+        }
+        Ok(())
+    }
+
+    async fn set_card_status(&self, order_id: &str, status: &str, at: Timestamp) -> Result<()> {
+        Sql::new("UPDATE card_orders SET card_status = $2, updated_at = $3 WHERE order_id = $1")
+            .bind(order_id)
+            .bind(status)
+            .bind(at)
+            .execute(&mut *self.d.writer().await?)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_wechat_card_status(&self, card_id: &str, code: &str, status: &str, at: Timestamp) -> Result<bool> {
+        let n = Sql::new(
+            "UPDATE card_orders SET wechat_status = $3, wechat_status_at = $4, updated_at = $4 \
+             WHERE card_id = $1 AND code = $2",
+        )
+        .bind(card_id)
+        .bind(code)
+        .bind(status)
+        .bind(at)
+        .execute(&mut *self.d.writer().await?)
+        .await?;
+        Ok(n > 0)
+    }
+
+    async fn queue_card_deliveries(
+        &self,
+        receipt_id: Uuid,
+        agency_id: Uuid,
+        new: Vec<NewDelivery>,
+    ) -> Result<Vec<Delivery>> {
+        let mut tx = self.d.write().await?;
+        let rows = insert_deliveries::<D>(tx.conn(), receipt_id, agency_id, &new, Timestamp::now()).await?;
+        tx.commit().await?;
+        deliveries(rows)
     }
 }

@@ -228,14 +228,17 @@ impl Intake {
         bill_no: &str,
         reversal: Reversal,
     ) -> Result<Accepted, IntakeError> {
-        let open_id = self
-            .store
-            .receipt(issuer.agency.id, bill_batch_code, bill_no)
-            .await?
-            .and_then(|r| r.open_id);
-        let deliveries = self
+        let stored = self.store.receipt(issuer.agency.id, bill_batch_code, bill_no).await?;
+        let open_id = stored.as_ref().and_then(|r| r.open_id.clone());
+        let mut deliveries = self
             .plan_deliveries(issuer, DeliveryEvent::Reversed, open_id.as_deref())
             .await?;
+        // A card in the payer's card package is cancelled with the receipt.
+        if let Some(r) = &stored
+            && r.reversal.is_none()
+        {
+            deliveries.extend(crate::card_package::cancel_delivery(self.store.as_ref(), r.id).await?);
+        }
         let outcome = self
             .store
             .reverse_receipt(issuer.agency.id, bill_batch_code, bill_no, reversal, deliveries)

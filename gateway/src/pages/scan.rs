@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use piaojia_core::pii::{self, purpose};
 use piaojia_notifier::routing;
 use piaojia_notifier::tracker::Scope;
-use piaojia_store::official_account::{NewScene, Scan, ScanOutcome};
+use piaojia_store::pages::{NewScene, Scan, ScanOutcome};
 use piaojia_store::{ChannelKind, DeliveryEvent, StoredReceipt, Timestamp};
 use piaojia_wechat::client::AppCredentials;
 use secrecy::SecretString;

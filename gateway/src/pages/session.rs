@@ -18,7 +18,7 @@ use piaojia_core::pii::{self, purpose};
 use piaojia_core::settings::WechatMode;
 use piaojia_notifier::tracker::Scope;
 use piaojia_store::Timestamp;
-use piaojia_store::official_account::NewWebSession;
+use piaojia_store::pages::NewWebSession;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 

@@ -6,7 +6,7 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use piaojia_store::official_account::{NewScene, NewWebSession, Scan, ScanOutcome};
+use piaojia_store::pages::{NewScene, NewWebSession, Scan, ScanOutcome};
 use piaojia_store::testing::FreshDatabase;
 use piaojia_store::wallets::{RefreshOutcome, SubscriptionChoice, SubscriptionReport, WalletAdd, WalletQuery};
 use piaojia_store::{

@@ -3,9 +3,11 @@
 
 mod auth;
 mod body_limits;
+mod card_package;
 mod delivery;
 mod files;
 mod message_server;
+mod official_account;
 mod operability;
 mod pages;
 mod pages_browser;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use piaojia_core::pii::purpose;
 use piaojia_gateway::provisioning;
 use piaojia_store::Timestamp;
-use piaojia_store::official_account::NewScene;
+use piaojia_store::pages::NewScene;
 use piaojia_tests::both_modes;
 use piaojia_tests::browser::Browser;
 use piaojia_tests::harness::{Issuer, Mode, TestApp, eventually_named, problem, spawn_app};
