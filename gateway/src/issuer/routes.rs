@@ -361,7 +361,7 @@ pub async fn reverse_receipt(
     ),
     responses(
         (status = 201, description = "The QR code: WeChat's ticket and URL, a PNG of it, its expiry", body = crate::pages::scan::ReceiptQrView),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`receipt_reversed` (a reversed receipt is not handed out) or `no_official_account` (the agency has no enabled official account)", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "`wechat_unavailable`: WeChat refused or did not answer", body = Problem, content_type = "application/problem+json"),
