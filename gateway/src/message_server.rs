@@ -28,7 +28,7 @@ use piaojia_wechat::event::{self, Article, EventKind, PassiveReply, TemplateJobS
 use piaojia_wechat::msgcrypt::{self, MsgCrypt};
 use serde::Deserialize;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::nonces::Binding;
 use crate::state::AppState;
 
@@ -68,22 +68,22 @@ async fn secrets(state: &AppState, appid: &str) -> Result<AppSecrets, ApiError> 
                 aes_key: open(&c.encoding_aes_key_sealed),
             })
         })
-        .ok_or_else(|| ApiError::not_found("unknown_app", "no message server is configured for this appid"))
+        .ok_or_else(|| ApiError::with(ErrorCode::UnknownApp, "no message server is configured for this appid"))
 }
 
 fn refuse() -> ApiError {
-    ApiError::forbidden("bad_signature", "the WeChat signature does not match")
+    ApiError::with(ErrorCode::BadSignature, "the WeChat signature does not match")
 }
 
 /// WeChat signs with its clock: a timestamp far from ours is a replay or a forgery.
 fn check_clock(state: &AppState, timestamp: &str) -> Result<(), ApiError> {
     let ts: i64 = timestamp
         .parse()
-        .map_err(|_| ApiError::forbidden("stale_timestamp", "the timestamp is not a unix time"))?;
+        .map_err(|_| ApiError::with(ErrorCode::StaleTimestamp, "the timestamp is not a unix time"))?;
     let skew = (chrono::Utc::now().timestamp() - ts).abs();
     if skew > state.settings.security.clock_skew.as_secs() as i64 {
-        return Err(ApiError::forbidden(
-            "stale_timestamp",
+        return Err(ApiError::with(
+            ErrorCode::StaleTimestamp,
             "the timestamp is too far from the server clock",
         ));
     }
@@ -119,7 +119,7 @@ pub async fn verify(
             "GET",
         )
         .await
-        .map_err(|e| ApiError::unavailable("nonce_store_unavailable", e))?;
+        .map_err(|e| ApiError::unavailable(ErrorCode::NonceStoreUnavailable, e))?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain")
         .body(q.echostr.clone().unwrap_or_default()))
@@ -179,7 +179,7 @@ pub async fn receive(
         .nonces
         .first_use(&format!("wxevent:{appid}"), &ev.dedup_key())
         .await
-        .map_err(|e| ApiError::unavailable("nonce_store_unavailable", e))?
+        .map_err(|e| ApiError::unavailable(ErrorCode::NonceStoreUnavailable, e))?
     {
         return Ok(success());
     }
@@ -229,10 +229,11 @@ async fn accept(
     if body.len() > event::MAX_EVENT_BYTES {
         return Err(ApiError::payload_too_large(event::MAX_EVENT_BYTES));
     }
-    let xml = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("invalid_body", "the event is not UTF-8"))?;
+    let xml =
+        std::str::from_utf8(body).map_err(|_| ApiError::with(ErrorCode::InvalidBody, "the event is not UTF-8"))?;
     let secure = q.encrypt_type.as_deref() == Some("aes");
     let (plain, crypt) = if secure {
-        let envelope = event::parse_event(xml).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        let envelope = event::parse_event(xml).map_err(|e| ApiError::with(ErrorCode::InvalidBody, e.to_string()))?;
         let encrypt = envelope.encrypt.unwrap_or_default();
         let given = q.msg_signature.as_deref().unwrap_or_default();
         if !msgcrypt::verify_msg_signature(&s.token, &q.timestamp, &q.nonce, &encrypt, given) {
@@ -253,8 +254,8 @@ async fn accept(
         }
         if s.aes_key.is_some() {
             // The account is configured for secure mode: a plain message is not WeChat's.
-            return Err(ApiError::forbidden(
-                "secure_mode_required",
+            return Err(ApiError::with(
+                ErrorCode::SecureModeRequired,
                 "this account's message server accepts secure mode only",
             ));
         }
@@ -270,18 +271,18 @@ async fn accept(
             &body_hash,
         )
         .await
-        .map_err(|e| ApiError::unavailable("nonce_store_unavailable", e))?
+        .map_err(|e| ApiError::unavailable(ErrorCode::NonceStoreUnavailable, e))?
     {
         // WeChat's own retry (Same) is handled once further on.
         Binding::First | Binding::Same => {}
         Binding::Other => {
-            return Err(ApiError::forbidden(
-                "replayed",
+            return Err(ApiError::with(
+                ErrorCode::Replayed,
                 "this timestamp and nonce came before with another message",
             ));
         }
     }
-    let ev = event::parse_event(&plain).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let ev = event::parse_event(&plain).map_err(|e| ApiError::with(ErrorCode::InvalidBody, e.to_string()))?;
     Ok((ev, crypt))
 }
 

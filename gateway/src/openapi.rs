@@ -74,3 +74,89 @@ pub fn spec_json() -> String {
     json.push('\n');
     json
 }
+
+#[cfg(test)]
+mod tests {
+    use piaojia_web::codes::ErrorCode;
+    use serde_json::Value;
+    use std::collections::BTreeSet;
+
+    fn spec_value() -> Value {
+        serde_json::from_str(&super::spec_json()).expect("the spec is JSON")
+    }
+
+    #[test]
+    fn problem_code_lists_every_error_code() {
+        let spec = spec_value();
+        let listed: Vec<&str> = spec["components"]["schemas"]["ErrorCode"]["enum"]
+            .as_array()
+            .expect("ErrorCode is a string enum in the spec")
+            .iter()
+            .map(|v| v.as_str().expect("a code is a string"))
+            .collect();
+        let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, all);
+        assert_eq!(
+            spec["components"]["schemas"]["Problem"]["properties"]["code"]["$ref"],
+            "#/components/schemas/ErrorCode"
+        );
+    }
+
+    // Every code a response description names must exist and carry that status, so
+    // the per-route docs cannot promise a code the server never sends.
+    #[test]
+    fn response_descriptions_name_real_codes_with_their_status() {
+        let spec = spec_value();
+        let known: std::collections::HashMap<&str, u16> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.as_str(), c.status().as_u16()))
+            .collect();
+        let mut named = BTreeSet::new();
+        let mut wrong = Vec::new();
+        for (path, item) in spec["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                let Some(responses) = op.get("responses").and_then(Value::as_object) else {
+                    continue;
+                };
+                for (status, response) in responses {
+                    let Ok(status) = status.parse::<u16>() else { continue };
+                    if status < 400 {
+                        continue;
+                    }
+                    let description = response["description"].as_str().unwrap_or_default();
+                    // The leading backticked words of a description are the codes it answers.
+                    for token in description.split('`').skip(1).step_by(2) {
+                        match known.get(token) {
+                            Some(&s) if s == status => {
+                                named.insert(token.to_owned());
+                            }
+                            Some(&s) => wrong.push(format!("{method} {path} {status}: `{token}` is a {s}")),
+                            None => {}
+                        }
+                    }
+                    if !description.split('`').skip(1).step_by(2).any(|t| known.contains_key(t)) {
+                        wrong.push(format!("{method} {path} {status}: names no error code"));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        assert!(named.len() > 30, "only {} codes documented per route", named.len());
+    }
+
+    #[test]
+    fn readme_error_table_is_the_codes() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        let begin = "<!-- error-codes:begin -->\n";
+        let start = readme.find(begin).expect("README marks the error table") + begin.len();
+        let end = readme
+            .find("<!-- error-codes:end -->")
+            .expect("README ends the error table");
+        let table = ErrorCode::markdown_table();
+        assert!(
+            readme[start..end] == table,
+            "the README's error table differs from ErrorCode::ALL; it must read:\n{table}"
+        );
+    }
+}

@@ -122,7 +122,11 @@ impl AppDirectory {
         let Some(app) = self.store.app(app_id).await? else {
             return Ok(None);
         };
-        let agency = self.store.agency(app.agency_id).await?.ok_or(StoreError::NotFound)?;
+        let agency = self
+            .store
+            .agency(app.agency_id)
+            .await?
+            .ok_or(StoreError::NotFound(piaojia_store::Entity::Agency))?;
         let purpose = piaojia_core::pii::purpose::app_secret(&app.app_id);
         let secrets = app
             .secrets

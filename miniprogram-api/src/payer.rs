@@ -9,7 +9,7 @@ use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
 use piaojia_store::wallets::PayerRecord;
-use piaojia_web::error::{ApiError, Challenge};
+use piaojia_web::error::{ApiError, Challenge, ErrorCode};
 use uuid::Uuid;
 
 use crate::WalletState;
@@ -30,8 +30,8 @@ impl Payer {
     }
 }
 
-pub fn unauthorized(code: &'static str, detail: &str) -> ApiError {
-    ApiError::unauthorized(code, detail.to_owned()).challenge(Challenge::Bearer)
+pub fn unauthorized(code: ErrorCode, detail: &str) -> ApiError {
+    ApiError::with(code, detail).challenge(Challenge::Bearer)
 }
 
 pub fn state(req: &HttpRequest) -> Result<web::Data<WalletState>, ApiError> {
@@ -53,7 +53,7 @@ impl FromRequest for Payer {
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or_else(|| unauthorized("auth_missing", "send Authorization: Bearer <access token>"))?;
+                .ok_or_else(|| unauthorized(ErrorCode::AuthMissing, "send Authorization: Bearer <access token>"))?;
             let grant = state
                 .tokens
                 .verify_access(token.trim())
@@ -62,12 +62,12 @@ impl FromRequest for Payer {
                 .store
                 .payer(grant.payer_id)
                 .await?
-                .ok_or_else(|| unauthorized("token_invalid", "the account no longer exists"))?;
+                .ok_or_else(|| unauthorized(ErrorCode::TokenInvalid, "the account no longer exists"))?;
             let app = state
                 .apps
                 .get(&grant.app_id)
                 .await?
-                .ok_or_else(|| unauthorized("token_invalid", "the mini-program is no longer enabled"))?;
+                .ok_or_else(|| unauthorized(ErrorCode::TokenInvalid, "the mini-program is no longer enabled"))?;
             Ok(Payer {
                 id: record.id,
                 record,

@@ -3,6 +3,7 @@
 //! keyed hashes, and signed download links (also JWTs, for another audience).
 
 use piaojia_core::pii::purpose;
+use piaojia_web::error::ErrorCode;
 use std::collections::HashMap;
 
 use base64::Engine as _;
@@ -30,10 +31,10 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> ErrorCode {
         match self {
-            TokenError::Expired => "token_expired",
-            TokenError::Invalid => "token_invalid",
+            TokenError::Expired => ErrorCode::TokenExpired,
+            TokenError::Invalid => ErrorCode::TokenInvalid,
         }
     }
 }

@@ -7,6 +7,7 @@ use const_format::concatcp;
 use piaojia_core::parties::ReimbursementState;
 use piaojia_core::receipt::PayerType;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::queue::{self, Delivery, DeliveryRow, NewDelivery};
@@ -415,17 +416,61 @@ async fn insert_in<D: Dialect>(
     Ok(classify_existing(existing, r))
 }
 
+/// One push: the receipt and the deliveries its issue calls for.
+pub(crate) type PushJob = (NewReceiptRecord, Vec<NewDelivery>);
+
+/// Stores a batch of pushes in one transaction (see `group_commit.rs`); when that
+/// fails, each push again in a transaction of its own, so every push gets its own
+/// answer. A database that cannot be reached fails the whole batch at once.
+async fn commit_pushes<D: Dialect>(d: Arc<D>, jobs: Vec<PushJob>) -> Result<Vec<Result<InsertOutcome>>> {
+    if jobs.len() > 1 {
+        match insert_batch(&*d, &jobs).await {
+            Ok(outcomes) => return Ok(outcomes.into_iter().map(Ok).collect()),
+            Err(e) if e.is_unavailable() => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, pushes = jobs.len(), "a batch of pushes failed; storing them one by one")
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        results.push(
+            insert_batch(&*d, std::slice::from_ref(job))
+                .await
+                .map(|mut o| o.remove(0)),
+        );
+    }
+    Ok(results)
+}
+
+async fn insert_batch<D: Dialect>(d: &D, jobs: &[PushJob]) -> Result<Vec<InsertOutcome>> {
+    let mut tx = d.intake().await?;
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for (receipt, deliveries) in jobs {
+        outcomes.push(insert_in::<D>(tx.conn(), receipt, deliveries.clone()).await?);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
 #[async_trait]
 impl<D: Dialect> Intake for Db<D> {
     async fn insert_receipt(&self, receipt: NewReceiptRecord, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome> {
         let d = self.d.clone();
-        self.d
-            .run_intake(Box::pin(async move {
-                let mut tx = d.intake().await?;
-                let outcome = insert_in::<D>(tx.conn(), &receipt, deliveries).await?;
-                tx.commit().await?;
-                Ok(outcome)
-            }))
+        self.intake
+            .submit((receipt, deliveries), move |jobs| {
+                let d = d.clone();
+                async move {
+                    let n = jobs.len();
+                    let work = d.clone();
+                    match d.run_intake(Box::pin(commit_pushes::<D>(work, jobs))).await {
+                        Ok(results) => results,
+                        Err(e) => std::iter::once(Err(e))
+                            .chain((1..n).map(|_| Err(StoreError::Database(sqlx::Error::PoolClosed))))
+                            .collect(),
+                    }
+                }
+            })
             .await
     }
 

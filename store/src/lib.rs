@@ -16,6 +16,7 @@
 //! start ([`connect`]), and migrations are run deliberately ([`Store::migrate`]).
 
 pub mod figures;
+mod group_commit;
 pub mod intake;
 pub mod official_account;
 mod postgres;
@@ -50,11 +51,25 @@ pub use tenants::{Agency, App, AppSecret, Channel, NewAgency, NewApp, NewAppSecr
 pub use time::Timestamp;
 pub use wallets::Wallets;
 
+/// What a [`StoreError::NotFound`] was looking for, so an HTTP answer keeps a
+/// specific code (`payer_not_found`, not a bare `not_found`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    Agency,
+    App,
+    Payer,
+    Receipt,
+    Delivery,
+    /// A row a write refers to (a foreign key) is gone: a concurrent change won.
+    Referenced,
+}
+
 /// Errors the storage layer reports; callers map them to HTTP answers.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("not found")]
-    NotFound,
+    /// The named record does not exist (or vanished under a concurrent change).
+    #[error("{0:?} not found")]
+    NotFound(Entity),
     /// A uniqueness rule was violated; the string names the rule (e.g. `agency_code`).
     #[error("conflict: {0}")]
     Conflict(&'static str),
@@ -145,6 +160,18 @@ impl ConnectOptions {
 /// The store on one database: every role, implemented once over its dialect.
 pub(crate) struct Db<D> {
     pub(crate) d: Arc<D>,
+    /// Pushes waiting to share a write transaction.
+    pub(crate) intake: Arc<group_commit::GroupCommit<intake::PushJob, InsertOutcome>>,
+}
+
+impl<D: sql::Dialect> Db<D> {
+    fn new(d: D) -> Self {
+        let committers = d.committers();
+        Self {
+            d: Arc::new(d),
+            intake: Arc::new(group_commit::GroupCommit::new(committers)),
+        }
+    }
 }
 
 /// Everything piaojia persists, every role at once. Both databases pass the same
@@ -196,12 +223,8 @@ impl<D: sql::Dialect> Store for Db<D> {
 /// Migrations are not run here: call [`Store::migrate`] deliberately.
 pub async fn connect(opts: &ConnectOptions) -> Result<Arc<dyn Store>> {
     match Backend::of_url(&opts.url) {
-        Some(Backend::Postgres) => Ok(Arc::new(Db {
-            d: Arc::new(PgStore::connect(opts).await?),
-        })),
-        Some(Backend::Sqlite) => Ok(Arc::new(Db {
-            d: Arc::new(SqliteStore::connect(opts).await?),
-        })),
+        Some(Backend::Postgres) => Ok(Arc::new(Db::new(PgStore::connect(opts).await?))),
+        Some(Backend::Sqlite) => Ok(Arc::new(Db::new(SqliteStore::connect(opts).await?))),
         None => Err(StoreError::UnsupportedUrl(redact_url(&opts.url))),
     }
 }

@@ -25,6 +25,8 @@ pub struct PgStore {
     /// notifier's claims and completions (each moving a batch of accepted receipts
     /// on) still find a connection at once, and new pushes wait instead.
     intake: Arc<Semaphore>,
+    /// Batches of pushes that may commit at once; see `group_commit.rs`.
+    committers: usize,
 }
 
 impl PgStore {
@@ -35,8 +37,13 @@ impl PgStore {
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(options)
             .await?;
-        let intake = Arc::new(Semaphore::new((opts.max_connections as usize / 2).max(1)));
-        Ok(Self { pool, intake })
+        let lanes = (opts.max_connections as usize / 2).max(1);
+        let intake = Arc::new(Semaphore::new(lanes));
+        Ok(Self {
+            pool,
+            intake,
+            committers: lanes.min(4),
+        })
     }
 }
 
@@ -165,6 +172,10 @@ impl Dialect for PgStore {
             tx: self.pool.begin().await?,
             _lane: Some(lane),
         })
+    }
+
+    fn committers(&self) -> usize {
+        self.committers
     }
 
     async fn run_intake<T: Send + 'static>(&self, work: Work<T>) -> Result<T> {

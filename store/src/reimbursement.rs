@@ -33,7 +33,7 @@ impl<D: Dialect> TestSupport for Db<D> {
             .execute(&mut *self.d.writer().await?)
             .await?;
         if changed == 0 {
-            return Err(StoreError::NotFound);
+            return Err(StoreError::NotFound(crate::Entity::Receipt));
         }
         Ok(())
     }

@@ -286,6 +286,8 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// A write transaction for a pushed receipt: pushes queue in a lane of their own
     /// so the notifier's batched claims and completions never wait behind many of them.
     async fn intake(&self) -> Result<Self::Tx>;
+    /// How many batches of pushes may commit at once (`group_commit.rs`).
+    fn committers(&self) -> usize;
     /// Runs a push's write transaction where it should run: SQLite runs it on the
     /// runtime the store was opened on (see `sqlite.rs`), PostgreSQL in place.
     async fn run_intake<T: Send + 'static>(&self, work: Work<T>) -> Result<T>;
@@ -297,12 +299,12 @@ pub(crate) trait Dialect: Send + Sync + 'static {
 }
 
 /// Maps a failed write: a unique violation becomes `Conflict(rule)`, a missing
-/// referenced row `NotFound`; anything else stays a database error.
+/// referenced row `NotFound(Referenced)`; anything else stays a database error.
 pub(crate) fn write_error(err: StoreError, rule: &'static str) -> StoreError {
     match &err {
         StoreError::Database(e) => match e.as_database_error() {
             Some(db) if db.is_unique_violation() => StoreError::Conflict(rule),
-            Some(db) if db.is_foreign_key_violation() => StoreError::NotFound,
+            Some(db) if db.is_foreign_key_violation() => StoreError::NotFound(crate::Entity::Referenced),
             _ => err,
         },
         _ => err,

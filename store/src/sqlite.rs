@@ -257,6 +257,11 @@ impl Dialect for SqliteStore {
         })
     }
 
+    fn committers(&self) -> usize {
+        // One writer at a time anyway: one batch, as large as the queue.
+        1
+    }
+
     async fn run_intake<T: Send + 'static>(&self, work: Work<T>) -> Result<T> {
         // On the store's runtime, not the caller's: pushes arrive on the HTTP
         // server's single-threaded workers, where every await inside the turn would

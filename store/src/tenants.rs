@@ -10,7 +10,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::sql::{Conn, Dialect, Json, Sql, Tx, write_error, written};
-use crate::{Db, Result, StoreError, Timestamp};
+use crate::{Db, Entity, Result, StoreError, Timestamp};
 
 #[derive(Debug, Clone)]
 pub struct NewAgency {
@@ -302,7 +302,7 @@ async fn lock_app<D: Dialect>(conn: &mut D::Conn, app_id: &str) -> Result<()> {
     const FIND: &str = "SELECT app_id FROM apps WHERE app_id = $1";
     let sql = Sql::new(D::row_lock(FIND, concatcp!(FIND, " FOR UPDATE")));
     let found: Option<(String,)> = sql.bind(app_id).fetch_optional(conn).await?;
-    found.map(|_| ()).ok_or(StoreError::NotFound)
+    found.map(|_| ()).ok_or(StoreError::NotFound(Entity::App))
 }
 
 /// Retires the app's active secrets, sparing the newest one when `keep_newest`.
@@ -353,7 +353,7 @@ impl<D: Dialect> Db<D> {
     async fn change_app(&self, app_id: &str, change: Sql<'_>) -> Result<App> {
         let mut tx = self.d.write().await?;
         if change.execute(tx.conn()).await? == 0 {
-            return Err(StoreError::NotFound);
+            return Err(StoreError::NotFound(Entity::App));
         }
         let app = written(load_app(tx.conn(), app_id).await?, "app")?;
         tx.commit().await?;

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::intake::{NewReceiptRecord, RECEIPT_COLUMNS, ReceiptRow, StoredReceipt};
 use crate::queue::NewDelivery;
 use crate::sql::{Conn, Dialect, Json, Sql, Tx, write_error, written};
-use crate::{Db, Result, StoreError, Timestamp};
+use crate::{Db, Entity, Result, StoreError, Timestamp};
 
 /// How a payer proved who they are. Only a verified identity collects receipts
 /// by identity; anyone may add a receipt they hold by possession.
@@ -815,7 +815,9 @@ impl<D: Dialect> Wallets for Db<D> {
     async fn register_payer(&self, payer_id: Uuid, reg: Registration) -> Result<RegisterOutcome> {
         let now = Timestamp::now();
         let mut tx = self.d.write().await?;
-        let before = load_payer(tx.conn(), payer_id).await?.ok_or(StoreError::NotFound)?;
+        let before = load_payer(tx.conn(), payer_id)
+            .await?
+            .ok_or(StoreError::NotFound(Entity::Payer))?;
         let keys = identity_lock_keys(
             Some(&reg.id_index),
             reg.phone_index.as_deref().filter(|_| reg.phone_verified),
@@ -864,7 +866,9 @@ impl<D: Dialect> Wallets for Db<D> {
             "verifiedVia": reg.verified_via.map(IdentityVerification::as_str),
         });
         insert_audit(tx.conn(), payer_id, event, detail, now).await?;
-        let payer = load_payer(tx.conn(), payer_id).await?.ok_or(StoreError::NotFound)?;
+        let payer = load_payer(tx.conn(), payer_id)
+            .await?
+            .ok_or(StoreError::NotFound(Entity::Payer))?;
         tx.commit().await?;
         Ok(RegisterOutcome {
             payer,
@@ -882,7 +886,7 @@ impl<D: Dialect> Wallets for Db<D> {
             .execute(tx.conn())
             .await?;
         if changed == 0 {
-            return Err(StoreError::NotFound);
+            return Err(StoreError::NotFound(Entity::Payer));
         }
         let payer = written(load_payer(tx.conn(), payer_id).await?, "payer")?;
         tx.commit().await?;

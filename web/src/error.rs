@@ -5,9 +5,11 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use piaojia_core::receipt::FieldError;
-use piaojia_store::StoreError;
+use piaojia_store::{Entity, StoreError};
 use serde::Serialize;
 use utoipa::ToSchema;
+
+pub use crate::codes::ErrorCode;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -33,8 +35,7 @@ pub struct Problem {
     #[schema(example = 422)]
     pub status: u16,
     /// Stable machine-readable code; clients branch on this.
-    #[schema(example = "validation_failed")]
-    pub code: String,
+    pub code: ErrorCode,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -52,9 +53,7 @@ pub enum Challenge {
 
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    title: &'static str,
+    code: ErrorCode,
     detail: Option<String>,
     errors: Vec<FieldProblem>,
     retry_after: Option<u64>,
@@ -66,7 +65,7 @@ pub struct ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.status.as_u16(), self.code)?;
+        write!(f, "{} {}", self.code.status().as_u16(), self.code)?;
         if let Some(source) = &self.source {
             write!(f, ": {source:#}")?;
         }
@@ -75,17 +74,21 @@ impl std::fmt::Display for ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, title: &'static str) -> Self {
+    /// A problem with `code`'s status and title; add `.detail(…)` for the why.
+    pub fn new(code: ErrorCode) -> Self {
         Self {
-            status,
             code,
-            title,
             detail: None,
             errors: Vec::new(),
             retry_after: None,
             challenge: Challenge::Signature,
             source: None,
         }
+    }
+
+    /// `new(code).detail(detail)`, the common case.
+    pub fn with(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self::new(code).detail(detail)
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
@@ -120,55 +123,29 @@ impl ApiError {
     }
 
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.code.status()
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         self.code
     }
 
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, "Bad request").detail(detail)
-    }
-
-    pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, code, "Unauthorized").detail(detail)
-    }
-
-    pub fn forbidden(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, code, "Forbidden").detail(detail)
-    }
-
-    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, "Not found").detail(detail)
-    }
-
-    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, "Conflict").detail(detail)
-    }
-
-    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, "Unprocessable content").detail(detail)
-    }
-
-    pub fn too_many_requests(code: &'static str, retry_after_secs: u64) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, code, "Too many requests")
-            .detail("too many attempts; retry later")
-            .retry_after(retry_after_secs.max(1))
+    pub fn too_many_requests(code: ErrorCode, retry_after_secs: u64) -> Self {
+        Self::with(code, "too many attempts; retry later").retry_after(retry_after_secs.max(1))
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large")
-            .detail(format!("the request body exceeds {limit} bytes"))
+        Self::with(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body exceeds {limit} bytes"),
+        )
     }
 
     pub fn validation(errors: Vec<FieldError>) -> Self {
-        let mut e = Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            "The request is invalid",
-        )
-        .detail(format!("{} field(s) are invalid", errors.len()));
+        let mut e = Self::with(
+            ErrorCode::ValidationFailed,
+            format!("{} field(s) are invalid", errors.len()),
+        );
         e.errors = errors
             .into_iter()
             .map(|f| FieldProblem {
@@ -181,11 +158,7 @@ impl ApiError {
     }
 
     pub fn invalid_json(pointer: String, message: String) -> Self {
-        let e = Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "The body is not the expected JSON",
-        );
+        let e = Self::new(ErrorCode::InvalidJson);
         if pointer.is_empty() {
             e.detail(message)
         } else {
@@ -193,32 +166,27 @@ impl ApiError {
         }
     }
 
-    pub fn unavailable(code: &'static str, cause: impl Into<anyhow::Error>) -> Self {
-        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, "Service unavailable")
-            .detail("a dependency is unavailable; retry later")
-            .retry_after(5);
-        e.source = Some(cause.into());
-        e
+    pub fn unavailable(code: ErrorCode, cause: impl Into<anyhow::Error>) -> Self {
+        Self::with(code, "a dependency is unavailable; retry later")
+            .retry_after(5)
+            .cause(cause)
     }
 
     /// An unexpected failure: opaque to the client, cause logged.
     pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
-        let mut e = Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "Internal server error",
+        Self::with(
+            ErrorCode::InternalError,
+            "an unexpected error occurred; it has been logged",
         )
-        .detail("an unexpected error occurred; it has been logged");
-        e.source = Some(cause.into());
-        e
+        .cause(cause)
     }
 
     pub fn problem(&self) -> Problem {
         Problem {
             type_: format!("urn:piaojia:problem:{}", self.code),
-            title: self.title.to_owned(),
-            status: self.status.as_u16(),
-            code: self.code.to_owned(),
+            title: self.code.title().to_owned(),
+            status: self.code.status().as_u16(),
+            code: self.code,
             detail: self.detail.clone(),
             errors: self.errors.clone(),
         }
@@ -227,23 +195,31 @@ impl ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        self.status
+        self.code.status()
     }
 
     fn error_response(&self) -> HttpResponse {
         if let Some(source) = &self.source {
-            if self.status.is_server_error() {
-                tracing::error!(code = self.code, error = format!("{source:#}"), "request failed");
+            if self.status().is_server_error() {
+                tracing::error!(
+                    code = self.code.as_str(),
+                    error = format!("{source:#}"),
+                    "request failed"
+                );
             } else {
-                tracing::warn!(code = self.code, error = format!("{source:#}"), "request refused");
+                tracing::warn!(
+                    code = self.code.as_str(),
+                    error = format!("{source:#}"),
+                    "request refused"
+                );
             }
         }
-        let mut resp = HttpResponse::build(self.status);
+        let mut resp = HttpResponse::build(self.status());
         resp.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
         if let Some(secs) = self.retry_after {
             resp.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.status() == StatusCode::UNAUTHORIZED {
             let scheme = match self.challenge {
                 Challenge::Signature => piaojia_core::signing::SCHEME,
                 Challenge::Bearer => "Bearer",
@@ -257,10 +233,29 @@ impl ResponseError for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::NotFound => ApiError::not_found("not_found", "no such resource"),
-            StoreError::Conflict(what) => ApiError::conflict("conflict", format!("{what} already exists")),
+            StoreError::NotFound(entity) => {
+                let code = match entity {
+                    Entity::Agency => ErrorCode::AgencyNotFound,
+                    Entity::App => ErrorCode::AppNotFound,
+                    Entity::Payer => ErrorCode::PayerNotFound,
+                    Entity::Receipt => ErrorCode::ReceiptNotFound,
+                    Entity::Delivery => ErrorCode::DeliveryNotFound,
+                    Entity::Referenced => ErrorCode::ConcurrentChange,
+                };
+                ApiError::with(code, "no such resource")
+            }
+            StoreError::Conflict(rule) => {
+                let code = match rule {
+                    "agency_code" => ErrorCode::AgencyExists,
+                    "app_id" => ErrorCode::AppExists,
+                    "receipt_id" => ErrorCode::ReceiptConflict,
+                    // Unique keys we generate ourselves only clash when two requests race.
+                    _ => ErrorCode::ConcurrentChange,
+                };
+                ApiError::with(code, format!("{rule} already exists"))
+            }
             // The request may well succeed later: nothing is wrong with it.
-            other if other.is_unavailable() => ApiError::unavailable("database_unavailable", other),
+            other if other.is_unavailable() => ApiError::unavailable(ErrorCode::DatabaseUnavailable, other),
             other => ApiError::internal(other),
         }
     }
@@ -272,7 +267,7 @@ pub mod handlers {
     use actix_web::error::{JsonPayloadError, PathError, PayloadError, QueryPayloadError};
     use actix_web::{HttpRequest, HttpResponse};
 
-    use super::ApiError;
+    use super::{ApiError, ErrorCode};
 
     pub fn json(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
         match err {
@@ -282,38 +277,35 @@ pub mod handlers {
             JsonPayloadError::Payload(PayloadError::Overflow) => {
                 ApiError::payload_too_large(0).detail("the request body is too large")
             }
-            JsonPayloadError::ContentType => ApiError::new(
-                actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "Unsupported media type",
-            )
-            .detail("send Content-Type: application/json"),
+            JsonPayloadError::ContentType => {
+                ApiError::with(ErrorCode::UnsupportedMediaType, "send Content-Type: application/json")
+            }
             JsonPayloadError::Deserialize(e) => ApiError::invalid_json(String::new(), e.to_string()),
-            other => ApiError::bad_request("invalid_body", other.to_string()),
+            other => ApiError::with(ErrorCode::InvalidBody, other.to_string()),
         }
         .into()
     }
 
     pub fn path(err: PathError, _req: &HttpRequest) -> actix_web::Error {
-        ApiError::bad_request("invalid_path", err.to_string()).into()
+        ApiError::with(ErrorCode::InvalidPath, err.to_string()).into()
     }
 
     pub fn query(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
-        ApiError::bad_request("invalid_query", err.to_string()).into()
+        ApiError::with(ErrorCode::InvalidQuery, err.to_string()).into()
     }
 
     pub fn payload(err: PayloadError) -> ApiError {
         match err {
             PayloadError::Overflow => ApiError::payload_too_large(0).detail("the request body is too large"),
-            other => ApiError::bad_request("invalid_body", other.to_string()),
+            other => ApiError::with(ErrorCode::InvalidBody, other.to_string()),
         }
     }
 
     /// Unknown routes and methods.
     pub async fn not_found(req: HttpRequest) -> HttpResponse {
         use actix_web::ResponseError;
-        ApiError::not_found(
-            "route_not_found",
+        ApiError::with(
+            ErrorCode::RouteNotFound,
             format!("no route for {} {}", req.method(), req.path()),
         )
         .error_response()

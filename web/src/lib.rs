@@ -6,6 +6,7 @@
 
 pub mod body_limit;
 pub mod client;
+pub mod codes;
 pub mod error;
 pub mod logging;
 pub mod rate_limit;

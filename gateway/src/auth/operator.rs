@@ -14,7 +14,7 @@ use actix_web::{FromRequest, HttpRequest, web};
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 
 /// The limit wrong operator tokens count against, per client address.
@@ -46,22 +46,25 @@ pub(crate) async fn check(req: &HttpRequest) -> Result<Operator, ApiError> {
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState missing")))?;
     let expected = state.settings.ops.token.expose_secret();
     if expected.is_empty() {
-        return Err(ApiError::forbidden(
-            "ops_disabled",
+        return Err(ApiError::with(
+            ErrorCode::OpsDisabled,
             "the operator API is off: set ops.token",
         ));
     }
     let ip = piaojia_web::client::client_ip(req, &state.settings.server.trusted_proxies);
     let key = ip.map(piaojia_web::client::limit_key).unwrap_or_default();
     if let Some(wait) = state.ops_limits.refusal(TOKEN_FAILURES, &key).await {
-        return Err(ApiError::too_many_requests("too_many_attempts", wait.as_secs() + 1));
+        return Err(ApiError::too_many_requests(
+            ErrorCode::TooManyAttempts,
+            wait.as_secs() + 1,
+        ));
     }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::unauthorized("auth_missing", "send Authorization: Bearer <operator token>"))?;
+        .ok_or_else(|| ApiError::with(ErrorCode::AuthMissing, "send Authorization: Bearer <operator token>"))?;
     if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         return Ok(Operator);
     }
@@ -73,7 +76,10 @@ pub(crate) async fn check(req: &HttpRequest) -> Result<Operator, ApiError> {
         "wrong operator token"
     );
     match counted {
-        Ok(()) => Err(ApiError::unauthorized("auth_bad_token", "the operator token is wrong")),
-        Err(wait) => Err(ApiError::too_many_requests("too_many_attempts", wait.as_secs() + 1)),
+        Ok(()) => Err(ApiError::with(ErrorCode::AuthBadToken, "the operator token is wrong")),
+        Err(wait) => Err(ApiError::too_many_requests(
+            ErrorCode::TooManyAttempts,
+            wait.as_secs() + 1,
+        )),
     }
 }

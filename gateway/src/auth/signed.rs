@@ -25,7 +25,7 @@ use piaojia_store::{Agency, AppKind};
 use ring::digest;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 
 /// An authenticated app of some kind.
@@ -106,7 +106,10 @@ fn dummy_secret() -> &'static str {
 
 /// The one answer to a wrong signature and to an unknown app id alike.
 fn bad_signature() -> ApiError {
-    ApiError::unauthorized("auth_bad_signature", "the signature does not match the appId's secret")
+    ApiError::with(
+        ErrorCode::AuthBadSignature,
+        "the signature does not match the appId's secret",
+    )
 }
 
 async fn authenticate(req: &HttpRequest, payload: Payload, kind: AppKind) -> Result<(SignedApp, Bytes), ApiError> {
@@ -118,19 +121,19 @@ async fn authenticate(req: &HttpRequest, payload: Payload, kind: AppKind) -> Res
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("auth_missing", "the Authorization header is missing"))?
+        .ok_or_else(|| ApiError::with(ErrorCode::AuthMissing, "the Authorization header is missing"))?
         .to_str()
-        .map_err(|_| ApiError::unauthorized("auth_malformed", "the Authorization header is not ASCII"))?;
+        .map_err(|_| ApiError::with(ErrorCode::AuthMalformed, "the Authorization header is not ASCII"))?;
     let params = signing::parse_authorization(header).map_err(|e| match e {
-        signing::HeaderError::WrongScheme => ApiError::unauthorized("auth_wrong_scheme", e.to_string()),
-        signing::HeaderError::Malformed(_) => ApiError::unauthorized("auth_malformed", e.to_string()),
+        signing::HeaderError::WrongScheme => ApiError::with(ErrorCode::AuthWrongScheme, e.to_string()),
+        signing::HeaderError::Malformed(_) => ApiError::with(ErrorCode::AuthMalformed, e.to_string()),
     })?;
 
     let now = chrono::Utc::now().timestamp();
     let skew = state.settings.security.clock_skew.as_secs() as i64;
     if (now - params.timestamp).abs() > skew {
-        return Err(ApiError::unauthorized(
-            "auth_stale_timestamp",
+        return Err(ApiError::with(
+            ErrorCode::AuthStaleTimestamp,
             format!("the timestamp is more than {skew} s away from the server clock ({now})"),
         ));
     }
@@ -159,9 +162,12 @@ async fn authenticate(req: &HttpRequest, payload: Payload, kind: AppKind) -> Res
                 return Err(bad_signature());
             }
             return Err(if app.kind == kind {
-                ApiError::forbidden("app_disabled", "this app is disabled")
+                ApiError::with(ErrorCode::AppDisabled, "this app is disabled")
             } else {
-                ApiError::forbidden("app_wrong_kind", format!("this API is for {} apps", kind.as_str()))
+                ApiError::with(
+                    ErrorCode::AppWrongKind,
+                    format!("this API is for {} apps", kind.as_str()),
+                )
             });
         }
     };
@@ -180,10 +186,10 @@ async fn authenticate(req: &HttpRequest, payload: Payload, kind: AppKind) -> Res
         .nonces
         .first_use(&params.app_id, &params.nonce)
         .await
-        .map_err(|e| ApiError::unavailable("nonce_store_unavailable", e))?;
+        .map_err(|e| ApiError::unavailable(ErrorCode::NonceStoreUnavailable, e))?;
     if !fresh {
-        return Err(ApiError::unauthorized(
-            "auth_replayed_nonce",
+        return Err(ApiError::with(
+            ErrorCode::AuthReplayedNonce,
             "this nonce was already used",
         ));
     }

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::intake::IntakeError;
 use super::views::ReceiptView;
 use crate::auth::Issuer;
-use crate::error::{ApiError, Problem};
+use crate::error::{ApiError, ErrorCode, Problem};
 use crate::files::FileError;
 use crate::state::AppState;
 
@@ -22,17 +22,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 impl From<IntakeError> for ApiError {
     fn from(e: IntakeError) -> Self {
         match e {
-            IntakeError::Conflict => ApiError::conflict("receipt_conflict", e.to_string()),
-            IntakeError::NotFound => ApiError::not_found("receipt_not_found", e.to_string()),
-            IntakeError::Locked(_) => ApiError::conflict("receipt_locked", e.to_string()),
-            IntakeError::ReversalConflict => ApiError::conflict("reversal_conflict", e.to_string()),
-            IntakeError::File(FileError::TooLarge { limit }) => ApiError::unprocessable(
-                "file_too_large",
+            IntakeError::Conflict => ApiError::with(ErrorCode::ReceiptConflict, e.to_string()),
+            IntakeError::NotFound => ApiError::with(ErrorCode::ReceiptNotFound, e.to_string()),
+            IntakeError::Locked(_) => ApiError::with(ErrorCode::ReceiptLocked, e.to_string()),
+            IntakeError::ReversalConflict => ApiError::with(ErrorCode::ReversalConflict, e.to_string()),
+            IntakeError::File(FileError::TooLarge { limit }) => ApiError::with(
+                ErrorCode::FileTooLarge,
                 format!("the receipt file exceeds {limit} bytes"),
             )
             .field("/file", "file_too_large", format!("at most {limit} bytes")),
-            IntakeError::File(FileError::HostNotAllowed(host)) => ApiError::unprocessable(
-                "file_host_not_allowed",
+            IntakeError::File(FileError::HostNotAllowed(host)) => ApiError::with(
+                ErrorCode::FileHostNotAllowed,
                 format!("host {host:?} is not on this agency's file host allow-list"),
             )
             .field(
@@ -40,20 +40,22 @@ impl From<IntakeError> for ApiError {
                 "host_not_allowed",
                 "ask the operator to allow-list this host",
             ),
-            IntakeError::File(FileError::PrivateAddress) => {
-                ApiError::unprocessable("file_host_not_allowed", "the file URL resolves to a private address").field(
-                    "/file/url",
-                    "private_address",
-                    "private and loopback addresses are refused",
-                )
-            }
-            IntakeError::File(FileError::InsecureScheme) => ApiError::unprocessable(
-                "file_host_not_allowed",
+            IntakeError::File(FileError::PrivateAddress) => ApiError::with(
+                ErrorCode::FileHostNotAllowed,
+                "the file URL resolves to a private address",
+            )
+            .field(
+                "/file/url",
+                "private_address",
+                "private and loopback addresses are refused",
+            ),
+            IntakeError::File(FileError::InsecureScheme) => ApiError::with(
+                ErrorCode::FileHostNotAllowed,
                 "the file URL must be https",
             )
             .field("/file/url", "https_required", "files are fetched over https only"),
-            IntakeError::File(FileError::Fetch(why)) => ApiError::unprocessable(
-                "file_fetch_failed",
+            IntakeError::File(FileError::Fetch(why)) => ApiError::with(
+                ErrorCode::FileFetchFailed,
                 format!("the receipt file could not be fetched: {why}"),
             )
             .field("/file/url", "fetch_failed", why),
@@ -80,12 +82,10 @@ fn require_json(req: &actix_web::HttpRequest) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Unsupported media type",
-        )
-        .detail("send Content-Type: application/json"))
+        Err(ApiError::with(
+            ErrorCode::UnsupportedMediaType,
+            "send Content-Type: application/json",
+        ))
     }
 }
 
@@ -105,7 +105,7 @@ fn require_json(req: &actix_web::HttpRequest) -> Result<(), ApiError> {
         (status = 201, description = "Stored; deliveries planned", body = ReceiptView),
         (status = 200, description = "Pushed before with the same content: the first result", body = ReceiptView),
         (status = 400, description = "Not JSON, or a field of the wrong JSON type (`invalid_json`)", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Signature missing, malformed, stale, replayed or wrong (`auth_*`)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Signature missing, malformed, stale, wrong or replayed: `auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The app is disabled (`app_disabled`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Another receipt holds this code and number (`receipt_conflict`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large (`payload_too_large`)", body = Problem, content_type = "application/problem+json"),
@@ -147,7 +147,7 @@ fn check_identity(path: &ReceiptPath) -> Result<(), ApiError> {
     if path.bill_batch_code.len() != 8 || !path.bill_batch_code.bytes().all(|b| b.is_ascii_digit()) {
         err = Some(
             err.unwrap_or_else(|| {
-                ApiError::bad_request("invalid_path", "billBatchCode is 8 digits and billNo 10 digits")
+                ApiError::with(ErrorCode::InvalidPath, "billBatchCode is 8 digits and billNo 10 digits")
             })
             .field("/billBatchCode", "invalid_format", "8 digits"),
         );
@@ -155,7 +155,7 @@ fn check_identity(path: &ReceiptPath) -> Result<(), ApiError> {
     if path.bill_no.len() != 10 || !path.bill_no.bytes().all(|b| b.is_ascii_digit()) {
         err = Some(
             err.unwrap_or_else(|| {
-                ApiError::bad_request("invalid_path", "billBatchCode is 8 digits and billNo 10 digits")
+                ApiError::with(ErrorCode::InvalidPath, "billBatchCode is 8 digits and billNo 10 digits")
             })
             .field("/billNo", "invalid_format", "10 digits"),
         );
@@ -177,7 +177,7 @@ fn check_identity(path: &ReceiptPath) -> Result<(), ApiError> {
     responses(
         (status = 200, body = ReceiptView),
         (status = 400, description = "Malformed code or number (`invalid_path`)", body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not held for this agency (`receipt_not_found`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -311,7 +311,7 @@ impl ReversalRequest {
     responses(
         (status = 201, description = "Reversed; payer and reimbursers will be told", body = ReceiptView),
         (status = 200, description = "Reversed before with the same red receipt: the first result", body = ReceiptView),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`receipt_locked` (a reimburser holds it) or `reversal_conflict` (reversed differently before)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),

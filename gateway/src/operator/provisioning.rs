@@ -28,7 +28,7 @@ impl From<StoreError> for ProvisionError {
         match e {
             StoreError::Conflict("agency_code") => ProvisionError::Exists("agency"),
             StoreError::Conflict(_) => ProvisionError::Exists("app"),
-            StoreError::NotFound => ProvisionError::NotFound("app"),
+            StoreError::NotFound(_) => ProvisionError::NotFound("app"),
             other => ProvisionError::Store(other),
         }
     }

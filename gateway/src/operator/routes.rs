@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Operator;
-use crate::error::{ApiError, Problem};
+use crate::error::{ApiError, ErrorCode, Problem};
 use crate::state::AppState;
 use crate::views::DeliveryView;
 
@@ -71,7 +71,7 @@ fn backlog_for(rows: &[BacklogRow], matches: impl Fn(&BacklogRow) -> bool) -> Op
 /// Per delivery channel (kind + app + template): attempts, success rate and
 /// latency p50/p95/p99 over the last 5 minutes, hour and day, with backlog.
 #[utoipa::path(get, path = "/v1/ops/channels", tag = "operations", security(("operator_token" = [])),
-    responses((status = 200, body = Vec<TrackedView>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Vec<TrackedView>), (status = 401, description = "`auth_missing`, `auth_bad_token`", body = Problem, content_type = "application/problem+json"), (status = 403, description = "`ops_disabled`", body = Problem, content_type = "application/problem+json"), (status = 429, description = "`too_many_attempts` (failed tokens from this address)", body = Problem, content_type = "application/problem+json")))]
 #[get("/v1/ops/channels")]
 pub async fn channels(_op: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let (rows, backlog) = tracked(&state).await?;
@@ -83,7 +83,7 @@ pub async fn channels(_op: Operator, state: web::Data<AppState>) -> Result<HttpR
 
 /// Per outside interface and for the inbound issuer API: success rate and latency.
 #[utoipa::path(get, path = "/v1/ops/interfaces", tag = "operations", security(("operator_token" = [])),
-    responses((status = 200, body = InterfacesView), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = InterfacesView), (status = 401, description = "`auth_missing`, `auth_bad_token`", body = Problem, content_type = "application/problem+json"), (status = 403, description = "`ops_disabled`", body = Problem, content_type = "application/problem+json"), (status = 429, description = "`too_many_attempts` (failed tokens from this address)", body = Problem, content_type = "application/problem+json")))]
 #[get("/v1/ops/interfaces")]
 pub async fn interfaces(_op: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let (rows, backlog) = tracked(&state).await?;
@@ -98,7 +98,7 @@ pub async fn interfaces(_op: Operator, state: web::Data<AppState>) -> Result<Htt
 
 /// Alerts, newest first: one per incident.
 #[utoipa::path(get, path = "/v1/ops/alerts", tag = "operations", security(("operator_token" = [])),
-    responses((status = 200, body = Vec<AlertView>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Vec<AlertView>), (status = 401, description = "`auth_missing`, `auth_bad_token`", body = Problem, content_type = "application/problem+json"), (status = 403, description = "`ops_disabled`", body = Problem, content_type = "application/problem+json"), (status = 429, description = "`too_many_attempts` (failed tokens from this address)", body = Problem, content_type = "application/problem+json")))]
 #[get("/v1/ops/alerts")]
 pub async fn alerts(_op: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let alerts = state.store.list_alerts(200).await?;
@@ -137,7 +137,7 @@ fn filter(q: &DeliveryQuery, ids: Option<Vec<Uuid>>) -> Result<DeliveryFilter, A
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
-            ApiError::unprocessable("validation_failed", "unknown status").field(
+            ApiError::with(ErrorCode::ValidationFailed, "unknown status").field(
                 "/status",
                 "invalid_value",
                 "pending, delivered, failed, parked or cancelled",
@@ -147,7 +147,7 @@ fn filter(q: &DeliveryQuery, ids: Option<Vec<Uuid>>) -> Result<DeliveryFilter, A
     let channel = match q.channel.as_deref() {
         None => None,
         Some(c) => Some(ChannelKind::parse(c).ok_or_else(|| {
-            ApiError::unprocessable("validation_failed", "unknown channel").field(
+            ApiError::with(ErrorCode::ValidationFailed, "unknown channel").field(
                 "/channel",
                 "invalid_value",
                 "issuer_webhook, wechat_template, wechat_subscribe or wallet_subscribe",
@@ -157,7 +157,7 @@ fn filter(q: &DeliveryQuery, ids: Option<Vec<Uuid>>) -> Result<DeliveryFilter, A
     let park_reason = match q.park_reason.as_deref() {
         None => None,
         Some(r) => Some(ParkReason::parse(r).ok_or_else(|| {
-            ApiError::unprocessable("validation_failed", "unknown park reason").field(
+            ApiError::with(ErrorCode::ValidationFailed, "unknown park reason").field(
                 "/parkReason",
                 "invalid_value",
                 "exhausted, outage or quota",
@@ -176,7 +176,7 @@ fn filter(q: &DeliveryQuery, ids: Option<Vec<Uuid>>) -> Result<DeliveryFilter, A
 
 /// Deliveries, newest first, e.g. `?status=parked` to see what waits for an operator.
 #[utoipa::path(get, path = "/v1/ops/deliveries", tag = "operations", security(("operator_token" = [])), params(DeliveryQuery),
-    responses((status = 200, body = Vec<DeliveryView>), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Vec<DeliveryView>), (status = 401, description = "`auth_missing`, `auth_bad_token`", body = Problem, content_type = "application/problem+json"), (status = 403, description = "`ops_disabled`", body = Problem, content_type = "application/problem+json"), (status = 429, description = "`too_many_attempts` (failed tokens from this address)", body = Problem, content_type = "application/problem+json")))]
 #[get("/v1/ops/deliveries")]
 pub async fn deliveries(
     _op: Operator,
@@ -207,7 +207,7 @@ pub struct RedriveRequest {
 /// schedule and are released oldest first, spaced out, not as one burst.
 #[utoipa::path(post, path = "/v1/ops/deliveries/redrive", tag = "operations", security(("operator_token" = [])),
     request_body = RedriveRequest,
-    responses((status = 200, body = RedriveResult), (status = 401, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = RedriveResult), (status = 401, description = "`auth_missing`, `auth_bad_token`", body = Problem, content_type = "application/problem+json"), (status = 403, description = "`ops_disabled`", body = Problem, content_type = "application/problem+json"), (status = 429, description = "`too_many_attempts` (failed tokens from this address)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`: nothing selected", body = Problem, content_type = "application/problem+json")))]
 #[post("/v1/ops/deliveries/redrive")]
 pub async fn redrive(
@@ -227,13 +227,11 @@ pub async fn redrive(
     if let Some(s) = f.status
         && !matches!(s, DeliveryStatus::Parked | DeliveryStatus::Failed)
     {
-        return Err(
-            ApiError::unprocessable("validation_failed", "only parked or failed deliveries can be re-driven").field(
-                "/status",
-                "invalid_value",
-                "parked or failed",
-            ),
-        );
+        return Err(ApiError::with(
+            ErrorCode::ValidationFailed,
+            "only parked or failed deliveries can be re-driven",
+        )
+        .field("/status", "invalid_value", "parked or failed"));
     }
     let selective = f.ids.is_some()
         || f.status.is_some()
@@ -242,7 +240,7 @@ pub async fn redrive(
         || f.park_reason.is_some();
     if !selective && !req.all {
         return Err(
-            ApiError::unprocessable("validation_failed", "name ids or a filter, or set all: true").field(
+            ApiError::with(ErrorCode::ValidationFailed, "name ids or a filter, or set all: true").field(
                 "/all",
                 "required",
                 "set all: true to re-drive every parked and failed delivery",

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, get, web};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, Problem};
+use crate::error::{ApiError, ErrorCode, Problem};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -57,15 +57,15 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         .store
         .ping()
         .await
-        .map_err(|e| ApiError::unavailable("database_unavailable", e))?;
+        .map_err(|e| ApiError::unavailable(ErrorCode::DatabaseUnavailable, e))?;
     let current = state
         .store
         .migrations_current()
         .await
-        .map_err(|e| ApiError::unavailable("database_unavailable", e))?;
+        .map_err(|e| ApiError::unavailable(ErrorCode::DatabaseUnavailable, e))?;
     if !current {
         return Err(
-            ApiError::unavailable("migrations_pending", anyhow::anyhow!("migrations are pending"))
+            ApiError::unavailable(ErrorCode::MigrationsPending, anyhow::anyhow!("migrations are pending"))
                 .detail("run `piaojia migrate`"),
         );
     }
@@ -74,7 +74,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await
-            .map_err(|e| ApiError::unavailable("redis_unavailable", e))?;
+            .map_err(|e| ApiError::unavailable(ErrorCode::RedisUnavailable, e))?;
     }
     Ok(HttpResponse::Ok().json(Readiness {
         status: "ready",

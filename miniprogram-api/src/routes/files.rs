@@ -9,7 +9,7 @@ use chrono::{Duration, Utc};
 use futures_util::TryStreamExt as _;
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange};
-use piaojia_web::error::{ApiError, Problem};
+use piaojia_web::error::{ApiError, ErrorCode, Problem};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -51,7 +51,7 @@ pub async fn link(
         .receipt
         .file
         .as_ref()
-        .ok_or_else(|| ApiError::not_found("file_not_found", "the issuer sent no file for this receipt"))?;
+        .ok_or_else(|| ApiError::with(ErrorCode::FileNotFound, "the issuer sent no file for this receipt"))?;
     let now = Utc::now();
     let ttl = state.settings.miniprogram.download_link_ttl.as_secs();
     let token = state.tokens.issue_download(
@@ -115,8 +115,8 @@ fn byte_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()>
 
 fn refused(e: TokenError) -> ApiError {
     match e {
-        TokenError::Expired => ApiError::forbidden("download_link_expired", "the download link has expired"),
-        TokenError::Invalid => ApiError::forbidden("download_link_invalid", "the download link is not valid"),
+        TokenError::Expired => ApiError::with(ErrorCode::DownloadLinkExpired, "the download link has expired"),
+        TokenError::Invalid => ApiError::with(ErrorCode::DownloadLinkInvalid, "the download link is not valid"),
     }
 }
 
@@ -170,18 +170,12 @@ pub async fn download(
         .receipt
         .file
         .as_ref()
-        .ok_or_else(|| ApiError::not_found("file_not_found", "the issuer sent no file for this receipt"))?;
+        .ok_or_else(|| ApiError::with(ErrorCode::FileNotFound, "the issuer sent no file for this receipt"))?;
     let location = ObjectPath::from(file.object_key.as_str());
     let size = u64::try_from(file.size).unwrap_or(0);
     let range_header = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
-    let range = byte_range(range_header, size).map_err(|()| {
-        ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "range_not_satisfiable",
-            "Range not satisfiable",
-        )
-        .detail(format!("the file has {size} bytes"))
-    })?;
+    let range = byte_range(range_header, size)
+        .map_err(|()| ApiError::with(ErrorCode::RangeNotSatisfiable, format!("the file has {size} bytes")))?;
     let options = GetOptions {
         range: range.map(|(s, e)| GetRange::Bounded(s..e + 1)),
         ..GetOptions::default()
@@ -189,7 +183,7 @@ pub async fn download(
     let got = state.files.get_opts(&location, options).await.map_err(|e| match e {
         object_store::Error::NotFound { .. } => {
             tracing::error!(receipt_id = %d.receipt.id, "the receipt's file is missing from the object store");
-            ApiError::not_found("file_not_found", "the file is not available")
+            ApiError::with(ErrorCode::FileNotFound, "the file is not available")
         }
         other => ApiError::internal(other),
     })?;

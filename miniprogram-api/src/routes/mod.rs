@@ -8,7 +8,7 @@ pub mod subscriptions;
 
 use actix_web::web;
 use piaojia_core::receipt::FieldError;
-use piaojia_web::error::ApiError;
+use piaojia_web::error::{ApiError, ErrorCode};
 use piaojia_wechat::CallError;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -104,21 +104,19 @@ pub(crate) fn wechat_error(e: CallError) -> ApiError {
     use piaojia_wechat::errcode::{CODE_BEEN_USED, INVALID_CODE, RATE_LIMITED, REALNAME_INVALID_CODE};
     match &e {
         CallError::Wechat(w) if [INVALID_CODE, CODE_BEEN_USED, REALNAME_INVALID_CODE].contains(&w.errcode) => {
-            ApiError::unauthorized(
-                "wechat_code_invalid",
+            ApiError::with(
+                ErrorCode::WechatCodeInvalid,
                 "the WeChat code is invalid, expired or already used",
             )
             .challenge(piaojia_web::error::Challenge::Bearer)
         }
         CallError::Wechat(w) if w.errcode == RATE_LIMITED => {
-            ApiError::too_many_requests("wechat_rate_limited", 60).cause(e)
+            ApiError::too_many_requests(ErrorCode::WechatRateLimited, 60).cause(e)
         }
-        _ => ApiError::new(
-            actix_web::http::StatusCode::BAD_GATEWAY,
-            "wechat_unavailable",
-            "Bad gateway",
+        _ => ApiError::with(
+            ErrorCode::WechatUnavailable,
+            "WeChat did not answer as expected; retry later",
         )
-        .detail("WeChat did not answer as expected; retry later")
         .retry_after(5)
         .cause(e),
     }

@@ -10,7 +10,7 @@ use piaojia_core::identity::{self, IdType};
 use piaojia_core::mask;
 use piaojia_core::pii::purpose;
 use piaojia_store::wallets::{IdentityVerification, PayerRecord, Registration};
-use piaojia_web::error::{ApiError, Problem};
+use piaojia_web::error::{ApiError, ErrorCode, Problem};
 use piaojia_wechat::client::RealNameCheck;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -200,7 +200,7 @@ pub async fn put_profile(
                 .get_phone_number(&credentials, code)
                 .await
                 .map_err(|e| match wechat_error(e) {
-                    e if e.code() == "wechat_code_invalid" => {
+                    e if e.code() == ErrorCode::WechatCodeInvalid => {
                         ApiError::validation(vec![piaojia_core::receipt::FieldError {
                             pointer: "/phoneCode".into(),
                             code: "invalid_value",
@@ -298,11 +298,13 @@ async fn check_real_name(
         .check_real_name_info(&credentials, &check)
         .await
         .map_err(|e| match wechat_error(e) {
-            e if e.code() == "wechat_code_invalid" => ApiError::validation(vec![piaojia_core::receipt::FieldError {
-                pointer: "/realNameCode".into(),
-                code: "invalid_value",
-                message: "the real-name code is invalid, expired or used".into(),
-            }]),
+            e if e.code() == ErrorCode::WechatCodeInvalid => {
+                ApiError::validation(vec![piaojia_core::receipt::FieldError {
+                    pointer: "/realNameCode".into(),
+                    code: "invalid_value",
+                    message: "the real-name code is invalid, expired or used".into(),
+                }])
+            }
             e => e,
         })?;
     if result.is_verified() {

@@ -9,7 +9,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
 use piaojia_core::pii::purpose;
 use piaojia_store::ReimbursementState;
 use piaojia_store::wallets::{WalletAdd, WalletAnnotation, WalletDetail, WalletItem, WalletQuery};
-use piaojia_web::error::{ApiError, Problem};
+use piaojia_web::error::{ApiError, ErrorCode, Problem};
 use serde::{Deserialize, Deserializer};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -25,7 +25,7 @@ use crate::{Payer, WalletState};
 const DEFAULT_PAGE: u32 = 20;
 
 fn not_found() -> ApiError {
-    ApiError::not_found("receipt_not_found", "no such receipt in this wallet")
+    ApiError::with(ErrorCode::ReceiptNotFound, "no such receipt in this wallet")
 }
 
 fn beijing() -> FixedOffset {
@@ -369,7 +369,10 @@ pub async fn add(
     let claim = add_claim(&body)?;
     let ip = piaojia_web::client::client_ip(&req, &state.settings.trusted_proxies);
     if let Err(wait) = state.limits.check(payer.id, ip).await {
-        return Err(ApiError::too_many_requests("too_many_attempts", wait.as_secs() + 1));
+        return Err(ApiError::too_many_requests(
+            ErrorCode::TooManyAttempts,
+            wait.as_secs() + 1,
+        ));
     }
     // Code and number may name receipts of several agencies: the check code (and
     // the amount and date when given) tells which one the payer holds.
@@ -389,8 +392,8 @@ pub async fn add(
     };
     let Some(receipt) = proven else {
         tracing::info!(payer_id = %payer.id, "possession not proven");
-        return Err(ApiError::not_found(
-            "receipt_not_found",
+        return Err(ApiError::with(
+            ErrorCode::ReceiptNotFound,
             "no receipt matches these details",
         ));
     };

@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, post, web};
 use chrono::{Duration, Utc};
 use piaojia_core::pii::purpose;
 use piaojia_store::wallets::{NewRefreshToken, RefreshOutcome};
-use piaojia_web::error::{ApiError, Problem};
+use piaojia_web::error::{ApiError, ErrorCode, Problem};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -94,12 +94,15 @@ pub async fn login(
         .apps
         .get(&app_id)
         .await?
-        .ok_or_else(|| ApiError::not_found("miniprogram_not_found", "no enabled mini-program has this appid"))?;
+        .ok_or_else(|| ApiError::with(ErrorCode::MiniprogramNotFound, "no enabled mini-program has this appid"))?;
     // Before WeChat is asked: bogus codes must not spend the app's quota.
     let ip = piaojia_web::client::client_ip(&req, &state.settings.trusted_proxies);
     if let Err(wait) = state.session_limits.check(ip, &app_id).await {
         tracing::warn!(app_id, "sign-ins over their limit");
-        return Err(ApiError::too_many_requests("too_many_attempts", wait.as_secs() + 1));
+        return Err(ApiError::too_many_requests(
+            ErrorCode::TooManyAttempts,
+            wait.as_secs() + 1,
+        ));
     }
     let credentials = app.credentials(&state.keyring).map_err(ApiError::internal)?;
     let session = state
@@ -152,7 +155,7 @@ pub async fn login(
 pub async fn refresh(state: web::Data<WalletState>, body: web::Json<RefreshRequest>) -> Result<HttpResponse, ApiError> {
     let presented = body.into_inner().refresh_token;
     if presented.is_empty() || presented.len() > 128 {
-        return Err(unauthorized("refresh_token_invalid", "unknown refresh token"));
+        return Err(unauthorized(ErrorCode::RefreshTokenInvalid, "unknown refresh token"));
     }
     let presented_hash = tokens::refresh_token_hash(&state.keyring, &presented);
     let next = tokens::new_refresh_token(&state.keyring);
@@ -177,22 +180,25 @@ pub async fn refresh(state: web::Data<WalletState>, body: web::Json<RefreshReque
         RefreshOutcome::Reused { payer_id, .. } => {
             tracing::warn!(%payer_id, "a used refresh token was presented again: its family is revoked");
             return Err(unauthorized(
-                "refresh_token_reused",
+                ErrorCode::RefreshTokenReused,
                 "this refresh token was already used; every token of this sign-in is revoked",
             ));
         }
-        RefreshOutcome::Revoked => return Err(unauthorized("refresh_token_revoked", "signed out")),
-        RefreshOutcome::Expired => return Err(unauthorized("refresh_token_expired", "sign in again")),
-        RefreshOutcome::Unknown => return Err(unauthorized("refresh_token_invalid", "unknown refresh token")),
+        RefreshOutcome::Revoked => return Err(unauthorized(ErrorCode::RefreshTokenRevoked, "signed out")),
+        RefreshOutcome::Expired => return Err(unauthorized(ErrorCode::RefreshTokenExpired, "sign in again")),
+        RefreshOutcome::Unknown => return Err(unauthorized(ErrorCode::RefreshTokenInvalid, "unknown refresh token")),
     };
     if state.apps.get(&app_id).await?.is_none() {
-        return Err(unauthorized("token_invalid", "the mini-program is no longer enabled"));
+        return Err(unauthorized(
+            ErrorCode::TokenInvalid,
+            "the mini-program is no longer enabled",
+        ));
     }
     let payer = state
         .store
         .payer(payer_id)
         .await?
-        .ok_or_else(|| unauthorized("token_invalid", "the account no longer exists"))?;
+        .ok_or_else(|| unauthorized(ErrorCode::TokenInvalid, "the account no longer exists"))?;
     let view = issue(&state, payer.id, &app_id, payer.registered_at.is_some(), next);
     Ok(HttpResponse::Ok().json(view))
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use piaojia_store::{
-    ChannelKind, DeliveryEvent, DeliveryStatus, InsertOutcome, NewDelivery, ReimbursementState, Reversal,
+    ChannelKind, DeliveryEvent, DeliveryStatus, Entity, InsertOutcome, NewDelivery, ReimbursementState, Reversal,
     ReversalOutcome, StoreError, Timestamp,
 };
 use uuid::Uuid;
@@ -121,7 +121,7 @@ async fn create_duplicate_conflict(fx: &Fixture) -> TestResult {
         store
             .insert_receipt(receipt(Uuid::now_v7(), "0000000009", "h"), vec![])
             .await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(Entity::Referenced))
     ));
     let mut reused = receipt(a, "0000000010", "h");
     reused.id = first.id;
@@ -295,7 +295,7 @@ async fn reversal_rules(fx: &Fixture) -> TestResult {
         store
             .set_reimbursement_state(Uuid::now_v7(), ReimbursementState::Lock)
             .await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(Entity::Receipt))
     ));
     Ok(())
 }

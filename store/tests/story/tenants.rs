@@ -1,6 +1,6 @@
 //! Tenants: agencies, their apps and secrets, WeChat channels.
 
-use piaojia_store::{AppKind, ChannelKind, NewAgency, NewApp, NewChannel, StoreError};
+use piaojia_store::{AppKind, ChannelKind, Entity, NewAgency, NewApp, NewChannel, StoreError};
 use uuid::Uuid;
 
 use crate::Fixture;
@@ -55,7 +55,7 @@ async fn apps_and_secret_rotation(fx: &Fixture) -> TestResult {
 
     assert!(matches!(
         store.create_app(app("his-1", Uuid::now_v7())).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(Entity::Referenced))
     ));
     let new = app("his-1", agency_id);
     let first_secret = new.secret.id;
@@ -99,11 +99,11 @@ async fn apps_and_secret_rotation(fx: &Fixture) -> TestResult {
     assert_eq!(set.callback_url.as_deref(), Some("https://new.example.org/cb"));
     assert!(matches!(
         store.set_app_enabled("missing", true).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(Entity::App))
     ));
     assert!(matches!(
         store.set_app_callback("missing", None).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(Entity::App))
     ));
 
     // Rotation: at most two active, newest first.
@@ -139,11 +139,11 @@ async fn apps_and_secret_rotation(fx: &Fixture) -> TestResult {
     assert_eq!(ids(&store.app("his-1").await?.ok_or("app vanished")?), [s5.id]);
     assert!(matches!(
         store.add_app_secret("missing", secret("x"), true).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(Entity::App))
     ));
     assert!(matches!(
         store.retire_old_app_secrets("missing").await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(Entity::App))
     ));
     Ok(())
 }
@@ -230,7 +230,7 @@ async fn channels(fx: &Fixture) -> TestResult {
         store
             .upsert_channel(channel(Uuid::now_v7(), ChannelKind::WechatTemplate, "wx"))
             .await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound(Entity::Referenced))
     ));
 
     // The platform wallet: a channel of no agency, one per kind, replaced in place.
