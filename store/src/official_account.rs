@@ -428,7 +428,7 @@ impl<D: Dialect> OfficialAccount for Db<D> {
         .await
         .map_err(|e| write_error(e, "card_code"))?;
         if n == 0 {
-            return Err(StoreError::NotFound(crate::Entity::Referenced));
+            return Err(StoreError::NotFound(crate::Entity::Receipt));
         }
         Ok(())
     }
