@@ -8,6 +8,8 @@
 #   * an S3-compatible server on 127.0.0.1:5000: the standalone server of PyPI's
 #     `moto` (`python3 -m moto.server`), for the S3 file store's tests;
 #   * PyPI's `standardwebhooks`, the reference library the webhook tests verify with.
+#   * Debian's chromium and chromium-driver (and fonts-wqy-zenhei), installed
+#     when absent, for the official account pages' browser tests.
 #
 # Idempotent: when all three already answer it changes nothing except dropping
 # test databases (`piaojia_test_*`, `piaojia_store_*`) that earlier runs left
@@ -99,10 +101,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
 elif ! command -v redis-cli >/dev/null 2>&1; then
     pkgs+=(redis-tools)
 fi
+# Headless Chromium and ChromeDriver for the pages' browser tests, and a CJK font
+# so their screenshots show Chinese (installed only when absent).
+command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || pkgs+=(chromium-driver)
+[ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || pkgs+=(fonts-wqy-zenhei)
 if [ "${#pkgs[@]}" -gt 0 ]; then
     apt_install "${pkgs[@]}"
 else
-    log "PostgreSQL and Redis are installed"
+    log "PostgreSQL, Redis and Chromium are installed"
 fi
 
 # moto (the S3-compatible server): the machine's python3 with pip, else a venv.

@@ -46,6 +46,13 @@ pub enum ChannelKind {
     WechatSubscribe,
     /// The platform's shared wallet mini-program (a channel of no agency).
     WalletSubscribe,
+    /// The card package: a receipt's PDF uploaded (`setpdf`) after the payer agreed.
+    CardPdf,
+    /// The card package: the card put into the payer's package (`insertbill`).
+    CardInsert,
+    /// The card package: the card's status set (`updatestatus`: CANCEL on a
+    /// reversal, LOCK and CLOSURE mirrored from reimbursers).
+    CardStatus,
 }
 
 spelled!(ChannelKind {
@@ -53,6 +60,9 @@ spelled!(ChannelKind {
     WechatTemplate => "wechat_template",
     WechatSubscribe => "wechat_subscribe",
     WalletSubscribe => "wallet_subscribe",
+    CardPdf => "card_pdf",
+    CardInsert => "card_insert",
+    CardStatus => "card_status",
 });
 
 impl ChannelKind {
@@ -61,9 +71,21 @@ impl ChannelKind {
     /// (where a WeChat payment usually happens), then its mini-program.
     pub const PAYER_PREFERENCE: [ChannelKind; 2] = [ChannelKind::WechatTemplate, ChannelKind::WechatSubscribe];
 
-    /// True for the WeChat channels configured per app (`channel set`).
+    /// True for the WeChat channels configured per app (`channel set`) that
+    /// reach a payer with a message.
     pub fn is_wechat(self) -> bool {
-        !matches!(self, ChannelKind::IssuerWebhook)
+        matches!(
+            self,
+            ChannelKind::WechatTemplate | ChannelKind::WechatSubscribe | ChannelKind::WalletSubscribe
+        )
+    }
+
+    /// True for the card package's calls (DOMAIN.md §7), made for agencies that enable it.
+    pub fn is_card(self) -> bool {
+        matches!(
+            self,
+            ChannelKind::CardPdf | ChannelKind::CardInsert | ChannelKind::CardStatus
+        )
     }
 
     /// True for channels configured without an agency (the platform's own).

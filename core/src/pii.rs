@@ -251,6 +251,8 @@ pub mod purpose {
         pub const PAYER_ACCESS_JWT: &str = "payer-access-jwt";
         /// Signs receipt download links.
         pub const DOWNLOAD_LINK: &str = "receipt-download-link";
+        /// The signed "收入微信卡包" links of template messages.
+        pub const CARD_LINK: &str = "card-package-link";
     }
 
     /// Keyed-hash domains.
@@ -258,6 +260,16 @@ pub mod purpose {
         /// A receipt's canonical content (idempotency of pushes).
         pub const RECEIPT_CONTENT: &str = "receipt_content";
         pub const REFRESH_TOKEN: &str = "refresh_token";
+        /// The cookie token of an official-account page session.
+        pub const WEB_SESSION: &str = "web_session";
+        /// The CSRF token of a page session's forms (derived from its token).
+        pub const WEB_CSRF: &str = "web_csrf";
+        /// The OAuth `state` of a started page sign-in (bound to a browser cookie).
+        pub const WEB_OAUTH_STATE: &str = "web_oauth_state";
+        /// A temporary parametric QR code's scene value.
+        pub const QR_SCENE: &str = "qr_scene";
+        /// The key of the sandbox's "what this payer sees" page (`piaojia demo`).
+        pub const SANDBOX_PAYER_PAGE: &str = "sandbox_payer_page";
     }
 }
 

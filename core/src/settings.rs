@@ -32,6 +32,7 @@ pub struct Settings {
     pub wechat: WechatSettings,
     pub miniprogram: MiniProgramSettings,
     pub reimbursement: ReimbursementSettings,
+    pub pages: PagesSettings,
     #[serde(default)]
     pub agencies: Vec<AgencyProvision>,
     #[serde(default)]
@@ -297,6 +298,11 @@ pub struct WechatSettings {
     pub mode: WechatMode,
     pub api_base_url: String,
     pub sandbox_allow_public: bool,
+    /// How long the signed "收入微信卡包" link of a template message stays valid.
+    #[serde(rename = "card_link_secs", deserialize_with = "secs")]
+    pub card_link_ttl: Duration,
+    /// The `key` of the official-account menu's "我的票据" click button.
+    pub menu_receipts_key: String,
 }
 
 /// The receipt-wallet mini-program API (payers).
@@ -315,6 +321,24 @@ pub struct MiniProgramSettings {
     pub session_per_ip_per_min: u32,
     pub session_per_app_per_min: u32,
     pub page_size_max: u32,
+}
+
+/// The official account's pages inside WeChat (H5) and WeChat's own channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagesSettings {
+    /// Lifetime of a page session (the cookie after web OAuth).
+    #[serde(rename = "session_secs", deserialize_with = "secs")]
+    pub session_ttl: Duration,
+    /// Lifetime of a temporary parametric QR code for one receipt (WeChat allows
+    /// up to 30 days).
+    #[serde(rename = "qr_secs", deserialize_with = "secs")]
+    pub qr_ttl: Duration,
+    /// Lifetime of an OAuth `state` (sign-in started, not yet come back).
+    #[serde(rename = "oauth_state_secs", deserialize_with = "secs")]
+    pub oauth_state_ttl: Duration,
+    /// Paper-QR views (check code checks) per minute per client address.
+    pub paper_qr_per_ip_per_min: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -480,6 +504,22 @@ impl Settings {
                 "must be an address like 127.0.0.1:9464 (or empty: no metrics listener)",
             ));
         }
+        let qr = self.pages.qr_ttl.as_secs();
+        if !(60..=2_592_000).contains(&qr) {
+            return Err(invalid(
+                "pages.qr_secs",
+                "must be between 60 and 2592000 (WeChat's limit)",
+            ));
+        }
+        if self.pages.session_ttl.as_secs() < 60 {
+            return Err(invalid("pages.session_secs", "must be at least 60"));
+        }
+        if self.pages.oauth_state_ttl.as_secs() < 30 {
+            return Err(invalid("pages.oauth_state_secs", "must be at least 30"));
+        }
+        if self.pages.paper_qr_per_ip_per_min == 0 {
+            return Err(invalid("pages.paper_qr_per_ip_per_min", "must be at least 1"));
+        }
         let ops_token = self.ops.token.expose_secret();
         if !ops_token.is_empty() && ops_token.chars().count() < OPS_TOKEN_MIN_CHARS {
             return Err(invalid(
@@ -581,6 +621,12 @@ impl Settings {
         }
         if !(1..=365).contains(&(mp.refresh_token_ttl.as_secs() / 86_400)) {
             return Err(invalid("miniprogram.refresh_token_days", "must be between 1 and 365"));
+        }
+        if !(60..=30 * 86_400).contains(&self.wechat.card_link_ttl.as_secs()) {
+            return Err(invalid("wechat.card_link_secs", "must be between 60 and 2592000"));
+        }
+        if self.wechat.menu_receipts_key.is_empty() || self.wechat.menu_receipts_key.len() > 128 {
+            return Err(invalid("wechat.menu_receipts_key", "must be 1 to 128 bytes"));
         }
         if !(10..=900).contains(&mp.download_link_ttl.as_secs()) {
             return Err(invalid("miniprogram.download_link_secs", "must be between 10 and 900"));

@@ -71,8 +71,68 @@ pub enum Command {
         #[command(subcommand)]
         command: ChannelCommand,
     },
+    /// The official account's menu (`menu/create`).
+    Menu {
+        #[command(subcommand)]
+        command: MenuCommand,
+    },
+    /// WeChat's card package (卡包) for an agency: its card template (`createbillcard`).
+    Card {
+        #[command(subcommand)]
+        command: CardCommand,
+    },
     /// Sign and send one request as an app, printing the status and body.
     Call(CallArgs),
+    /// The first minute, in the sandbox: provisions a demo hospital with an
+    /// official account and a mini-program, pushes a receipt for a WeChat payer
+    /// (with their openid) to the running gateway, and prints the sandbox page
+    /// that shows what that payer sees in WeChat.
+    Demo {
+        /// The running gateway (default: `server.public_url`, else
+        /// http://127.0.0.1:<server.port>).
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MenuCommand {
+    /// Set the account's menu with the "我的票据" entry: a `click` button answered
+    /// with a link to the payer's receipts, or with `--view` a `view` button
+    /// opening `/h5/{appId}/receipts`. In sandbox mode it calls the simulator of
+    /// the running `piaojia serve` (server.port).
+    Create {
+        /// The official account's WeChat appid (a `wechat_template` channel).
+        #[arg(long = "app")]
+        app_id: String,
+        #[arg(long)]
+        view: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CardCommand {
+    /// Enable the card package for an agency: its official account becomes the
+    /// platform (`card/invoice/seturl`) and gets the agency's card template
+    /// (`createbillcard`, once).
+    Enable {
+        #[arg(long)]
+        agency: String,
+        /// The agency's official account (a `wechat_template` channel).
+        #[arg(long = "app")]
+        app_id: String,
+        /// The unit's full name on the card.
+        #[arg(long)]
+        payee: String,
+        /// The logo uploaded to WeChat (an mmbiz.qpic.cn URL).
+        #[arg(long)]
+        logo_url: String,
+    },
+    /// Turn the card package off for an agency (cards already taken stay).
+    Disable {
+        #[arg(long)]
+        agency: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -253,6 +313,21 @@ pub struct CallArgs {
     pub body: Option<PathBuf>,
 }
 
+/// The WeChat client of a one-off command: WeChat itself in live mode, the
+/// simulator of the running `piaojia serve` in sandbox mode.
+fn command_wechat_client(settings: &Settings) -> anyhow::Result<piaojia_wechat::client::WechatClient> {
+    use piaojia_core::settings::WechatMode;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let base = match settings.wechat.mode {
+        WechatMode::Live => settings.wechat.api_base_url.clone(),
+        WechatMode::Sandbox => format!("http://127.0.0.1:{}/sandbox/wechat", settings.server.port),
+    };
+    Ok(piaojia_wechat::client::WechatClient::new(
+        &base,
+        piaojia_wechat::client::TokenCache::Memory,
+    )?)
+}
+
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -335,6 +410,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 ChannelCommand::List { agency } => {
                     print_json(&provisioning::list_channels(store.as_ref(), agency.as_deref()).await?)?
+                }
+            }
+        }
+        Command::Demo { url } => return demo(&settings, &url).await,
+        Command::Menu {
+            command: MenuCommand::Create { app_id, view },
+        } => {
+            let store = open_store(&settings).await?;
+            let keyring = settings.keyring()?;
+            let wechat = command_wechat_client(&settings)?;
+            let menu = crate::menu::create(store.as_ref(), &keyring, &wechat, &settings, &app_id, view).await?;
+            print_json(&menu.to_json())?;
+        }
+        Command::Card { command } => {
+            let store = open_store(&settings).await?;
+            match command {
+                CardCommand::Enable {
+                    agency,
+                    app_id,
+                    payee,
+                    logo_url,
+                } => {
+                    let keyring = settings.keyring()?;
+                    let wechat = command_wechat_client(&settings)?;
+                    let spec = crate::card_package::EnableCard {
+                        agency_code: agency,
+                        wechat_app_id: app_id,
+                        payee,
+                        logo_url,
+                    };
+                    print_json(&crate::card_package::enable(store.as_ref(), &keyring, &wechat, spec).await?)?;
+                }
+                CardCommand::Disable { agency } => {
+                    print_json(&crate::card_package::disable(store.as_ref(), &agency).await?)?
                 }
             }
         }
@@ -434,6 +543,126 @@ fn write_openapi(out: &PathBuf, check: bool) -> anyhow::Result<()> {
 
 /// Signs and sends one request: the smallest possible issuer client, for trying
 /// piaojia without writing HMAC code.
+/// The demo hospital of `piaojia demo` and its WeChat apps (the simulator's).
+pub mod demo_ids {
+    pub const AGENCY: &str = "12110000400000099D";
+    pub const ISSUER: &str = "demo-his";
+    pub const OFFICIAL_ACCOUNT: &str = "wxd3m0off1c1a1acc0";
+    pub const MINI_PROGRAM: &str = "wxd3m0m1n1pr0gram0";
+    pub const TEMPLATE: &str = "demo-receipt-issued";
+    /// The WeChat user who paid (an openid of the official account).
+    pub const PAYER_OPENID: &str = "oDemoPayer0000000000000000Zs";
+}
+
+/// Provisions the demo hospital (idempotent), pushes one receipt with the
+/// payer's openid and prints where to look.
+async fn demo(settings: &Settings, url: &Option<String>) -> anyhow::Result<()> {
+    use demo_ids::*;
+    anyhow::ensure!(
+        settings.wechat.mode == piaojia_core::settings::WechatMode::Sandbox,
+        "piaojia demo runs in the sandbox only (wechat.mode = \"sandbox\"): it sends to simulated WeChat users"
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let base = url
+        .clone()
+        .unwrap_or_else(|| crate::state::base_url(settings, settings.server.port));
+    let base = base.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    // The gateway migrates its store as it starts: wait until it is ready.
+    let mut ready = false;
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(ready, "no ready gateway at {base}: start `piaojia serve` first");
+    let store = open_store(settings).await?;
+    let keyring = settings.keyring()?;
+    if store.agency_by_code(AGENCY).await?.is_none() {
+        provisioning::create_agency(store.as_ref(), AGENCY, "示例市演示医院", Vec::new()).await?;
+    }
+    // A fresh issuer secret each run: the old one is replaced (it was printed once).
+    let view = if store.app(ISSUER).await?.is_some() {
+        provisioning::rotate_secret(store.as_ref(), &keyring, ISSUER, false).await?
+    } else {
+        provisioning::create_app(
+            store.as_ref(),
+            &keyring,
+            AGENCY,
+            AppKind::Issuer,
+            ISSUER,
+            "演示 HIS",
+            None,
+        )
+        .await?
+    };
+    let secret = view.secret.context("a new secret")?;
+    for (kind, appid) in [
+        ("wechat_template", OFFICIAL_ACCOUNT),
+        ("wechat_subscribe", MINI_PROGRAM),
+    ] {
+        provisioning::set_channel(
+            store.as_ref(),
+            &keyring,
+            provisioning::ChannelSpec {
+                agency_code: Some(AGENCY.to_owned()),
+                kind: kind.to_owned(),
+                wechat_app_id: appid.to_owned(),
+                secret: format!("demo-secret-of-{appid}"),
+                template_id: TEMPLATE.to_owned(),
+                fields: serde_json::Map::new(),
+                page: (kind == "wechat_subscribe").then(|| "pages/receipt/detail".to_owned()),
+                // The simulator pushes scans and clicks to our message server.
+                message_token: (kind == "wechat_template").then(|| "demo-message-token".to_owned()),
+                encoding_aes_key: None,
+                enabled: true,
+                long_term: false,
+            },
+        )
+        .await?;
+    }
+    // The running gateway registers new channels with its simulator every 2 s.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut receipt: serde_json::Value = serde_json::from_str(include_str!("../../openapi/examples/receipt.json"))?;
+    let bill_no = format!("{:010}", chrono::Utc::now().timestamp() % 10_000_000_000);
+    receipt["billNo"] = bill_no.clone().into();
+    receipt["random"] = pii::random_alnum(6).to_ascii_lowercase().into();
+    receipt["openID"] = PAYER_OPENID.into();
+    receipt["issuedAt"] = chrono::Utc::now().to_rfc3339().into();
+    let body = serde_json::to_vec(&receipt)?;
+    let path = "/v1/receipts";
+    let timestamp = chrono::Utc::now().timestamp();
+    let nonce = pii::random_alnum(24);
+    let auth = signing::authorization(ISSUER, &secret, "POST", path, timestamp, &nonce, &body);
+    let resp = http
+        .post(format!("{base}{path}"))
+        .header("authorization", auth)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("pushing to {base} (is `piaojia serve` running?)"))?;
+    let status = resp.status();
+    let pushed: serde_json::Value = resp.json().await.unwrap_or_default();
+    anyhow::ensure!(status.is_success(), "the push answered {status}: {pushed}");
+    let page = crate::sandbox_payer_page_url(&base, &keyring, OFFICIAL_ACCOUNT, PAYER_OPENID);
+    print_json(&serde_json::json!({
+        "agency": AGENCY,
+        "issuer": { "appId": ISSUER, "secret": secret },
+        "officialAccount": OFFICIAL_ACCOUNT,
+        "miniProgram": MINI_PROGRAM,
+        "payerOpenid": PAYER_OPENID,
+        "receipt": { "billBatchCode": receipt["billBatchCode"], "billNo": bill_no, "deliveries": pushed["deliveries"] },
+        "whatThePayerSees": page,
+    }))?;
+    eprintln!("\nOpen {page}\nin a browser: the template message the payer got, and the receipt page it opens.");
+    Ok(())
+}
+
 async fn call(args: &CallArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let body = match &args.body {

@@ -9,6 +9,7 @@ use crate::issuer::routes as issuer;
 use crate::message_server;
 use crate::operator::routes as ops;
 use crate::reimburser::routes as reimburser;
+use crate::pages::routes as pages;
 use crate::service::health;
 
 #[derive(OpenApi)]
@@ -31,6 +32,14 @@ use crate::service::health;
         reimburser::reject,
         reimburser::batch,
         reimburser::history,
+        issuer::receipt_qrcode,
+        pages::stylesheet,
+        pages::oauth_callback,
+        pages::list,
+        pages::detail,
+        pages::download,
+        pages::paper,
+        pages::add_to_wallet,
         health::healthz,
         health::readyz,
         ops::channels,
@@ -41,12 +50,14 @@ use crate::service::health;
         ops::reimbursement_history,
         message_server::verify,
         message_server::receive,
+        crate::card_package::take_card,
     ),
     components(schemas(Problem, FieldProblem)),
     modifiers(&Security),
     tags(
         (name = "issuer", description = "Hospital billing and receipt systems push receipts and reversals"),
         (name = "reimburser", description = "Medical insurance, insurers and employers: verify receipts (查验), lock, close, unlock and reject them; a receipt is reimbursed at most once"),
+        (name = "pages", description = "The official account's pages inside WeChat (H5, HTML in Chinese): payers sign in by web OAuth (snsapi_base) and see the receipts in their wallet; every failure is an error page"),
         (name = "wechat", description = "Our message server: the callback URL configured in an official account"),
         (name = "operations", description = "Health, readiness, and the operator API: channel and interface health, alerts, re-drive. Prometheus metrics are served on their own listener (`server.metrics_address`, loopback by default), not here."),
     )
@@ -130,7 +141,8 @@ mod tests {
                 };
                 for (status, response) in responses {
                     let Ok(status) = status.parse::<u16>() else { continue };
-                    if status < 400 {
+                    // The official account's pages answer error pages (HTML), not problems.
+                    if status < 400 || response["content"].get("text/html").is_some() {
                         continue;
                     }
                     let description = response["description"].as_str().unwrap_or_default();

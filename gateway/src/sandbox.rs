@@ -30,8 +30,99 @@ pub fn start(own_port: u16) -> (Sandbox, String) {
     )
 }
 
+/// The sandbox page of what one payer sees (`piaojia demo` prints its link).
+pub const PAYER_PAGE: &str = "/sandbox/payer";
+
+/// The key in a payer page's link: only who holds the keys (the gateway, and
+/// `piaojia demo` on its settings) can make one.
+pub fn payer_page_key(keyring: &Keyring, appid: &str, openid: &str) -> String {
+    let mut key = keyring.keyed_hash(
+        piaojia_core::pii::purpose::hash::SANDBOX_PAYER_PAGE,
+        format!("{appid}\0{openid}").as_bytes(),
+    );
+    key.truncate(32);
+    key
+}
+
+/// The link of one payer's sandbox page.
+pub fn payer_page_url(base_url: &str, keyring: &Keyring, appid: &str, openid: &str) -> String {
+    let key = payer_page_key(keyring, appid, openid);
+    format!("{base_url}{PAYER_PAGE}?appid={appid}&openid={openid}&key={key}")
+}
+
+/// A template keyword as WeChat labels it for the payer (the default fields;
+/// others by their kind).
+fn keyword_label(key: &str) -> String {
+    let kind = key.trim_end_matches(|c: char| c.is_ascii_digit());
+    match kind {
+        "thing" => "开票单位",
+        "amount" => "金额",
+        "character_string" => "票据号码",
+        "time" => "开票时间",
+        "phrase" => "状态",
+        _ => key,
+    }
+    .to_owned()
+}
+
+/// What the payer sees in WeChat: the template messages the official account
+/// sent them, each linking the receipt's page. Opening the page also makes this
+/// browser that payer's WeChat browser in the simulator (its cookie), so the
+/// link opens the receipt through the silent web OAuth as inside WeChat.
+async fn payer_page(req: actix_web::HttpRequest, state: web::Data<crate::state::AppState>) -> actix_web::HttpResponse {
+    use subtle::ConstantTimeEq as _;
+    let q: std::collections::BTreeMap<String, String> = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect();
+    let get = |k: &str| q.get(k).map(String::as_str).unwrap_or_default();
+    let (appid, openid) = (get("appid"), get("openid"));
+    let want = payer_page_key(&state.keyring, appid, openid);
+    let ok = !appid.is_empty() && !openid.is_empty() && bool::from(want.as_bytes().ct_eq(get("key").as_bytes()));
+    let Some(sim) = state.sandbox.as_ref().filter(|_| ok) else {
+        return crate::pages::PageError::not_found().page();
+    };
+    let account = sim
+        .app(appid)
+        .and_then(|a| a.name.clone())
+        .unwrap_or_else(|| appid.to_owned());
+    let mut messages: Vec<crate::pages::views::DemoMessage> = sim
+        .sent_template_messages()
+        .into_iter()
+        .filter(|m| m.appid == appid && m.touser == openid)
+        .map(|m| crate::pages::views::DemoMessage {
+            account: account.clone(),
+            openid: m.touser.clone(),
+            sent_at: m
+                .at
+                .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("+08:00"))
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string(),
+            lines: m
+                .data
+                .as_object()
+                .map(|d| {
+                    d.iter()
+                        .map(|(k, v)| (keyword_label(k), v["value"].as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            url: m.url.clone(),
+        })
+        .collect();
+    messages.reverse();
+    let intro = "这是沙箱（模拟微信）：下面是公众号发给这位付款人的模板消息，和他在微信里看到的一样。\
+                 点“详情”打开票据页：模拟器把本浏览器当作这位付款人的微信，静默授权（snsapi_base）后直接进入。";
+    let mut resp = crate::pages::page(crate::pages::views::demo_page(&messages, intro));
+    let cookie = format!("wxsim_user_{appid}={openid}; Path={MOUNT}; HttpOnly; SameSite=Lax");
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&cookie) {
+        resp.headers_mut().append(actix_web::http::header::SET_COOKIE, v);
+    }
+    resp
+}
+
 /// Mounts the simulator; its `/sim/…` admin routes ask for the operator token.
 pub fn mount(cfg: &mut web::ServiceConfig, sim: &Sandbox) {
+    cfg.service(web::resource(PAYER_PAGE).route(web::get().to(payer_page)));
     cfg.service(
         web::scope(MOUNT)
             .wrap(from_fn(admin_needs_operator))

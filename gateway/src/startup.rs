@@ -19,7 +19,7 @@ use crate::error::handlers;
 use crate::files::FileStore;
 use crate::nonces::NonceRegistry;
 use crate::state::{AppDirectory, AppState};
-use crate::{issuer, message_server, operator, provisioning, service, telemetry};
+use crate::{issuer, message_server, operator, pages, provisioning, service, telemetry};
 
 /// The store named by the settings, migrated when `database.migrate_on_start`.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
@@ -126,6 +126,17 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         redis.as_ref(),
         format!("{}ops_token:", settings.redis.key_prefix),
     );
+    let pages = crate::state::PagesState {
+        paper_limits: piaojia_web::rate_limit::RateLimits::with_redis(
+            &[(
+                crate::pages::routes::PAPER_LIMIT,
+                settings.pages.paper_qr_per_ip_per_min,
+            )],
+            redis.as_ref(),
+            format!("{}pages:", settings.redis.key_prefix),
+        ),
+    };
+    let base_url = crate::state::base_url(&settings, own_port);
     let settings = Arc::new(settings);
     let wallet = Arc::new(piaojia_miniprogram_api::WalletState::new(
         piaojia_miniprogram_api::WalletConfig {
@@ -141,6 +152,17 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         files.object_store(),
         redis.as_ref(),
     ));
+    let card_links = Arc::new(crate::card_package::CardLinks::new(
+        &keyring,
+        &base_url,
+        settings.wechat.card_link_ttl,
+    ));
+    let card_support: Arc<dyn piaojia_notifier::channels::card::CardSupport> =
+        Arc::new(crate::card_package::GatewayCardSupport {
+            store: store.clone(),
+            files: files.clone(),
+            links: card_links.clone(),
+        });
     let intake = crate::issuer::intake::Intake::new(
         store.clone(),
         keyring.clone(),
@@ -167,6 +189,10 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         sandbox,
         wallet,
         ops_limits,
+        base_url,
+        pages,
+        card_links,
+        card_support,
     })
 }
 
@@ -211,12 +237,14 @@ impl Application {
                     notifier: state.settings.notifier.clone(),
                     alerts: state.settings.alerts.clone(),
                     app_cache: state.settings.security.app_cache,
+                    pages_base_url: state.base_url.clone(),
                 },
                 store: state.store.clone(),
                 keyring: state.keyring.clone(),
                 wechat: state.wechat.clone(),
                 wake: state.wake.clone(),
                 tracker: state.tracker.clone(),
+                card_support: Some(state.card_support.clone()),
             })?;
             let token = CancellationToken::new();
             tokio::spawn({
@@ -353,6 +381,8 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
                     piaojia_miniprogram_api::configure(cfg);
                     operator::configure(cfg);
                     message_server::configure(cfg);
+                    pages::configure(cfg);
+                    crate::card_package::configure(cfg);
                     service::docs::configure(cfg);
                 }
                 #[cfg(feature = "sandbox")]
@@ -360,7 +390,7 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
                     crate::sandbox::mount(cfg, sim);
                 }
             })
-            .default_service(web::to(handlers::not_found))
+            .default_service(web::to(pages::not_found))
     })
     .listen(listener)?
     .shutdown_timeout(settings.server.shutdown_timeout.as_secs());

@@ -32,6 +32,39 @@ pub struct AppState {
     pub wallet: Arc<piaojia_miniprogram_api::WalletState>,
     /// Wrong operator tokens per client address.
     pub ops_limits: piaojia_web::rate_limit::RateLimits,
+    /// Signs and checks the "收入微信卡包" links.
+    pub card_links: Arc<crate::card_package::CardLinks>,
+    /// Receipt files and links for the notifier's card channel.
+    pub card_support: Arc<dyn piaojia_notifier::channels::card::CardSupport>,
+    /// Where payers' browsers and WeChat reach us: `server.public_url`, else this
+    /// process's own address (the embedded default).
+    pub base_url: String,
+    /// What the official account's pages share.
+    pub pages: PagesState,
+}
+
+/// The official account's pages: limits of paper-QR checks per client address.
+pub struct PagesState {
+    pub paper_limits: piaojia_web::rate_limit::RateLimits,
+}
+
+/// `server.public_url` without a trailing slash, else `http://{host}:{port}`
+/// (a wildcard host as loopback).
+pub fn base_url(settings: &Settings, port: u16) -> String {
+    let public = settings.server.public_url.trim().trim_end_matches('/');
+    if !public.is_empty() {
+        return public.to_owned();
+    }
+    let host = settings.server.host.trim();
+    let host = match host {
+        "0.0.0.0" | "::" | "[::]" | "" => "127.0.0.1",
+        h => h,
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        format!("http://[{host}]:{port}")
+    } else {
+        format!("http://{host}:{port}")
+    }
 }
 
 /// An app as authentication needs it: secrets opened, agency joined.

@@ -174,3 +174,69 @@ fn keygen_and_config_errors() {
     assert!(stderr.contains("ops.token") && stderr.contains("32"), "{stderr}");
     assert!(!stderr.contains("password123"), "the token is not printed: {stderr}");
 }
+
+// The first minute (README): `piaojia demo` against a running embedded gateway
+// provisions the sandbox hospital, pushes a receipt for a WeChat payer, and the
+// page it prints shows the template message, whose link opens the receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_shows_what_the_payer_sees() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let server = Server(
+        Command::new(BIN)
+            .arg("serve")
+            .env("PIAOJIA_DATA_DIR", data.path())
+            .env("PIAOJIA_SERVER__PORT", port.to_string())
+            .env("PIAOJIA_SERVER__METRICS_ADDRESS", "")
+            .env("PIAOJIA_LOG__FILTER", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("serve starts"),
+    );
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let demo = json(&piaojia(data.path(), port, &["demo"]));
+    let page = demo["whatThePayerSees"].as_str().expect("the payer's page").to_owned();
+    assert!(
+        page.starts_with(&format!("http://127.0.0.1:{port}/sandbox/payer?")),
+        "{page}"
+    );
+    let mut phone = piaojia_tests::browser::Browser::new();
+    let mut seen = String::new();
+    for _ in 0..100 {
+        let p = phone.get(&page).await;
+        assert_eq!(p.status, 200);
+        if p.body.contains("已开具") {
+            seen = p.body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.contains("128.50元"), "the template message is shown: {seen}");
+    let start = seen
+        .find("/h5/wxd3m0off1c1a1acc0/receipts/")
+        .expect("a link to the receipt page");
+    let end = start + seen[start..].find('"').expect("end of link");
+    let receipt = phone
+        .get(&format!("http://127.0.0.1:{port}{}", &seen[start..end]))
+        .await;
+    assert_eq!(receipt.status, 200, "{}", receipt.body);
+    assert!(
+        receipt.body.contains("¥128.50") && receipt.body.contains("西药费"),
+        "{}: {}",
+        receipt.url,
+        receipt.body
+    );
+    // A forged key shows nothing.
+    let forged = phone.get(&format!("{}x", page)).await;
+    assert_eq!(forged.status, 404);
+    assert!(!forged.body.contains("128.50"));
+    drop(server);
+}

@@ -62,6 +62,9 @@ pub struct NotifierConfig {
     pub notifier: NotifierSettings,
     pub alerts: AlertSettings,
     pub app_cache: Duration,
+    /// Where payers reach the official account's pages (`server.public_url`, else
+    /// the gateway's own address): a template message links the receipt's page there.
+    pub pages_base_url: String,
 }
 
 pub struct NotifierDeps {
@@ -71,6 +74,8 @@ pub struct NotifierDeps {
     pub wechat: Arc<WechatClient>,
     pub wake: Wake,
     pub tracker: Arc<Tracker>,
+    /// Receipt files and signed links for the card package (the gateway's).
+    pub card_support: Option<Arc<dyn crate::channels::card::CardSupport>>,
 }
 
 struct Inner {
@@ -109,9 +114,20 @@ impl Notifier {
             deps.store.clone(),
             deps.keyring.clone(),
             deps.wechat.clone(),
+            deps.config.pages_base_url.clone(),
+            deps.card_support.clone(),
         ));
         for kind in ChannelKind::ALL.iter().filter(|k| k.is_wechat()) {
             adapters.insert(*kind, wechat.clone());
+        }
+        let card: Arc<dyn ChannelAdapter> = Arc::new(crate::channels::card::CardChannel::new(
+            deps.store.clone(),
+            deps.keyring.clone(),
+            deps.wechat.clone(),
+            deps.card_support.clone(),
+        ));
+        for kind in ChannelKind::ALL.iter().filter(|k| k.is_card()) {
+            adapters.insert(*kind, card.clone());
         }
         let callbacks = (!deps.config.app_cache.is_zero()).then(|| {
             moka::future::Cache::builder()

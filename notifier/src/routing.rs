@@ -15,6 +15,51 @@ pub fn wechat_interface(wechat_app_id: &str, kind: ChannelKind) -> String {
     format!("wechat:{wechat_app_id}:{api}")
 }
 
+/// The outside interface a card-package delivery calls (breakers and figures).
+pub fn card_interface(wechat_app_id: &str, kind: ChannelKind) -> String {
+    let api = match kind {
+        ChannelKind::CardPdf => "setpdf",
+        ChannelKind::CardInsert => "insertbill",
+        _ => "updatestatus",
+    };
+    format!("wechat:{wechat_app_id}:{api}")
+}
+
+/// A card-package delivery of `kind` for the card of `wechat_app_id`.
+pub fn card_delivery(
+    event: DeliveryEvent,
+    kind: ChannelKind,
+    wechat_app_id: &str,
+    open_id: &str,
+    payload: serde_json::Value,
+) -> NewDelivery {
+    NewDelivery {
+        id: Uuid::now_v7(),
+        event,
+        channel: kind,
+        target: open_id.to_owned(),
+        interface: card_interface(wechat_app_id, kind),
+        payload: Some(payload),
+    }
+}
+
+/// What follows a delivered card-package call: the PDF uploaded, the card is
+/// inserted with its `s_media_id`.
+pub fn card_follow_up(finished: &Delivery, provider_ref: Option<&str>) -> Option<NewDelivery> {
+    if finished.channel != ChannelKind::CardPdf {
+        return None;
+    }
+    let media_id = provider_ref?;
+    let appid = finished.interface.split(':').nth(1).unwrap_or_default();
+    Some(card_delivery(
+        finished.event,
+        ChannelKind::CardInsert,
+        appid,
+        &finished.target,
+        json!({ crate::channels::card::MEDIA_ID: media_id }),
+    ))
+}
+
 /// Webhooks are tracked and broken per target host.
 pub fn webhook_interface(url: &str) -> String {
     let host = url::Url::parse(url)
@@ -31,7 +76,7 @@ pub struct EventContext<'a> {
     pub channels: &'a [Channel],
 }
 
-fn payer_delivery(event: DeliveryEvent, channel: &Channel, open_id: &str, tried: &[ChannelKind]) -> NewDelivery {
+pub fn payer_delivery(event: DeliveryEvent, channel: &Channel, open_id: &str, tried: &[ChannelKind]) -> NewDelivery {
     NewDelivery {
         id: Uuid::now_v7(),
         event,
@@ -58,16 +103,21 @@ fn enabled(channels: &[Channel], kind: ChannelKind) -> Option<&Channel> {
     channels.iter().find(|c| c.enabled && c.kind == kind)
 }
 
+/// The agency's channel a receipt's openid is announced on (and whose user the
+/// openid is taken to be): the first enabled one in order of preference.
+pub fn payer_channel(channels: &[Channel]) -> Option<&Channel> {
+    ChannelKind::PAYER_PREFERENCE
+        .iter()
+        .find_map(|kind| enabled(channels, *kind))
+}
+
 /// The first deliveries of an event: the payer's WeChat channel when the receipt
 /// carries an openid and the agency has one; otherwise the issuer's status
 /// callback says the receipt is held without a push.
 pub fn plan(ctx: &EventContext<'_>) -> Vec<NewDelivery> {
-    let payer = ctx.open_id.and_then(|open_id| {
-        ChannelKind::PAYER_PREFERENCE
-            .iter()
-            .find_map(|kind| enabled(ctx.channels, *kind))
-            .map(|c| payer_delivery(ctx.event, c, open_id, &[c.kind]))
-    });
+    let payer = ctx
+        .open_id
+        .and_then(|open_id| payer_channel(ctx.channels).map(|c| payer_delivery(ctx.event, c, open_id, &[c.kind])));
     match (payer, ctx.callback_url) {
         (Some(d), _) => vec![d],
         (None, Some(url)) => vec![issuer_webhook(
@@ -111,7 +161,7 @@ pub fn follow_ups(
     callback_url: Option<&str>,
     fallback: Option<&Channel>,
 ) -> Vec<NewDelivery> {
-    if finished.channel == ChannelKind::IssuerWebhook {
+    if finished.channel == ChannelKind::IssuerWebhook || finished.channel.is_card() {
         return Vec::new();
     }
     let mut out = Vec::new();

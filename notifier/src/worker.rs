@@ -190,7 +190,11 @@ impl Notifier {
             Decision::FallBack { to, .. } => channels.iter().find(|c| c.kind == *to && c.enabled),
             _ => None,
         };
-        routing::follow_ups(&job.delivery, status, decision.error(), callback.as_deref(), fallback)
+        let mut next = routing::follow_ups(&job.delivery, status, decision.error(), callback.as_deref(), fallback);
+        if let Decision::Delivered { provider_ref } = decision {
+            next.extend(routing::card_follow_up(&job.delivery, provider_ref.as_deref()));
+        }
+        next
     }
 
     /// Records the attempt and the decision (fenced by the lease).

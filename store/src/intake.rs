@@ -60,6 +60,9 @@ pub struct NewReceiptRecord {
     /// Subscribe channels through which a registered payer this receipt is
     /// collected for may be told of it, in order of preference.
     pub wallet_channels: Vec<WalletChannel>,
+    /// The WeChat app (official account or mini-program) whose user `open_id` is:
+    /// the receipt is collected into that openid's wallet at once, registered or not.
+    pub openid_wallet: Option<String>,
 }
 
 /// The red receipt (红票) that voids an original.
@@ -395,6 +398,10 @@ async fn insert_in<D: Dialect>(
         let owed =
             wallets::collect_new_receipt::<D>(&mut *conn, r, &planned, now, D::BACKEND == Backend::Postgres).await?;
         planned.extend(owed);
+        if let (Some(app), Some(openid)) = (&r.openid_wallet, &r.open_id) {
+            let payer = crate::pages::payer_for_openid(&mut *conn, app, openid, now).await?;
+            crate::pages::collect_into(&mut *conn, payer, row.id, now).await?;
+        }
         let stored = queue::insert_deliveries::<D>(&mut *conn, row.id, r.agency_id, &planned, now).await?;
         return Ok(InsertOutcome::Created {
             receipt: row.into_receipt(stored)?,

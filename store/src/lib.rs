@@ -10,6 +10,8 @@
 //! | [`figures`] | tracking figures, backlog, alerts |
 //! | [`wallets`] | payers, sign-ins, wallets, subscription credits, audit |
 //! | [`reimbursement`] | reimbursers, the lock on a receipt (INIT, LOCK, CLOSURE, CANCEL), its history, request ids |
+//! | [`official_account`] | followers, providers' final reports, the card package (卡包) |
+//! | [`pages`] | web OAuth sessions of the official account's pages, wallets kept under an openid, QR scenes |
 //!
 //! [`Store`] is every role at once; the backend is chosen from the URL scheme at
 //! start ([`connect`]), and migrations are run deliberately ([`Store::migrate`]).
@@ -17,6 +19,8 @@
 pub mod figures;
 mod group_commit;
 pub mod intake;
+pub mod official_account;
+pub mod pages;
 mod postgres;
 pub mod queue;
 pub mod reimbursement;
@@ -34,6 +38,8 @@ use async_trait::async_trait;
 
 pub use figures::{Alert, AlertState, BacklogRow, Figures, StatsRow};
 pub use intake::{FileMeta, InsertOutcome, Intake, NewReceiptRecord, Reversal, ReversalOutcome, StoredReceipt};
+pub use official_account::{CardOrder, CardReceipt, CardUnit, OfficialAccount, ProviderReport};
+pub use pages::PayerPages;
 pub use piaojia_core::delivery::{AttemptOutcome, ChannelKind, DeliveryEvent, DeliveryStatus, ParkReason};
 pub use piaojia_core::parties::{AppKind, ReimbursementState};
 pub use piaojia_core::parties::{ReimbursementAction, ReimbursementRefusal, ReimburserKind};
@@ -180,7 +186,18 @@ impl<D: sql::Dialect> Db<D> {
 /// story (`store/tests/`) and the whole API suite.
 #[async_trait]
 pub trait Store:
-    Tenants + Intake + DeliveryQueue + Figures + Wallets + Reimbursement + StoreTestSupport + Send + Sync + 'static
+    Tenants
+    + Intake
+    + DeliveryQueue
+    + Figures
+    + Wallets
+    + Reimbursement
+    + OfficialAccount
+    + PayerPages
+    + StoreTestSupport
+    + Send
+    + Sync
+    + 'static
 {
     fn backend(&self) -> Backend;
     /// Applies the embedded migrations of this backend.

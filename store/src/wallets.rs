@@ -919,6 +919,7 @@ impl<D: Dialect> Wallets for Db<D> {
             "DELETE FROM wallet_entries WHERE payer_id = $1",
             "DELETE FROM subscription_credits WHERE payer_id = $1",
             "DELETE FROM refresh_tokens WHERE payer_id = $1",
+            "DELETE FROM web_sessions WHERE payer_id = $1",
             "DELETE FROM payer_identities WHERE payer_id = $1",
         ] {
             Sql::new(sql).bind(payer_id).execute(tx.conn()).await?;

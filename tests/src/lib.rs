@@ -3,5 +3,6 @@
 //! outside systems we cannot reach.
 
 pub mod bench;
+pub mod browser;
 pub mod harness;
 pub mod samples;

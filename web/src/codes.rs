@@ -122,6 +122,10 @@ error_codes! {
         "the receipt was already reversed with another red receipt";
     ReceiptLocked = "receipt_locked", CONFLICT, "Conflict",
         "the receipt is locked or reimbursed and cannot be reversed";
+    ReceiptReversed = "receipt_reversed", CONFLICT, "Conflict",
+        "the issuer reversed the receipt (冲红): it cannot be locked, nor get a QR code";
+    NoOfficialAccount = "no_official_account", CONFLICT, "Conflict",
+        "the agency has no enabled official account (channel `wechat_template`)";
     AgencyExists = "agency_exists", CONFLICT, "Conflict",
         "an agency with this code exists";
     AppExists = "app_exists", CONFLICT, "Conflict",
@@ -132,8 +136,6 @@ error_codes! {
         "reimburser API: another reimburser holds the lock on this receipt";
     ReceiptAlreadyClosed = "receipt_already_closed", CONFLICT, "Conflict",
         "reimburser API: the receipt is already reimbursed (closed)";
-    ReceiptReversed = "receipt_reversed", CONFLICT, "Conflict",
-        "reimburser API: the issuer reversed the receipt";
     LockRequired = "lock_required", CONFLICT, "Conflict",
         "reimburser API: closing, unlocking or rejecting needs your own lock";
     RequestIdReused = "request_id_reused", CONFLICT, "Conflict",

@@ -132,6 +132,12 @@ impl Intake {
 
         let keyring = &self.keyring;
         let payer = &receipt.payer;
+        // The openid belongs to the agency's channel it is announced on: the
+        // receipt is collected into that user's wallet at once.
+        let openid_wallet = match &receipt.open_id {
+            Some(_) => routing::payer_channel(&self.apps.channels(agency.id).await?).map(|c| c.wechat_app_id.clone()),
+            None => None,
+        };
         let record = NewReceiptRecord {
             id,
             agency_id: agency.id,
@@ -162,6 +168,7 @@ impl Intake {
             received_at: Timestamp::now(),
             search_text: receipt.search_text(),
             wallet_channels: self.wallet_channels(agency.id).await?,
+            openid_wallet,
         };
         let deliveries = self
             .plan_deliveries(issuer, DeliveryEvent::Issued, receipt.open_id.as_deref())
@@ -221,14 +228,17 @@ impl Intake {
         bill_no: &str,
         reversal: Reversal,
     ) -> Result<Accepted, IntakeError> {
-        let open_id = self
-            .store
-            .receipt(issuer.agency.id, bill_batch_code, bill_no)
-            .await?
-            .and_then(|r| r.open_id);
-        let deliveries = self
+        let stored = self.store.receipt(issuer.agency.id, bill_batch_code, bill_no).await?;
+        let open_id = stored.as_ref().and_then(|r| r.open_id.clone());
+        let mut deliveries = self
             .plan_deliveries(issuer, DeliveryEvent::Reversed, open_id.as_deref())
             .await?;
+        // A card in the payer's card package is cancelled with the receipt.
+        if let Some(r) = &stored
+            && r.reversal.is_none()
+        {
+            deliveries.extend(crate::card_package::cancel_delivery(self.store.as_ref(), r.id).await?);
+        }
         let outcome = self
             .store
             .reverse_receipt(issuer.agency.id, bill_batch_code, bill_no, reversal, deliveries)

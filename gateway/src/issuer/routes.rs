@@ -19,7 +19,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(push_receipt)
         .service(get_receipt)
         .service(reverse_receipt)
-        .service(reimbursement_history);
+        .service(reimbursement_history)
+        .service(receipt_qrcode);
 }
 
 impl From<IntakeError> for ApiError {
@@ -410,6 +411,51 @@ pub async fn reverse_receipt(
         StatusCode::OK
     };
     Ok(HttpResponse::build(status).json(ReceiptView::build(&state, &accepted.receipt)))
+}
+
+/// A temporary WeChat QR code for one receipt, to show on a kiosk or window
+/// screen: the payer scans it with WeChat (following the agency's official
+/// account if they do not yet) and the receipt is delivered to them: collected
+/// into their wallet and announced by a template message linking its page. The
+/// scene inside is random and expires after `pages.qr_secs`; the first WeChat
+/// user to scan it takes the receipt. Calls WeChat's `qrcode/create` through the
+/// agency's official account (channel `wechat_template`).
+#[utoipa::path(
+    post,
+    path = "/v1/receipts/{billBatchCode}/{billNo}/qrcode",
+    tag = "issuer",
+    security(("pj1_hmac" = [])),
+    params(
+        ("billBatchCode" = String, Path, description = "票据代码, 8 digits", example = "11060124"),
+        ("billNo" = String, Path, description = "票据号码, 10 digits", example = "0000000901"),
+    ),
+    responses(
+        (status = 201, description = "The QR code: WeChat's ticket and URL, a PNG of it, its expiry", body = crate::pages::scan::ReceiptQrView),
+        (status = 401, description = "`auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`receipt_reversed` (a reversed receipt is not handed out) or `no_official_account` (the agency has no enabled official account)", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "`wechat_unavailable`: WeChat refused or did not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/receipts/{bill_batch_code}/{bill_no}/qrcode")]
+pub async fn receipt_qrcode(
+    state: web::Data<AppState>,
+    issuer: Issuer,
+    path: web::Path<ReceiptPath>,
+) -> Result<HttpResponse, ApiError> {
+    check_identity(&path)?;
+    let receipt = state
+        .intake
+        .lookup(&issuer, &path.bill_batch_code, &path.bill_no)
+        .await?;
+    if receipt.reversal.is_some() {
+        return Err(ApiError::with(
+            ErrorCode::ReceiptReversed,
+            "the receipt is reversed (冲红): it is not handed out",
+        ));
+    }
+    let view = crate::pages::scan::create_receipt_qr(&state, &receipt).await?;
+    Ok(HttpResponse::Created().json(view))
 }
 
 /// Parses JSON with the pointer of a mistyped field in the error.

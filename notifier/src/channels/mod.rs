@@ -1,5 +1,6 @@
 //! One small adapter per delivery channel, behind one trait.
 
+pub mod card;
 pub mod webhook;
 pub mod wechat;
 

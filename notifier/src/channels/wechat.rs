@@ -20,17 +20,37 @@ pub struct WechatChannel {
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
     client: Arc<WechatClient>,
+    /// Signed card-package links for `{cardUrl}` in a template channel's page.
+    card: Option<Arc<dyn super::card::CardSupport>>,
     /// Channel settings change rarely; a short cache spares a query per send.
     /// Keyed by agency; `Uuid::nil()` holds the platform's channels.
     channels: moka::future::Cache<uuid::Uuid, Arc<Vec<Channel>>>,
+    /// Where the official account's pages are (template messages link there).
+    pages_base_url: String,
+}
+
+/// The page of one receipt in the official account's pages (`/h5/{appId}/receipts/{id}`).
+pub fn receipt_page_url(base_url: &str, wechat_app_id: &str, receipt_id: uuid::Uuid) -> String {
+    format!(
+        "{}/h5/{wechat_app_id}/receipts/{receipt_id}",
+        base_url.trim_end_matches('/')
+    )
 }
 
 impl WechatChannel {
-    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, client: Arc<WechatClient>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        client: Arc<WechatClient>,
+        pages_base_url: String,
+        card: Option<Arc<dyn super::card::CardSupport>>,
+    ) -> Self {
         Self {
             store,
             keyring,
             client,
+            pages_base_url,
+            card,
             channels: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(5))
@@ -71,6 +91,9 @@ impl WechatChannel {
             })
     }
 }
+
+/// In a template channel's `page`: replaced by the receipt's signed card-package link.
+pub const CARD_URL: &str = "{cardUrl}";
 
 /// Beijing time, as payers read it.
 fn beijing() -> FixedOffset {
@@ -128,7 +151,7 @@ pub fn render_fields(fields: &serde_json::Value, job: &ClaimedDelivery) -> BTree
         .collect()
 }
 
-fn classify(err: CallError) -> SendResult {
+pub(crate) fn classify(err: CallError) -> SendResult {
     let code = match &err {
         CallError::Wechat(e) => Some(e.errcode),
         CallError::Http(status) => Some(i64::from(*status)),
@@ -187,10 +210,36 @@ impl ChannelAdapter for WechatChannel {
         let data = render_fields(&channel.fields, job);
         let page = channel.page.clone().unwrap_or_default();
         let result = if channel.kind == ChannelKind::WechatTemplate {
+            // An unfollowed payer gets no template message (WeChat would answer
+            // 43004): a business outcome, and the next channel is tried.
+            match self.store.following(&channel.wechat_app_id, &job.delivery.target).await {
+                Ok(Some(false)) => {
+                    return SendResult::Permanent {
+                        code: Some(piaojia_wechat::errcode::REQUIRE_SUBSCRIBE),
+                        error: "the payer unfollowed the official account (unsubscribe)".into(),
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reading the follower record failed; sending"),
+            }
+            let url = if page.contains(CARD_URL) {
+                // The card-package link ("收入微信卡包"), signed for this receipt.
+                self.card
+                    .as_ref()
+                    .map(|c| page.replace(CARD_URL, &c.card_link(&channel.wechat_app_id, job.receipt.id)))
+            } else {
+                // The receipt's page among the account's own pages (signed in by
+                // web OAuth on opening): it shows the state, 已冲红 included.
+                Some(receipt_page_url(
+                    &self.pages_base_url,
+                    &channel.wechat_app_id,
+                    job.receipt.id,
+                ))
+            };
             let msg = TemplateMessage {
                 touser: job.delivery.target.clone(),
                 template_id: channel.template_id.clone(),
-                url: (!page.is_empty()).then(|| format!("{page}?receipt={}", job.receipt.id)),
+                url,
                 miniprogram: None,
                 // WeChat drops a repeat with the same client_msg_id: a re-sent
                 // delivery (after a crash mid-send) reaches the payer once.

@@ -6,6 +6,7 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
+use piaojia_store::pages::{NewScene, NewWebSession, Scan, ScanOutcome};
 use piaojia_store::testing::FreshDatabase;
 use piaojia_store::wallets::{RefreshOutcome, SubscriptionChoice, SubscriptionReport, WalletAdd, WalletQuery};
 use piaojia_store::{
@@ -290,6 +291,58 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
     assert!(store.revoke_refresh_family(payer, "t2").await?);
     assert_eq!(store.add_to_wallet(payer, r.id).await?, WalletAdd::Added);
     assert!(store.remove_from_wallet(payer, r.id, None).await?);
+
+    // The official account's pages: a session, and a QR scene taken by its first
+    // scanner, refused to a second one; an expired scene delivers nothing.
+    store
+        .create_web_session(NewWebSession {
+            token_hash: "session-times".to_owned(),
+            payer_id: payer,
+            wechat_app_id: "wx-oa".to_owned(),
+            openid: "o-times".to_owned(),
+            expires_at: Timestamp::now() + Duration::hours(1),
+        })
+        .await?;
+    let session = store.web_session("session-times", Timestamp::now()).await?;
+    assert_eq!(session.map(|s| s.payer_id), Some(payer));
+    let scene = |hash: &str, expires_at: Timestamp| NewScene {
+        scene_hash: hash.to_owned(),
+        receipt_id: r.id,
+        agency_id,
+        wechat_app_id: "wx-oa".to_owned(),
+        expires_at,
+    };
+    let scan = |hash: &str, openid: &str| Scan {
+        scene_hash: hash.to_owned(),
+        wechat_app_id: "wx-oa".to_owned(),
+        openid: openid.to_owned(),
+        now: Timestamp::now(),
+        announce: None,
+    };
+    store
+        .insert_scene(scene("scene-times", Timestamp::now() + Duration::hours(1)))
+        .await?;
+    let first = store.scan_scene(scan("scene-times", "o-scanner")).await?;
+    assert!(matches!(first, ScanOutcome::Delivered { first: true, .. }), "{first:?}");
+    let again = store.scan_scene(scan("scene-times", "o-scanner")).await?;
+    assert!(
+        matches!(again, ScanOutcome::Delivered { first: false, .. }),
+        "{again:?}"
+    );
+    assert_eq!(
+        store.scan_scene(scan("scene-times", "o-other")).await?,
+        ScanOutcome::Taken
+    );
+    let mut elsewhere = scan("scene-times", "o-scanner");
+    elsewhere.wechat_app_id = "wx-other".to_owned();
+    assert_eq!(store.scan_scene(elsewhere).await?, ScanOutcome::Unknown);
+    store
+        .insert_scene(scene("scene-late", Timestamp::now() - Duration::seconds(1)))
+        .await?;
+    assert_eq!(
+        store.scan_scene(scan("scene-late", "o-late")).await?,
+        ScanOutcome::Expired
+    );
     Ok(())
 }
 

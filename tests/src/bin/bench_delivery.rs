@@ -194,7 +194,10 @@ async fn main() -> anyhow::Result<()> {
     // CPU used during the window by the server and by this process (client and simulator).
     tokio::time::sleep_until(window_start.into()).await;
     let window_start_wall = Utc::now();
-    let database = env.get("DATABASE_URL").and_then(|u| bench::database_of(u)).map(str::to_owned);
+    let database = env
+        .get("DATABASE_URL")
+        .and_then(|u| bench::database_of(u))
+        .map(str::to_owned);
     let db_cpu = || database.as_deref().map_or(0.0, bench::postgres_cpu_of);
     let cpu_before = (bench::cpu_seconds(server.pid()), bench::cpu_seconds(std::process::id()));
     let (machine_before, commands_before) = (bench::machine_busy_seconds(), bench::cpu_by_command());
@@ -319,7 +322,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let redis_cpu = commands_after.get("redis-server").copied().unwrap_or(0.0)
         - commands_before.get("redis-server").copied().unwrap_or(0.0);
-    let redis_cpu = if args.store == StoreArg::Postgres { redis_cpu } else { 0.0 };
+    let redis_cpu = if args.store == StoreArg::Postgres {
+        redis_cpu
+    } else {
+        0.0
+    };
     let db_cpu_used = db_after - db_before;
     let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
     let idle_pct = match (idle_before, idle_after) {

@@ -3,10 +3,14 @@
 
 mod auth;
 mod body_limits;
+mod card_package;
 mod delivery;
 mod files;
 mod message_server;
+mod official_account;
 mod operability;
+mod pages;
+mod pages_browser;
 mod privacy;
 mod receipts;
 mod reimbursement;

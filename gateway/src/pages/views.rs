@@ -1,0 +1,296 @@
+//! The pages' HTML (maud: every value escaped). Chinese, mobile-first (one column,
+//! readable at 360 px), one stylesheet of our own (`/h5/static/h5.css`), no script,
+//! no outside resource: the strict HTML policy of `web::security_headers` holds.
+
+use maud::{DOCTYPE, Markup, html};
+
+/// The stylesheet every page links (served by `routes::stylesheet`).
+pub const STYLESHEET_PATH: &str = "/h5/static/h5.css";
+
+pub const STYLESHEET: &str = "\
+*{box-sizing:border-box}\
+html{-webkit-text-size-adjust:100%}\
+body{margin:0;background:#f2f3f5;color:#1a1a1a;font:16px/1.5 -apple-system,'PingFang SC','Microsoft YaHei','WenQuanYi Zen Hei',sans-serif}\
+header{background:#07c160;color:#fff;padding:.8rem 1rem}\
+header h1{margin:0;font-size:1.15rem;font-weight:600}\
+header p{margin:.1rem 0 0;font-size:.85rem;opacity:.9}\
+main{max-width:40rem;margin:0 auto;padding:.75rem}\
+.card{background:#fff;border-radius:10px;padding:.9rem 1rem;margin:0 0 .75rem}\
+.card h2{font-size:1rem;margin:0 0 .5rem}\
+.muted{color:#6b6b6b;font-size:.85rem}\
+.amount{font-size:1.7rem;font-weight:700;margin:.2rem 0}\
+.row{display:flex;justify-content:space-between;gap:.75rem;padding:.3rem 0;border-bottom:1px solid #f0f0f0}\
+.row:last-child{border-bottom:0}\
+.row span:first-child{color:#6b6b6b;flex:0 0 auto}\
+.row span:last-child{text-align:right;word-break:break-all}\
+.badge{display:inline-block;padding:.05rem .5rem;border-radius:999px;font-size:.8rem;background:#e8f8ef;color:#06ad56}\
+.badge.red{background:#fdecec;color:#e64340}\
+.badge.grey{background:#eee;color:#555}\
+.item{display:block;color:inherit;text-decoration:none}\
+.item .top{display:flex;justify-content:space-between;gap:.5rem;font-weight:600}\
+.btn{display:block;width:100%;text-align:center;padding:.75rem;border:0;border-radius:8px;background:#07c160;color:#fff;font-size:1rem;text-decoration:none;margin:.5rem 0}\
+.btn.secondary{background:#fff;color:#07c160;border:1px solid #07c160}\
+.error{color:#e64340}\
+form.filters{display:grid;grid-template-columns:1fr 1fr;gap:.5rem}\
+form.filters label{font-size:.85rem;color:#6b6b6b;display:flex;flex-direction:column}\
+form.filters .wide{grid-column:1/-1}\
+input,select{font:inherit;padding:.45rem;border:1px solid #ddd;border-radius:6px;background:#fff;width:100%}\
+table{width:100%;border-collapse:collapse;font-size:.9rem}\
+th,td{text-align:left;padding:.35rem .2rem;border-bottom:1px solid #f0f0f0;vertical-align:top}\
+td.num,th.num{text-align:right;white-space:nowrap}\
+.pager{display:flex;justify-content:space-between}\
+img.qr{display:block;width:100%;max-width:280px;margin:0 auto;image-rendering:pixelated}\
+.bubble{background:#fff;border-radius:10px;padding:.9rem 1rem;border-left:4px solid #07c160}\
+";
+
+/// The page frame: title bar, optional subtitle, body.
+pub fn layout(title: &str, subtitle: Option<&str>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="zh-CN" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width,initial-scale=1";
+                meta name="referrer" content="no-referrer";
+                title { (title) }
+                link rel="stylesheet" href=(STYLESHEET_PATH);
+            }
+            body {
+                header {
+                    h1 { (title) }
+                    @if let Some(s) = subtitle { p { (s) } }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// An error page: what went wrong in words a payer understands, nothing more.
+pub fn error_page(title: &str, message: &str, back: Option<&str>) -> Markup {
+    layout(
+        "出错了",
+        None,
+        html! {
+            div.card role="alert" {
+                h2.error { (title) }
+                p { (message) }
+            }
+            @if let Some(href) = back { a.btn.secondary href=(href) { "返回我的票据" } }
+        },
+    )
+}
+
+/// One line of the receipt list.
+pub struct ListLine {
+    pub href: String,
+    pub agency_name: String,
+    pub bus_type: &'static str,
+    pub bill: String,
+    pub issued_at: String,
+    pub amount: String,
+    pub state: State,
+}
+
+/// A receipt's state as the payer reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Valid,
+    Reversed,
+}
+
+impl State {
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Valid => "已开具",
+            State::Reversed => "已冲红",
+        }
+    }
+
+    fn badge(self) -> Markup {
+        match self {
+            State::Valid => html! { span.badge { (self.label()) } },
+            State::Reversed => html! { span.badge.red { (self.label()) } },
+        }
+    }
+}
+
+/// The filters as the form shows them (what the payer asked for).
+#[derive(Debug, Default, Clone)]
+pub struct FilterForm {
+    pub from: String,
+    pub to: String,
+    pub bus_type: String,
+    pub state: String,
+    pub q: String,
+}
+
+pub fn receipt_list(
+    account: &str,
+    action: &str,
+    filters: &FilterForm,
+    problem: Option<&str>,
+    lines: &[ListLine],
+    next: Option<&str>,
+) -> Markup {
+    let bus_types = piaojia_core::receipt::BusType::ALL;
+    layout(
+        "我的票据",
+        Some(account),
+        html! {
+            form.filters.card method="get" action=(action) {
+                label { "开具日期起" input type="date" name="from" value=(filters.from); }
+                label { "开具日期止" input type="date" name="to" value=(filters.to); }
+                label { "业务类型"
+                    select name="busType" {
+                        option value="" { "全部" }
+                        @for b in bus_types {
+                            option value=(b.as_code()) selected[filters.bus_type == b.as_code()] { (b.label_zh()) }
+                        }
+                    }
+                }
+                label { "状态"
+                    select name="state" {
+                        option value="" { "全部" }
+                        option value="valid" selected[filters.state == "valid"] { "已开具" }
+                        option value="reversed" selected[filters.state == "reversed"] { "已冲红" }
+                    }
+                }
+                label.wide { "医院或项目名称" input type="search" name="q" maxlength="50" value=(filters.q); }
+                button.btn.wide type="submit" { "筛选" }
+            }
+            @if let Some(p) = problem { p.card.error role="alert" { (p) } }
+            @if lines.is_empty() {
+                div.card { p.muted { "暂无票据。缴费后开具的电子票据会出现在这里。" } }
+            }
+            @for l in lines {
+                a.card.item href=(l.href) {
+                    div.top { span { (l.agency_name) } span { (l.amount) } }
+                    div.muted { (l.bus_type) " · " (l.issued_at) }
+                    div.muted { "票据 " (l.bill) " " (l.state.badge()) }
+                }
+            }
+            @if let Some(n) = next { div.pager { span {} a.btn.secondary href=(n) { "下一页" } } }
+        },
+    )
+}
+
+/// One receipt as the payer sees it.
+pub struct Detail {
+    pub agency_name: String,
+    pub title: String,
+    pub amount: String,
+    pub state: State,
+    pub reimbursement: &'static str,
+    pub facts: Vec<(&'static str, String)>,
+    /// 收费项目: name, amount.
+    pub charges: Vec<(String, String)>,
+    /// 明细: name, quantity, amount.
+    pub items: Vec<(String, String, String)>,
+    /// 医保结算: label, amount.
+    pub settlement: Vec<(&'static str, String)>,
+    /// The red receipt, when reversed: (代码 号码, 时间, 原因).
+    pub reversal: Option<(String, String, String)>,
+    pub download: Option<String>,
+    pub card_link: Option<String>,
+    pub back: Option<String>,
+}
+
+/// What the page offers besides reading: adding to the wallet (a CSRF-protected form).
+pub struct AddForm {
+    pub action: String,
+    pub csrf: String,
+    pub fields: Vec<(&'static str, String)>,
+}
+
+pub fn receipt_detail(d: &Detail, add: Option<&AddForm>, notice: Option<&str>) -> Markup {
+    layout(
+        &d.title,
+        Some(&d.agency_name),
+        html! {
+            @if let Some(n) = notice { div.card role="status" { p { (n) } } }
+            div.card {
+                div.muted { "票据金额" }
+                div.amount { (d.amount) }
+                div { (d.state.badge()) " " span.badge.grey { (d.reimbursement) } }
+            }
+            @if let Some((bill, at, reason)) = &d.reversal {
+                div.card {
+                    h2.error { "本票据已冲红" }
+                    div.row { span { "红字票据" } span { (bill) } }
+                    div.row { span { "冲红时间" } span { (at) } }
+                    div.row { span { "原因" } span { (reason) } }
+                }
+            }
+            div.card {
+                h2 { "票据信息" }
+                @for (k, v) in &d.facts { div.row { span { (k) } span { (v) } } }
+            }
+            @if !d.charges.is_empty() {
+                div.card {
+                    h2 { "收费项目" }
+                    @for (name, amt) in &d.charges { div.row { span { (name) } span { (amt) } } }
+                }
+            }
+            @if !d.items.is_empty() {
+                div.card {
+                    h2 { "费用明细" }
+                    table {
+                        thead { tr { th { "项目" } th.num { "数量" } th.num { "金额" } } }
+                        tbody { @for (n, q, a) in &d.items { tr { td { (n) } td.num { (q) } td.num { (a) } } } }
+                    }
+                }
+            }
+            @if !d.settlement.is_empty() {
+                div.card {
+                    h2 { "医保结算" }
+                    @for (k, v) in &d.settlement { div.row { span { (k) } span { (v) } } }
+                }
+            }
+            @if let Some(form) = add {
+                form method="post" action=(form.action) {
+                    input type="hidden" name="csrf" value=(form.csrf);
+                    @for (k, v) in &form.fields { input type="hidden" name=(k) value=(v); }
+                    button.btn type="submit" { "加入我的票夹" }
+                }
+            }
+            @if let Some(href) = &d.download { a.btn.secondary href=(href) { "下载电子票据" } }
+            @if let Some(href) = &d.card_link { a.btn.secondary href=(href) { "收入微信卡包" } }
+            @if let Some(href) = &d.back { a.btn.secondary href=(href) { "返回我的票据" } }
+        },
+    )
+}
+
+/// The sandbox's "what the payer sees" page: the template message as WeChat shows
+/// it, with its link, and the QR of a kiosk when there is one.
+pub struct DemoMessage {
+    pub account: String,
+    pub openid: String,
+    pub sent_at: String,
+    pub lines: Vec<(String, String)>,
+    pub url: Option<String>,
+}
+
+pub fn demo_page(messages: &[DemoMessage], intro: &str) -> Markup {
+    layout(
+        "沙箱：付款人看到的",
+        Some("模拟微信 · 不是真实用户"),
+        html! {
+            div.card { p.muted { (intro) } }
+            @if messages.is_empty() { div.card { p { "还没有发出模板消息。" } } }
+            @for m in messages {
+                div.card.bubble {
+                    h2 { (m.account) }
+                    div.muted { "发给 " (m.openid) " · " (m.sent_at) }
+                    @for (k, v) in &m.lines { div.row { span { (k) } span { (v) } } }
+                    @if let Some(u) = &m.url { a.btn href=(u) { "详情（打开票据页）" } }
+                }
+            }
+        },
+    )
+}
+
+/// A QR image page (issuers' kiosks may show it as it is).
+pub fn qr_image(data_uri: &str) -> Markup {
+    html! { img.qr alt="扫码领取票据" src=(data_uri); }
+}

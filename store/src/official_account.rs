@@ -1,0 +1,471 @@
+//! The official account and WeChat's own channel: who follows an account (an
+//! `unsubscribe` stops template sends to that openid), what WeChat finally reported
+//! of a delivery (`TEMPLATESENDJOBFINISH`), and the card package (卡包, DOMAIN.md §7):
+//! one card template per agency ([`CardUnit`]) and one authorisation order per
+//! receipt ([`CardOrder`]) with the card it became.
+
+use async_trait::async_trait;
+use const_format::concatcp;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::intake::FileMeta;
+use crate::queue::{Delivery, NewDelivery, deliveries, insert_deliveries};
+use crate::sql::{Dialect, Sql, Tx, write_error};
+use crate::{Db, Result, StoreError, Timestamp};
+
+/// An agency's card template in the card package, with the platform it is under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CardUnit {
+    pub agency_id: Uuid,
+    /// The official account that is both platform and unit (piaojia plays both roles).
+    pub wechat_app_id: String,
+    /// The platform's identifier (`card/invoice/seturl`).
+    pub s_pappid: String,
+    /// `createbillcard`'s `card_id`.
+    pub card_id: String,
+    pub payee: String,
+    pub logo_url: String,
+    pub enabled: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// One receipt offered to a payer's card package (`getbillauthurl`), and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CardOrder {
+    pub order_id: String,
+    pub receipt_id: Uuid,
+    pub agency_id: Uuid,
+    pub wechat_app_id: String,
+    /// The payer's openid in `wechat_app_id` (the receipt's payer).
+    pub open_id: String,
+    pub card_id: String,
+    pub requested_at: Timestamp,
+    /// When `user_authorize_invoice` arrived.
+    pub authorized_at: Option<Timestamp>,
+    /// The card's `code`, once inserted (`insertbill`).
+    pub code: Option<String>,
+    pub inserted_at: Option<Timestamp>,
+    /// The status we last set on the card (`INVOICE_REIMBURSE_*`).
+    pub card_status: Option<String>,
+    /// The status WeChat last reported (`update_invoice_status`).
+    pub wechat_status: Option<String>,
+    pub wechat_status_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+}
+
+/// What the card package needs of a receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardReceipt {
+    pub id: Uuid,
+    pub agency_id: Uuid,
+    /// The payer's openid the receipt was pushed with.
+    pub open_id: Option<String>,
+    pub total_fen: i64,
+    pub reversed: bool,
+    pub file: Option<FileMeta>,
+}
+
+/// What a provider finally reported of a delivery it had accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderReport {
+    pub delivery_id: Uuid,
+    /// E.g. `success`, `failed:user block`.
+    pub status: String,
+    pub reported_at: Timestamp,
+}
+
+#[async_trait]
+pub trait OfficialAccount: Send + Sync {
+    /// Records a follow (`subscribe`) or unfollow (`unsubscribe`); an older event
+    /// than the one recorded changes nothing.
+    async fn set_following(&self, wechat_app_id: &str, open_id: &str, following: bool, at: Timestamp) -> Result<()>;
+    /// `Some(false)` once the openid unfollowed (and did not follow again); `None`
+    /// when no event about it was seen.
+    async fn following(&self, wechat_app_id: &str, open_id: &str) -> Result<Option<bool>>;
+    /// Records a provider's final report of a delivery (the first report wins).
+    async fn record_provider_report(&self, delivery_id: Uuid, status: &str, at: Timestamp) -> Result<bool>;
+    async fn provider_report(&self, delivery_id: Uuid) -> Result<Option<ProviderReport>>;
+
+    /// The receipt as the card package needs it.
+    async fn card_receipt(&self, receipt_id: Uuid) -> Result<Option<CardReceipt>>;
+    /// Creates or replaces the agency's card template.
+    async fn upsert_card_unit(&self, unit: CardUnit) -> Result<CardUnit>;
+    async fn card_unit(&self, agency_id: Uuid) -> Result<Option<CardUnit>>;
+    /// Records the authorisation order of a receipt; a repeat returns the order as
+    /// first recorded (its payer cannot change).
+    async fn open_card_order(&self, order: CardOrder) -> Result<CardOrder>;
+    async fn card_order(&self, order_id: &str) -> Result<Option<CardOrder>>;
+    async fn card_order_for_receipt(&self, receipt_id: Uuid) -> Result<Option<CardOrder>>;
+    /// The payer agreed: with the deliveries that put the card into their package,
+    /// in one transaction. `None` (and nothing written) when the order was already
+    /// authorised, so a repeated event starts nothing twice.
+    async fn authorize_card_order(
+        &self,
+        order_id: &str,
+        at: Timestamp,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Option<Vec<Delivery>>>;
+    /// The card was inserted with `code`.
+    async fn card_inserted(&self, order_id: &str, code: &str, at: Timestamp) -> Result<()>;
+    /// The status we set on the card.
+    async fn set_card_status(&self, order_id: &str, status: &str, at: Timestamp) -> Result<()>;
+    /// What WeChat reported of a card (`update_invoice_status`); false when no
+    /// card of ours has that `card_id` and `code`.
+    async fn record_wechat_card_status(&self, card_id: &str, code: &str, status: &str, at: Timestamp) -> Result<bool>;
+    /// Queues deliveries about a card of `receipt_id` (status mirrors).
+    async fn queue_card_deliveries(
+        &self,
+        receipt_id: Uuid,
+        agency_id: Uuid,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Vec<Delivery>>;
+}
+
+const UNIT_COLUMNS: &str =
+    "agency_id, wechat_app_id, s_pappid, card_id, payee, logo_url, enabled, created_at, updated_at";
+
+#[derive(sqlx::FromRow)]
+struct UnitRow {
+    agency_id: Uuid,
+    wechat_app_id: String,
+    s_pappid: String,
+    card_id: String,
+    payee: String,
+    logo_url: String,
+    enabled: bool,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+}
+
+impl From<UnitRow> for CardUnit {
+    fn from(r: UnitRow) -> Self {
+        CardUnit {
+            agency_id: r.agency_id,
+            wechat_app_id: r.wechat_app_id,
+            s_pappid: r.s_pappid,
+            card_id: r.card_id,
+            payee: r.payee,
+            logo_url: r.logo_url,
+            enabled: r.enabled,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const ORDER_COLUMNS: &str = "order_id, receipt_id, agency_id, wechat_app_id, open_id, card_id, requested_at, \
+     authorized_at, code, inserted_at, card_status, wechat_status, wechat_status_at, updated_at";
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    order_id: String,
+    receipt_id: Uuid,
+    agency_id: Uuid,
+    wechat_app_id: String,
+    open_id: String,
+    card_id: String,
+    requested_at: Timestamp,
+    authorized_at: Option<Timestamp>,
+    code: Option<String>,
+    inserted_at: Option<Timestamp>,
+    card_status: Option<String>,
+    wechat_status: Option<String>,
+    wechat_status_at: Option<Timestamp>,
+    updated_at: Timestamp,
+}
+
+impl From<OrderRow> for CardOrder {
+    fn from(r: OrderRow) -> Self {
+        CardOrder {
+            order_id: r.order_id,
+            receipt_id: r.receipt_id,
+            agency_id: r.agency_id,
+            wechat_app_id: r.wechat_app_id,
+            open_id: r.open_id,
+            card_id: r.card_id,
+            requested_at: r.requested_at,
+            authorized_at: r.authorized_at,
+            code: r.code,
+            inserted_at: r.inserted_at,
+            card_status: r.card_status,
+            wechat_status: r.wechat_status,
+            wechat_status_at: r.wechat_status_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CardReceiptRow {
+    id: Uuid,
+    agency_id: Uuid,
+    open_id: Option<String>,
+    total_fen: i64,
+    reversed: bool,
+    file: Option<sqlx::types::Json<FileMeta>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct FollowRow {
+    following: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct ReportRow {
+    delivery_id: Uuid,
+    status: String,
+    reported_at: Timestamp,
+}
+
+impl<D: Dialect> Db<D> {
+    async fn order_by(&self, sql: Sql<'_>) -> Result<Option<CardOrder>> {
+        let row: Option<OrderRow> = sql.fetch_optional(&mut *self.d.read().await?).await?;
+        Ok(row.map(CardOrder::from))
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> OfficialAccount for Db<D> {
+    async fn set_following(&self, wechat_app_id: &str, open_id: &str, following: bool, at: Timestamp) -> Result<()> {
+        Sql::new(
+            "INSERT INTO wechat_followers (wechat_app_id, open_id, following, changed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (wechat_app_id, open_id) DO UPDATE SET following = excluded.following, \
+             changed_at = excluded.changed_at WHERE wechat_followers.changed_at <= excluded.changed_at",
+        )
+        .bind(wechat_app_id)
+        .bind(open_id)
+        .bind(following)
+        .bind(at)
+        .execute(&mut *self.d.writer().await?)
+        .await?;
+        Ok(())
+    }
+
+    async fn following(&self, wechat_app_id: &str, open_id: &str) -> Result<Option<bool>> {
+        let row: Option<FollowRow> =
+            Sql::new("SELECT following FROM wechat_followers WHERE wechat_app_id = $1 AND open_id = $2")
+                .bind(wechat_app_id)
+                .bind(open_id)
+                .fetch_optional(&mut *self.d.read().await?)
+                .await?;
+        Ok(row.map(|r| r.following))
+    }
+
+    async fn record_provider_report(&self, delivery_id: Uuid, status: &str, at: Timestamp) -> Result<bool> {
+        let n = Sql::new(
+            "INSERT INTO provider_reports (delivery_id, status, reported_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (delivery_id) DO NOTHING",
+        )
+        .bind(delivery_id)
+        .bind(status)
+        .bind(at)
+        .execute(&mut *self.d.writer().await?)
+        .await
+        .map_err(|e| write_error(e, "provider_report"))?;
+        Ok(n > 0)
+    }
+
+    async fn provider_report(&self, delivery_id: Uuid) -> Result<Option<ProviderReport>> {
+        let row: Option<ReportRow> =
+            Sql::new("SELECT delivery_id, status, reported_at FROM provider_reports WHERE delivery_id = $1")
+                .bind(delivery_id)
+                .fetch_optional(&mut *self.d.read().await?)
+                .await?;
+        Ok(row.map(|r| ProviderReport {
+            delivery_id: r.delivery_id,
+            status: r.status,
+            reported_at: r.reported_at,
+        }))
+    }
+
+    async fn card_receipt(&self, receipt_id: Uuid) -> Result<Option<CardReceipt>> {
+        let row: Option<CardReceiptRow> = Sql::new(
+            "SELECT id, agency_id, open_id, total_fen, (red_bill_no IS NOT NULL) AS reversed, file \
+             FROM receipts WHERE id = $1",
+        )
+        .bind(receipt_id)
+        .fetch_optional(&mut *self.d.read().await?)
+        .await?;
+        Ok(row.map(|r| CardReceipt {
+            id: r.id,
+            agency_id: r.agency_id,
+            open_id: r.open_id,
+            total_fen: r.total_fen,
+            reversed: r.reversed,
+            file: r.file.map(|f| f.0),
+        }))
+    }
+
+    async fn upsert_card_unit(&self, u: CardUnit) -> Result<CardUnit> {
+        let row: UnitRow = Sql::new(concatcp!(
+            "INSERT INTO card_units (",
+            UNIT_COLUMNS,
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (agency_id) DO UPDATE SET \
+             wechat_app_id = excluded.wechat_app_id, s_pappid = excluded.s_pappid, card_id = excluded.card_id, \
+             payee = excluded.payee, logo_url = excluded.logo_url, enabled = excluded.enabled, \
+             updated_at = excluded.updated_at RETURNING ",
+            UNIT_COLUMNS
+        ))
+        .bind(u.agency_id)
+        .bind(&u.wechat_app_id)
+        .bind(&u.s_pappid)
+        .bind(&u.card_id)
+        .bind(&u.payee)
+        .bind(&u.logo_url)
+        .bind(u.enabled)
+        .bind(u.updated_at)
+        .fetch_one(&mut *self.d.writer().await?)
+        .await
+        .map_err(|e| write_error(e, "card_unit"))?;
+        Ok(row.into())
+    }
+
+    async fn card_unit(&self, agency_id: Uuid) -> Result<Option<CardUnit>> {
+        let row: Option<UnitRow> = Sql::new(concatcp!(
+            "SELECT ",
+            UNIT_COLUMNS,
+            " FROM card_units WHERE agency_id = $1"
+        ))
+        .bind(agency_id)
+        .fetch_optional(&mut *self.d.read().await?)
+        .await?;
+        Ok(row.map(CardUnit::from))
+    }
+
+    async fn open_card_order(&self, o: CardOrder) -> Result<CardOrder> {
+        let mut tx = self.d.write().await?;
+        Sql::new(concatcp!(
+            "INSERT INTO card_orders (",
+            ORDER_COLUMNS,
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, NULL, NULL, $7) \
+             ON CONFLICT DO NOTHING"
+        ))
+        .bind(&o.order_id)
+        .bind(o.receipt_id)
+        .bind(o.agency_id)
+        .bind(&o.wechat_app_id)
+        .bind(&o.open_id)
+        .bind(&o.card_id)
+        .bind(o.requested_at)
+        .execute(tx.conn())
+        .await
+        .map_err(|e| write_error(e, "card_order"))?;
+        let row: Option<OrderRow> = Sql::new(concatcp!(
+            "SELECT ",
+            ORDER_COLUMNS,
+            " FROM card_orders WHERE receipt_id = $1"
+        ))
+        .bind(o.receipt_id)
+        .fetch_optional(tx.conn())
+        .await?;
+        tx.commit().await?;
+        row.map(CardOrder::from)
+            .ok_or_else(|| StoreError::Corrupt("card order vanished inside its transaction".into()))
+    }
+
+    async fn card_order(&self, order_id: &str) -> Result<Option<CardOrder>> {
+        self.order_by(
+            Sql::new(concatcp!(
+                "SELECT ",
+                ORDER_COLUMNS,
+                " FROM card_orders WHERE order_id = $1"
+            ))
+            .bind(order_id),
+        )
+        .await
+    }
+
+    async fn card_order_for_receipt(&self, receipt_id: Uuid) -> Result<Option<CardOrder>> {
+        self.order_by(
+            Sql::new(concatcp!(
+                "SELECT ",
+                ORDER_COLUMNS,
+                " FROM card_orders WHERE receipt_id = $1"
+            ))
+            .bind(receipt_id),
+        )
+        .await
+    }
+
+    async fn authorize_card_order(
+        &self,
+        order_id: &str,
+        at: Timestamp,
+        new: Vec<NewDelivery>,
+    ) -> Result<Option<Vec<Delivery>>> {
+        let mut tx = self.d.write().await?;
+        let row: Option<OrderRow> = Sql::new(concatcp!(
+            "UPDATE card_orders SET authorized_at = $2, updated_at = $2 WHERE order_id = $1 \
+             AND authorized_at IS NULL RETURNING ",
+            ORDER_COLUMNS
+        ))
+        .bind(order_id)
+        .bind(at)
+        .fetch_optional(tx.conn())
+        .await?;
+        let Some(order) = row else {
+            return Ok(None);
+        };
+        let rows = insert_deliveries::<D>(tx.conn(), order.receipt_id, order.agency_id, &new, at).await?;
+        tx.commit().await?;
+        Ok(Some(deliveries(rows)?))
+    }
+
+    async fn card_inserted(&self, order_id: &str, code: &str, at: Timestamp) -> Result<()> {
+        let n = Sql::new(
+            "UPDATE card_orders SET code = $2, inserted_at = $3, card_status = 'INVOICE_REIMBURSE_INIT', \
+             updated_at = $3 WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .bind(code)
+        .bind(at)
+        .execute(&mut *self.d.writer().await?)
+        .await
+        .map_err(|e| write_error(e, "card_code"))?;
+        if n == 0 {
+            return Err(StoreError::NotFound(crate::Entity::Receipt));
+        }
+        Ok(())
+    }
+
+    async fn set_card_status(&self, order_id: &str, status: &str, at: Timestamp) -> Result<()> {
+        Sql::new("UPDATE card_orders SET card_status = $2, updated_at = $3 WHERE order_id = $1")
+            .bind(order_id)
+            .bind(status)
+            .bind(at)
+            .execute(&mut *self.d.writer().await?)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_wechat_card_status(&self, card_id: &str, code: &str, status: &str, at: Timestamp) -> Result<bool> {
+        let n = Sql::new(
+            "UPDATE card_orders SET wechat_status = $3, wechat_status_at = $4, updated_at = $4 \
+             WHERE card_id = $1 AND code = $2",
+        )
+        .bind(card_id)
+        .bind(code)
+        .bind(status)
+        .bind(at)
+        .execute(&mut *self.d.writer().await?)
+        .await?;
+        Ok(n > 0)
+    }
+
+    async fn queue_card_deliveries(
+        &self,
+        receipt_id: Uuid,
+        agency_id: Uuid,
+        new: Vec<NewDelivery>,
+    ) -> Result<Vec<Delivery>> {
+        let mut tx = self.d.write().await?;
+        let rows = insert_deliveries::<D>(tx.conn(), receipt_id, agency_id, &new, Timestamp::now()).await?;
+        tx.commit().await?;
+        deliveries(rows)
+    }
+}

@@ -1,0 +1,310 @@
+//! The official account's pages (H5) and WeChat's own channel: sessions of payers
+//! signed in through web OAuth, the wallet kept under an openid before the payer
+//! registers, and the scenes of temporary parametric QR codes that hand one
+//! receipt to whoever scans them first.
+//!
+//! A payer first known by an openid (a receipt pushed with it, a QR scanned, a
+//! page opened) is a payer without a profile whose identity is (WeChat appid,
+//! openid) in `payer_identities`: the same record a mini-program sign-in makes.
+//! Registration later adds the verified identity to that same payer, so nothing
+//! collected under the openid is lost.
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::queue::{self, NewDelivery};
+use crate::sql::{Conn, Dialect, Sql, Tx, write_error};
+use crate::wallets::WalletAdd;
+use crate::{Db, Result, Timestamp};
+
+/// A new web session: the keyed hash of the cookie's token and whose it is.
+#[derive(Debug, Clone)]
+pub struct NewWebSession {
+    pub token_hash: String,
+    pub payer_id: Uuid,
+    pub wechat_app_id: String,
+    pub openid: String,
+    pub expires_at: Timestamp,
+}
+
+/// A live web session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSession {
+    pub payer_id: Uuid,
+    pub wechat_app_id: String,
+    pub openid: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// A temporary QR code's scene, stored by its keyed hash.
+#[derive(Debug, Clone)]
+pub struct NewScene {
+    pub scene_hash: String,
+    pub receipt_id: Uuid,
+    pub agency_id: Uuid,
+    pub wechat_app_id: String,
+    pub expires_at: Timestamp,
+}
+
+/// A scan of a receipt's QR code, and the announcement it is owed.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub scene_hash: String,
+    pub wechat_app_id: String,
+    pub openid: String,
+    pub now: Timestamp,
+    /// The template message telling the payer (inserted with the first scan only).
+    pub announce: Option<NewDelivery>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanOutcome {
+    /// The receipt is in the scanner's wallet now (`first`: this scan took it).
+    Delivered {
+        receipt_id: Uuid,
+        payer_id: Uuid,
+        first: bool,
+    },
+    /// No such scene for this app (forged, or another account's).
+    Unknown,
+    Expired,
+    /// Someone else scanned it first.
+    Taken,
+}
+
+#[async_trait]
+pub trait PayerPages: Send + Sync {
+    async fn create_web_session(&self, session: NewWebSession) -> Result<()>;
+    /// The session whose token hashes to `token_hash`, unless it expired.
+    async fn web_session(&self, token_hash: &str, now: Timestamp) -> Result<Option<WebSession>>;
+    async fn delete_web_session(&self, token_hash: &str) -> Result<bool>;
+    /// The payer known in `wechat_app_id` by `openid` (created without a profile
+    /// if new), and `receipt_id` collected into their wallet.
+    async fn collect_for_openid(
+        &self,
+        wechat_app_id: &str,
+        openid: &str,
+        receipt_id: Uuid,
+    ) -> Result<(Uuid, WalletAdd)>;
+    async fn insert_scene(&self, scene: NewScene) -> Result<()>;
+    /// A scan: the first openid takes the receipt (collected into their wallet,
+    /// the announcement queued); the same openid again is delivered again without
+    /// a second announcement; anyone else, or after expiry, is refused.
+    async fn scan_scene(&self, scan: Scan) -> Result<ScanOutcome>;
+}
+
+/// The payer behind (appid, openid), created without a profile when new. Safe
+/// against a concurrent first sight of the same openid.
+pub(crate) async fn payer_for_openid<C: Conn + ?Sized>(
+    conn: &mut C,
+    wechat_app_id: &str,
+    openid: &str,
+    now: Timestamp,
+) -> Result<Uuid> {
+    const FIND: &str = "SELECT payer_id FROM payer_identities WHERE app_id = $1 AND openid = $2";
+    let found: Option<(Uuid,)> = Sql::new(FIND)
+        .bind(wechat_app_id)
+        .bind(openid)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some((id,)) = found {
+        return Ok(id);
+    }
+    let id = Uuid::now_v7();
+    Sql::new("INSERT INTO payers (id, created_at, updated_at) VALUES ($1, $2, $2)")
+        .bind(id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    // A concurrent first sight waits here for the other transaction and then
+    // inserts nothing: the winner's payer is read back and ours goes.
+    Sql::new(
+        "INSERT INTO payer_identities (app_id, openid, payer_id, created_at, last_login_at) \
+         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (app_id, openid) DO NOTHING",
+    )
+    .bind(wechat_app_id)
+    .bind(openid)
+    .bind(id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let (winner,): (Uuid,) = Sql::new(FIND)
+        .bind(wechat_app_id)
+        .bind(openid)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(crate::StoreError::Corrupt("payer identity vanished".into()))?;
+    if winner != id {
+        Sql::new("DELETE FROM payers WHERE id = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(winner)
+}
+
+/// Collects a receipt into a payer's wallet (restoring nothing the payer removed).
+pub(crate) async fn collect_into<C: Conn + ?Sized>(
+    conn: &mut C,
+    payer_id: Uuid,
+    receipt_id: Uuid,
+    now: Timestamp,
+) -> Result<WalletAdd> {
+    let inserted = Sql::new(
+        "INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
+         SELECT $1, r.id, r.agency_id, r.issued_at, 'collected', '[]', $3 FROM receipts r \
+         WHERE r.id = $2 ON CONFLICT (payer_id, receipt_id) DO NOTHING",
+    )
+    .bind(payer_id)
+    .bind(receipt_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| write_error(e, "wallet_entry"))?;
+    Ok(if inserted == 1 {
+        WalletAdd::Added
+    } else {
+        WalletAdd::AlreadyThere
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    payer_id: Uuid,
+    wechat_app_id: String,
+    openid: String,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+}
+
+#[derive(sqlx::FromRow)]
+struct SceneRow {
+    receipt_id: Uuid,
+    agency_id: Uuid,
+    expires_at: Timestamp,
+    scanned_by: Option<String>,
+}
+
+#[async_trait]
+impl<D: Dialect> PayerPages for Db<D> {
+    async fn create_web_session(&self, s: NewWebSession) -> Result<()> {
+        let now = Timestamp::now();
+        let mut tx = self.d.write().await?;
+        // Expired sessions go as new ones come: the table holds live ones only.
+        Sql::new("DELETE FROM web_sessions WHERE expires_at <= $1")
+            .bind(now)
+            .execute(tx.conn())
+            .await?;
+        Sql::new(
+            "INSERT INTO web_sessions (token_hash, payer_id, wechat_app_id, openid, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&s.token_hash)
+        .bind(s.payer_id)
+        .bind(&s.wechat_app_id)
+        .bind(&s.openid)
+        .bind(now)
+        .bind(s.expires_at)
+        .execute(tx.conn())
+        .await
+        .map_err(|e| write_error(e, "web_session"))?;
+        tx.commit().await
+    }
+
+    async fn web_session(&self, token_hash: &str, now: Timestamp) -> Result<Option<WebSession>> {
+        let row: Option<SessionRow> = Sql::new(
+            "SELECT payer_id, wechat_app_id, openid, created_at, expires_at FROM web_sessions \
+             WHERE token_hash = $1 AND expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&mut *self.d.read().await?)
+        .await?;
+        Ok(row.map(|r| WebSession {
+            payer_id: r.payer_id,
+            wechat_app_id: r.wechat_app_id,
+            openid: r.openid,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+        }))
+    }
+
+    async fn delete_web_session(&self, token_hash: &str) -> Result<bool> {
+        let n = Sql::new("DELETE FROM web_sessions WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&mut *self.d.writer().await?)
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn collect_for_openid(
+        &self,
+        wechat_app_id: &str,
+        openid: &str,
+        receipt_id: Uuid,
+    ) -> Result<(Uuid, WalletAdd)> {
+        let now = Timestamp::now();
+        let mut tx = self.d.write().await?;
+        let payer = payer_for_openid(tx.conn(), wechat_app_id, openid, now).await?;
+        let added = collect_into(tx.conn(), payer, receipt_id, now).await?;
+        tx.commit().await?;
+        Ok((payer, added))
+    }
+
+    async fn insert_scene(&self, s: NewScene) -> Result<()> {
+        Sql::new(
+            "INSERT INTO receipt_scenes (scene_hash, receipt_id, agency_id, wechat_app_id, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&s.scene_hash)
+        .bind(s.receipt_id)
+        .bind(s.agency_id)
+        .bind(&s.wechat_app_id)
+        .bind(Timestamp::now())
+        .bind(s.expires_at)
+        .execute(&mut *self.d.writer().await?)
+        .await
+        .map_err(|e| write_error(e, "receipt_scene"))?;
+        Ok(())
+    }
+
+    async fn scan_scene(&self, scan: Scan) -> Result<ScanOutcome> {
+        const FIND: &str = "SELECT receipt_id, agency_id, expires_at, scanned_by FROM receipt_scenes \
+             WHERE scene_hash = $1 AND wechat_app_id = $2";
+        let mut tx = self.d.write().await?;
+        let row: Option<SceneRow> = Sql::new(D::row_lock(FIND, const_format::concatcp!(FIND, " FOR UPDATE")))
+            .bind(&scan.scene_hash)
+            .bind(&scan.wechat_app_id)
+            .fetch_optional(tx.conn())
+            .await?;
+        let Some(row) = row else {
+            return Ok(ScanOutcome::Unknown);
+        };
+        let first = match row.scanned_by.as_deref() {
+            Some(by) if by == scan.openid => false,
+            Some(_) => return Ok(ScanOutcome::Taken),
+            None if row.expires_at <= scan.now => return Ok(ScanOutcome::Expired),
+            None => true,
+        };
+        let payer_id = payer_for_openid(tx.conn(), &scan.wechat_app_id, &scan.openid, scan.now).await?;
+        collect_into(tx.conn(), payer_id, row.receipt_id, scan.now).await?;
+        if first {
+            Sql::new("UPDATE receipt_scenes SET scanned_by = $2, scanned_at = $3 WHERE scene_hash = $1")
+                .bind(&scan.scene_hash)
+                .bind(&scan.openid)
+                .bind(scan.now)
+                .execute(tx.conn())
+                .await?;
+            if let Some(announce) = scan.announce {
+                queue::insert_deliveries::<D>(tx.conn(), row.receipt_id, row.agency_id, &[announce], scan.now).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(ScanOutcome::Delivered {
+            receipt_id: row.receipt_id,
+            payer_id,
+            first,
+        })
+    }
+}

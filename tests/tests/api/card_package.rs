@@ -1,0 +1,260 @@
+//! WeChat's card package (卡包) end to end against the simulator: the agency's
+//! card template, the "收入微信卡包" link of the template message, the payer's
+//! agreement, the PDF upload and the insertion as deliveries, the card in the
+//! payer's package, the reversal cancelling it, a reimburser's lock mirrored, and
+//! WeChat's status reports recorded.
+
+use base64::Engine as _;
+use piaojia_store::ReimbursementState;
+use piaojia_tests::both_modes;
+use piaojia_tests::harness::{Mode, TestApp, TestConfig, eventually};
+use piaojia_tests::samples::{self, BATCH};
+use piaojia_wechat_sim::CardStatus;
+use serde_json::{Value, json};
+
+use crate::official_account::{official_account, sandbox_client};
+
+const OA: &str = "wx9e8d7c6b5a4f3e2d";
+const PDF: &[u8] = b"%PDF-1.7\n% piaojia card test\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n";
+
+async fn enable(app: &TestApp, agency: &str) -> piaojia_store::CardUnit {
+    piaojia_gateway::card_package::enable(
+        app.store.as_ref(),
+        &app.keyring,
+        &sandbox_client(app),
+        piaojia_gateway::card_package::EnableCard {
+            agency_code: agency.to_owned(),
+            wechat_app_id: OA.to_owned(),
+            payee: "测试市第一人民医院".to_owned(),
+            logo_url: "https://mmbiz.qpic.cn/logo.png".to_owned(),
+        },
+    )
+    .await
+    .expect("card package enabled")
+}
+
+/// Pushes receipt `n` with a PDF for `payer` and returns the template message's link path.
+async fn pushed_with_link(
+    app: &TestApp,
+    issuer: &piaojia_tests::harness::Issuer,
+    n: u64,
+    payer: &str,
+) -> (Value, String) {
+    let sim = app.sim.as_ref().expect("sim");
+    let mut r = samples::outpatient(n);
+    r["openID"] = payer.into();
+    r["file"] = json!({ "format": "pdf", "base64": base64::engine::general_purpose::STANDARD.encode(PDF) });
+    let resp = app.push(issuer, &r).await;
+    assert_eq!(resp.status().as_u16(), 201);
+    let created: Value = resp.json().await.expect("json");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let url = eventually(10, || async {
+        sim.sent_template_messages()
+            .into_iter()
+            .find(|m| m.touser == payer)
+            .and_then(|m| m.url)
+    })
+    .await;
+    assert!(url.contains(&format!("/h5/{OA}/receipts/{id}/card?t=")), "{url}");
+    let path = url.split_once("/h5/").map(|(_, p)| format!("/h5/{p}")).expect("path");
+    (created, path)
+}
+
+both_modes!(card_package_journey, |mode: Mode| async move {
+    let app = TestConfig::new(mode).await.spawn().await;
+    let sim = app.sim.clone().expect("sim");
+    let issuer = app.issuer().await;
+    official_account(&app, &issuer.agency_code, OA, None, Some("{cardUrl}")).await;
+    let unit = enable(&app, &issuer.agency_code).await;
+    assert!(unit.enabled);
+    assert_eq!(sim.bill_cards().len(), 1, "one template per agency");
+    assert_eq!(
+        enable(&app, &issuer.agency_code).await.card_id,
+        unit.card_id,
+        "kept on a repeat"
+    );
+    assert_eq!(sim.bill_cards().len(), 1);
+
+    let payer = piaojia_wechat_sim::new_openid();
+    let (created, path) = pushed_with_link(&app, &issuer, 1, &payer).await;
+    let receipt_id = uuid::Uuid::parse_str(created["id"].as_str().expect("id")).expect("uuid");
+
+    // A forged or foreign link reveals nothing.
+    let forged = app
+        .get(&format!("{}x", path.trim_end_matches(|c: char| c.is_ascii_hexdigit())))
+        .await;
+    assert_eq!(forged.status().as_u16(), 403);
+    let other = app.get(&path.replace(OA, "wx0000000000000000")).await;
+    assert_eq!(other.status().as_u16(), 403);
+
+    // The link obtains the authorisation URL and sends the payer there.
+    let resp = app.get(&path).await;
+    assert_eq!(resp.status().as_u16(), 302);
+    let auth_url = resp.headers()["location"].to_str().expect("location").to_owned();
+    let order = sim
+        .invoice_orders()
+        .into_iter()
+        .find(|o| o.auth_url == auth_url)
+        .expect("the order WeChat holds");
+    assert_eq!(order.money, created["totalFen"].as_i64().unwrap_or(order.money));
+
+    // The payer agrees: user_authorize_invoice → setpdf → insertbill.
+    let pushes = sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
+    assert!(pushes.iter().all(|p| p.acknowledged), "{pushes:?}");
+    let card = eventually(15, || async { sim.card_package(OA, &payer).into_iter().next() }).await;
+    assert_eq!(card.billing_no, BATCH);
+    assert_eq!(card.billing_code, "0000000001");
+    assert_eq!(card.card_id, unit.card_id);
+    assert_eq!(card.status, CardStatus::Init);
+    let stored = eventually(10, || async {
+        app.store
+            .card_order_for_receipt(receipt_id)
+            .await
+            .expect("store")
+            .filter(|o| o.code.is_some())
+    })
+    .await;
+    assert_eq!(stored.code.as_deref(), Some(card.code.as_str()));
+    // A second agreement (WeChat's retry, or the payer again) starts nothing twice.
+    assert!(
+        sim.authorize_invoice(&auth_url, &payer)
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    // The link now says the receipt is in the card package.
+    assert_eq!(app.get(&path).await.status().as_u16(), 200);
+
+    // Each call is a tracked delivery.
+    let list: Value = app
+        .ops("GET", "/v1/ops/deliveries", None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let channels: Vec<&str> = list
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .filter_map(|d| d["channel"].as_str())
+        .collect();
+    assert!(
+        channels.contains(&"card_pdf") && channels.contains(&"card_insert"),
+        "{channels:?}"
+    );
+    let interfaces = app
+        .ops("GET", "/v1/ops/interfaces", None)
+        .await
+        .text()
+        .await
+        .expect("figures");
+    for api in ["getbillauthurl", "getauthdata", "setpdf", "insertbill"] {
+        assert!(
+            interfaces.contains(&format!("wechat:{OA}:{api}")),
+            "{api}: {interfaces}"
+        );
+    }
+
+    // The reversal cancels the card.
+    let red = json!({
+        "redBillBatchCode": BATCH,
+        "redBillNo": "0000009001",
+        "redRandom": "9f8e7d",
+        "reversedAt": "2026-11-23T10:00:00+08:00",
+        "reason": "患者退费"
+    });
+    let resp = app
+        .signed(
+            &issuer,
+            "POST",
+            &format!("/v1/receipts/{BATCH}/0000000001/reversal"),
+            Some(&red),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 201);
+    eventually(15, || async {
+        (sim.card(&card.card_id, &card.code)?.status == CardStatus::Cancel).then_some(())
+    })
+    .await;
+    eventually(10, || async {
+        app.store
+            .card_order_for_receipt(receipt_id)
+            .await
+            .expect("store")
+            .filter(|o| o.card_status.as_deref() == Some("INVOICE_REIMBURSE_CANCEL"))
+    })
+    .await;
+    // A reversed receipt is not offered again.
+    assert_eq!(app.get(&path).await.status().as_u16(), 409);
+});
+
+both_modes!(
+    reimbursement_states_are_mirrored_and_reports_recorded,
+    |mode: Mode| async move {
+        let app = TestConfig::new(mode).await.spawn().await;
+        let sim = app.sim.clone().expect("sim");
+        let issuer = app.issuer().await;
+        official_account(&app, &issuer.agency_code, OA, None, Some("{cardUrl}")).await;
+        enable(&app, &issuer.agency_code).await;
+        let payer = piaojia_wechat_sim::new_openid();
+        let (created, path) = pushed_with_link(&app, &issuer, 2, &payer).await;
+        let receipt_id = uuid::Uuid::parse_str(created["id"].as_str().expect("id")).expect("uuid");
+        let auth_url = app.get(&path).await.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_owned();
+        sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
+        let card = eventually(15, || async { sim.card_package(OA, &payer).into_iter().next() }).await;
+
+        // The reimbursement flow locks, then closes: mirrored to the card.
+        let wake = piaojia_notifier::Wake::local();
+        let store = app.store.as_ref();
+        for (state, status) in [
+            (ReimbursementState::Lock, CardStatus::Lock),
+            (ReimbursementState::Closure, CardStatus::Closure),
+        ] {
+            assert!(
+                piaojia_gateway::card_package::mirror_reimbursement(store, &wake, receipt_id, state)
+                    .await
+                    .expect("mirrored")
+            );
+            eventually(15, || async {
+                (sim.card(&card.card_id, &card.code)?.status == status).then_some(())
+            })
+            .await;
+        }
+        // A receipt without a card has nothing to mirror.
+        let plain: Value = app
+            .push(&issuer, &samples::outpatient(3))
+            .await
+            .json()
+            .await
+            .expect("json");
+        let plain_id = uuid::Uuid::parse_str(plain["id"].as_str().expect("id")).expect("uuid");
+        assert!(
+            !piaojia_gateway::card_package::mirror_reimbursement(store, &wake, plain_id, ReimbursementState::Lock)
+                .await
+                .expect("nothing")
+        );
+
+        // WeChat's update_invoice_status is recorded on the card.
+        let gh = sim.app(OA).expect("app").original_id;
+        let xml = piaojia_wechat::event::Event::update_invoice_status(
+            &gh,
+            &payer,
+            chrono::Utc::now().timestamp(),
+            piaojia_wechat::client::ReimburseStatus::Lock,
+            &card.card_id,
+            &card.code,
+        );
+        assert!(sim.push_xml(OA, Some(&payer), &xml).await.expect("push").acknowledged);
+        eventually(10, || async {
+            app.store
+                .card_order_for_receipt(receipt_id)
+                .await
+                .expect("store")
+                .filter(|o| o.wechat_status.as_deref() == Some("INVOICE_REIMBURSE_LOCK"))
+        })
+        .await;
+    }
+);
