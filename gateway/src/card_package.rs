@@ -287,12 +287,8 @@ fn session_openid(_req: &HttpRequest, _appid: &str) -> Option<String> {
     params(("appId" = String, Path, description = "The official account's WeChat appid"),
         ("receiptId" = String, Path, description = "The receipt's id"),
         ("t" = Option<String>, Query, description = "The signed link token of the template message (`wechat.card_link_secs`)")),
-    responses((status = 302, description = "To WeChat's authorisation page (`auth_url`)"),
-        (status = 200, description = "An HTML page: the receipt already is in the card package", content_type = "text/html"),
-        (status = 403, description = "An HTML page: the link is invalid or expired, or this is not the receipt's payer", content_type = "text/html"),
-        (status = 404, description = "An HTML page: no such receipt, or the card package is not enabled", content_type = "text/html"),
-        (status = 409, description = "An HTML page: the receipt was reversed (冲红)", content_type = "text/html"),
-        (status = 502, description = "An HTML page: WeChat could not be reached", content_type = "text/html")))]
+    responses((status = 302, description = "To WeChat's authorisation page (`auth_url`). Failures answer Chinese HTML pages, not problem+json: 403 (invalid or expired link, not the receipt's payer), 404 (no such receipt, card package not enabled), 409 (reversed), 502 (WeChat unreachable)"),
+        (status = 200, description = "An HTML page: the receipt already is in the card package", content_type = "text/html")))]
 #[get("/h5/{app_id}/receipts/{receipt_id}/card")]
 pub async fn take_card(
     req: HttpRequest,
