@@ -6,7 +6,8 @@
 #     TCP, with a database `test`;
 #   * Redis on 127.0.0.1:6379;
 #   * an S3-compatible server on 127.0.0.1:5000: the standalone server of PyPI's
-#     `moto` (`python3 -m moto.server`), for the S3 file store's tests.
+#     `moto` (`python3 -m moto.server`), for the S3 file store's tests;
+#   * PyPI's `standardwebhooks`, the reference library the webhook tests verify with.
 #
 # Idempotent: when all three already answer it changes nothing except dropping
 # test databases (`piaojia_test_*`, `piaojia_store_*`) that earlier runs left
@@ -133,6 +134,19 @@ elif s3_up; then
     log "an S3-compatible server answers on $S3_HOST:$S3_PORT"
 else
     log "moto is installed ($MOTO_PY)"
+fi
+
+# standardwebhooks (PyPI): the reference library the webhook tests verify with
+# (tests/scripts/verify_standard_webhook.py), in python3 or else in the venv.
+if python3 -c 'import standardwebhooks' >/dev/null 2>&1 </dev/null \
+    || { [ -x "$MOTO_VENV/bin/python" ] && "$MOTO_VENV/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1 </dev/null; }; then
+    log "standardwebhooks is installed"
+else
+    log "pip install standardwebhooks"
+    if ! python3 -m pip install -q standardwebhooks </dev/null; then
+        [ -x "$MOTO_VENV/bin/python" ] || as_root python3 -m venv "$MOTO_VENV" </dev/null
+        as_root "$MOTO_VENV/bin/python" -m pip install -q standardwebhooks </dev/null
+    fi
 fi
 
 # -------------------------------------------------------------- PostgreSQL ---

@@ -39,3 +39,150 @@ spelled!(ReimbursementState {
     Closure => "CLOSURE",
     Cancel => "CANCEL",
 });
+
+/// What kind of party a reimburser is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReimburserKind {
+    /// A medical-insurance bureau (医保).
+    MedicalInsurance,
+    /// A commercial insurer (商业保险).
+    CommercialInsurer,
+    /// An employer reimbursing its staff.
+    Employer,
+}
+
+spelled!(ReimburserKind {
+    MedicalInsurance => "medical_insurance",
+    CommercialInsurer => "commercial_insurer",
+    Employer => "employer",
+});
+
+/// What a reimburser asks of a receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReimbursementAction {
+    /// INIT → LOCK, held by the caller.
+    Lock,
+    /// The caller's LOCK → CLOSURE, with the amount paid.
+    Close,
+    /// The caller's LOCK → INIT.
+    Unlock,
+    /// The caller refuses to reimburse: its LOCK → INIT (or INIT stays INIT), with a reason.
+    Reject,
+    /// A lock held too long is released (by piaojia, not a reimburser).
+    Expire,
+    /// The issuer reversed the receipt (冲红).
+    Reverse,
+}
+
+spelled!(ReimbursementAction {
+    Lock => "lock",
+    Close => "close",
+    Unlock => "unlock",
+    Reject => "reject",
+    Expire => "expire",
+    Reverse => "reverse",
+});
+
+/// Why a reimbursement action is refused (stable; each maps to one error code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReimbursementRefusal {
+    /// Another reimburser holds the lock.
+    LockedByOther,
+    /// The receipt is already reimbursed (closed), by anyone.
+    AlreadyClosed,
+    /// The issuer reversed the receipt.
+    Reversed,
+    /// Closing, unlocking or rejecting needs the caller's own lock.
+    LockRequired,
+    /// More was paid than the receipt's total.
+    PaidExceedsTotal,
+}
+
+spelled!(ReimbursementRefusal {
+    LockedByOther => "receipt_locked_by_other",
+    AlreadyClosed => "receipt_already_closed",
+    Reversed => "receipt_reversed",
+    LockRequired => "lock_required",
+    PaidExceedsTotal => "paid_exceeds_total",
+});
+
+/// The next state of a receipt when `actor` asks `action` of it, given its state
+/// and holder now: `Ok(None)` when nothing changes (a repeated lock by its holder),
+/// `Ok(Some(state))` for a change, or the refusal. One function decides for every
+/// store, so the rules cannot drift between them.
+pub fn reimbursement_transition(
+    state: ReimbursementState,
+    holder: Option<&str>,
+    actor: &str,
+    action: ReimbursementAction,
+    paid_fen: Option<i64>,
+    total_fen: i64,
+) -> Result<Option<ReimbursementState>, ReimbursementRefusal> {
+    use ReimbursementAction as A;
+    use ReimbursementState as S;
+    let mine = holder == Some(actor);
+    match (state, action) {
+        (S::Cancel, _) => Err(ReimbursementRefusal::Reversed),
+        (S::Closure, _) => Err(ReimbursementRefusal::AlreadyClosed),
+        (S::Lock, A::Expire) => Ok(Some(S::Init)),
+        (S::Lock, A::Reverse) => Err(ReimbursementRefusal::LockedByOther),
+        (S::Init, A::Reverse) => Ok(Some(S::Cancel)),
+        (_, A::Expire) => Ok(None),
+        (S::Lock, _) if !mine => Err(ReimbursementRefusal::LockedByOther),
+        (S::Init, A::Lock) => Ok(Some(S::Lock)),
+        (S::Lock, A::Lock) => Ok(None),
+        (S::Lock, A::Close) => match paid_fen {
+            Some(p) if p > total_fen => Err(ReimbursementRefusal::PaidExceedsTotal),
+            _ => Ok(Some(S::Closure)),
+        },
+        (S::Lock, A::Unlock | A::Reject) => Ok(Some(S::Init)),
+        (S::Init, A::Reject) => Ok(Some(S::Init)),
+        (S::Init, A::Close | A::Unlock) => Err(ReimbursementRefusal::LockRequired),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_and_closing_needs_its_lock() {
+        use ReimbursementAction as A;
+        use ReimbursementState as S;
+        let t = |s, h, a, p| reimbursement_transition(s, h, "me", a, p, 1000);
+        assert_eq!(t(S::Init, None, A::Lock, None), Ok(Some(S::Lock)));
+        assert_eq!(t(S::Lock, Some("me"), A::Lock, None), Ok(None));
+        assert_eq!(
+            t(S::Lock, Some("other"), A::Lock, None),
+            Err(ReimbursementRefusal::LockedByOther)
+        );
+        assert_eq!(
+            t(S::Lock, Some("other"), A::Close, Some(1)),
+            Err(ReimbursementRefusal::LockedByOther)
+        );
+        assert_eq!(
+            t(S::Init, None, A::Close, Some(1)),
+            Err(ReimbursementRefusal::LockRequired)
+        );
+        assert_eq!(
+            t(S::Lock, Some("me"), A::Close, Some(1001)),
+            Err(ReimbursementRefusal::PaidExceedsTotal)
+        );
+        assert_eq!(t(S::Lock, Some("me"), A::Close, Some(1000)), Ok(Some(S::Closure)));
+        assert_eq!(
+            t(S::Closure, Some("me"), A::Unlock, None),
+            Err(ReimbursementRefusal::AlreadyClosed)
+        );
+        assert_eq!(t(S::Cancel, None, A::Lock, None), Err(ReimbursementRefusal::Reversed));
+        assert_eq!(t(S::Lock, Some("me"), A::Unlock, None), Ok(Some(S::Init)));
+        assert_eq!(
+            t(S::Init, None, A::Unlock, None),
+            Err(ReimbursementRefusal::LockRequired)
+        );
+        assert_eq!(t(S::Init, None, A::Reject, None), Ok(Some(S::Init)));
+        assert_eq!(t(S::Lock, Some("x"), A::Expire, None), Ok(Some(S::Init)));
+    }
+}

@@ -31,8 +31,11 @@ pub struct Settings {
     pub ops: OpsSettings,
     pub wechat: WechatSettings,
     pub miniprogram: MiniProgramSettings,
+    pub reimbursement: ReimbursementSettings,
     #[serde(default)]
     pub agencies: Vec<AgencyProvision>,
+    #[serde(default)]
+    pub reimbursers: Vec<ReimburserProvision>,
     /// Which store `database.url` names, decided once at load.
     #[serde(skip)]
     store: StoreKind,
@@ -262,6 +265,17 @@ pub struct AlertSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ReimbursementSettings {
+    /// A lock held this long without closing is released and reported.
+    #[serde(rename = "lock_ttl_secs", deserialize_with = "secs")]
+    pub lock_ttl: Duration,
+    /// How often expired locks are looked for.
+    #[serde(rename = "expiry_check_secs", deserialize_with = "secs")]
+    pub expiry_check_every: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OpsSettings {
     pub token: SecretString,
     pub token_failures_per_ip_per_min: u32,
@@ -330,6 +344,33 @@ pub struct AppProvision {
     pub previous_secret: Option<SecretString>,
     #[serde(default)]
     pub callback_url: Option<String>,
+    #[serde(default = "enabled_default")]
+    pub enabled: bool,
+}
+
+/// A reimburser declared in the settings (`[[reimbursers]]`): the organisation,
+/// its signed app (secrets as for issuer apps) and its profile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReimburserProvision {
+    pub app_id: String,
+    /// `medical_insurance`, `commercial_insurer` or `employer`.
+    pub kind: String,
+    pub name: String,
+    /// The organisation's code (统一社会信用代码), [0-9A-Z].
+    pub org_code: String,
+    pub secret: SecretString,
+    #[serde(default)]
+    pub previous_secret: Option<SecretString>,
+    /// Where its Standard Webhooks go.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Codes of the agencies whose receipts it accepts.
+    #[serde(default)]
+    pub accepted_agencies: Vec<String>,
+    /// Personal fields payers may share with it (`name`, `id_card_no`, `phone`, `email`, `medical_card_no`).
+    #[serde(default)]
+    pub personal_fields: Vec<String>,
     #[serde(default = "enabled_default")]
     pub enabled: bool,
 }
@@ -590,6 +631,14 @@ impl Settings {
                         "must be at least 32 characters",
                     ));
                 }
+            }
+        }
+        for (i, r) in self.reimbursers.iter().enumerate() {
+            if r.secret.expose_secret().len() < 32 {
+                return Err(invalid(
+                    format!("reimbursers[{i}].secret"),
+                    "must be at least 32 characters",
+                ));
             }
         }
         Ok(())

@@ -90,6 +90,15 @@ pub fn parse_authorization(header: &str) -> Result<AuthParams, HeaderError> {
 }
 
 /// `METHOD \n PATH_WITH_QUERY \n timestamp \n nonce \n hex(sha256(body))`.
+/// The app's webhook signing secret in the Standard Webhooks form,
+/// `whsec_<base64 of the key>`: the libraries' `Webhook("whsec_…").verify(body,
+/// headers)` takes it as printed. The key is the app secret's UTF-8 bytes, which
+/// is what piaojia's webhooks are signed with (one signature per active secret, so
+/// both verify during a rotation).
+pub fn standard_webhook_secret(app_secret: &str) -> String {
+    format!("whsec_{}", B64.encode(app_secret.as_bytes()))
+}
+
 pub fn string_to_sign(method: &str, path_with_query: &str, timestamp: i64, nonce: &str, body: &[u8]) -> String {
     let body_hash = hex::encode(digest::digest(&digest::SHA256, body));
     format!("{method}\n{path_with_query}\n{timestamp}\n{nonce}\n{body_hash}")

@@ -60,6 +60,12 @@ pub enum Command {
         #[command(subcommand)]
         command: AppCommand,
     },
+    /// Reimbursers (medical insurance, insurers, employers): their app and profile.
+    /// Secrets rotate with `piaojia app rotate-secret` like any app's.
+    Reimburser {
+        #[command(subcommand)]
+        command: ReimburserCommand,
+    },
     /// WeChat channels of agencies (official account template, mini-program subscribe).
     Channel {
         #[command(subcommand)]
@@ -189,6 +195,52 @@ pub enum AppCommand {
         #[arg(long)]
         agency: Option<String>,
     },
+}
+
+#[derive(Args)]
+pub struct ReimburserArgs {
+    #[arg(long)]
+    pub app_id: String,
+    #[arg(long, value_parser = ["medical_insurance", "commercial_insurer", "employer"])]
+    pub kind: String,
+    #[arg(long)]
+    pub name: String,
+    /// The organisation's code (统一社会信用代码), [0-9A-Z].
+    #[arg(long)]
+    pub org_code: String,
+    /// Where its Standard Webhooks go.
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// Code of an agency whose receipts it accepts (repeatable).
+    #[arg(long = "accept")]
+    pub accepted_agencies: Vec<String>,
+    /// A personal field payers may share with it (repeatable): name, id_card_no,
+    /// phone, email, medical_card_no.
+    #[arg(long = "field")]
+    pub personal_fields: Vec<String>,
+}
+
+impl From<ReimburserArgs> for provisioning::ReimburserSpec {
+    fn from(a: ReimburserArgs) -> Self {
+        Self {
+            app_id: a.app_id,
+            kind: a.kind,
+            name: a.name,
+            org_code: a.org_code,
+            webhook_url: a.webhook_url,
+            accepted_agencies: a.accepted_agencies,
+            personal_fields: a.personal_fields,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ReimburserCommand {
+    /// Register a reimburser; prints its app secret once.
+    Create(ReimburserArgs),
+    /// Replace a reimburser's profile (kind, name, agencies, fields, webhook).
+    Update(ReimburserArgs),
+    List,
 }
 
 #[derive(Subcommand)]
@@ -406,6 +458,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     print_json(&provisioning::create_agency(store.as_ref(), &code, &name, file_hosts).await?)?
                 }
                 AgencyCommand::List => print_json(&store.list_agencies().await?)?,
+            }
+        }
+        Command::Reimburser { command } => {
+            let store = open_store(&settings).await?;
+            let keyring = settings.keyring()?;
+            let store = store.as_ref();
+            match command {
+                ReimburserCommand::Create(args) => {
+                    print_json(&provisioning::create_reimburser(store, &keyring, args.into()).await?)?
+                }
+                ReimburserCommand::Update(args) => {
+                    print_json(&provisioning::update_reimburser(store, args.into()).await?)?
+                }
+                ReimburserCommand::List => print_json(&provisioning::list_reimbursers(store).await?)?,
             }
         }
         Command::App { command } => {

@@ -15,6 +15,7 @@ pub mod message_server;
 pub mod nonces;
 pub mod openapi;
 pub mod operator;
+pub mod reimburser;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod scan;

@@ -8,6 +8,7 @@ use crate::error::{FieldProblem, Problem};
 use crate::issuer::routes as issuer;
 use crate::message_server;
 use crate::operator::routes as ops;
+use crate::reimburser::routes as reimburser;
 use crate::service::health;
 
 #[derive(OpenApi)]
@@ -22,6 +23,14 @@ use crate::service::health;
         issuer::push_receipt,
         issuer::get_receipt,
         issuer::reverse_receipt,
+        issuer::reimbursement_history,
+        reimburser::verify,
+        reimburser::lock,
+        reimburser::close,
+        reimburser::unlock,
+        reimburser::reject,
+        reimburser::batch,
+        reimburser::history,
         health::healthz,
         health::readyz,
         ops::channels,
@@ -29,6 +38,7 @@ use crate::service::health;
         ops::alerts,
         ops::deliveries,
         ops::redrive,
+        ops::reimbursement_history,
         message_server::verify,
         message_server::receive,
         crate::card_package::take_card,
@@ -37,6 +47,7 @@ use crate::service::health;
     modifiers(&Security),
     tags(
         (name = "issuer", description = "Hospital billing and receipt systems push receipts and reversals"),
+        (name = "reimburser", description = "Medical insurance, insurers and employers: verify receipts (查验), lock, close, unlock and reject them; a receipt is reimbursed at most once"),
         (name = "wechat", description = "Our message server: the callback URL configured in an official account"),
         (name = "operations", description = "Health, readiness, and the operator API: channel and interface health, alerts, re-drive. Prometheus metrics are served on their own listener (`server.metrics_address`, loopback by default), not here."),
     )

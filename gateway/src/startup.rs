@@ -95,6 +95,9 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
     provisioning::apply_declared(store.as_ref(), &keyring, &settings.agencies)
         .await
         .context("applying [[agencies]] from the settings")?;
+    provisioning::apply_declared_reimbursers(store.as_ref(), &keyring, &settings.reimbursers)
+        .await
+        .context("applying [[reimbursers]] from the settings")?;
     let redis = open_redis(&settings).await?;
     let nonce_ttl = settings.security.nonce_ttl;
     let nonces = match &redis {
@@ -238,6 +241,10 @@ impl Application {
         } else {
             None
         };
+        if role == Role::Gateway {
+            let r = &state.settings.reimbursement;
+            crate::reimburser::expiry::spawn(state.store.clone(), r.lock_ttl, r.expiry_check_every);
+        }
         let sandbox = state.sandbox.clone();
         let metrics = match metrics_listener {
             Some(l) => Some((l.local_addr()?.port(), serve_metrics(l, &state)?)),
@@ -356,6 +363,7 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
             .configure(|cfg| {
                 if role == Role::Gateway {
                     issuer::configure(cfg);
+                    crate::reimburser::configure(cfg);
                     piaojia_miniprogram_api::configure(cfg);
                     operator::configure(cfg);
                     message_server::configure(cfg);

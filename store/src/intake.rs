@@ -530,6 +530,7 @@ impl<D: Dialect> Intake for Db<D> {
             return Ok(ReversalOutcome::NotFound);
         };
         let id = stored.id;
+        let (issuer_app_id, before) = (stored.issuer_app_id.clone(), stored.reimbursement_state);
         if let Some(refusal) = refuse_reversal(stored, &reversal) {
             return Ok(refusal);
         }
@@ -548,6 +549,7 @@ impl<D: Dialect> Intake for Db<D> {
         .bind(now)
         .execute(tx.conn())
         .await?;
+        crate::reimbursement::record_reversal(tx.conn(), id, &issuer_app_id, before, &reversal.reason, now).await?;
         queue::insert_deliveries::<D>(tx.conn(), id, agency_id, &deliveries, now).await?;
         let updated = written(load_receipt(tx.conn(), id).await?, "receipt")?;
         tx.commit().await?;

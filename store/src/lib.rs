@@ -10,7 +10,7 @@
 //! | [`figures`] | tracking figures, backlog, alerts |
 //! | [`wallets`] | payers, sign-ins, wallets, subscription credits, audit |
 //! | [`official_account`] | followers, providers' final reports, the card package (卡包) |
-//! | [`reimbursement`] | reimbursement state (the flow lands here) |
+//! | [`reimbursement`] | reimbursers, the lock on a receipt (INIT, LOCK, CLOSURE, CANCEL), its history, request ids |
 //!
 //! [`Store`] is every role at once; the backend is chosen from the URL scheme at
 //! start ([`connect`]), and migrations are run deliberately ([`Store::migrate`]).
@@ -39,6 +39,7 @@ pub use intake::{FileMeta, InsertOutcome, Intake, NewReceiptRecord, Reversal, Re
 pub use official_account::{CardOrder, CardReceipt, CardUnit, OfficialAccount, ProviderReport};
 pub use piaojia_core::delivery::{AttemptOutcome, ChannelKind, DeliveryEvent, DeliveryStatus, ParkReason};
 pub use piaojia_core::parties::{AppKind, ReimbursementState};
+pub use piaojia_core::parties::{ReimbursementAction, ReimbursementRefusal, ReimburserKind};
 pub use postgres::PgStore;
 pub use queue::{
     AttemptRecord, ClaimedDelivery, Completion, Delivery, DeliveryFilter, DeliveryQueue, DeliveryReceipt,
@@ -46,6 +47,10 @@ pub use queue::{
 };
 #[cfg(feature = "test-support")]
 pub use reimbursement::TestSupport;
+pub use reimbursement::{
+    NewReimburser, ReceiptKey, ReceiptReimbursement, Reimbursement, ReimbursementChange, ReimbursementEvent,
+    ReimbursementOutcome, ReimbursementRequest, Reimburser,
+};
 pub use sqlite::SqliteStore;
 pub use tenants::{Agency, App, AppSecret, Channel, NewAgency, NewApp, NewAppSecret, NewChannel, Tenants};
 pub use time::Timestamp;
@@ -178,7 +183,17 @@ impl<D: sql::Dialect> Db<D> {
 /// story (`store/tests/`) and the whole API suite.
 #[async_trait]
 pub trait Store:
-    Tenants + Intake + DeliveryQueue + Figures + Wallets + OfficialAccount + StoreTestSupport + Send + Sync + 'static
+    Tenants
+    + Intake
+    + DeliveryQueue
+    + Figures
+    + Wallets
+    + Reimbursement
+    + OfficialAccount
+    + StoreTestSupport
+    + Send
+    + Sync
+    + 'static
 {
     fn backend(&self) -> Backend;
     /// Applies the embedded migrations of this backend.

@@ -203,6 +203,43 @@ pub fn cpu_by_command() -> HashMap<String, f64> {
     out
 }
 
+/// CPU seconds used so far by the PostgreSQL backends serving `database` (their
+/// command line names it), so other clients of the same server do not count.
+pub fn postgres_cpu_of(database: &str) -> f64 {
+    let mut total = 0.0;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return total;
+    };
+    let needle = format!(" {database} ");
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.starts_with("postgres: ") && cmdline.contains(&needle) {
+            total += cpu_seconds(pid).unwrap_or(0.0);
+        }
+    }
+    total
+}
+
+/// The database name of a `postgres://…/name?…` URL.
+pub fn database_of(url: &str) -> Option<&str> {
+    let path = url.split('?').next()?;
+    path.rsplit_once('/').map(|(_, name)| name)
+}
+
+/// Idle CPU seconds of the whole machine so far (idle + iowait, all cores).
+pub fn machine_idle_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?;
+    let ticks: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    Some((ticks.get(3)? + ticks.get(4)?) / 100.0)
+}
+
 /// Busy CPU seconds of the whole machine so far (all cores), from /proc/stat.
 pub fn machine_busy_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;

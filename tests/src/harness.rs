@@ -237,6 +237,37 @@ impl TestApp {
         }
     }
 
+    /// A registered reimburser accepting these agencies' receipts; its credentials
+    /// sign like an issuer's.
+    pub async fn create_reimburser(&self, app_id: &str, accepted: &[&str]) -> Issuer {
+        let org: String = app_id
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_uppercase())
+            .take(29)
+            .collect();
+        let view = provisioning::create_reimburser(
+            self.store.as_ref(),
+            &self.keyring,
+            provisioning::ReimburserSpec {
+                app_id: app_id.to_owned(),
+                kind: "commercial_insurer".to_owned(),
+                name: format!("{app_id} 保险"),
+                org_code: format!("ORG{org}"),
+                webhook_url: None,
+                accepted_agencies: accepted.iter().map(|a| (*a).to_owned()).collect(),
+                personal_fields: vec!["name".to_owned()],
+            },
+        )
+        .await
+        .expect("reimburser created");
+        Issuer {
+            agency_code: format!("ORG{org}"),
+            app_id: view.app.app_id,
+            secret: view.app.secret.expect("a new app has a secret"),
+        }
+    }
+
     /// An agency with one issuer app.
     pub async fn issuer(&self) -> Issuer {
         self.create_agency("12110000400000001A", &[]).await;

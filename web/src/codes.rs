@@ -94,6 +94,8 @@ error_codes! {
         "message server: a timestamp and nonce seen with another body";
     SecureModeRequired = "secure_mode_required", FORBIDDEN, "Forbidden",
         "message server: plain mode for an app with an EncodingAESKey";
+    ReimburserNotRegistered = "reimburser_not_registered", FORBIDDEN, "Forbidden",
+        "reimburser API: the app has no reimburser profile (ask the operator to register it)";
 
     ReceiptNotFound = "receipt_not_found", NOT_FOUND, "Not found",
         "no such receipt for this caller";
@@ -126,6 +128,16 @@ error_codes! {
         "an app with this appId exists";
     ConcurrentChange = "concurrent_change", CONFLICT, "Conflict",
         "a concurrent request changed the same record first; retry";
+    ReceiptLockedByOther = "receipt_locked_by_other", CONFLICT, "Conflict",
+        "reimburser API: another reimburser holds the lock on this receipt";
+    ReceiptAlreadyClosed = "receipt_already_closed", CONFLICT, "Conflict",
+        "reimburser API: the receipt is already reimbursed (closed)";
+    ReceiptReversed = "receipt_reversed", CONFLICT, "Conflict",
+        "reimburser API: the issuer reversed the receipt";
+    LockRequired = "lock_required", CONFLICT, "Conflict",
+        "reimburser API: closing, unlocking or rejecting needs your own lock";
+    RequestIdReused = "request_id_reused", CONFLICT, "Conflict",
+        "reimburser API: this requestId was used for a different request";
 
     PayloadTooLarge = "payload_too_large", PAYLOAD_TOO_LARGE, "Payload too large",
         "the body is above its scope's limit, refused before it is read";
@@ -142,6 +154,8 @@ error_codes! {
         "the file URL is not allowed (field codes `host_not_allowed`, `private_address`, `https_required`)";
     FileFetchFailed = "file_fetch_failed", UNPROCESSABLE_ENTITY, "Unprocessable content",
         "the receipt file could not be fetched from its URL";
+    PaidExceedsTotal = "paid_exceeds_total", UNPROCESSABLE_ENTITY, "Unprocessable content",
+        "reimburser API: the amount paid exceeds the receipt's total";
 
     TooManyAttempts = "too_many_attempts", TOO_MANY_REQUESTS, "Too many requests",
         "too many attempts from this address or account; see `Retry-After`";

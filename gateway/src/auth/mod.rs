@@ -5,4 +5,4 @@ pub(crate) mod operator;
 mod signed;
 
 pub use operator::{Operator, TOKEN_FAILURES};
-pub use signed::{CallerAppId, Issuer, SignedApp, read_body};
+pub use signed::{CallerAppId, Issuer, Reimburser, SignedApp, read_body};

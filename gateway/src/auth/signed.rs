@@ -1,4 +1,4 @@
-//! Signed app callers (issuers now, reimbursers later): PJ1-HMAC-SHA256 over the
+//! Signed app callers (issuers and reimbursers): PJ1-HMAC-SHA256 over the
 //! method, raw request target, timestamp, nonce and body hash (DOMAIN.md §3).
 //!
 //! The extractor reads the body to hash it and hands those same bytes to the
@@ -66,6 +66,51 @@ impl FromRequest for Issuer {
         Box::pin(async move {
             let (app, body) = authenticate(&req, payload, AppKind::Issuer).await?;
             Ok(Issuer { app, body })
+        })
+    }
+}
+
+/// A reimburser (medical insurance, insurer, employer), authenticated by
+/// signature exactly like an issuer, with its registered profile.
+#[derive(Debug, Clone)]
+pub struct Reimburser {
+    pub app: SignedApp,
+    pub profile: piaojia_store::Reimburser,
+    /// The ids of the agencies whose receipts it accepts.
+    pub accepted_agency_ids: Vec<uuid::Uuid>,
+    pub body: Bytes,
+}
+
+impl FromRequest for Reimburser {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        let payload = payload.take();
+        Box::pin(async move {
+            let (app, body) = authenticate(&req, payload, AppKind::Reimburser).await?;
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState missing")))?;
+            let profile = state.store.reimburser(&app.app_id).await?.ok_or_else(|| {
+                ApiError::with(
+                    ErrorCode::ReimburserNotRegistered,
+                    "this app has no reimburser profile; ask the operator to register it",
+                )
+            })?;
+            let mut accepted_agency_ids = Vec::with_capacity(profile.accepted_agencies.len());
+            for code in &profile.accepted_agencies {
+                if let Some(agency) = state.store.agency_by_code(code).await? {
+                    accepted_agency_ids.push(agency.id);
+                }
+            }
+            Ok(Reimburser {
+                app,
+                profile,
+                accepted_agency_ids,
+                body,
+            })
         })
     }
 }

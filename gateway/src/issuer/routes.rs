@@ -16,7 +16,10 @@ use crate::files::FileError;
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(push_receipt).service(get_receipt).service(reverse_receipt);
+    cfg.service(push_receipt)
+        .service(get_receipt)
+        .service(reverse_receipt)
+        .service(reimbursement_history);
 }
 
 impl From<IntakeError> for ApiError {
@@ -195,22 +198,80 @@ pub async fn get_receipt(
     Ok(HttpResponse::Ok().json(ReceiptView::build(&state, &receipt)))
 }
 
+/// Who locked, closed, unlocked or rejected one of the agency's receipts, when,
+/// from where and why (append-only), with its reversal.
+#[utoipa::path(
+    get,
+    path = "/v1/receipts/{billBatchCode}/{billNo}/reimbursement-history",
+    tag = "issuer",
+    security(("pj1_hmac" = [])),
+    params(
+        ("billBatchCode" = String, Path, description = "票据代码, 8 digits", example = "11060124"),
+        ("billNo" = String, Path, description = "票据号码, 10 digits", example = "0000000901"),
+    ),
+    responses(
+        (status = 200, body = crate::reimburser::views::HistoryView),
+        (status = 400, description = "Malformed code or number (`invalid_path`)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `auth_wrong_scheme`, `auth_malformed`, `auth_stale_timestamp`, `auth_bad_signature`, `auth_replayed_nonce`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not held for this agency (`receipt_not_found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/receipts/{bill_batch_code}/{bill_no}/reimbursement-history")]
+pub async fn reimbursement_history(
+    state: web::Data<AppState>,
+    issuer: Issuer,
+    path: web::Path<ReceiptPath>,
+) -> Result<HttpResponse, ApiError> {
+    check_identity(&path)?;
+    let receipt = state
+        .intake
+        .lookup(&issuer, &path.bill_batch_code, &path.bill_no)
+        .await?;
+    let now = state
+        .store
+        .reimbursement_of(receipt.id)
+        .await?
+        .ok_or_else(|| ApiError::with(ErrorCode::ReceiptNotFound, "the receipt vanished"))?;
+    let events = state.store.reimbursement_history(receipt.id).await?;
+    Ok(HttpResponse::Ok().json(crate::reimburser::views::HistoryView::build(&now, events)))
+}
+
 /// The red receipt (红票) that reverses an original.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReversalRequest {
     #[schema(example = "11060124")]
+    #[serde(alias = "eScarletBillBatchCode")]
     pub red_bill_batch_code: Option<String>,
     #[schema(example = "0000000902")]
+    #[serde(alias = "eScarletBillNo")]
     pub red_bill_no: Option<String>,
     /// The red receipt's check code, 6 characters [0-9a-z].
     #[schema(example = "a1b2c3")]
+    #[serde(alias = "eScarletRandom")]
     pub red_random: Option<String>,
     /// RFC 3339 with offset.
     #[schema(example = "2026-11-23T10:00:00+08:00")]
     pub reversed_at: Option<String>,
+    /// The receipt platform's form of `reversedAt` (`writeOffEBill` answers):
+    /// `yyyyMMddHHmmssSSS`, Beijing time, no offset. Used when `reversedAt` is absent.
+    #[schema(example = "20261123100000000")]
+    pub create_time: Option<String>,
+    /// Why (default `冲红` when the platform's red-receipt fields are forwarded as they come).
     #[schema(example = "患者退费")]
     pub reason: Option<String>,
+}
+
+/// `yyyyMMddHHmmssSSS` in Beijing time (UTC+8).
+fn parse_create_time(s: &str) -> Option<DateTime<Utc>> {
+    if s.len() != 17 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(&s[..14], "%Y%m%d%H%M%S").ok()?;
+    let millis: i64 = s[14..].parse().ok()?;
+    let beijing = chrono::FixedOffset::east_opt(8 * 3600)?;
+    let local = naive.and_local_timezone(beijing).single()?;
+    Some(local.with_timezone(&Utc) + chrono::TimeDelta::milliseconds(millis))
 }
 
 impl ReversalRequest {
@@ -225,7 +286,11 @@ impl ReversalRequest {
         let code = text(&self.red_bill_batch_code);
         let no = text(&self.red_bill_no);
         let random = text(&self.red_random).to_ascii_lowercase();
-        let reason = text(&self.reason);
+        let platform_form = self.reversed_at.is_none() && self.create_time.is_some();
+        let mut reason = text(&self.reason);
+        if reason.is_empty() && platform_form {
+            reason = "冲红".to_owned();
+        }
         if code.len() != 8 || !code.bytes().all(|b| b.is_ascii_digit()) {
             fail(
                 "/redBillBatchCode",
@@ -259,6 +324,13 @@ impl ReversalRequest {
             );
         }
         let reversed_at = match self.reversed_at.as_deref() {
+            None if platform_form => {
+                let parsed = self.create_time.as_deref().and_then(parse_create_time);
+                if parsed.is_none() {
+                    fail("/createTime", "invalid_format", "yyyyMMddHHmmssSSS, Beijing time");
+                }
+                parsed
+            }
             None | Some("") => {
                 fail("/reversedAt", "required", "RFC 3339 time with offset");
                 None

@@ -4,9 +4,11 @@
 
 use piaojia_core::pii::purpose;
 use piaojia_core::pii::{self, Keyring};
-use piaojia_core::settings::AgencyProvision;
+use piaojia_core::settings::{AgencyProvision, ReimburserProvision};
 use piaojia_store::ChannelKind;
-use piaojia_store::{Agency, App, AppKind, NewAgency, NewApp, NewAppSecret, Store, StoreError};
+use piaojia_store::{
+    Agency, App, AppKind, NewAgency, NewApp, NewAppSecret, NewReimburser, ReimburserKind, Store, StoreError,
+};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use uuid::Uuid;
@@ -50,6 +52,10 @@ pub struct AppView {
     /// Present only right after a secret was generated: shown once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// The webhook signing secret for Standard Webhooks libraries
+    /// (`whsec_<base64>`), shown once with `secret`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
 }
 
 fn view(app: App, agency_code: &str, secret: Option<String>) -> AppView {
@@ -61,6 +67,7 @@ fn view(app: App, agency_code: &str, secret: Option<String>) -> AppView {
         enabled: app.enabled,
         callback_url: app.callback_url,
         active_secret_ids: app.secrets.iter().map(|s| s.id).collect(),
+        webhook_secret: secret.as_deref().map(piaojia_core::signing::standard_webhook_secret),
         secret,
     }
 }
@@ -232,57 +239,265 @@ pub async fn apply_declared(store: &dyn Store, keyring: &Keyring, declared: &[Ag
             })
             .await?;
         for app_decl in &decl.issuer_apps {
-            check_app(&app_decl.app_id, app_decl.callback_url.as_deref())?;
-            let wanted: Vec<&str> = std::iter::once(app_decl.secret.expose_secret())
-                .chain(app_decl.previous_secret.as_ref().map(|s| s.expose_secret()))
-                .collect();
-            let app_id = app_decl.app_id.as_str();
-            let existing = store.app(app_id).await?;
-            let app = match existing {
-                None => {
-                    let first = wanted.last().copied().unwrap_or_default();
-                    store
-                        .create_app(NewApp {
-                            app_id: app_id.to_owned(),
-                            agency_id: agency.id,
-                            kind: AppKind::Issuer,
-                            name: if app_decl.name.is_empty() {
-                                app_id.to_owned()
-                            } else {
-                                app_decl.name.clone()
-                            },
-                            callback_url: app_decl.callback_url.clone(),
-                            secret: sealed_secret(keyring, app_id, first),
-                        })
-                        .await?
-                }
-                Some(app) if app.agency_id != agency.id => {
-                    return Err(ProvisionError::Invalid(format!(
-                        "app {app_id} belongs to another agency"
-                    )));
-                }
-                Some(app) => app,
-            };
-            let purpose = purpose::app_secret(app_id);
-            let current: Vec<String> = app
-                .secrets
-                .iter()
-                .filter_map(|s| keyring.open(&s.sealed, &purpose).ok())
-                .filter_map(|b| String::from_utf8(b).ok())
-                .collect();
-            // Newest first, as stored: replace the set only when it differs.
-            if current.iter().map(String::as_str).ne(wanted.iter().copied()) {
-                let mut ordered = wanted.clone();
-                ordered.reverse();
-                for (i, secret) in ordered.iter().enumerate() {
-                    store
-                        .add_app_secret(app_id, sealed_secret(keyring, app_id, secret), i > 0)
-                        .await?;
-                }
-            }
-            store.set_app_enabled(app_id, app_decl.enabled).await?;
-            store.set_app_callback(app_id, app_decl.callback_url.clone()).await?;
+            sync_declared_app(
+                store,
+                keyring,
+                &agency,
+                AppKind::Issuer,
+                DeclaredApp {
+                    app_id: &app_decl.app_id,
+                    name: &app_decl.name,
+                    secret: app_decl.secret.expose_secret(),
+                    previous_secret: app_decl.previous_secret.as_ref().map(|s| s.expose_secret()),
+                    callback_url: app_decl.callback_url.clone(),
+                    enabled: app_decl.enabled,
+                },
+            )
+            .await?;
         }
+    }
+    Ok(())
+}
+
+/// An app as the settings declare it.
+struct DeclaredApp<'a> {
+    app_id: &'a str,
+    name: &'a str,
+    secret: &'a str,
+    previous_secret: Option<&'a str>,
+    callback_url: Option<String>,
+    enabled: bool,
+}
+
+/// Creates a declared app or brings it to what is declared (secrets, state, callback).
+async fn sync_declared_app(
+    store: &dyn Store,
+    keyring: &Keyring,
+    agency: &Agency,
+    kind: AppKind,
+    decl: DeclaredApp<'_>,
+) -> Result<App> {
+    check_app(decl.app_id, decl.callback_url.as_deref())?;
+    let wanted: Vec<&str> = std::iter::once(decl.secret).chain(decl.previous_secret).collect();
+    let app_id = decl.app_id;
+    let app = match store.app(app_id).await? {
+        None => {
+            let first = wanted.last().copied().unwrap_or_default();
+            store
+                .create_app(NewApp {
+                    app_id: app_id.to_owned(),
+                    agency_id: agency.id,
+                    kind,
+                    name: if decl.name.is_empty() {
+                        app_id.to_owned()
+                    } else {
+                        decl.name.to_owned()
+                    },
+                    callback_url: decl.callback_url.clone(),
+                    secret: sealed_secret(keyring, app_id, first),
+                })
+                .await?
+        }
+        Some(app) if app.agency_id != agency.id => {
+            return Err(ProvisionError::Invalid(format!(
+                "app {app_id} belongs to another agency"
+            )));
+        }
+        Some(app) if app.kind != kind => {
+            return Err(ProvisionError::Invalid(format!("app {app_id} is of another kind")));
+        }
+        Some(app) => app,
+    };
+    let purpose = purpose::app_secret(app_id);
+    let current: Vec<String> = app
+        .secrets
+        .iter()
+        .filter_map(|s| keyring.open(&s.sealed, &purpose).ok())
+        .filter_map(|b| String::from_utf8(b).ok())
+        .collect();
+    // Newest first, as stored: replace the set only when it differs.
+    if current.iter().map(String::as_str).ne(wanted.iter().copied()) {
+        let mut ordered = wanted.clone();
+        ordered.reverse();
+        for (i, secret) in ordered.iter().enumerate() {
+            store
+                .add_app_secret(app_id, sealed_secret(keyring, app_id, secret), i > 0)
+                .await?;
+        }
+    }
+    store.set_app_enabled(app_id, decl.enabled).await?;
+    Ok(store.set_app_callback(app_id, decl.callback_url.clone()).await?)
+}
+
+/// What the command line prints about a reimburser; never a stored secret.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReimburserView {
+    #[serde(flatten)]
+    pub app: AppView,
+    pub reimburser_kind: ReimburserKind,
+    pub accepted_agencies: Vec<String>,
+    pub personal_fields: Vec<String>,
+}
+
+/// Personal fields a reimburser may be allowed to receive.
+pub const PERSONAL_FIELDS: &[&str] = &["name", "id_card_no", "phone", "email", "medical_card_no"];
+
+/// What registers a reimburser.
+#[derive(Debug, Clone)]
+pub struct ReimburserSpec {
+    pub app_id: String,
+    pub kind: String,
+    pub name: String,
+    /// The organisation's code: it is kept as an agency record of its own, which
+    /// owns the reimburser's app (it issues nothing).
+    pub org_code: String,
+    pub webhook_url: Option<String>,
+    pub accepted_agencies: Vec<String>,
+    pub personal_fields: Vec<String>,
+}
+
+fn check_reimburser(spec: &ReimburserSpec) -> Result<ReimburserKind> {
+    let kind = ReimburserKind::parse(&spec.kind).ok_or_else(|| {
+        ProvisionError::Invalid("reimburser kind must be medical_insurance, commercial_insurer or employer".into())
+    })?;
+    check_agency(&spec.org_code, &spec.name, &[])?;
+    check_app(&spec.app_id, spec.webhook_url.as_deref())?;
+    if let Some(f) = spec
+        .personal_fields
+        .iter()
+        .find(|f| !PERSONAL_FIELDS.contains(&f.as_str()))
+    {
+        return Err(ProvisionError::Invalid(format!(
+            "personal field {f:?} is not one of {}",
+            PERSONAL_FIELDS.join(", ")
+        )));
+    }
+    Ok(kind)
+}
+
+async fn save_profile(
+    store: &dyn Store,
+    spec: &ReimburserSpec,
+    kind: ReimburserKind,
+) -> Result<piaojia_store::Reimburser> {
+    for code in &spec.accepted_agencies {
+        agency_by_code(store, code).await?;
+    }
+    Ok(store
+        .upsert_reimburser(NewReimburser {
+            app_id: spec.app_id.clone(),
+            kind,
+            name: spec.name.trim().to_owned(),
+            accepted_agencies: spec.accepted_agencies.clone(),
+            personal_fields: spec.personal_fields.clone(),
+        })
+        .await?)
+}
+
+fn reimburser_view(app: AppView, profile: piaojia_store::Reimburser) -> ReimburserView {
+    ReimburserView {
+        app,
+        reimburser_kind: profile.kind,
+        accepted_agencies: profile.accepted_agencies,
+        personal_fields: profile.personal_fields,
+    }
+}
+
+/// Registers a reimburser: its organisation, its signed app (first secret shown
+/// once) and its profile. Rotation and enabling work as for any app.
+pub async fn create_reimburser(store: &dyn Store, keyring: &Keyring, spec: ReimburserSpec) -> Result<ReimburserView> {
+    let kind = check_reimburser(&spec)?;
+    if store.app(&spec.app_id).await?.is_some() {
+        return Err(ProvisionError::Exists("app"));
+    }
+    for code in &spec.accepted_agencies {
+        agency_by_code(store, code).await?;
+    }
+    let org = match store.agency_by_code(&spec.org_code).await? {
+        Some(a) => a,
+        None => create_agency(store, &spec.org_code, &spec.name, Vec::new()).await?,
+    };
+    let app = create_app(
+        store,
+        keyring,
+        &org.code,
+        AppKind::Reimburser,
+        &spec.app_id,
+        &spec.name,
+        spec.webhook_url.clone(),
+    )
+    .await?;
+    let profile = save_profile(store, &spec, kind).await?;
+    Ok(reimburser_view(app, profile))
+}
+
+/// Changes a reimburser's profile (kind, name, accepted agencies, personal fields, webhook).
+pub async fn update_reimburser(store: &dyn Store, spec: ReimburserSpec) -> Result<ReimburserView> {
+    let kind = check_reimburser(&spec)?;
+    let app = store.app(&spec.app_id).await?.ok_or(ProvisionError::NotFound("app"))?;
+    if app.kind != AppKind::Reimburser {
+        return Err(ProvisionError::Invalid(format!(
+            "app {} is not a reimburser",
+            spec.app_id
+        )));
+    }
+    let app = store.set_app_callback(&spec.app_id, spec.webhook_url.clone()).await?;
+    let code = agency_code_of(store, &app).await?;
+    let profile = save_profile(store, &spec, kind).await?;
+    Ok(reimburser_view(view(app, &code, None), profile))
+}
+
+pub async fn list_reimbursers(store: &dyn Store) -> Result<Vec<ReimburserView>> {
+    let mut out = Vec::new();
+    for profile in store.list_reimbursers().await? {
+        let Some(app) = store.app(&profile.app_id).await? else {
+            continue;
+        };
+        let code = agency_code_of(store, &app).await?;
+        out.push(reimburser_view(view(app, &code, None), profile));
+    }
+    Ok(out)
+}
+
+/// Applies `[[reimbursers]]` from the settings: idempotent, so it runs at every start.
+/// Accepted agencies must be known by then (declare them in `[[agencies]]`).
+pub async fn apply_declared_reimbursers(
+    store: &dyn Store,
+    keyring: &Keyring,
+    declared: &[ReimburserProvision],
+) -> Result<()> {
+    for decl in declared {
+        let spec = ReimburserSpec {
+            app_id: decl.app_id.clone(),
+            kind: decl.kind.clone(),
+            name: decl.name.clone(),
+            org_code: decl.org_code.clone(),
+            webhook_url: decl.webhook_url.clone(),
+            accepted_agencies: decl.accepted_agencies.clone(),
+            personal_fields: decl.personal_fields.clone(),
+        };
+        let kind = check_reimburser(&spec)?;
+        let org = match store.agency_by_code(&spec.org_code).await? {
+            Some(a) => a,
+            None => create_agency(store, &spec.org_code, &spec.name, Vec::new()).await?,
+        };
+        sync_declared_app(
+            store,
+            keyring,
+            &org,
+            AppKind::Reimburser,
+            DeclaredApp {
+                app_id: &decl.app_id,
+                name: &decl.name,
+                secret: decl.secret.expose_secret(),
+                previous_secret: decl.previous_secret.as_ref().map(|s| s.expose_secret()),
+                callback_url: decl.webhook_url.clone(),
+                enabled: decl.enabled,
+            },
+        )
+        .await?;
+        save_profile(store, &spec, kind).await?;
     }
     Ok(())
 }

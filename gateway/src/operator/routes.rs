@@ -21,7 +21,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(interfaces)
         .service(alerts)
         .service(deliveries)
-        .service(redrive);
+        .service(redrive)
+        .service(reimbursement_history);
 }
 
 fn views(summaries: Vec<KeySummary>, backlog: impl Fn(&str) -> Option<(i64, i64)>) -> Vec<TrackedView> {
@@ -252,4 +253,34 @@ pub async fn redrive(
     state.wake.notify().await;
     tracing::info!(redriven = n, "operator re-drive");
     Ok(HttpResponse::Ok().json(RedriveResult { redriven: n }))
+}
+
+/// A receipt's reimbursement history by its id: who locked, closed, unlocked,
+/// rejected or reversed it, when, from where and why (append-only).
+#[utoipa::path(
+    get,
+    path = "/v1/ops/receipts/{id}/reimbursement-history",
+    tag = "operations",
+    security(("operator_token" = [])),
+    params(("id" = Uuid, Path, description = "The receipt's id")),
+    responses(
+        (status = 200, body = crate::reimburser::views::HistoryView),
+        (status = 401, description = "`auth_missing`, `auth_bad_token`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/ops/receipts/{id}/reimbursement-history")]
+pub async fn reimbursement_history(
+    state: web::Data<AppState>,
+    _op: Operator,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let now = state
+        .store
+        .reimbursement_of(id)
+        .await?
+        .ok_or_else(|| ApiError::with(ErrorCode::ReceiptNotFound, "no receipt with this id"))?;
+    let events = state.store.reimbursement_history(id).await?;
+    Ok(HttpResponse::Ok().json(crate::reimburser::views::HistoryView::build(&now, events)))
 }

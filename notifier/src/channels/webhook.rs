@@ -1,7 +1,10 @@
 //! Signed status webhooks (Standard Webhooks): `webhook-id`, `webhook-timestamp`
 //! and `webhook-signature: v1,<base64 HMAC-SHA256(secret, id.timestamp.body)>`,
 //! one signature per active secret of the issuer app, so a rotation never breaks
-//! verification. The HMAC key is the app secret's UTF-8 bytes.
+//! verification. The HMAC key is the app secret's UTF-8 bytes: the app's
+//! `webhookSecret`, printed at creation and rotation as `whsec_<base64 of those
+//! bytes>` (`piaojia_core::signing::standard_webhook_secret`), is what Standard
+//! Webhooks libraries verify with as printed.
 
 use std::sync::Arc;
 use std::time::Duration;

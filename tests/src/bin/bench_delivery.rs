@@ -194,12 +194,19 @@ async fn main() -> anyhow::Result<()> {
     // CPU used during the window by the server and by this process (client and simulator).
     tokio::time::sleep_until(window_start.into()).await;
     let window_start_wall = Utc::now();
+    let database = env
+        .get("DATABASE_URL")
+        .and_then(|u| bench::database_of(u))
+        .map(str::to_owned);
+    let db_cpu = || database.as_deref().map_or(0.0, bench::postgres_cpu_of);
     let cpu_before = (bench::cpu_seconds(server.pid()), bench::cpu_seconds(std::process::id()));
     let (machine_before, commands_before) = (bench::machine_busy_seconds(), bench::cpu_by_command());
+    let (db_before, idle_before) = (db_cpu(), bench::machine_idle_seconds());
     tokio::time::sleep_until(end.into()).await;
     let window_end_wall = Utc::now();
     let cpu_after = (bench::cpu_seconds(server.pid()), bench::cpu_seconds(std::process::id()));
     let (machine_after, commands_after) = (bench::machine_busy_seconds(), bench::cpu_by_command());
+    let (db_after, idle_after) = (db_cpu(), bench::machine_idle_seconds());
 
     let mut accepted = Vec::new();
     for t in tasks {
@@ -305,6 +312,38 @@ async fn main() -> anyhow::Result<()> {
             .map(|(name, cores)| format!("{name}={cores:.2}"))
             .collect::<Vec<_>>()
             .join(" ")
+    );
+    // Server CPU per delivered receipt: piaojia, its PostgreSQL backends and Redis
+    // (Redis is shared with whatever else runs here, so it is an upper bound).
+    let per_receipt = |cpu_secs: f64| cpu_secs * 1000.0 / (delivered_in_window.max(1) as f64);
+    let piaojia_cpu = match (cpu_before.0, cpu_after.0) {
+        (Some(b), Some(a)) => a - b,
+        _ => 0.0,
+    };
+    let redis_cpu = commands_after.get("redis-server").copied().unwrap_or(0.0)
+        - commands_before.get("redis-server").copied().unwrap_or(0.0);
+    let redis_cpu = if args.store == StoreArg::Postgres {
+        redis_cpu
+    } else {
+        0.0
+    };
+    let db_cpu_used = db_after - db_before;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let idle_pct = match (idle_before, idle_after) {
+        (Some(b), Some(a)) => 100.0 * (a - b) / (secs * cores),
+        _ => f64::NAN,
+    };
+    println!(
+        "summary delivered_per_sec={:.0} cpu_ms_per_receipt={:.3} piaojia_ms={:.3} postgres_ms={:.3} redis_ms={:.3} idle_pct={:.0} p50_ms={:.1} p99_ms={:.1} push_p99_ms={:.1}",
+        delivered_in_window as f64 / secs,
+        per_receipt(piaojia_cpu + db_cpu_used + redis_cpu),
+        per_receipt(piaojia_cpu),
+        per_receipt(db_cpu_used),
+        per_receipt(redis_cpu),
+        idle_pct,
+        ms(bench::percentile(&latencies, 0.50)),
+        ms(bench::percentile(&latencies, 0.99)),
+        ms(bench::percentile(&push_latencies, 0.99)),
     );
     if !args.settings.is_empty() {
         println!("settings: {}", args.settings.join(" "));
