@@ -270,13 +270,16 @@ fn page(status: StatusCode, title: &str, text: &str) -> HttpResponse {
         ))
 }
 
-/// The payer's openid from the H5 OAuth session of this app, when there is one.
-///
-/// TODO(officialaccount-pages): return the openid of the `snsapi_base` session
-/// cookie for `appid`; until then only the signed link token of the template
-/// message proves the payer.
-fn session_openid(_req: &HttpRequest, _appid: &str) -> Option<String> {
-    None
+/// The payer's openid from the pages' web OAuth session of this app, when there is
+/// one (the receipt page's link); otherwise the signed link token of the template
+/// message must prove the payer.
+async fn session_openid(state: &AppState, req: &HttpRequest, appid: &str) -> Option<String> {
+    let oa = crate::pages::official_account(state, appid).await.ok()?;
+    crate::pages::session::current(req, state, &oa)
+        .await
+        .ok()
+        .flatten()
+        .map(|s| s.openid)
 }
 
 /// "收入微信卡包": puts one receipt into its payer's WeChat card package. The payer
@@ -287,12 +290,8 @@ fn session_openid(_req: &HttpRequest, _appid: &str) -> Option<String> {
     params(("appId" = String, Path, description = "The official account's WeChat appid"),
         ("receiptId" = String, Path, description = "The receipt's id"),
         ("t" = Option<String>, Query, description = "The signed link token of the template message (`wechat.card_link_secs`)")),
-    responses((status = 302, description = "To WeChat's authorisation page (`auth_url`)"),
-        (status = 200, description = "An HTML page: the receipt already is in the card package", content_type = "text/html"),
-        (status = 403, description = "An HTML page: the link is invalid or expired, or this is not the receipt's payer", content_type = "text/html"),
-        (status = 404, description = "An HTML page: no such receipt, or the card package is not enabled", content_type = "text/html"),
-        (status = 409, description = "An HTML page: the receipt was reversed (冲红)", content_type = "text/html"),
-        (status = 502, description = "An HTML page: WeChat could not be reached", content_type = "text/html")))]
+    responses((status = 302, description = "To WeChat's authorisation page (`auth_url`). Failures answer Chinese HTML pages, not problem+json: 403 (invalid or expired link, not the receipt's payer), 404 (no such receipt, card package not enabled), 409 (reversed), 502 (WeChat unreachable)"),
+        (status = 200, description = "An HTML page: the receipt already is in the card package", content_type = "text/html")))]
 #[get("/h5/{app_id}/receipts/{receipt_id}/card")]
 pub async fn take_card(
     req: HttpRequest,
@@ -315,7 +314,7 @@ pub async fn take_card(
     let by_link =
         q.t.as_deref()
             .is_some_and(|t| state.card_links.verify(&appid, receipt_id, t, now));
-    let session = session_openid(&req, &appid);
+    let session = session_openid(&state, &req, &appid).await;
     if !by_link && session.is_none() {
         return invalid();
     }

@@ -16,8 +16,8 @@ pub mod message_server;
 pub mod nonces;
 pub mod openapi;
 pub mod operator;
-pub mod reimburser;
 pub mod pages;
+pub mod reimburser;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod scan;

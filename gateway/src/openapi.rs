@@ -8,8 +8,8 @@ use crate::error::{FieldProblem, Problem};
 use crate::issuer::routes as issuer;
 use crate::message_server;
 use crate::operator::routes as ops;
-use crate::reimburser::routes as reimburser;
 use crate::pages::routes as pages;
+use crate::reimburser::routes as reimburser;
 use crate::service::health;
 
 #[derive(OpenApi)]

@@ -257,7 +257,12 @@ impl Application {
         };
         if role == Role::Gateway {
             let r = &state.settings.reimbursement;
-            crate::reimburser::expiry::spawn(state.store.clone(), r.lock_ttl, r.expiry_check_every);
+            crate::reimburser::expiry::spawn(
+                state.store.clone(),
+                state.wake.clone(),
+                r.lock_ttl,
+                r.expiry_check_every,
+            );
         }
         let sandbox = state.sandbox.clone();
         let metrics = match metrics_listener {

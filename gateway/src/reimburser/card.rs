@@ -4,19 +4,29 @@
 //!
 //! Every applied change of a receipt's reimbursement state passes through
 //! [`mirror_to_card`]: reimbursers' lock, close, unlock and reject (single and
-//! batch, not replays) and lock expiry. The card package work (#12, branch
-//! `officialaccount-card`) replaces its body, e.g. by queueing a delivery of a
-//! card-status kind for receipts that are in a card package; until then it only
-//! logs. CANCEL (reversal) is queued by the issuer's reversal itself.
+//! batch, not replays) and lock expiry. CANCEL (reversal) is queued by the
+//! issuer's reversal itself.
 
+use piaojia_notifier::Wake;
 use piaojia_store::{ReceiptReimbursement, Store};
 
-/// Called after each applied reimbursement change, outside its transaction.
-pub async fn mirror_to_card(_store: &dyn Store, receipt: &ReceiptReimbursement) {
-    tracing::debug!(
-        receipt = %receipt.receipt_id,
-        state = receipt.state.as_str(),
-        holder = receipt.holder.as_deref().unwrap_or(""),
-        "reimbursement state changed (card package mirroring hook)"
-    );
+/// Called after each applied reimbursement change, outside its transaction: a
+/// receipt that is in a card package gets a `card_status` delivery (LOCK,
+/// CLOSURE, or INIT after an unlock or expiry). A failure to queue it is logged
+/// and never undoes the change, which is already committed.
+pub async fn mirror_to_card(store: &dyn Store, wake: &Wake, receipt: &ReceiptReimbursement) {
+    match crate::card_package::mirror_reimbursement(store, wake, receipt.receipt_id, receipt.state).await {
+        Ok(mirrored) => tracing::debug!(
+            receipt = %receipt.receipt_id,
+            state = receipt.state.as_str(),
+            mirrored,
+            "reimbursement state changed"
+        ),
+        Err(e) => tracing::error!(
+            receipt = %receipt.receipt_id,
+            state = receipt.state.as_str(),
+            error = %e,
+            "the card package could not be told of a reimbursement change"
+        ),
+    }
 }

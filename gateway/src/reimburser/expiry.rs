@@ -14,7 +14,11 @@ use uuid::Uuid;
 pub const LOCK_EXPIRED_RULE: &str = "reimbursement_lock_expired";
 
 /// Releases every lock older than `ttl`; the receipts released.
-pub async fn release_expired(store: &dyn Store, ttl: Duration) -> piaojia_store::Result<Vec<ReceiptReimbursement>> {
+pub async fn release_expired(
+    store: &dyn Store,
+    wake: &piaojia_notifier::Wake,
+    ttl: Duration,
+) -> piaojia_store::Result<Vec<ReceiptReimbursement>> {
     let before: Timestamp = (Utc::now() - TimeDelta::from_std(ttl).unwrap_or(TimeDelta::MAX)).into();
     let mut all = Vec::new();
     loop {
@@ -46,7 +50,7 @@ pub async fn release_expired(store: &dyn Store, ttl: Duration) -> piaojia_store:
                 })
                 .await?;
             metrics::counter!("piaojia_reimbursement_locks_expired_total").increment(1);
-            super::card::mirror_to_card(store, r).await;
+            super::card::mirror_to_card(store, wake, r).await;
         }
         all.extend(released);
         if n < 500 {
@@ -56,13 +60,18 @@ pub async fn release_expired(store: &dyn Store, ttl: Duration) -> piaojia_store:
 }
 
 /// Runs [`release_expired`] every `every` until the process ends.
-pub fn spawn(store: Arc<dyn Store>, ttl: Duration, every: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    store: Arc<dyn Store>,
+    wake: piaojia_notifier::Wake,
+    ttl: Duration,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = release_expired(store.as_ref(), ttl).await {
+            if let Err(e) = release_expired(store.as_ref(), &wake, ttl).await {
                 tracing::warn!(error = %e, "releasing expired reimbursement locks failed");
             }
         }

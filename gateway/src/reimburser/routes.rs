@@ -344,7 +344,7 @@ async fn apply(
     };
     if !replayed {
         for r in &receipts {
-            super::card::mirror_to_card(state.store.as_ref(), r).await;
+            super::card::mirror_to_card(state.store.as_ref(), &state.wake, r).await;
         }
     }
     Ok(HttpResponse::Ok().json(ChangeResultView {
