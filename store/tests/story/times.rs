@@ -6,7 +6,12 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
+use piaojia_core::parties::{ReimbursementAction, ReimburserKind};
+use piaojia_store::official_account::{CardOrder, CardUnit};
 use piaojia_store::pages::{NewScene, NewWebSession, Scan, ScanOutcome};
+use piaojia_store::reimbursement::{
+    NewReimburser, ReceiptKey, ReimbursementChange, ReimbursementOutcome, ReimbursementRequest,
+};
 use piaojia_store::testing::FreshDatabase;
 use piaojia_store::wallets::{RefreshOutcome, SubscriptionChoice, SubscriptionReport, WalletAdd, WalletQuery};
 use piaojia_store::{
@@ -343,6 +348,95 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
         store.scan_scene(scan("scene-late", "o-late")).await?,
         ScanOutcome::Expired
     );
+
+    // The official account and its card package: a follower, a provider's final
+    // report, a card template, and a card order through to WeChat's status report.
+    let later = Timestamp::now() + ns(123_456_789);
+    store.set_following("wx-oa", "o-times", true, later).await?;
+    assert!(store.record_provider_report(id, "success", later).await?);
+    store
+        .upsert_card_unit(CardUnit {
+            agency_id,
+            wechat_app_id: "wx-oa".to_owned(),
+            s_pappid: "pappid-times".to_owned(),
+            card_id: "card-times".to_owned(),
+            payee: "医院".to_owned(),
+            logo_url: "https://example.test/logo.png".to_owned(),
+            enabled: true,
+            created_at: later,
+            updated_at: later,
+        })
+        .await?;
+    store
+        .open_card_order(CardOrder {
+            order_id: "order-times".to_owned(),
+            receipt_id: r.id,
+            agency_id,
+            wechat_app_id: "wx-oa".to_owned(),
+            open_id: "o-times".to_owned(),
+            card_id: "card-times".to_owned(),
+            requested_at: later,
+            authorized_at: None,
+            code: None,
+            inserted_at: None,
+            card_status: None,
+            wechat_status: None,
+            wechat_status_at: None,
+            updated_at: later,
+        })
+        .await?;
+    assert!(
+        store
+            .authorize_card_order("order-times", later, vec![])
+            .await?
+            .is_some()
+    );
+    store.card_inserted("order-times", "code-times", later).await?;
+    store
+        .set_card_status("order-times", "INVOICE_REIMBURSE_LOCK", later)
+        .await?;
+    assert!(
+        store
+            .record_wechat_card_status("card-times", "code-times", "INVOICE_REIMBURSE_CLOSURE", later)
+            .await?
+    );
+
+    // Reimbursement: a reimburser locks a receipt (state, history, request id).
+    let locked = created(
+        store
+            .insert_receipt(receipt(agency_id, "W000002", "hash-l"), vec![])
+            .await?,
+    )?;
+    store.create_app(app("ins-1", agency_id)).await?;
+    store
+        .upsert_reimburser(NewReimburser {
+            app_id: "ins-1".to_owned(),
+            kind: ReimburserKind::CommercialInsurer,
+            name: "保险".to_owned(),
+            accepted_agencies: vec![],
+            personal_fields: vec![],
+        })
+        .await?;
+    let lock = store
+        .apply_reimbursement(ReimbursementRequest {
+            app_id: "ins-1".to_owned(),
+            request_id: "req-times".to_owned(),
+            fingerprint: "fp-times".to_owned(),
+            accepted_agency_ids: vec![agency_id],
+            changes: vec![ReimbursementChange {
+                key: ReceiptKey {
+                    bill_batch_code: locked.bill_batch_code.clone(),
+                    bill_no: locked.bill_no.clone(),
+                    random: locked.random.clone(),
+                },
+                action: ReimbursementAction::Lock,
+                paid_fen: None,
+            }],
+            reason: None,
+            remote_addr: None,
+        })
+        .await?;
+    assert!(matches!(lock, ReimbursementOutcome::Applied(_)), "{lock:?}");
     Ok(())
 }
 
