@@ -4,7 +4,6 @@
 //! matching is serialised by transaction-scoped advisory locks.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::error::BoxDynError;
@@ -12,20 +11,17 @@ use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres};
 use sqlx::{Arguments, Transaction};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::sql::{self, Arg, Conn, Dialect, Record, Sql, Tx, Work};
-use crate::{Backend, ConnectOptions, Result, StoreError};
+use crate::{Backend, ConnectOptions, Result};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 pub struct PgStore {
     pool: PgPool,
-    /// Pushed receipts may hold at most half the pool: under a stream of pushes the
-    /// notifier's claims and completions (each moving a batch of accepted receipts
-    /// on) still find a connection at once, and new pushes wait instead.
-    intake: Arc<Semaphore>,
-    /// Batches of pushes that may commit at once; see `group_commit.rs`.
+    /// Batches of pushes that may commit at once (`group_commit.rs`), at most half
+    /// the pool: under a stream of pushes the notifier's claims and completions
+    /// still find a connection at once, and new pushes wait in the queue instead.
     committers: usize,
 }
 
@@ -37,12 +33,10 @@ impl PgStore {
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(options)
             .await?;
-        let lanes = (opts.max_connections as usize / 2).max(1);
-        let intake = Arc::new(Semaphore::new(lanes));
+        let half = (opts.max_connections as usize / 2).max(1);
         Ok(Self {
             pool,
-            intake,
-            committers: lanes.min(4),
+            committers: half.min(4),
         })
     }
 }
@@ -107,8 +101,6 @@ impl Conn for PgConnection {
 
 pub struct PgTx {
     tx: Transaction<'static, Postgres>,
-    /// Held by pushes: see [`PgStore::intake`].
-    _lane: Option<OwnedSemaphorePermit>,
 }
 
 #[async_trait]
@@ -147,7 +139,7 @@ impl Dialect for PgStore {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        Ok(PgTx { tx, _lane: None })
+        Ok(PgTx { tx })
     }
 
     async fn writer(&self) -> Result<Self::Writer> {
@@ -157,21 +149,11 @@ impl Dialect for PgStore {
     async fn write(&self) -> Result<PgTx> {
         Ok(PgTx {
             tx: self.pool.begin().await?,
-            _lane: None,
         })
     }
 
     async fn intake(&self) -> Result<PgTx> {
-        let lane = self
-            .intake
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
-        Ok(PgTx {
-            tx: self.pool.begin().await?,
-            _lane: Some(lane),
-        })
+        self.write().await
     }
 
     fn committers(&self) -> usize {

@@ -283,8 +283,8 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     async fn writer(&self) -> Result<Self::Writer>;
     /// A write transaction, on this process's turn to write.
     async fn write(&self) -> Result<Self::Tx>;
-    /// A write transaction for a pushed receipt: pushes queue in a lane of their own
-    /// so the notifier's batched claims and completions never wait behind many of them.
+    /// A write transaction for a batch of pushes (see `group_commit.rs`, whose
+    /// committers are the only callers: their number bounds what pushes hold).
     async fn intake(&self) -> Result<Self::Tx>;
     /// How many batches of pushes may commit at once (`group_commit.rs`).
     fn committers(&self) -> usize;

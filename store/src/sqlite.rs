@@ -94,25 +94,17 @@ impl SqliteStore {
     }
 }
 
-/// This process's turn to write (tokio's mutex queues in arrival order). Pushed
-/// receipts first queue in a lane of their own and join the turn's queue one at a
-/// time: under a stream of pushes, the notifier's claims and completions (each a
-/// batch that moves many accepted receipts on) then wait for at most one receipt's
-/// write rather than for every push in flight, and new pushes wait instead.
+/// This process's turn to write (tokio's mutex queues in arrival order). Pushes
+/// reach it through one group committer (`group_commit.rs`), so under a stream of
+/// pushes the notifier's claims and completions wait for at most one batch.
 #[derive(Default)]
 struct WriteTurn {
     turn: Arc<Mutex<()>>,
-    intake: Mutex<()>,
 }
 
 impl WriteTurn {
     async fn turn(&self) -> OwnedMutexGuard<()> {
         self.turn.clone().lock_owned().await
-    }
-
-    async fn intake_turn(&self) -> OwnedMutexGuard<()> {
-        let _lane = self.intake.lock().await;
-        self.turn().await
     }
 }
 
@@ -250,7 +242,7 @@ impl Dialect for SqliteStore {
     }
 
     async fn intake(&self) -> Result<SqliteTx> {
-        let turn = self.turn.intake_turn().await;
+        let turn = self.turn.turn().await;
         Ok(SqliteTx {
             tx: self.writes.begin_with("BEGIN IMMEDIATE").await?,
             _turn: Some(turn),

@@ -508,3 +508,37 @@ impl TcpRelay {
         }
     }
 }
+
+/// What a [`receiver`] got: each request's headers and body.
+pub type Captured = Arc<std::sync::Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
+
+/// An outside receiver (issuer callback, operator robot) that records what it gets.
+pub fn receiver() -> (String, Captured, actix_web::dev::ServerHandle) {
+    let captured: Captured = Arc::default();
+    let c = captured.clone();
+    let server = actix_web::HttpServer::new(move || {
+        let c = c.clone();
+        actix_web::App::new().default_service(actix_web::web::to(
+            move |req: actix_web::HttpRequest, body: actix_web::web::Bytes| {
+                let c = c.clone();
+                async move {
+                    let headers = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                        .collect();
+                    c.lock().expect("lock").push((headers, body.to_vec()));
+                    actix_web::HttpResponse::Ok().finish()
+                }
+            },
+        ))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", 0))
+    .expect("bind");
+    let url = format!("http://127.0.0.1:{}/hook", server.addrs()[0].port());
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (url, captured, handle)
+}

@@ -12,7 +12,7 @@ use object_store::ObjectStoreExt as _;
 use piaojia_core::money::format_yuan;
 use piaojia_core::receipt::{BusType, PayerType};
 use piaojia_miniprogram_api::possession;
-use piaojia_store::wallets::{WalletAdd, WalletQuery};
+use piaojia_store::wallets::{WalletAdd, WalletDetail, WalletQuery};
 use piaojia_store::{ReimbursementState, StoredReceipt};
 use serde_json::Value;
 use uuid::Uuid;
@@ -90,6 +90,29 @@ async fn signed_in(
     match session::current(req, state, &oa).await? {
         Some(s) => Ok(Ok((oa, s))),
         None => Ok(Err(session::sign_in(state, &oa, &here(req)))),
+    }
+}
+
+/// Receipt `rid` of the signed-in payer's wallet, within this account's agency
+/// (the same answer whoever else holds it); `Err(response)` sends the browser to sign in.
+async fn own_receipt(
+    req: &HttpRequest,
+    state: &AppState,
+    appid: &str,
+    rid: &str,
+) -> Result<Result<(OfficialAccount, WalletDetail), HttpResponse>, PageError> {
+    let (oa, s) = match signed_in(req, state, appid).await? {
+        Ok(v) => v,
+        Err(redirect) => return Ok(Err(redirect)),
+    };
+    let rid = receipt_id(rid).map_err(|e| e.back_to(&oa.appid))?;
+    match state
+        .store
+        .wallet_receipt(s.payer_id, rid, Some(&[oa.agency_id]))
+        .await?
+    {
+        Some(w) => Ok(Ok((oa, w))),
+        None => Err(PageError::receipt_not_found().back_to(&oa.appid)),
     }
 }
 
@@ -357,17 +380,9 @@ pub async fn detail(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, PageError> {
     let (appid, rid) = path.into_inner();
-    let (oa, s) = match signed_in(&req, &state, &appid).await? {
+    let (oa, w) = match own_receipt(&req, &state, &appid, &rid).await? {
         Ok(v) => v,
         Err(redirect) => return Ok(redirect),
-    };
-    let rid = receipt_id(&rid).map_err(|e| e.back_to(&oa.appid))?;
-    let Some(w) = state
-        .store
-        .wallet_receipt(s.payer_id, rid, Some(&[oa.agency_id]))
-        .await?
-    else {
-        return Err(PageError::receipt_not_found().back_to(&oa.appid));
     };
     let notice = query_map(&req).contains_key("added").then_some("已加入您的票夹。");
     let d = detail_of(&state, &oa, &w.receipt, &w.agency_name, true);
@@ -387,17 +402,9 @@ pub async fn download(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, PageError> {
     let (appid, rid) = path.into_inner();
-    let (oa, s) = match signed_in(&req, &state, &appid).await? {
+    let (oa, w) = match own_receipt(&req, &state, &appid, &rid).await? {
         Ok(v) => v,
         Err(redirect) => return Ok(redirect),
-    };
-    let rid = receipt_id(&rid).map_err(|e| e.back_to(&oa.appid))?;
-    let Some(w) = state
-        .store
-        .wallet_receipt(s.payer_id, rid, Some(&[oa.agency_id]))
-        .await?
-    else {
-        return Err(PageError::receipt_not_found().back_to(&oa.appid));
     };
     let Some(file) = &w.receipt.file else {
         return Err(PageError::no_file().back_to(&oa.appid));

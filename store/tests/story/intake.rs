@@ -15,6 +15,7 @@ use crate::support::{TestResult, at, created, delivery, issued_deliveries, one_a
 chapters!(
     create_duplicate_conflict,
     concurrent_identical_inserts,
+    one_bad_push_fails_only_itself,
     lookup_is_scoped_by_agency,
     reversal_rules,
     deliveries_share_the_transaction,
@@ -170,6 +171,52 @@ async fn concurrent_identical_inserts(fx: &Fixture) -> TestResult {
         .ok_or("receipt missing")?;
     assert_eq!(stored.id, created_ids[0]);
     assert_eq!(stored.deliveries.len(), 2, "only the winner wrote deliveries");
+    Ok(())
+}
+
+// Concurrent pushes share write transactions (group commit). One push that must
+// fail (an id already taken) fails alone: every other push of its batch is stored,
+// with its deliveries, and answered as created.
+async fn one_bad_push_fails_only_itself(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let taken = created(store.insert_receipt(receipt(a, "0000000100", "h-100"), vec![]).await?)?;
+
+    let start = Arc::new(tokio::sync::Barrier::new(40));
+    let mut tasks = Vec::new();
+    for i in 0..40u32 {
+        let store = Arc::clone(&store);
+        let start = Arc::clone(&start);
+        let mut push = receipt(a, &format!("{:010}", 200 + i), &format!("h-{i}"));
+        if i == 17 {
+            push.id = taken.id;
+        }
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            (i, store.insert_receipt(push, issued_deliveries()).await)
+        }));
+    }
+    let mut stored = 0;
+    for task in tasks {
+        match task.await? {
+            (17, result) => assert!(matches!(result, Err(StoreError::Conflict("receipt_id"))), "{result:?}"),
+            (i, Ok(InsertOutcome::Created { receipt: r, .. })) => {
+                assert_eq!(r.bill_no, format!("{:010}", 200 + i));
+                assert_eq!(r.deliveries.len(), 2);
+                stored += 1;
+            }
+            (i, other) => return Err(format!("push {i}: unexpected {other:?}").into()),
+        }
+    }
+    assert_eq!(stored, 39);
+    assert_eq!(store.count_receipts(a).await?, 40);
+    for i in (0..40u32).filter(|i| *i != 17) {
+        let r = store
+            .receipt(a, "11010125", &format!("{:010}", 200 + i))
+            .await?
+            .ok_or("an acknowledged push is missing")?;
+        assert_eq!(r.deliveries.len(), 2);
+    }
     Ok(())
 }
 

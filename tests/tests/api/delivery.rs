@@ -1,45 +1,11 @@
-use std::sync::{Arc, Mutex};
-
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use piaojia_tests::both_modes;
-use piaojia_tests::harness::{Mode, TestApp, TestConfig, eventually};
+use piaojia_tests::harness::{Mode, TestApp, TestConfig, eventually, receiver};
 use piaojia_tests::samples::{self, BATCH};
 use serde_json::{Value, json};
 
 const AGENCY: &str = "12110000400000001A";
 const OA: &str = "wx0a1b2c3d4e5f6a7b";
 const MP: &str = "wx9a8b7c6d5e4f3a2b";
-
-type Captured = Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
-
-/// An outside receiver (issuer callback, operator robot) that records what it gets.
-fn receiver() -> (String, Captured, actix_web::dev::ServerHandle) {
-    let captured: Captured = Arc::default();
-    let c = captured.clone();
-    let server = HttpServer::new(move || {
-        let c = c.clone();
-        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-            let c = c.clone();
-            async move {
-                let headers = req
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
-                    .collect();
-                c.lock().expect("lock").push((headers, body.to_vec()));
-                HttpResponse::Ok().finish()
-            }
-        }))
-    })
-    .workers(1)
-    .bind(("127.0.0.1", 0))
-    .expect("bind");
-    let url = format!("http://127.0.0.1:{}/hook", server.addrs()[0].port());
-    let server = server.run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    (url, captured, handle)
-}
 
 fn with_openid(n: u64, openid: &str) -> Value {
     let mut r = samples::outpatient(n);
