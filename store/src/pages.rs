@@ -144,6 +144,98 @@ pub(crate) async fn payer_for_openid<C: Conn + ?Sized>(
     Ok(winner)
 }
 
+/// A pushed receipt collected into the wallet of the payer known by its openid,
+/// inside the push's transaction. This runs once per push carrying an openid, so
+/// it is one statement on PostgreSQL (find or create the payer, then collect) and
+/// two or three on SQLite (which has no writes in `WITH`), where the general path
+/// ([`payer_for_openid`] then [`collect_into`]) takes five.
+pub(crate) async fn collect_pushed<D: Dialect>(
+    conn: &mut D::Conn,
+    wechat_app_id: &str,
+    openid: &str,
+    r: &crate::intake::NewReceiptRecord,
+    now: Timestamp,
+) -> Result<()> {
+    let fresh = Uuid::now_v7();
+    if D::BACKEND == crate::Backend::Postgres {
+        // `identity` is empty only when a concurrent push of the same new openid
+        // won the identity's insert (ON CONFLICT waited for its commit); our
+        // snapshot cannot see that payer, so the general path below takes over.
+        let collected: Option<(Uuid,)> = Sql::new(
+            "WITH found AS (SELECT payer_id FROM payer_identities WHERE app_id = $1 AND openid = $2), \
+             fresh AS (INSERT INTO payers (id, created_at, updated_at) SELECT $3, $4, $4 \
+                       WHERE NOT EXISTS (SELECT 1 FROM found) RETURNING id), \
+             identity AS (INSERT INTO payer_identities (app_id, openid, payer_id, created_at, last_login_at) \
+                          SELECT $1, $2, id, $4, $4 FROM fresh ON CONFLICT (app_id, openid) DO NOTHING \
+                          RETURNING payer_id), \
+             payer AS (SELECT payer_id FROM found UNION ALL SELECT payer_id FROM identity) \
+             INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
+             SELECT payer_id, $5, $6, $7, 'collected', '[]', $4 FROM payer \
+             ON CONFLICT (payer_id, receipt_id) DO NOTHING RETURNING payer_id",
+        )
+        .bind(wechat_app_id)
+        .bind(openid)
+        .bind(fresh)
+        .bind(now)
+        .bind(r.id)
+        .bind(r.agency_id)
+        .bind(r.issued_at)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| write_error(e, "wallet_entry"))?;
+        if collected.is_some() {
+            return Ok(());
+        }
+        Sql::new("DELETE FROM payers WHERE id = $1")
+            .bind(fresh)
+            .execute(&mut *conn)
+            .await?;
+        let payer = payer_for_openid(&mut *conn, wechat_app_id, openid, now).await?;
+        collect_into(&mut *conn, payer, r.id, now).await?;
+        return Ok(());
+    }
+    // SQLite: this transaction is the only writer, so nothing can come between
+    // the statements.
+    let created = Sql::new(
+        "INSERT INTO payers (id, created_at, updated_at) SELECT $1, $2, $2 \
+         WHERE NOT EXISTS (SELECT 1 FROM payer_identities WHERE app_id = $3 AND openid = $4)",
+    )
+    .bind(fresh)
+    .bind(now)
+    .bind(wechat_app_id)
+    .bind(openid)
+    .execute(&mut *conn)
+    .await?;
+    if created == 1 {
+        Sql::new(
+            "INSERT INTO payer_identities (app_id, openid, payer_id, created_at, last_login_at) \
+             VALUES ($1, $2, $3, $4, $4)",
+        )
+        .bind(wechat_app_id)
+        .bind(openid)
+        .bind(fresh)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| write_error(e, "payer_identity"))?;
+    }
+    Sql::new(
+        "INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
+         SELECT payer_id, $3, $4, $5, 'collected', '[]', $6 FROM payer_identities \
+         WHERE app_id = $1 AND openid = $2 ON CONFLICT (payer_id, receipt_id) DO NOTHING",
+    )
+    .bind(wechat_app_id)
+    .bind(openid)
+    .bind(r.id)
+    .bind(r.agency_id)
+    .bind(r.issued_at)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| write_error(e, "wallet_entry"))?;
+    Ok(())
+}
+
 /// Collects a receipt into a payer's wallet (restoring nothing the payer removed).
 pub(crate) async fn collect_into<C: Conn + ?Sized>(
     conn: &mut C,

@@ -80,6 +80,9 @@ pub struct ClaimedDelivery {
     pub delivery: Delivery,
     pub receipt: DeliveryReceipt,
     pub lease_until: Timestamp,
+    /// A template message whose payer unfollowed the official account (read with
+    /// the claim, once per batch rather than once per send).
+    pub unfollowed: bool,
 }
 
 /// One try at a delivery, kept for audit and operators.
@@ -437,6 +440,39 @@ fn texts(new: &[NewDelivery], f: impl Fn(&NewDelivery) -> String) -> Vec<Option<
     new.iter().map(|d| Some(f(d))).collect()
 }
 
+/// The official account of a template delivery, from its interface
+/// (`wechat:{appid}:template_send`, see the notifier's routing).
+fn template_app(interface: &str) -> &str {
+    interface.split(':').nth(1).unwrap_or_default()
+}
+
+/// (appid, openid) of the claimed template messages whose payer unfollowed: one
+/// statement for the whole claim, through the followers' primary key.
+async fn unfollowed_targets<C: Conn + ?Sized>(
+    conn: &mut C,
+    rows: &[DeliveryRow],
+) -> Result<std::collections::HashSet<(String, String)>> {
+    let template = ChannelKind::WechatTemplate.as_str();
+    let mut apps: Vec<&str> = Vec::new();
+    let mut targets: Vec<&str> = Vec::new();
+    for row in rows.iter().filter(|r| r.channel == template) {
+        apps.push(template_app(&row.interface));
+        targets.push(&row.target);
+    }
+    if targets.is_empty() {
+        return Ok(Default::default());
+    }
+    apps.sort_unstable();
+    apps.dedup();
+    let mut sql =
+        Sql::new("SELECT wechat_app_id, open_id FROM wechat_followers WHERE following = false AND wechat_app_id IN ");
+    sql.push_list(apps.into_iter().map(str::to_owned));
+    sql.push(" AND open_id IN ");
+    sql.push_list(targets.into_iter().map(str::to_owned));
+    let found: Vec<(String, String)> = sql.fetch_all(conn).await?;
+    Ok(found.into_iter().collect())
+}
+
 /// The deliveries of one receipt, oldest first.
 pub(crate) async fn receipt_deliveries<C: Conn + ?Sized>(conn: &mut C, receipt_id: Uuid) -> Result<Vec<DeliveryRow>> {
     Sql::new(concatcp!(
@@ -731,6 +767,7 @@ impl<D: Dialect> DeliveryQueue for Db<D> {
         );
         sql.push_list(receipt_ids);
         let receipts: Vec<DeliveryReceiptRow> = sql.fetch_all(tx.conn()).await?;
+        let unfollowed = unfollowed_targets(tx.conn(), &rows).await?;
         tx.commit().await?;
         let receipts: HashMap<Uuid, DeliveryReceipt> = receipts
             .into_iter()
@@ -746,10 +783,13 @@ impl<D: Dialect> DeliveryQueue for Db<D> {
                         delivery.id, delivery.receipt_id
                     ))
                 })?;
+                let unfollowed = delivery.channel == ChannelKind::WechatTemplate
+                    && unfollowed.contains(&(template_app(&delivery.interface).to_owned(), delivery.target.clone()));
                 Ok(ClaimedDelivery {
                     delivery,
                     receipt,
                     lease_until,
+                    unfollowed,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -535,16 +535,12 @@ pub(crate) async fn collect_new_receipt<D: Dialect>(
     }
     // ID number and name of a payer WeChat's real-name check verified, or a
     // verified phone and name.
-    let payers: Vec<(Uuid,)> = Sql::new(
-        "SELECT id FROM payers WHERE registered_at IS NOT NULL AND name_index = $2 \
-         AND ((identity_verified_via = 'wechat_realname' AND id_index = $1) \
-         OR (phone_verified = true AND phone_index = $3)) ORDER BY id",
-    )
-    .bind(&r.payer_id_index)
-    .bind(name_index)
-    .bind(&r.payer_phone_index)
-    .fetch_all(&mut *conn)
-    .await?;
+    let payers: Vec<(Uuid,)> = Sql::new(verified_payers_sql(D::BACKEND))
+        .bind(&r.payer_id_index)
+        .bind(name_index)
+        .bind(&r.payer_phone_index)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut out: Vec<NewDelivery> = Vec::new();
     for (payer,) in payers {
         Sql::new(
@@ -666,6 +662,19 @@ fn push_entry<'a>(sql: &mut Sql<'a>, payer_id: Uuid, receipt_id: Uuid, scope: Op
         .push_bind(payer_id);
     push_scope(sql, scope);
     sql.push(")");
+}
+
+/// Registered payers whose verified identity a new receipt names (id index $1,
+/// name index $2, phone index $3). Each side of the OR must match its partial
+/// index's WHERE as written, or SQLite scans every payer (and every openid pushed
+/// makes one): `phone_verified = 1` there, plain `phone_verified` on PostgreSQL.
+pub(crate) const fn verified_payers_sql(backend: crate::Backend) -> &'static str {
+    const FIND: &str = "SELECT id FROM payers WHERE registered_at IS NOT NULL AND name_index = $2 \
+         AND ((identity_verified_via = 'wechat_realname' AND id_index = $1) OR (";
+    match backend {
+        crate::Backend::Sqlite => concatcp!(FIND, "phone_verified = 1 AND phone_index = $3)) ORDER BY id"),
+        crate::Backend::Postgres => concatcp!(FIND, "phone_verified AND phone_index = $3)) ORDER BY id"),
+    }
 }
 
 /// Appends `AND w.agency_id IN (…)` for an agency mini-program's scope.
@@ -1270,6 +1279,28 @@ mod tests {
     fn like_patterns_escape_wildcards() {
         assert_eq!(like_pattern("50%_Ab"), "%50\\%\\_ab%");
         assert_eq!(like_pattern("血常规"), "%血常规%");
+    }
+
+    /// Every openid pushed makes a payer: matching a new receipt's identity must
+    /// search the payers' indexes, never scan them (the scan once cost SQLite more
+    /// than half its throughput as the table grew).
+    #[tokio::test]
+    async fn matching_a_receipt_to_payers_uses_the_indexes_on_sqlite() {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await.unwrap();
+        let sql = verified_payers_sql(crate::Backend::Sqlite).replace('$', "?");
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .bind("i")
+            .bind("n")
+            .bind("p")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        let steps: Vec<&str> = plan.iter().map(|(_, _, _, s)| s.as_str()).collect();
+        assert!(steps.iter().any(|s| s.contains("payers_id_idx")), "{steps:?}");
+        assert!(steps.iter().any(|s| s.contains("payers_phone_idx")), "{steps:?}");
+        assert!(!steps.iter().any(|s| s.starts_with("SCAN")), "{steps:?}");
     }
 
     #[test]

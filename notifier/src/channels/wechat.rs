@@ -212,15 +212,12 @@ impl ChannelAdapter for WechatChannel {
         let result = if channel.kind == ChannelKind::WechatTemplate {
             // An unfollowed payer gets no template message (WeChat would answer
             // 43004): a business outcome, and the next channel is tried.
-            match self.store.following(&channel.wechat_app_id, &job.delivery.target).await {
-                Ok(Some(false)) => {
-                    return SendResult::Permanent {
-                        code: Some(piaojia_wechat::errcode::REQUIRE_SUBSCRIBE),
-                        error: "the payer unfollowed the official account (unsubscribe)".into(),
-                    };
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "reading the follower record failed; sending"),
+            // The follower record was read with the claim.
+            if job.unfollowed {
+                return SendResult::Permanent {
+                    code: Some(piaojia_wechat::errcode::REQUIRE_SUBSCRIBE),
+                    error: "the payer unfollowed the official account (unsubscribe)".into(),
+                };
             }
             let url = if page.contains(CARD_URL) {
                 // The card-package link ("收入微信卡包"), signed for this receipt.
