@@ -150,7 +150,7 @@ pub enum ClaimRefusal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubmitOutcome {
-    Submitted(ClaimRecord),
+    Submitted(Box<ClaimRecord>),
     /// Nothing was stored: the receipt at `index` cannot be claimed.
     Refused {
         index: usize,
@@ -160,12 +160,12 @@ pub enum SubmitOutcome {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WithdrawOutcome {
-    Withdrawn(ClaimRecord),
+    Withdrawn(Box<ClaimRecord>),
     NotFound,
     /// The reimburser locked it: too late.
-    Locked(ClaimRecord),
+    Locked(Box<ClaimRecord>),
     /// Already final (reimbursed, rejected, withdrawn, cancelled).
-    Closed(ClaimRecord),
+    Closed(Box<ClaimRecord>),
 }
 
 /// One entry of a claim's history (append-only).
@@ -839,7 +839,7 @@ impl<D: Dialect> Claims for Db<D> {
         let hook = reimburser_webhook(tx.conn(), &claim, "claim.submitted", DeliveryEvent::Issued).await?;
         insert_claim_deliveries::<D>(tx.conn(), &claim, hook.into_iter().collect(), now).await?;
         tx.commit().await?;
-        Ok(SubmitOutcome::Submitted(claim))
+        Ok(SubmitOutcome::Submitted(Box::new(claim)))
     }
 
     async fn payer_claims(&self, payer_id: Uuid) -> Result<Vec<ClaimRecord>> {
@@ -873,8 +873,8 @@ impl<D: Dialect> Claims for Db<D> {
             return Ok(WithdrawOutcome::NotFound);
         };
         match claim.status {
-            ClaimStatus::Locked => return Ok(WithdrawOutcome::Locked(claim)),
-            s if !s.is_open() => return Ok(WithdrawOutcome::Closed(claim)),
+            ClaimStatus::Locked => return Ok(WithdrawOutcome::Locked(Box::new(claim))),
+            s if !s.is_open() => return Ok(WithdrawOutcome::Closed(Box::new(claim))),
             _ => {}
         }
         let mut hook_claim = claim.clone();
@@ -896,7 +896,7 @@ impl<D: Dialect> Claims for Db<D> {
         )
         .await?;
         tx.commit().await?;
-        Ok(WithdrawOutcome::Withdrawn(claim))
+        Ok(WithdrawOutcome::Withdrawn(Box::new(claim)))
     }
 
     async fn reimburser_claims(&self, app_id: &str, after_seq: i64, limit: i64) -> Result<Vec<ClaimRecord>> {

@@ -222,18 +222,22 @@ async fn claim_view(state: &WalletState, claim: &ClaimRecord, history: bool) -> 
     let mut agencies: HashMap<Uuid, String> = HashMap::new();
     let mut receipts = Vec::new();
     for r in state.store.claim_receipts(claim).await? {
-        if !agencies.contains_key(&r.agency_id) {
-            let agency = state
-                .store
-                .agency(r.agency_id)
-                .await?
-                .map(|a| a.name)
-                .unwrap_or_default();
-            agencies.insert(r.agency_id, agency);
-        }
+        let agency_name = match agencies.get(&r.agency_id) {
+            Some(name) => name.clone(),
+            None => {
+                let name = state
+                    .store
+                    .agency(r.agency_id)
+                    .await?
+                    .map(|a| a.name)
+                    .unwrap_or_default();
+                agencies.insert(r.agency_id, name.clone());
+                name
+            }
+        };
         receipts.push(ClaimReceiptView {
             receipt_id: r.id,
-            agency_name: agencies.get(&r.agency_id).cloned().unwrap_or_default(),
+            agency_name,
             bill_batch_code: r.bill_batch_code,
             bill_no: r.bill_no,
             total_amt: format_yuan(r.total_fen),
@@ -493,7 +497,7 @@ pub async fn submit(
             other => other.into(),
         })?;
     let claim = match outcome {
-        SubmitOutcome::Submitted(claim) => claim,
+        SubmitOutcome::Submitted(claim) => *claim,
         SubmitOutcome::Refused { index, refusal: r } => return Err(refusal(index, r)),
     };
     tracing::info!(claim_id = %claim.id, reimburser = %app_id, receipts = claim.receipt_ids.len(), "claim submitted");
@@ -576,7 +580,7 @@ pub async fn withdraw(
 ) -> Result<HttpResponse, ApiError> {
     let remote = piaojia_web::client::client_ip(&req, &state.settings.trusted_proxies).map(|ip| ip.to_string());
     let claim = match state.store.withdraw_claim(payer.id, path.into_inner(), remote).await? {
-        WithdrawOutcome::Withdrawn(c) => c,
+        WithdrawOutcome::Withdrawn(c) => *c,
         WithdrawOutcome::NotFound => return Err(claim_not_found()),
         WithdrawOutcome::Locked(_) => {
             return Err(ApiError::with(

@@ -40,18 +40,16 @@ impl WebhookChannel {
 /// The app whose secrets sign the webhook: the issuer's for its status webhook,
 /// the reimburser's for a claim.
 fn signer(job: &ClaimedDelivery) -> &str {
-    if job.delivery.channel == ChannelKind::ReimburserClaim {
-        if let Some(app) = job
-            .delivery
-            .payload
-            .as_ref()
-            .and_then(|p| p.get("reimburser"))
-            .and_then(|a| a.as_str())
-        {
-            return app;
-        }
+    let reimburser = job
+        .delivery
+        .payload
+        .as_ref()
+        .and_then(|p| p.get("reimburser"))
+        .and_then(|a| a.as_str());
+    match reimburser {
+        Some(app) if job.delivery.channel == ChannelKind::ReimburserClaim => app,
+        _ => &job.receipt.issuer_app_id,
     }
-    &job.receipt.issuer_app_id
 }
 
 /// `v1,<sig>` for each secret, space-separated.

@@ -156,8 +156,11 @@ async fn payer_claim(w: &World, id: &str) -> Value {
     .await
 }
 
-/// The webhooks A received so far, as (headers, body JSON).
-fn hooks_of(captured: &Captured) -> Vec<(Vec<(String, String)>, Vec<u8>, Value)> {
+/// A webhook received: its headers, raw body and body as JSON.
+type Hook = (Vec<(String, String)>, Vec<u8>, Value);
+
+/// The webhooks A received so far.
+fn hooks_of(captured: &Captured) -> Vec<Hook> {
     captured
         .lock()
         .expect("lock")
@@ -166,7 +169,7 @@ fn hooks_of(captured: &Captured) -> Vec<(Vec<(String, String)>, Vec<u8>, Value)>
         .collect()
 }
 
-async fn hook_of_type(captured: &Captured, kind: &str, claim: &str) -> (Vec<(String, String)>, Vec<u8>, Value) {
+async fn hook_of_type(captured: &Captured, kind: &str, claim: &str) -> Hook {
     let (kind, claim) = (kind.to_owned(), claim.to_owned());
     eventually(15, || {
         let found = hooks_of(captured)
