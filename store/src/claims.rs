@@ -485,14 +485,22 @@ async fn move_claim<D: Dialect>(
     tell_payer: bool,
 ) -> Result<()> {
     let from = claim.status;
-    Sql::new("UPDATE claims SET status = $2, paid_fen = $3, reason = $4, updated_at = $5 WHERE id = $1")
-        .bind(claim.id)
-        .bind(to.as_str())
-        .bind(paid_fen)
-        .bind(reason)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+    // Only from the status it was read in: a claim withdrawn meanwhile (its row
+    // lock waited for) stays withdrawn.
+    let changed = Sql::new(
+        "UPDATE claims SET status = $2, paid_fen = $3, reason = $4, updated_at = $5 WHERE id = $1 AND status = $6",
+    )
+    .bind(claim.id)
+    .bind(to.as_str())
+    .bind(paid_fen)
+    .bind(reason)
+    .bind(now)
+    .bind(from.as_str())
+    .execute(&mut *conn)
+    .await?;
+    if changed == 0 {
+        return Ok(());
+    }
     if !to.is_open() {
         Sql::new("UPDATE claim_receipts SET open = false WHERE claim_id = $1")
             .bind(claim.id)
@@ -677,6 +685,9 @@ pub(crate) async fn erase_payer_claims<D: Dialect>(conn: &mut D::Conn, payer_id:
     .await?;
     for mut claim in with_receipts(&mut *conn, rows).await? {
         if claim.status.is_open() {
+            let mut hook_claim = claim.clone();
+            hook_claim.status = ClaimStatus::Withdrawn;
+            let hook = reimburser_webhook(&mut *conn, &hook_claim, "claim.withdrawn", DeliveryEvent::Issued).await?;
             move_claim::<D>(
                 conn,
                 &mut claim,
@@ -688,7 +699,7 @@ pub(crate) async fn erase_payer_claims<D: Dialect>(conn: &mut D::Conn, payer_id:
                 None,
                 None,
                 now,
-                Vec::new(),
+                hook.into_iter().collect(),
                 false,
             )
             .await?;

@@ -599,3 +599,43 @@ both_modes!(withdrawal_rejection_and_reversal, |mode: Mode| async move {
     assert_eq!(ids, [first_id.as_str(), second_id.as_str(), third_id.as_str()]);
     let _ = (&w.b, &w.c);
 });
+
+// Erasing the account withdraws the payer's open claims (the reimburser is told)
+// and takes the personal data and fields out of every claim.
+both_modes!(
+    erasure_withdraws_open_claims_and_drops_their_personal_data,
+    |mode: Mode| async move {
+        let w = world(mode).await;
+        let app = &w.app;
+        let claim = json_of(
+            submit(
+                &w,
+                &claim_body("insurer-a", &[w.ids[1].as_str()], &["name", "id_card_no"]),
+            )
+            .await,
+            201,
+        )
+        .await;
+        let id = claim["id"].as_str().expect("id").to_owned();
+        let gone = app.mp("DELETE", "/v1/mp/profile", &w.token, None).await;
+        assert!(gone.status().is_success(), "{}", gone.status());
+        hook_of_type(&w.hooks, "claim.withdrawn", &id).await;
+        let detail = json_of(
+            app.signed(&w.a, "GET", &format!("/v1/reimburser/claims/{id}"), None)
+                .await,
+            200,
+        )
+        .await;
+        assert_eq!(detail["status"], "withdrawn");
+        assert_eq!(detail["personalData"], Value::Null);
+        assert_eq!(detail["fields"], json!({}));
+        assert!(!detail.to_string().contains(NAME), "{detail}");
+        let q = json!({"billBatchCode": BATCH, "billNo": "0000000001", "random": random_of(1)});
+        let v = json_of(
+            app.signed(&w.a, "POST", "/v1/reimburser/verifications", Some(&q)).await,
+            200,
+        )
+        .await;
+        assert!(v.get("personalData").is_none(), "{v}");
+    }
+);
