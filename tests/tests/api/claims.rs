@@ -639,3 +639,37 @@ both_modes!(
         assert!(v.get("personalData").is_none(), "{v}");
     }
 );
+
+// Concurrent submissions of the same receipt: exactly one claim holds it, every
+// other gets the conflict code.
+both_modes!(
+    concurrent_claims_of_one_receipt_have_one_winner,
+    |mode: Mode| async move {
+        let w = world(mode).await;
+        let r3 = w.ids[3].clone();
+        let bodies: Vec<Value> = (0..6)
+            .map(|i| {
+                if i % 2 == 0 {
+                    claim_body("insurer-a", &[r3.as_str()], &["name", "id_card_no"])
+                } else {
+                    claim_body("insurer-b", &[r3.as_str()], &["name"])
+                }
+            })
+            .collect();
+        let answers = futures_util::future::join_all(bodies.iter().map(|b| submit(&w, b))).await;
+        let mut won = 0;
+        for resp in answers {
+            match resp.status().as_u16() {
+                201 => won += 1,
+                409 => {
+                    let p: Value = resp.json().await.expect("json");
+                    assert_eq!(p["code"], "receipt_already_claimed", "{p}");
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(won, 1);
+        let mine = json_of(w.app.mp("GET", "/v1/mp/claims", &w.token, None).await, 200).await;
+        assert_eq!(mine["items"].as_array().map(Vec::len), Some(1));
+    }
+);
