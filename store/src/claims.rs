@@ -573,13 +573,19 @@ pub(crate) async fn sync_claims<D: Dialect>(
     request_id: Option<&str>,
     now: Timestamp,
 ) -> Result<()> {
+    // A lock held too long is released by piaojia, not by the reimburser.
+    let actor = if action == ReimbursementAction::Expire {
+        "system"
+    } else {
+        reimburser
+    };
     for mut claim in open_claims_of(&mut *conn, receipt_id, Some(reimburser)).await? {
         if action == ReimbursementAction::Reject {
             move_claim::<D>(
                 conn,
                 &mut claim,
                 ClaimStatus::Rejected,
-                reimburser,
+                actor,
                 action.as_str(),
                 None,
                 reason,
@@ -623,7 +629,7 @@ pub(crate) async fn sync_claims<D: Dialect>(
             conn,
             &mut claim,
             to,
-            reimburser,
+            actor,
             action.as_str(),
             paid,
             reason,

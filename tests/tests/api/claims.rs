@@ -58,7 +58,16 @@ struct World {
 }
 
 async fn world(mode: Mode) -> World {
-    let app = TestConfig::new(mode).await.spawn().await;
+    world_with(mode, &[]).await
+}
+
+/// The world with these settings (environment names) changed.
+async fn world_with(mode: Mode, settings: &[(&str, &str)]) -> World {
+    let mut config = TestConfig::new(mode).await;
+    for (k, v) in settings {
+        config.set(k, *v);
+    }
+    let app = config.spawn().await;
     app.create_agency(AGENCY, &[]).await;
     app.create_agency(OTHER_AGENCY, &[]).await;
     let issuer = app.create_issuer(AGENCY, "hosp01-his", None).await;
@@ -671,5 +680,68 @@ both_modes!(
         assert_eq!(won, 1);
         let mine = json_of(w.app.mp("GET", "/v1/mp/claims", &w.token, None).await, 200).await;
         assert_eq!(mine["items"].as_array().map(Vec::len), Some(1));
+    }
+);
+
+// A lock held too long is released: the claim goes back to received, by `system`.
+both_modes!(
+    an_expired_lock_takes_the_claim_back_to_received,
+    |mode: Mode| async move {
+        let w = world_with(
+            mode,
+            &[
+                ("PIAOJIA_REIMBURSEMENT__LOCK_TTL_SECS", "1"),
+                ("PIAOJIA_REIMBURSEMENT__EXPIRY_CHECK_SECS", "1"),
+            ],
+        )
+        .await;
+        let claim = json_of(
+            submit(
+                &w,
+                &claim_body("insurer-a", &[w.ids[1].as_str()], &["name", "id_card_no"]),
+            )
+            .await,
+            201,
+        )
+        .await;
+        let id = claim["id"].as_str().expect("id").to_owned();
+        change(&w.app, &w.a, "lock", "lock-e", 1, json!({})).await;
+        let back = eventually(15, || {
+            let w = &w;
+            let id = id.clone();
+            async move {
+                let c = payer_claim(w, &id).await;
+                (c["status"] == "received").then_some(c)
+            }
+        })
+        .await;
+        let last = back["history"]
+            .as_array()
+            .and_then(|h| h.last())
+            .cloned()
+            .expect("history");
+        assert_eq!(last["action"], "expire");
+        assert_eq!(last["fromStatus"], "locked");
+        let detail = json_of(
+            w.app
+                .signed(&w.a, "GET", &format!("/v1/reimburser/claims/{id}"), None)
+                .await,
+            200,
+        )
+        .await;
+        let last = detail["history"]
+            .as_array()
+            .and_then(|h| h.last())
+            .cloned()
+            .expect("history");
+        assert_eq!(last["actor"], "system");
+        // Withdrawable again.
+        json_of(
+            w.app
+                .mp("POST", &format!("/v1/mp/claims/{id}/withdrawal"), &w.token, None)
+                .await,
+            200,
+        )
+        .await;
     }
 );
