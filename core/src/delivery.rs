@@ -53,6 +53,9 @@ pub enum ChannelKind {
     /// The card package: the card's status set (`updatestatus`: CANCEL on a
     /// reversal, LOCK and CLOSURE mirrored from reimbursers).
     CardStatus,
+    /// A reimburser's claim webhook (Standard Webhooks): a new claim, a withdrawn
+    /// or cancelled one.
+    ReimburserClaim,
 }
 
 spelled!(ChannelKind {
@@ -63,6 +66,7 @@ spelled!(ChannelKind {
     CardPdf => "card_pdf",
     CardInsert => "card_insert",
     CardStatus => "card_status",
+    ReimburserClaim => "reimburser_claim",
 });
 
 impl ChannelKind {

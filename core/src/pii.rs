@@ -227,6 +227,16 @@ pub mod purpose {
     /// A payer's own note on a wallet entry.
     pub const WALLET_NOTE: &str = "wallet-note";
 
+    /// A claim's consented personal data, sealed for the one reimburser it goes to.
+    pub fn claim_personal(reimburser_app_id: &str) -> String {
+        format!("claim-personal:{reimburser_app_id}")
+    }
+
+    /// A claim's own fields (bank account, reference), sealed for its reimburser.
+    pub fn claim_fields(reimburser_app_id: &str) -> String {
+        format!("claim-fields:{reimburser_app_id}")
+    }
+
     /// The HMAC secret of an issuer or reimburser app (also what signs its webhooks).
     pub fn app_secret(app_id: &str) -> String {
         format!("app-secret:{app_id}")

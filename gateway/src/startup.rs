@@ -138,7 +138,7 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
     };
     let base_url = crate::state::base_url(&settings, own_port);
     let settings = Arc::new(settings);
-    let wallet = Arc::new(piaojia_miniprogram_api::WalletState::new(
+    let mut wallet = piaojia_miniprogram_api::WalletState::new(
         piaojia_miniprogram_api::WalletConfig {
             miniprogram: settings.miniprogram.clone(),
             public_url: settings.server.public_url.clone(),
@@ -151,7 +151,13 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         wechat.clone(),
         files.object_store(),
         redis.as_ref(),
-    ));
+    );
+    let claim_wake = wake.clone();
+    wallet.wake = Some(Arc::new(move || {
+        let wake = claim_wake.clone();
+        Box::pin(async move { wake.notify().await })
+    }));
+    let wallet = Arc::new(wallet);
     let card_links = Arc::new(crate::card_package::CardLinks::new(
         &keyring,
         &base_url,

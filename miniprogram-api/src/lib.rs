@@ -6,6 +6,7 @@
 //! - `subscriptions`: the payer's subscribe-message choices (credits the notifier spends)
 //! - `receipts`: the wallet: filtered, paginated list, detail, add by possession, remove, tags and notes
 //! - `files`: short-lived signed download links, streamed with Range support
+//! - `claims`: claims to reimbursers (报销申请): reimbursers of a receipt, submit, status, withdraw
 //!
 //! Every route is under `/v1/mp`; a payer is an extractor ([`Payer`]), so a handler's
 //! signature says it serves payers, and the mini-program's scope (the platform: all
@@ -45,6 +46,10 @@ pub struct WalletConfig {
     pub app_cache: Duration,
 }
 
+/// Tells the notifier that deliveries wait (the gateway's `Wake`), so a claim's
+/// webhook leaves at once rather than at the next poll.
+pub type WakeFn = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// What the mini-program routes share. The gateway builds it next to its own state.
 pub struct WalletState {
     pub settings: WalletConfig,
@@ -58,6 +63,7 @@ pub struct WalletState {
     pub limits: limits::PossessionLimits,
     /// Sign-ins per client address and per mini-program.
     pub session_limits: limits::SessionLimits,
+    pub wake: Option<WakeFn>,
 }
 
 impl WalletState {
@@ -91,6 +97,7 @@ impl WalletState {
             keyring,
             wechat,
             files,
+            wake: None,
         }
     }
 }

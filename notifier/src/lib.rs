@@ -106,10 +106,10 @@ impl Notifier {
         let n = &deps.config.notifier;
         let timeout = n.request_timeout;
         let mut adapters: HashMap<ChannelKind, Arc<dyn ChannelAdapter>> = HashMap::new();
-        adapters.insert(
-            ChannelKind::IssuerWebhook,
-            Arc::new(WebhookChannel::new(deps.store.clone(), deps.keyring.clone(), timeout)?),
-        );
+        let webhook: Arc<dyn ChannelAdapter> =
+            Arc::new(WebhookChannel::new(deps.store.clone(), deps.keyring.clone(), timeout)?);
+        adapters.insert(ChannelKind::IssuerWebhook, webhook.clone());
+        adapters.insert(ChannelKind::ReimburserClaim, webhook);
         let wechat: Arc<dyn ChannelAdapter> = Arc::new(WechatChannel::new(
             deps.store.clone(),
             deps.keyring.clone(),

@@ -152,6 +152,11 @@ pub fn fallback<'a>(finished: &Delivery, channels: &'a [Channel]) -> Option<&'a 
         .find_map(|kind| enabled(channels, *kind))
 }
 
+/// A payer's message about their own claim: the issuer hears nothing of it.
+fn is_claim_message(d: &Delivery) -> bool {
+    d.payload.as_ref().and_then(|p| p.get("claimId")).is_some()
+}
+
 /// What follows a payer delivery's final outcome: the delivery on the fallback
 /// channel when there is one, and the issuer's status webhook.
 pub fn follow_ups(
@@ -161,7 +166,11 @@ pub fn follow_ups(
     callback_url: Option<&str>,
     fallback: Option<&Channel>,
 ) -> Vec<NewDelivery> {
-    if finished.channel == ChannelKind::IssuerWebhook || finished.channel.is_card() {
+    if finished.channel == ChannelKind::IssuerWebhook
+        || finished.channel == ChannelKind::ReimburserClaim
+        || finished.channel.is_card()
+        || is_claim_message(finished)
+    {
         return Vec::new();
     }
     let mut out = Vec::new();

@@ -271,7 +271,7 @@ impl ReceiptRow {
 }
 
 /// The receipt with this id, with its deliveries.
-async fn load_receipt<C: Conn + ?Sized>(conn: &mut C, id: Uuid) -> Result<Option<StoredReceipt>> {
+pub(crate) async fn load_receipt<C: Conn + ?Sized>(conn: &mut C, id: Uuid) -> Result<Option<StoredReceipt>> {
     let row: Option<ReceiptRow> = Sql::new(concatcp!("SELECT ", RECEIPT_COLUMNS, " FROM receipts WHERE id = $1"))
         .bind(id)
         .fetch_optional(&mut *conn)
@@ -556,6 +556,7 @@ impl<D: Dialect> Intake for Db<D> {
         .execute(tx.conn())
         .await?;
         crate::reimbursement::record_reversal(tx.conn(), id, &issuer_app_id, before, &reversal.reason, now).await?;
+        crate::claims::cancel_claims_of_reversed::<D>(tx.conn(), id, &issuer_app_id, &reversal.reason, now).await?;
         queue::insert_deliveries::<D>(tx.conn(), id, agency_id, &deliveries, now).await?;
         let updated = written(load_receipt(tx.conn(), id).await?, "receipt")?;
         tx.commit().await?;

@@ -4,6 +4,7 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | [`claims`] | payers' claims to reimbursers, their status and history |
 //! | [`tenants`] | agencies, issuer and reimburser apps with their secrets, WeChat channels |
 //! | [`intake`] | receipts pushed and reversed, with the deliveries they call for |
 //! | [`queue`] | the delivery queue: claims, leases, attempts, re-drive |
@@ -16,6 +17,7 @@
 //! [`Store`] is every role at once; the backend is chosen from the URL scheme at
 //! start ([`connect`]), and migrations are run deliberately ([`Store::migrate`]).
 
+pub mod claims;
 pub mod figures;
 mod group_commit;
 pub mod intake;
@@ -36,6 +38,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use claims::{
+    ClaimEvent, ClaimRecord, ClaimRefusal, ClaimStatus, Claims, NewClaim, SubmitOutcome, WithdrawOutcome,
+};
 pub use figures::{Alert, AlertState, BacklogRow, Figures, StatsRow};
 pub use intake::{FileMeta, InsertOutcome, Intake, NewReceiptRecord, Reversal, ReversalOutcome, StoredReceipt};
 pub use official_account::{CardOrder, CardReceipt, CardUnit, OfficialAccount, ProviderReport};
@@ -192,6 +197,7 @@ pub trait Store:
     + Figures
     + Wallets
     + Reimbursement
+    + Claims
     + OfficialAccount
     + PayerPages
     + StoreTestSupport

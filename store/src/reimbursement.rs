@@ -468,7 +468,23 @@ impl<D: Dialect> Reimbursement for Db<D> {
                     });
                 }
             };
-            let Some(to) = next else { continue };
+            let Some(to) = next else {
+                // A rejection of an unlocked receipt changes no state but still rejects its claim.
+                if change.action == ReimbursementAction::Reject {
+                    crate::claims::sync_claims::<D>(
+                        tx.conn(),
+                        *id,
+                        &req.app_id,
+                        change.action,
+                        req.reason.as_deref(),
+                        req.remote_addr.as_deref(),
+                        Some(&req.request_id),
+                        now,
+                    )
+                    .await?;
+                }
+                continue;
+            };
             let from = receipt.state;
             let (holder, locked_at, paid) = match to {
                 ReimbursementState::Lock => (Some(req.app_id.clone()), Some(now), None),
@@ -507,6 +523,17 @@ impl<D: Dialect> Reimbursement for Db<D> {
             receipt.holder = holder;
             receipt.locked_at = locked_at;
             receipt.paid_fen = paid;
+            crate::claims::sync_claims::<D>(
+                tx.conn(),
+                *id,
+                &req.app_id,
+                change.action,
+                req.reason.as_deref(),
+                req.remote_addr.as_deref(),
+                Some(&req.request_id),
+                now,
+            )
+            .await?;
         }
         let answer: Vec<ReceiptReimbursement> = ids.iter().filter_map(|id| current.get(id).cloned()).collect();
         Sql::new(
@@ -566,6 +593,17 @@ impl<D: Dialect> Reimbursement for Db<D> {
                     request_id: None,
                     at: now,
                 },
+            )
+            .await?;
+            crate::claims::sync_claims::<D>(
+                tx.conn(),
+                r.receipt_id,
+                &holder,
+                ReimbursementAction::Expire,
+                Some(reason.as_str()),
+                None,
+                None,
+                now,
             )
             .await?;
             r.state = ReimbursementState::Init;

@@ -922,6 +922,7 @@ impl<D: Dialect> Wallets for Db<D> {
         .bind(now)
         .execute(tx.conn())
         .await?;
+        crate::claims::erase_payer_claims::<D>(tx.conn(), payer_id, now).await?;
         // Children first: SQLite's cascade needs foreign keys switched on per
         // connection, so nothing here relies on it.
         for sql in [

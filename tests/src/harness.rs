@@ -240,6 +240,17 @@ impl TestApp {
     /// A registered reimburser accepting these agencies' receipts; its credentials
     /// sign like an issuer's.
     pub async fn create_reimburser(&self, app_id: &str, accepted: &[&str]) -> Issuer {
+        self.create_reimburser_with(app_id, accepted, None, &["name"]).await
+    }
+
+    /// A registered reimburser with a webhook endpoint and the personal fields it receives.
+    pub async fn create_reimburser_with(
+        &self,
+        app_id: &str,
+        accepted: &[&str],
+        webhook_url: Option<&str>,
+        personal_fields: &[&str],
+    ) -> Issuer {
         let org: String = app_id
             .chars()
             .filter(char::is_ascii_alphanumeric)
@@ -254,9 +265,9 @@ impl TestApp {
                 kind: "commercial_insurer".to_owned(),
                 name: format!("{app_id} 保险"),
                 org_code: format!("ORG{org}"),
-                webhook_url: None,
+                webhook_url: webhook_url.map(str::to_owned),
                 accepted_agencies: accepted.iter().map(|a| (*a).to_owned()).collect(),
-                personal_fields: vec!["name".to_owned()],
+                personal_fields: personal_fields.iter().map(|f| (*f).to_owned()).collect(),
             },
         )
         .await

@@ -111,6 +111,10 @@ error_codes! {
         "no such app";
     DeliveryNotFound = "delivery_not_found", NOT_FOUND, "Not found",
         "no such delivery";
+    ReimburserNotFound = "reimburser_not_found", NOT_FOUND, "Not found",
+        "mini-program API: no registered reimburser with this appId";
+    ClaimNotFound = "claim_not_found", NOT_FOUND, "Not found",
+        "no such claim for this caller (a payer's own, or one sent to this reimburser)";
     UnknownApp = "unknown_app", NOT_FOUND, "Not found",
         "message server: no message server is configured for this appid";
     RouteNotFound = "route_not_found", NOT_FOUND, "Not found",
@@ -133,13 +137,19 @@ error_codes! {
     ConcurrentChange = "concurrent_change", CONFLICT, "Conflict",
         "a concurrent request changed the same record first; retry";
     ReceiptLockedByOther = "receipt_locked_by_other", CONFLICT, "Conflict",
-        "reimburser API: another reimburser holds the lock on this receipt";
+        "another reimburser holds the lock on this receipt (reimburser API, and claims)";
     ReceiptAlreadyClosed = "receipt_already_closed", CONFLICT, "Conflict",
-        "reimburser API: the receipt is already reimbursed (closed)";
+        "the receipt is already reimbursed (closed) (reimburser API, and claims)";
     LockRequired = "lock_required", CONFLICT, "Conflict",
         "reimburser API: closing, unlocking or rejecting needs your own lock";
     RequestIdReused = "request_id_reused", CONFLICT, "Conflict",
         "reimburser API: this requestId was used for a different request";
+    ReceiptAlreadyClaimed = "receipt_already_claimed", CONFLICT, "Conflict",
+        "mini-program API: the receipt is already in an open claim (withdraw that one first)";
+    ClaimLocked = "claim_locked", CONFLICT, "Conflict",
+        "mini-program API: the reimburser locked the claim's receipts; it can no longer be withdrawn";
+    ClaimClosed = "claim_closed", CONFLICT, "Conflict",
+        "the claim is final (reimbursed, rejected, withdrawn or cancelled)";
 
     PayloadTooLarge = "payload_too_large", PAYLOAD_TOO_LARGE, "Payload too large",
         "the body is above its scope's limit, refused before it is read";
@@ -158,6 +168,10 @@ error_codes! {
         "the receipt file could not be fetched from its URL";
     PaidExceedsTotal = "paid_exceeds_total", UNPROCESSABLE_ENTITY, "Unprocessable content",
         "reimburser API: the amount paid exceeds the receipt's total";
+    ConsentMismatch = "consent_mismatch", UNPROCESSABLE_ENTITY, "Unprocessable content",
+        "mini-program API: the consent must list exactly the personal fields the reimburser receives";
+    ReimburserDoesNotAccept = "reimburser_does_not_accept", UNPROCESSABLE_ENTITY, "Unprocessable content",
+        "mini-program API: the reimburser does not accept receipts of this receipt's agency";
 
     TooManyAttempts = "too_many_attempts", TOO_MANY_REQUESTS, "Too many requests",
         "too many attempts from this address or account; see `Retry-After`";

@@ -249,6 +249,8 @@ impl From<StoreError> for ApiError {
                     "agency_code" => ErrorCode::AgencyExists,
                     "app_id" => ErrorCode::AppExists,
                     "receipt_id" => ErrorCode::ReceiptConflict,
+                    // Two claims of one receipt raced: the unique open-claim index decided.
+                    "claim_receipt" => ErrorCode::ReceiptAlreadyClaimed,
                     // Unique keys we generate ourselves only clash when two requests race.
                     _ => ErrorCode::ConcurrentChange,
                 };

@@ -26,7 +26,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(unlock)
         .service(reject)
         .service(batch)
-        .service(history);
+        .service(history)
+        .service(super::claims::feed)
+        .service(super::claims::detail)
+        .service(super::claims::acknowledge)
+        .service(super::claims::file);
 }
 
 /// Largest batch.
@@ -136,7 +140,9 @@ fn key(r: &ReceiptRef) -> ReceiptKey {
 }
 
 /// Verify a receipt (查验): authentic or not, reversed or not, its reimbursement
-/// state. Any registered reimburser may ask; the answer holds no personal data.
+/// state. Any registered reimburser may ask; the answer holds no personal data,
+/// unless the payer sent the caller a claim of this receipt (`claimId`,
+/// `personalData`: the fields the payer consented to).
 #[utoipa::path(
     post,
     path = "/v1/reimburser/verifications",
@@ -194,10 +200,20 @@ pub async fn verify(state: web::Data<AppState>, caller: Reimburser) -> Result<Ht
             reimbursement_state: None,
             held_by_you: None,
             accepted: None,
+            claim_id: None,
+            personal_data: None,
         }));
     };
     let agency = state.store.agency(r.agency_id).await?;
+    // Personal data only for a party the payer sent a claim of this receipt to.
+    let claim = state.store.claim_holding(&caller.app.app_id, r.receipt_id).await?;
+    let personal_data = match &claim {
+        Some(c) => super::claims::personal_data(&state, c)?,
+        None => None,
+    };
     Ok(HttpResponse::Ok().json(VerificationView {
+        claim_id: claim.map(|c| c.id),
+        personal_data,
         authentic: true,
         agency_code: agency.as_ref().map(|a| a.code.clone()),
         agency_name: agency.map(|a| a.name),
@@ -346,6 +362,8 @@ async fn apply(
         for r in &receipts {
             super::card::mirror_to_card(state.store.as_ref(), &state.wake, r).await;
         }
+        // A claim's status may have moved: its payer's message waits in the outbox.
+        state.wake.notify().await;
     }
     Ok(HttpResponse::Ok().json(ChangeResultView {
         request_id,

@@ -39,6 +39,13 @@ pub struct VerificationView {
     /// True when the caller's registration accepts this agency's receipts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accepted: Option<bool>,
+    /// The caller's claim of this receipt, when the payer sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_id: Option<Uuid>,
+    /// With a claim only: the personal data the payer consented to share with the caller.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!({"name": "张三丰"}))]
+    pub personal_data: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// One receipt's reimbursement state as its reimburser sees it.

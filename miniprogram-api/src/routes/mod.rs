@@ -1,5 +1,6 @@
 //! The mini-program routes, all under `/v1/mp`, and their OpenAPI description.
 
+pub mod claims;
 pub mod files;
 pub mod profile;
 pub mod receipts;
@@ -29,7 +30,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(receipts::remove)
         .service(receipts::annotate)
         .service(files::link)
-        .service(files::download);
+        .service(files::download)
+        .service(claims::reimbursers)
+        .service(claims::submit)
+        .service(claims::list)
+        .service(claims::detail)
+        .service(claims::withdraw);
 }
 
 #[derive(OpenApi)]
@@ -51,6 +57,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         receipts::annotate,
         files::link,
         files::download,
+        claims::reimbursers,
+        claims::submit,
+        claims::list,
+        claims::detail,
+        claims::withdraw,
     ),
     modifiers(&PayerSecurity),
     tags((name = "mini-program", description = "The receipt-wallet mini-program (财政电子票夹): payers sign in with `wx.login`, register, find, keep and download their receipts. Every call but login, refresh and file download carries `Authorization: Bearer <access token>`; a payer reaches only their own wallet, and an agency's own mini-program only that agency's receipts."))

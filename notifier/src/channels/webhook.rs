@@ -1,4 +1,4 @@
-//! Signed status webhooks (Standard Webhooks): `webhook-id`, `webhook-timestamp`
+//! Signed webhooks (Standard Webhooks: issuers' status webhooks, reimbursers' claim webhooks): `webhook-id`, `webhook-timestamp`
 //! and `webhook-signature: v1,<base64 HMAC-SHA256(secret, id.timestamp.body)>`,
 //! one signature per active secret of the issuer app, so a rotation never breaks
 //! verification. The HMAC key is the app secret's UTF-8 bytes: the app's
@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use piaojia_core::pii::Keyring;
-use piaojia_store::{ClaimedDelivery, Store};
+use piaojia_store::{ChannelKind, ClaimedDelivery, Store};
 use ring::hmac;
 use serde_json::json;
 
@@ -34,6 +34,21 @@ impl WebhookChannel {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self { store, keyring, http })
+    }
+}
+
+/// The app whose secrets sign the webhook: the issuer's for its status webhook,
+/// the reimburser's for a claim.
+fn signer(job: &ClaimedDelivery) -> &str {
+    let reimburser = job
+        .delivery
+        .payload
+        .as_ref()
+        .and_then(|p| p.get("reimburser"))
+        .and_then(|a| a.as_str());
+    match reimburser {
+        Some(app) if job.delivery.channel == ChannelKind::ReimburserClaim => app,
+        _ => &job.receipt.issuer_app_id,
     }
 }
 
@@ -65,16 +80,16 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
 #[async_trait]
 impl ChannelAdapter for WebhookChannel {
     async fn channel_key(&self, job: &ClaimedDelivery) -> String {
-        format!("issuer_webhook:{}", job.receipt.issuer_app_id)
+        format!("{}:{}", job.delivery.channel, signer(job))
     }
 
     async fn send(&self, job: &ClaimedDelivery) -> SendResult {
-        let app = match self.store.app(&job.receipt.issuer_app_id).await {
+        let app = match self.store.app(signer(job)).await {
             Ok(Some(app)) => app,
             Ok(None) => {
                 return SendResult::Permanent {
                     code: None,
-                    error: "the issuer app no longer exists".into(),
+                    error: "the app the webhook is signed for no longer exists".into(),
                 };
             }
             Err(e) => {
@@ -96,12 +111,17 @@ impl ChannelAdapter for WebhookChannel {
             .collect();
         let d = &job.delivery;
         let r = &job.receipt;
-        let mut data = json!({
-            "receiptId": r.id,
-            "billBatchCode": r.bill_batch_code,
-            "billNo": r.bill_no,
-            "event": d.event.as_str(),
-        });
+        let mut data = if d.channel == ChannelKind::ReimburserClaim {
+            // A claim's webhook names the claim; its receipts are read with the claim.
+            json!({})
+        } else {
+            json!({
+                "receiptId": r.id,
+                "billBatchCode": r.bill_batch_code,
+                "billNo": r.bill_no,
+                "event": d.event.as_str(),
+            })
+        };
         if let (Some(obj), Some(serde_json::Value::Object(extra))) = (data.as_object_mut(), d.payload.as_ref()) {
             for (k, v) in extra {
                 obj.insert(k.clone(), v.clone());

@@ -92,6 +92,11 @@ impl WechatChannel {
     }
 }
 
+/// The claim a payer's message is about, when it is a claim's status message.
+fn claim_id(job: &ClaimedDelivery) -> Option<&str> {
+    job.delivery.payload.as_ref()?.get("claimId")?.as_str()
+}
+
 /// In a template channel's `page`: replaced by the receipt's signed card-package link.
 pub const CARD_URL: &str = "{cardUrl}";
 
@@ -109,9 +114,22 @@ fn bus_type_zh(code: &str) -> &'static str {
 pub fn render_fields(fields: &serde_json::Value, job: &ClaimedDelivery) -> BTreeMap<String, String> {
     let r = &job.receipt;
     let reversed = job.delivery.event == piaojia_store::DeliveryEvent::Reversed;
+    // A claim's status message: `{status}` is the claim's (已受理, 已报销 …), and
+    // `{amount}` what was paid once reimbursed.
+    let claim = job.delivery.payload.as_ref().filter(|p| p.get("claimId").is_some());
+    let claim_status = claim.and_then(|p| p.get("statusZh")).and_then(|s| s.as_str());
+    let paid_fen = claim.and_then(|p| p.get("paidFen")).and_then(serde_json::Value::as_i64);
+    let status = match claim_status {
+        Some(s) => s.to_owned(),
+        None if reversed => "已冲红".to_owned(),
+        None => "已开具".to_owned(),
+    };
     let vars = [
         ("{agencyName}", r.agency_name.clone()),
-        ("{amount}", piaojia_core::money::format_yuan(r.total_fen)),
+        (
+            "{amount}",
+            piaojia_core::money::format_yuan(paid_fen.unwrap_or(r.total_fen)),
+        ),
         ("{billBatchCode}", r.bill_batch_code.clone()),
         ("{billNo}", r.bill_no.clone()),
         (
@@ -123,7 +141,7 @@ pub fn render_fields(fields: &serde_json::Value, job: &ClaimedDelivery) -> BTree
                 .to_string(),
         ),
         ("{busType}", bus_type_zh(&r.bus_type).to_owned()),
-        ("{status}", if reversed { "已冲红" } else { "已开具" }.to_owned()),
+        ("{status}", status),
     ];
     let default;
     let fields = match fields.as_object() {
@@ -251,7 +269,10 @@ impl ChannelAdapter for WechatChannel {
             let msg = SubscribeMessage {
                 touser: job.delivery.target.clone(),
                 template_id: channel.template_id.clone(),
-                page: (!page.is_empty()).then(|| format!("{page}?receipt={}", job.receipt.id)),
+                page: (!page.is_empty()).then(|| match claim_id(job) {
+                    Some(claim) => format!("{page}?claim={claim}"),
+                    None => format!("{page}?receipt={}", job.receipt.id),
+                }),
                 data,
                 miniprogram_state: None,
                 lang: Some("zh_CN".to_owned()),

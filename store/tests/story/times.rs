@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use piaojia_core::parties::{ReimbursementAction, ReimburserKind};
+use piaojia_store::claims::{NewClaim, SubmitOutcome, WithdrawOutcome};
 use piaojia_store::official_account::{CardOrder, CardUnit};
 use piaojia_store::pages::{NewScene, NewWebSession, Scan, ScanOutcome};
 use piaojia_store::reimbursement::{
@@ -437,6 +438,33 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
         })
         .await?;
     assert!(matches!(lock, ReimbursementOutcome::Applied(_)), "{lock:?}");
+
+    // Claims: a payer claims a receipt of their wallet, then withdraws it.
+    let claimed = created(
+        store
+            .insert_receipt(receipt(agency_id, "W000003", "hash-c"), vec![])
+            .await?,
+    )?;
+    assert_eq!(store.add_to_wallet(payer, claimed.id).await?, WalletAdd::Added);
+    let claim_id = Uuid::now_v7();
+    let submitted = store
+        .submit_claim(NewClaim {
+            id: claim_id,
+            payer_id: payer,
+            reimburser_app_id: "ins-1".to_owned(),
+            mp_app_id: "wx-wallet".to_owned(),
+            receipt_ids: vec![claimed.id],
+            consented_fields: vec![],
+            personal_sealed: "v1:sealed-personal".to_owned(),
+            fields_sealed: None,
+            accepted_agency_ids: vec![agency_id],
+            scope: None,
+            remote_addr: None,
+        })
+        .await?;
+    assert!(matches!(submitted, SubmitOutcome::Submitted(_)), "{submitted:?}");
+    let withdrawn = store.withdraw_claim(payer, claim_id, None).await?;
+    assert!(matches!(withdrawn, WithdrawOutcome::Withdrawn(_)), "{withdrawn:?}");
     Ok(())
 }
 

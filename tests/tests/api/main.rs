@@ -4,6 +4,7 @@
 mod auth;
 mod body_limits;
 mod card_package;
+mod claims;
 mod delivery;
 mod files;
 mod message_server;

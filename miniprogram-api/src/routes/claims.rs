@@ -1,0 +1,620 @@
+//! Claims (报销申请): the payer chooses receipts of their wallet and a reimburser
+//! that accepts them, consents to sharing exactly the personal fields that
+//! reimburser receives, adds the claim's own fields (bank account, reference) and
+//! submits. The personal data and fields are sealed for that reimburser alone.
+//! The payer follows the claim's status and may withdraw it until the reimburser
+//! locks its receipts. A payer only ever reaches their own claims.
+
+use std::collections::{BTreeMap, HashMap};
+
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use chrono::{DateTime, Utc};
+use piaojia_core::money::format_yuan;
+use piaojia_core::pii::purpose;
+use piaojia_store::{ClaimRecord, ClaimRefusal, NewClaim, StoreError, SubmitOutcome, WithdrawOutcome};
+use piaojia_web::error::{ApiError, ErrorCode, Problem};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::Problems;
+use super::profile::SealedProfile;
+use crate::{Payer, WalletState};
+
+/// Most receipts in one claim.
+pub const CLAIM_RECEIPTS_MAX: usize = 20;
+/// Most fields of the claim's own, and their sizes.
+const FIELDS_MAX: usize = 10;
+const FIELD_NAME_MAX: usize = 32;
+const FIELD_VALUE_MAX: usize = 200;
+
+/// The personal fields a payer's profile holds; the others the payer types in.
+const FROM_PROFILE: &[&str] = &["name", "id_card_no", "phone"];
+
+fn claim_not_found() -> ApiError {
+    ApiError::with(ErrorCode::ClaimNotFound, "no such claim of yours")
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReimbursersQuery {
+    /// The receipt to be claimed (its `id` in the wallet).
+    pub receipt: Uuid,
+}
+
+/// A reimburser a payer may send a receipt to.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReimburserOptionView {
+    #[schema(example = "insurer01")]
+    pub app_id: String,
+    #[schema(example = "示例人寿保险")]
+    pub name: String,
+    /// medical_insurance, commercial_insurer or employer.
+    #[schema(example = "commercial_insurer")]
+    pub kind: &'static str,
+    /// The personal fields it receives: the consent must list exactly these.
+    #[schema(example = json!(["name", "id_card_no"]))]
+    pub personal_fields: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReimburserListView {
+    pub items: Vec<ReimburserOptionView>,
+}
+
+/// The reimbursers that accept a receipt's agency, with the personal fields each receives.
+#[utoipa::path(
+    get,
+    path = "/v1/mp/reimbursers",
+    tag = "mini-program",
+    security(("payer_jwt" = [])),
+    params(ReimbursersQuery),
+    responses(
+        (status = 200, body = ReimburserListView, example = json!({"items": [{"appId": "insurer01", "name": "示例人寿保险", "kind": "commercial_insurer", "personalFields": ["name", "id_card_no"]}]})),
+        (status = 400, description = "`invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/mp/reimbursers")]
+pub async fn reimbursers(
+    state: web::Data<WalletState>,
+    payer: Payer,
+    query: web::Query<ReimbursersQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let d = super::receipts::load(&state, &payer, query.receipt).await?;
+    let mut items = Vec::new();
+    for r in state.store.list_reimbursers().await? {
+        if !r.accepted_agencies.contains(&d.agency_code) {
+            continue;
+        }
+        if !state.store.app(&r.app_id).await?.is_some_and(|a| a.enabled) {
+            continue;
+        }
+        items.push(ReimburserOptionView {
+            app_id: r.app_id,
+            name: r.name,
+            kind: r.kind.as_str(),
+            personal_fields: r.personal_fields,
+        });
+    }
+    Ok(HttpResponse::Ok().json(ReimburserListView { items }))
+}
+
+/// The payer's consent to sharing personal data with the reimburser.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimConsent {
+    /// Exactly the reimburser's `personalFields` (any order).
+    #[schema(example = json!(["name", "id_card_no"]))]
+    pub fields: Vec<String>,
+    pub accepted: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRequest {
+    /// The reimburser's appId (from `GET /v1/mp/reimbursers`).
+    #[schema(example = "insurer01")]
+    pub reimburser: String,
+    /// 1 to 20 receipts of the wallet (their ids).
+    pub receipts: Vec<Uuid>,
+    pub consent: ClaimConsent,
+    /// Consented fields the profile does not hold (`email`, `medical_card_no`).
+    #[serde(default)]
+    #[schema(example = json!({}))]
+    pub personal_data: BTreeMap<String, String>,
+    /// The claim's own fields the reimburser asks for (bank account, reference, …);
+    /// kept sealed. Names 1-32 `[A-Za-z0-9_]`, values at most 200 characters.
+    #[serde(default)]
+    #[schema(example = json!({"bankAccount": "6222020200112233445", "policyNo": "P2026-0001"}))]
+    pub fields: BTreeMap<String, String>,
+}
+
+/// One receipt of a claim, as the payer sees it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimReceiptView {
+    pub receipt_id: Uuid,
+    #[schema(example = "11060124")]
+    pub bill_batch_code: String,
+    #[schema(example = "0000000901")]
+    pub bill_no: String,
+    #[schema(example = "示例市第一人民医院")]
+    pub agency_name: String,
+    #[schema(example = "128.50")]
+    pub total_amt: String,
+    pub issued_at: DateTime<Utc>,
+    /// INIT, LOCK, CLOSURE or CANCEL.
+    #[schema(example = "INIT")]
+    pub reimbursement_state: &'static str,
+}
+
+/// One change of a claim.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimEventView {
+    /// submit, acknowledge, lock, close, unlock, reject, expire, withdraw, cancel.
+    #[schema(example = "acknowledge")]
+    pub action: String,
+    pub from_status: Option<&'static str>,
+    #[schema(example = "received")]
+    pub to_status: &'static str,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// A claim as its payer sees it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimView {
+    pub id: Uuid,
+    #[schema(example = "insurer01")]
+    pub reimburser: String,
+    #[schema(example = "示例人寿保险")]
+    pub reimburser_name: String,
+    /// submitted, received, locked, reimbursed, rejected, withdrawn or cancelled.
+    #[schema(example = "submitted")]
+    pub status: &'static str,
+    /// The status in Chinese (已提交, 已受理, 审核中, 已报销, 未通过, 已撤回, 已作废).
+    #[schema(example = "已提交")]
+    pub status_text: &'static str,
+    /// Reimbursed: the amount paid, yuan.
+    #[schema(example = "100.00")]
+    pub paid_amt: Option<String>,
+    /// Rejected or cancelled: why.
+    pub reason: Option<String>,
+    pub consented_fields: Vec<String>,
+    /// The claim's own fields, masked.
+    pub fields: BTreeMap<String, String>,
+    /// True while the payer may still withdraw it.
+    pub withdrawable: bool,
+    pub receipts: Vec<ClaimReceiptView>,
+    /// Detail only: every change, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<ClaimEventView>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClaimListView {
+    pub items: Vec<ClaimView>,
+}
+
+fn mask_value(v: &str) -> String {
+    let chars: Vec<char> = v.chars().collect();
+    if chars.len() <= 4 {
+        return "*".repeat(chars.len());
+    }
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{}{tail}", "*".repeat(chars.len() - 4))
+}
+
+async fn claim_view(state: &WalletState, claim: &ClaimRecord, history: bool) -> Result<ClaimView, ApiError> {
+    let name = state
+        .store
+        .reimburser(&claim.reimburser_app_id)
+        .await?
+        .map(|r| r.name)
+        .unwrap_or_default();
+    let mut agencies: HashMap<Uuid, String> = HashMap::new();
+    let mut receipts = Vec::new();
+    for r in state.store.claim_receipts(claim).await? {
+        let agency_name = match agencies.get(&r.agency_id) {
+            Some(name) => name.clone(),
+            None => {
+                let name = state
+                    .store
+                    .agency(r.agency_id)
+                    .await?
+                    .map(|a| a.name)
+                    .unwrap_or_default();
+                agencies.insert(r.agency_id, name.clone());
+                name
+            }
+        };
+        receipts.push(ClaimReceiptView {
+            receipt_id: r.id,
+            agency_name,
+            bill_batch_code: r.bill_batch_code,
+            bill_no: r.bill_no,
+            total_amt: format_yuan(r.total_fen),
+            issued_at: r.issued_at.into(),
+            reimbursement_state: r.reimbursement_state.as_str(),
+        });
+    }
+    let fields = match claim.fields_sealed.as_deref() {
+        None => BTreeMap::new(),
+        Some(s) => state
+            .keyring
+            .open_json::<BTreeMap<String, String>>(s, &purpose::claim_fields(&claim.reimburser_app_id))
+            .map_err(|e| ApiError::internal(anyhow::anyhow!("claim fields cannot be opened: {e}")))?
+            .into_iter()
+            .map(|(k, v)| (k, mask_value(&v)))
+            .collect(),
+    };
+    let history = if history {
+        Some(
+            state
+                .store
+                .claim_history(claim.id)
+                .await?
+                .into_iter()
+                .map(|e| ClaimEventView {
+                    action: e.action,
+                    from_status: e.from_status.map(|s| s.as_str()),
+                    to_status: e.to_status.as_str(),
+                    reason: e.reason,
+                    at: e.at.into(),
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+    Ok(ClaimView {
+        id: claim.id,
+        reimburser: claim.reimburser_app_id.clone(),
+        reimburser_name: name,
+        status: claim.status.as_str(),
+        status_text: claim.status.label_zh(),
+        paid_amt: claim.paid_fen.map(format_yuan),
+        reason: claim.reason.clone(),
+        consented_fields: claim.consented_fields.clone(),
+        fields,
+        withdrawable: matches!(
+            claim.status,
+            piaojia_store::ClaimStatus::Submitted | piaojia_store::ClaimStatus::Received
+        ),
+        receipts,
+        history,
+        created_at: claim.created_at.into(),
+        updated_at: claim.updated_at.into(),
+    })
+}
+
+fn refusal(index: usize, refusal: ClaimRefusal) -> ApiError {
+    let (code, what) = match refusal {
+        ClaimRefusal::NotInWallet => (ErrorCode::ReceiptNotFound, "no such receipt in this wallet"),
+        ClaimRefusal::NotAccepted => (
+            ErrorCode::ReimburserDoesNotAccept,
+            "this reimburser does not accept receipts of this agency",
+        ),
+        ClaimRefusal::Reversed => (ErrorCode::ReceiptReversed, "the issuer reversed this receipt (冲红)"),
+        ClaimRefusal::LockedByOther => (
+            ErrorCode::ReceiptLockedByOther,
+            "another reimburser holds the lock on this receipt",
+        ),
+        ClaimRefusal::AlreadyClosed => (ErrorCode::ReceiptAlreadyClosed, "this receipt is already reimbursed"),
+        ClaimRefusal::AlreadyClaimed => (
+            ErrorCode::ReceiptAlreadyClaimed,
+            "this receipt is already in an open claim",
+        ),
+    };
+    ApiError::with(code, what).field(format!("/receipts/{index}"), code.as_str(), what)
+}
+
+/// Submit a claim: receipts of the wallet to one reimburser, with the consented
+/// personal data and the claim's own fields.
+///
+/// The consent must list exactly the reimburser's `personalFields` (`422
+/// consent_mismatch`). Name, ID number and phone come from the registered
+/// profile; other consented fields from `personalData`. Each receipt must be the
+/// payer's own, accepted by the reimburser, not reversed, not locked or reimbursed
+/// by another reimburser, and in no other open claim. The reimburser is told by
+/// webhook (`claim.submitted`).
+#[utoipa::path(
+    post,
+    path = "/v1/mp/claims",
+    tag = "mini-program",
+    security(("payer_jwt" = [])),
+    request_body(content = ClaimRequest, example = json!({"reimburser": "insurer01", "receipts": ["019ad1c0-0000-7000-8000-000000000001"], "consent": {"fields": ["name", "id_card_no"], "accepted": true}, "fields": {"bankAccount": "6222020200112233445"}})),
+    responses(
+        (status = 201, body = ClaimView, example = json!({"id": "019ad1c0-0000-7000-8000-0000000000c1", "reimburser": "insurer01", "reimburserName": "示例人寿保险", "status": "submitted", "statusText": "已提交", "paidAmt": null, "reason": null, "consentedFields": ["name", "id_card_no"], "fields": {"bankAccount": "***************3445"}, "withdrawable": true, "receipts": [{"receiptId": "019ad1c0-0000-7000-8000-000000000001", "billBatchCode": "11060124", "billNo": "0000000901", "agencyName": "示例市第一人民医院", "totalAmt": "128.50", "issuedAt": "2026-11-23T01:30:00Z", "reimbursementState": "INIT"}], "createdAt": "2026-11-24T02:00:00Z", "updatedAt": "2026-11-24T02:00:00Z"})),
+        (status = 400, description = "`invalid_json`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`reimburser_not_found`, `receipt_not_found` (`errors[0].pointer` names the receipt)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`receipt_already_claimed`, `receipt_reversed`, `receipt_locked_by_other`, `receipt_already_closed`, `concurrent_change`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`consent_mismatch`, `reimburser_does_not_accept`, `validation_failed` (a consented field has no value, a field is malformed)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/mp/claims")]
+pub async fn submit(
+    req: HttpRequest,
+    state: web::Data<WalletState>,
+    payer: Payer,
+    body: web::Json<ClaimRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let mut p = Problems::default();
+    if body.receipts.is_empty() || body.receipts.len() > CLAIM_RECEIPTS_MAX {
+        p.push(
+            "/receipts",
+            "invalid_length",
+            format!("1 to {CLAIM_RECEIPTS_MAX} receipts"),
+        );
+    }
+    for (i, id) in body.receipts.iter().enumerate() {
+        if body.receipts[..i].contains(id) {
+            p.push(&format!("/receipts/{i}"), "duplicate", "each receipt once");
+        }
+    }
+    if !body.consent.accepted {
+        p.push(
+            "/consent/accepted",
+            "required",
+            "the payer must accept sharing the listed data",
+        );
+    }
+    if body.fields.len() > FIELDS_MAX {
+        p.push("/fields", "too_many", format!("at most {FIELDS_MAX} fields"));
+    }
+    for (k, v) in &body.fields {
+        let name_ok =
+            !k.is_empty() && k.len() <= FIELD_NAME_MAX && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !name_ok {
+            p.push(&format!("/fields/{k}"), "invalid_format", "names are 1-32 [A-Za-z0-9_]");
+        } else if v.trim().is_empty() || v.chars().count() > FIELD_VALUE_MAX {
+            p.push(&format!("/fields/{k}"), "invalid_length", "1 to 200 characters");
+        }
+    }
+    p.into_result()?;
+
+    let reimburser = state.store.reimburser(&body.reimburser).await?;
+    let enabled = match &reimburser {
+        Some(r) => state.store.app(&r.app_id).await?.is_some_and(|a| a.enabled),
+        None => false,
+    };
+    let Some(reimburser) = reimburser.filter(|_| enabled) else {
+        return Err(ApiError::with(
+            ErrorCode::ReimburserNotFound,
+            "no registered reimburser with this appId",
+        )
+        .field(
+            "/reimburser",
+            "reimburser_not_found",
+            "use an appId from GET /v1/mp/reimbursers",
+        ));
+    };
+    // The consent: exactly the reimburser's fields, each once.
+    let mut asked: Vec<&str> = reimburser.personal_fields.iter().map(String::as_str).collect();
+    let mut given: Vec<&str> = body.consent.fields.iter().map(String::as_str).collect();
+    asked.sort_unstable();
+    given.sort_unstable();
+    if asked != given {
+        return Err(ApiError::with(
+            ErrorCode::ConsentMismatch,
+            format!(
+                "the consent must list exactly the fields this reimburser receives: {}",
+                reimburser.personal_fields.join(", ")
+            ),
+        )
+        .field(
+            "/consent/fields",
+            "consent_mismatch",
+            reimburser.personal_fields.join(", "),
+        ));
+    }
+
+    // The consented values: the profile's, then what the payer typed in.
+    let profile = payer.record.profile_sealed.as_deref().and_then(|s| {
+        state
+            .keyring
+            .open_json::<SealedProfile>(s, purpose::PAYER_PROFILE)
+            .inspect_err(|e| tracing::error!(payer_id = %payer.id, error = %e, "profile cannot be opened"))
+            .ok()
+    });
+    let mut personal: BTreeMap<String, String> = BTreeMap::new();
+    let mut p = Problems::default();
+    for field in &reimburser.personal_fields {
+        let from_profile = profile.as_ref().and_then(|pr| match field.as_str() {
+            "name" => Some(pr.name.clone()),
+            "id_card_no" => Some(pr.id_number.clone()),
+            "phone" => pr.phone.clone(),
+            _ => None,
+        });
+        let typed = body
+            .personal_data
+            .get(field)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+        let value = if FROM_PROFILE.contains(&field.as_str()) {
+            from_profile
+        } else {
+            typed
+        };
+        match value {
+            Some(v) if v.chars().count() <= FIELD_VALUE_MAX => {
+                personal.insert(field.clone(), v);
+            }
+            Some(_) => p.push(&format!("/personalData/{field}"), "too_long", "at most 200 characters"),
+            None if FROM_PROFILE.contains(&field.as_str()) => p.push(
+                &format!("/personalData/{field}"),
+                "profile_required",
+                "register this in the profile first (PUT /v1/mp/profile)",
+            ),
+            None => p.push(
+                &format!("/personalData/{field}"),
+                "required",
+                "the reimburser receives this field",
+            ),
+        }
+    }
+    p.into_result()?;
+
+    let mut accepted_agency_ids = Vec::with_capacity(reimburser.accepted_agencies.len());
+    for code in &reimburser.accepted_agencies {
+        if let Some(a) = state.store.agency_by_code(code).await? {
+            accepted_agency_ids.push(a.id);
+        }
+    }
+    let app_id = &reimburser.app_id;
+    let fields_sealed =
+        (!body.fields.is_empty()).then(|| state.keyring.seal_json(&body.fields, &purpose::claim_fields(app_id)));
+    let outcome = state
+        .store
+        .submit_claim(NewClaim {
+            id: Uuid::now_v7(),
+            payer_id: payer.id,
+            reimburser_app_id: app_id.clone(),
+            mp_app_id: payer.app.app_id.clone(),
+            receipt_ids: body.receipts.clone(),
+            consented_fields: reimburser.personal_fields.clone(),
+            personal_sealed: state.keyring.seal_json(&personal, &purpose::claim_personal(app_id)),
+            fields_sealed,
+            accepted_agency_ids,
+            scope: payer.scope().map(<[Uuid]>::to_vec),
+            remote_addr: piaojia_web::client::client_ip(&req, &state.settings.trusted_proxies).map(|ip| ip.to_string()),
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(piaojia_store::Entity::App) => ApiError::with(
+                ErrorCode::ReimburserNotFound,
+                "no registered reimburser with this appId",
+            ),
+            other => other.into(),
+        })?;
+    let claim = match outcome {
+        SubmitOutcome::Submitted(claim) => *claim,
+        SubmitOutcome::Refused { index, refusal: r } => return Err(refusal(index, r)),
+    };
+    tracing::info!(claim_id = %claim.id, reimburser = %app_id, receipts = claim.receipt_ids.len(), "claim submitted");
+    if let Some(wake) = &state.wake {
+        wake().await;
+    }
+    Ok(HttpResponse::Created().json(claim_view(&state, &claim, false).await?))
+}
+
+/// The payer's claims, newest first, with their status.
+#[utoipa::path(
+    get,
+    path = "/v1/mp/claims",
+    tag = "mini-program",
+    security(("payer_jwt" = [])),
+    responses(
+        (status = 200, body = ClaimListView),
+        (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/mp/claims")]
+pub async fn list(state: web::Data<WalletState>, payer: Payer) -> Result<HttpResponse, ApiError> {
+    let mut items = Vec::new();
+    for claim in state.store.payer_claims(payer.id).await? {
+        items.push(claim_view(&state, &claim, false).await?);
+    }
+    Ok(HttpResponse::Ok().json(ClaimListView { items }))
+}
+
+/// One of the payer's claims, with its history.
+#[utoipa::path(
+    get,
+    path = "/v1/mp/claims/{claim_id}",
+    tag = "mini-program",
+    security(("payer_jwt" = [])),
+    params(("claim_id" = Uuid, Path)),
+    responses(
+        (status = 200, body = ClaimView),
+        (status = 400, description = "`invalid_path`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`claim_not_found` (also for another payer's claim)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/mp/claims/{claim_id}")]
+pub async fn detail(
+    state: web::Data<WalletState>,
+    payer: Payer,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let claim = state
+        .store
+        .payer_claim(payer.id, path.into_inner())
+        .await?
+        .ok_or_else(claim_not_found)?;
+    Ok(HttpResponse::Ok().json(claim_view(&state, &claim, true).await?))
+}
+
+/// Withdraw a claim the reimburser has not locked (submitted or received); the
+/// reimburser is told by webhook (`claim.withdrawn`) and the receipts are free again.
+#[utoipa::path(
+    post,
+    path = "/v1/mp/claims/{claim_id}/withdrawal",
+    tag = "mini-program",
+    security(("payer_jwt" = [])),
+    params(("claim_id" = Uuid, Path)),
+    responses(
+        (status = 200, body = ClaimView),
+        (status = 400, description = "`invalid_path`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`claim_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`claim_locked` (the reimburser locked its receipts), `claim_closed` (already final)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/mp/claims/{claim_id}/withdrawal")]
+pub async fn withdraw(
+    req: HttpRequest,
+    state: web::Data<WalletState>,
+    payer: Payer,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let remote = piaojia_web::client::client_ip(&req, &state.settings.trusted_proxies).map(|ip| ip.to_string());
+    let claim = match state.store.withdraw_claim(payer.id, path.into_inner(), remote).await? {
+        WithdrawOutcome::Withdrawn(c) => *c,
+        WithdrawOutcome::NotFound => return Err(claim_not_found()),
+        WithdrawOutcome::Locked(_) => {
+            return Err(ApiError::with(
+                ErrorCode::ClaimLocked,
+                "the reimburser locked this claim's receipts: it can no longer be withdrawn",
+            ));
+        }
+        WithdrawOutcome::Closed(c) => {
+            return Err(ApiError::with(
+                ErrorCode::ClaimClosed,
+                format!("this claim is already {}", c.status),
+            ));
+        }
+    };
+    if let Some(wake) = &state.wake {
+        wake().await;
+    }
+    Ok(HttpResponse::Ok().json(claim_view(&state, &claim, true).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_masked_but_their_tail() {
+        assert_eq!(mask_value("6222020200112233445"), "***************3445");
+        assert_eq!(mask_value("abc"), "***");
+    }
+
+    #[test]
+    fn the_profile_fields_are_known_personal_fields() {
+        for f in FROM_PROFILE {
+            assert!(["name", "id_card_no", "phone", "email", "medical_card_no"].contains(f));
+        }
+    }
+}
