@@ -205,6 +205,15 @@ both_modes!(
             .to_owned();
         sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
         let card = eventually(15, || async { sim.card_package(OA, &payer).into_iter().next() }).await;
+        // The card is in WeChat's package a moment before insertbill's answer is recorded.
+        eventually(10, || async {
+            app.store
+                .card_order_for_receipt(receipt_id)
+                .await
+                .expect("store")
+                .filter(|o| o.code.is_some())
+        })
+        .await;
 
         // The reimbursement flow locks, then closes: mirrored to the card.
         let wake = piaojia_notifier::Wake::local();
