@@ -107,10 +107,10 @@ async fn handle_one(state: &AppState, e: InboxEvent) {
     let result = if e.attempts > max_attempts {
         Err(anyhow::anyhow!("claimed {} times without an outcome", e.attempts - 1))
     } else {
-        match state
-            .keyring
-            .open(&e.payload_sealed, &piaojia_core::pii::purpose::wechat_inbox(&e.wechat_app_id))
-        {
+        match state.keyring.open(
+            &e.payload_sealed,
+            &piaojia_core::pii::purpose::wechat_inbox(&e.wechat_app_id),
+        ) {
             Err(err) => Err(anyhow::anyhow!("the kept event cannot be opened: {err}")),
             Ok(plain) => {
                 let xml = String::from_utf8_lossy(&plain).into_owned();

@@ -507,7 +507,10 @@ pub struct NewInboxEvent {
 pub enum InboxOutcome {
     Done,
     /// Failed; retried at the time given, or `None`: failed for good.
-    Failed { error: String, retry_at: Option<Timestamp> },
+    Failed {
+        error: String,
+        retry_at: Option<Timestamp>,
+    },
 }
 
 #[async_trait]
@@ -630,7 +633,7 @@ impl<D: Dialect> WechatInbox for Db<D> {
             .await?;
         tx.commit().await?;
         let mut events: Vec<InboxEvent> = rows.into_iter().map(InboxEvent::from).collect();
-        events.sort_by(|a, b| a.received_at.cmp(&b.received_at));
+        events.sort_by_key(|e| e.received_at);
         Ok(events)
     }
 

@@ -423,7 +423,13 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
             .settle_inbox_event(claimed[0].id, "w-times", InboxOutcome::Done, later)
             .await?
     );
-    assert_eq!(store.claim_inbox_events("w-times", later + ns(1), lease, 1).await?.len(), 1);
+    assert_eq!(
+        store
+            .claim_inbox_events("w-times", later + ns(1), lease, 1)
+            .await?
+            .len(),
+        1
+    );
 
     // Reimbursement: a reimburser locks a receipt (state, history, request id).
     let locked = created(

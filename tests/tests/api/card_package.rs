@@ -309,7 +309,10 @@ both_modes!(failed_events_are_retried_then_reported, |mode: Mode| async move {
         .to_owned();
     fail_authdata();
     let pushes = sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
-    assert!(pushes.iter().all(|p| p.acknowledged), "acknowledged before it failed: {pushes:?}");
+    assert!(
+        pushes.iter().all(|p| p.acknowledged),
+        "acknowledged before it failed: {pushes:?}"
+    );
     eventually(10, || async {
         let e = authorize_events().await;
         (e.len() == 1 && e[0].attempts >= 2 && e[0].state == "pending").then_some(())
@@ -332,10 +335,7 @@ both_modes!(failed_events_are_retried_then_reported, |mode: Mode| async move {
     fail_authdata();
     sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
     let failed = eventually(15, || async {
-        authorize_events()
-            .await
-            .into_iter()
-            .find(|e| e.state == "failed")
+        authorize_events().await.into_iter().find(|e| e.state == "failed")
     })
     .await;
     assert_eq!(failed.attempts, 4, "the first try and three retries");

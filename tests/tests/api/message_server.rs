@@ -228,7 +228,10 @@ both_modes!(kept_events_survive_their_gateway, |mode: Mode| async move {
     // Two new gateways on the same store, workers on.
     let b = config.spawn().await;
     let c = config.spawn().await;
-    eventually(10, || async { (status_of(&b, &id(&d2)).await == "failed").then_some(()) }).await;
+    eventually(10, || async {
+        (status_of(&b, &id(&d2)).await == "failed").then_some(())
+    })
+    .await;
     let kept = inbox(&b, OA).await;
     assert_eq!(kept[1].state, "done");
     assert_eq!(kept[1].attempts, 1, "handled by exactly one gateway, once");
@@ -237,7 +240,10 @@ both_modes!(kept_events_survive_their_gateway, |mode: Mode| async move {
     assert_eq!(kept[0].lease_owner.as_deref(), Some("crashed-gateway"));
     assert_eq!(status_of(&b, &id(&d1)).await, "delivered");
     // … then the event is taken again, and handled once.
-    eventually(15, || async { (status_of(&c, &id(&d1)).await == "failed").then_some(()) }).await;
+    eventually(15, || async {
+        (status_of(&c, &id(&d1)).await == "failed").then_some(())
+    })
+    .await;
     let kept = eventually(5, || async {
         let k = inbox(&b, OA).await;
         k.iter().all(|e| e.state == "done").then_some(k)
