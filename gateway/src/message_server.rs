@@ -2,9 +2,10 @@
 //! WeChat's GET verification and POSTed events in plain or secure mode. WeChat
 //! waits 5 s and retries three times: we verify, write the decrypted event to the
 //! store's inbox (one insert, de-duplicated by `MsgId`, or FromUserName +
-//! CreateTime + Event + EventKey), acknowledge with `success`, and an inbox worker
-//! of any gateway handles it afterwards, once ([`crate::inbox`]). Only a `CLICK` on the "我的票据" menu entry is answered
-//! with a passive reply (a link to the payer's receipts, encrypted in secure mode).
+//! CreateTime + Event + EventKey), acknowledge with `success`, and an inbox
+//! worker of any gateway handles it afterwards, once ([`crate::inbox`]). Only a
+//! `CLICK` on the "我的票据" menu entry is answered with a passive reply (a link
+//! to the payer's receipts, encrypted in secure mode).
 //!
 //! Events: `subscribe` / `unsubscribe` (recorded: an unfollowed payer gets no
 //! template message), `subscribe` with `qrscene_` and `SCAN` (scan to view, see
@@ -128,8 +129,8 @@ pub async fn verify(
 /// Events WeChat pushes (XML, plain or secure mode with `encrypt_type=aes` and
 /// `msg_signature`). Verified, written to the inbox (WeChat's retries insert
 /// nothing), answered `success`, and handled afterwards by an inbox worker, once
-/// per event (failures retried with backoff). A `CLICK` on the "我的票据" entry is answered with a
-/// passive reply linking to the payer's receipts.
+/// per event (failures retried with backoff). A `CLICK` on the "我的票据" entry is
+/// answered with a passive reply linking to the payer's receipts.
 #[utoipa::path(post, path = "/v1/wechat/{appid}/events", tag = "wechat",
     params(("appid" = String, Path), ("signature" = Option<String>, Query), ("timestamp" = String, Query), ("nonce" = String, Query),
         ("encrypt_type" = Option<String>, Query), ("msg_signature" = Option<String>, Query)),
@@ -147,18 +148,22 @@ pub async fn receive(
     q: web::Query<Signed>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let appid = appid.into_inner();
     let s = secrets(&state, &appid).await?;
     let started = Instant::now();
-    let out = accept(&state, &appid, &q, &body, &s).await;
-    // Callbacks of a configured app only: a stranger's appids make no figures.
-    state.tracker.record(
-        Scope::Interface,
-        &format!("wechat:{appid}:message_server"),
-        out.is_ok(),
-        started.elapsed().as_millis() as u64,
-    );
-    let (ev, plain, crypt) = out?;
-    let appid = appid.into_inner();
+    // Callbacks of a configured app only: a stranger's appids make no figures. An
+    // event we could not keep counts as a failed callback (WeChat retries it).
+    let figure = |ok: bool| {
+        state.tracker.record(
+            Scope::Interface,
+            &format!("wechat:{appid}:message_server"),
+            ok,
+            started.elapsed().as_millis() as u64,
+        );
+    };
+    let (ev, plain, crypt) = accept(&state, &appid, &q, &body, &s)
+        .await
+        .inspect_err(|_| figure(false))?;
     // The only synchronous answer: a passive reply has no side effects, so a retry
     // gets it again (WeChat retries when it did not arrive).
     if let Ok(typed) = ev.typed()
@@ -170,6 +175,7 @@ pub async fn receive(
             Some(c) => reply.to_secure_xml(c, &q.timestamp, &q.nonce),
             None => reply.to_xml(),
         };
+        figure(true);
         track_event(&state, &appid, "CLICK", true, started);
         return Ok(HttpResponse::Ok().content_type("application/xml").body(body));
     }
@@ -177,11 +183,9 @@ pub async fn receive(
     // the insert is the de-duplication of WeChat's retries. Handled afterwards by
     // an inbox worker ([`crate::inbox`]): WeChat's 5 s never wait for our work.
     let name = ev.event.clone().or(ev.msg_type.clone()).unwrap_or_default();
-    state
-        .inbox
-        .record(&state, &appid, ev.dedup_key(), name, &plain)
-        .await
-        .map_err(ApiError::from)?;
+    let kept = state.inbox.record(&state, &appid, ev.dedup_key(), name, &plain).await;
+    figure(kept.is_ok());
+    kept?;
     Ok(success())
 }
 
