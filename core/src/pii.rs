@@ -247,6 +247,11 @@ pub mod purpose {
         format!("wechat-secret:{wechat_app_id}")
     }
 
+    /// An event WeChat pushed to an app's message server, kept in the inbox.
+    pub fn wechat_inbox(wechat_app_id: &str) -> String {
+        format!("wechat-inbox:{wechat_app_id}")
+    }
+
     /// Blind-index domains (matching without decrypting).
     pub mod index {
         pub const ID_CARD: &str = "id_card";

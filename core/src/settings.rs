@@ -303,6 +303,23 @@ pub struct WechatSettings {
     pub card_link_ttl: Duration,
     /// The `key` of the official-account menu's "我的票据" click button.
     pub menu_receipts_key: String,
+    /// Run the message server's inbox worker in this gateway.
+    pub inbox_worker: bool,
+    /// How often an idle inbox worker looks for due events (a local push wakes it at once).
+    #[serde(rename = "inbox_poll_interval_ms", deserialize_with = "millis")]
+    pub inbox_poll_interval: Duration,
+    /// How long handling one event may take.
+    #[serde(rename = "inbox_handle_timeout_secs", deserialize_with = "secs")]
+    pub inbox_handle_timeout: Duration,
+    /// A claimed event is leased this long; past it another worker takes it again.
+    #[serde(rename = "inbox_lease_secs", deserialize_with = "secs")]
+    pub inbox_lease: Duration,
+    /// The waits before each retry of an event whose handling failed; then it fails for good.
+    #[serde(deserialize_with = "durations")]
+    pub inbox_retry_schedule: Vec<Duration>,
+    /// Handled events are kept this long (WeChat's retries of them stay de-duplicated).
+    #[serde(rename = "inbox_retention_secs", deserialize_with = "secs")]
+    pub inbox_retention: Duration,
 }
 
 /// The receipt-wallet mini-program API (payers).
@@ -610,6 +627,30 @@ impl Settings {
                     self.server.host
                 ),
             ));
+        }
+        let w = &self.wechat;
+        if w.inbox_lease <= w.inbox_handle_timeout {
+            // A lease shorter than the handling would let a second worker take an event still in hand.
+            return Err(invalid(
+                "wechat.inbox_lease_secs",
+                "must exceed wechat.inbox_handle_timeout_secs",
+            ));
+        }
+        if w.inbox_handle_timeout.is_zero() || w.inbox_poll_interval.is_zero() {
+            return Err(invalid(
+                "wechat.inbox_handle_timeout_secs",
+                "and wechat.inbox_poll_interval_ms must be at least 1",
+            ));
+        }
+        if w.inbox_retry_schedule.is_empty() {
+            return Err(invalid(
+                "wechat.inbox_retry_schedule",
+                "must be a comma-separated list of durations like 5s,1m,10m",
+            ));
+        }
+        if w.inbox_retention.as_secs() < 60 {
+            // WeChat retries within about 15 s: a handled event must outlive them.
+            return Err(invalid("wechat.inbox_retention_secs", "must be at least 60"));
         }
         if url::Url::parse(&self.wechat.api_base_url).is_err() {
             return Err(invalid("wechat.api_base_url", "is not a URL"));

@@ -10,6 +10,7 @@ pub mod card_package;
 pub mod cli;
 pub use piaojia_web::error;
 pub mod files;
+pub mod inbox;
 pub mod issuer;
 pub mod menu;
 pub mod message_server;

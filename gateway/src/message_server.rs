@@ -1,10 +1,11 @@
 //! Our message server (the callback URL configured in the official account):
 //! WeChat's GET verification and POSTed events in plain or secure mode. WeChat
-//! waits 5 s and retries three times: we verify, acknowledge with `success` at once
-//! and handle the event afterwards, once (retries are de-duplicated by `MsgId`, or
-//! FromUserName + CreateTime + Event + EventKey, in Redis in scale-out and in
-//! process when embedded). Only a `CLICK` on the "我的票据" menu entry is answered
-//! with a passive reply (a link to the payer's receipts, encrypted in secure mode).
+//! waits 5 s and retries three times: we verify, write the decrypted event to the
+//! store's inbox (one insert, de-duplicated by `MsgId`, or FromUserName +
+//! CreateTime + Event + EventKey), acknowledge with `success`, and an inbox
+//! worker of any gateway handles it afterwards, once ([`crate::inbox`]). Only a
+//! `CLICK` on the "我的票据" menu entry is answered with a passive reply (a link
+//! to the payer's receipts, encrypted in secure mode).
 //!
 //! Events: `subscribe` / `unsubscribe` (recorded: an unfollowed payer gets no
 //! template message), `subscribe` with `qrscene_` and `SCAN` (scan to view, see
@@ -19,7 +20,7 @@
 //! EncodingAESKey accepts secure mode only; and an event reaches only its own app's
 //! deliveries, along the transitions the delivery queue allows.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::{HttpResponse, get, post, web};
 use piaojia_notifier::tracker::Scope;
@@ -125,13 +126,11 @@ pub async fn verify(
         .body(q.echostr.clone().unwrap_or_default()))
 }
 
-/// How long handling one event after its acknowledgement may take.
-const HANDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Events WeChat pushes (XML, plain or secure mode with `encrypt_type=aes` and
-/// `msg_signature`). Verified, then answered `success` at once and handled
-/// afterwards, once per event. A `CLICK` on the "我的票据" entry is answered with a
-/// passive reply linking to the payer's receipts.
+/// `msg_signature`). Verified, written to the inbox (WeChat's retries insert
+/// nothing), answered `success`, and handled afterwards by an inbox worker, once
+/// per event (failures retried with backoff). A `CLICK` on the "我的票据" entry is
+/// answered with a passive reply linking to the payer's receipts.
 #[utoipa::path(post, path = "/v1/wechat/{appid}/events", tag = "wechat",
     params(("appid" = String, Path), ("signature" = Option<String>, Query), ("timestamp" = String, Query), ("nonce" = String, Query),
         ("encrypt_type" = Option<String>, Query), ("msg_signature" = Option<String>, Query)),
@@ -140,7 +139,8 @@ const HANDLE_TIMEOUT: Duration = Duration::from_secs(60);
         (status = 400, description = "`invalid_body`: not UTF-8, not XML, or XML with a DOCTYPE or entities", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "`bad_signature`, `stale_timestamp` (more than `security.clock_skew_secs` off), `replayed` (a timestamp and nonce seen with another body), `secure_mode_required` (plain mode for an app with an EncodingAESKey)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "`unknown_app`: no message server configured", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`payload_too_large`: over 256 KiB", body = crate::error::Problem, content_type = "application/problem+json")))]
+        (status = 413, description = "`payload_too_large`: over 256 KiB", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`database_unavailable` (the event could not be kept in the inbox, so it is not acknowledged: WeChat retries), `nonce_store_unavailable`", body = crate::error::Problem, content_type = "application/problem+json")))]
 #[post("/v1/wechat/{appid}/events")]
 pub async fn receive(
     state: web::Data<AppState>,
@@ -148,18 +148,22 @@ pub async fn receive(
     q: web::Query<Signed>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let appid = appid.into_inner();
     let s = secrets(&state, &appid).await?;
     let started = Instant::now();
-    let out = accept(&state, &appid, &q, &body, &s).await;
-    // Callbacks of a configured app only: a stranger's appids make no figures.
-    state.tracker.record(
-        Scope::Interface,
-        &format!("wechat:{appid}:message_server"),
-        out.is_ok(),
-        started.elapsed().as_millis() as u64,
-    );
-    let (ev, crypt) = out?;
-    let appid = appid.into_inner();
+    // Callbacks of a configured app only: a stranger's appids make no figures. An
+    // event we could not keep counts as a failed callback (WeChat retries it).
+    let figure = |ok: bool| {
+        state.tracker.record(
+            Scope::Interface,
+            &format!("wechat:{appid}:message_server"),
+            ok,
+            started.elapsed().as_millis() as u64,
+        );
+    };
+    let (ev, plain, crypt) = accept(&state, &appid, &q, &body, &s)
+        .await
+        .inspect_err(|_| figure(false))?;
     // The only synchronous answer: a passive reply has no side effects, so a retry
     // gets it again (WeChat retries when it did not arrive).
     if let Ok(typed) = ev.typed()
@@ -171,36 +175,17 @@ pub async fn receive(
             Some(c) => reply.to_secure_xml(c, &q.timestamp, &q.nonce),
             None => reply.to_xml(),
         };
+        figure(true);
         track_event(&state, &appid, "CLICK", true, started);
         return Ok(HttpResponse::Ok().content_type("application/xml").body(body));
     }
-    // WeChat retries: handle each event once.
-    if !state
-        .nonces
-        .first_use(&format!("wxevent:{appid}"), &ev.dedup_key())
-        .await
-        .map_err(|e| ApiError::unavailable(ErrorCode::NonceStoreUnavailable, e))?
-    {
-        return Ok(success());
-    }
-    // Acknowledged now, handled after: WeChat's 5 s never wait for our work.
-    let state = state.into_inner();
-    tokio::spawn(async move {
-        let name = ev.event.clone().or(ev.msg_type.clone()).unwrap_or_default();
-        let started = Instant::now();
-        let ok = match tokio::time::timeout(HANDLE_TIMEOUT, handle(&state, &appid, ev)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::error!(appid, event = %name, error = %e, "handling a WeChat event failed");
-                false
-            }
-            Err(_) => {
-                tracing::error!(appid, event = %name, "handling a WeChat event timed out");
-                false
-            }
-        };
-        track_event(&state, &appid, &name, ok, started);
-    });
+    // Kept before WeChat hears from us, so an acknowledged event survives any crash;
+    // the insert is the de-duplication of WeChat's retries. Handled afterwards by
+    // an inbox worker ([`crate::inbox`]): WeChat's 5 s never wait for our work.
+    let name = ev.event.clone().or(ev.msg_type.clone()).unwrap_or_default();
+    let kept = state.inbox.record(&state, &appid, ev.dedup_key(), name, &plain).await;
+    figure(kept.is_ok());
+    kept?;
     Ok(success())
 }
 
@@ -209,7 +194,7 @@ fn success() -> HttpResponse {
 }
 
 /// Per-event figures of the message server (`message_server:{appid}:{event}`).
-fn track_event(state: &AppState, appid: &str, event: &str, ok: bool, started: Instant) {
+pub(crate) fn track_event(state: &AppState, appid: &str, event: &str, ok: bool, started: Instant) {
     state.tracker.record(
         Scope::Channel,
         &format!("message_server:{appid}:{event}"),
@@ -225,7 +210,7 @@ async fn accept(
     q: &Signed,
     body: &[u8],
     s: &AppSecrets,
-) -> Result<(event::Event, Option<MsgCrypt>), ApiError> {
+) -> Result<(event::Event, String, Option<MsgCrypt>), ApiError> {
     if body.len() > event::MAX_EVENT_BYTES {
         return Err(ApiError::payload_too_large(event::MAX_EVENT_BYTES));
     }
@@ -283,7 +268,7 @@ async fn accept(
         }
     }
     let ev = event::parse_event(&plain).map_err(|e| ApiError::with(ErrorCode::InvalidBody, e.to_string()))?;
-    Ok((ev, crypt))
+    Ok((ev, plain, crypt))
 }
 
 /// The passive reply to "我的票据": one article linking to the payer's receipts.
@@ -301,8 +286,8 @@ fn receipts_reply(state: &AppState, appid: &str, typed: &TypedEvent) -> PassiveR
     )
 }
 
-/// What an event does, after its acknowledgement.
-async fn handle(state: &AppState, appid: &str, ev: event::Event) -> anyhow::Result<()> {
+/// What an event does, after its acknowledgement (run by the inbox worker).
+pub(crate) async fn handle(state: &AppState, appid: &str, ev: event::Event) -> anyhow::Result<()> {
     if ev.is_event(event::EVENT_TEMPLATE_SEND_JOB_FINISH) {
         return template_job_finished(state, appid, &ev).await;
     }

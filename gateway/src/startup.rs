@@ -199,6 +199,7 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         pages,
         card_links,
         card_support,
+        inbox: crate::inbox::Inbox::default(),
     })
 }
 
@@ -217,6 +218,8 @@ pub struct Application {
     /// `/metrics` on `server.metrics_address`, apart from the public port.
     metrics: Option<(u16, Server)>,
     notifier: Option<(piaojia_notifier::Notifier, CancellationToken)>,
+    /// Stops the message server's inbox worker with the server.
+    inbox: Option<CancellationToken>,
     sandbox: Option<Sandbox>,
 }
 
@@ -275,12 +278,19 @@ impl Application {
             Some(l) => Some((l.local_addr()?.port(), serve_metrics(l, &state)?)),
             None => None,
         };
+        let state = web::Data::new(state);
+        let inbox = (role == Role::Gateway && state.settings.wechat.inbox_worker).then(|| {
+            let token = CancellationToken::new();
+            crate::inbox::spawn(state.clone().into_inner(), token.clone());
+            token
+        });
         let server = serve(listener, state, role)?;
         Ok(Self {
             port,
             server,
             metrics,
             notifier,
+            inbox,
             sandbox,
         })
     }
@@ -323,6 +333,9 @@ impl Application {
         if let Some((_, token)) = &self.notifier {
             token.cancel();
         }
+        if let Some(token) = &self.inbox {
+            token.cancel();
+        }
         result
     }
 }
@@ -352,7 +365,8 @@ fn serve_metrics(listener: TcpListener, state: &AppState) -> anyhow::Result<Serv
     Ok(server)
 }
 
-fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<Server> {
+fn serve(listener: TcpListener, data: web::Data<AppState>, role: Role) -> anyhow::Result<Server> {
+    let state = &data;
     let settings = state.settings.clone();
     let body_limit = settings.server.body_limit_bytes;
     let body_limits = piaojia_web::body_limit::BodyLimits {
@@ -365,7 +379,6 @@ fn serve(listener: TcpListener, state: AppState, role: Role) -> anyhow::Result<S
     #[cfg(feature = "sandbox")]
     let sandbox = state.sandbox.clone();
     let wallet = web::Data::from(state.wallet.clone());
-    let data = web::Data::new(state);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())

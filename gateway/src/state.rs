@@ -41,6 +41,8 @@ pub struct AppState {
     pub base_url: String,
     /// What the official account's pages share.
     pub pages: PagesState,
+    /// The message server's inbox: this process's claimer and wake-up.
+    pub inbox: crate::inbox::Inbox,
 }
 
 /// The official account's pages: limits of paper-QR checks per client address.

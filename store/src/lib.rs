@@ -11,7 +11,7 @@
 //! | [`figures`] | tracking figures, backlog, alerts |
 //! | [`wallets`] | payers, sign-ins, wallets, subscription credits, audit |
 //! | [`reimbursement`] | reimbursers, the lock on a receipt (INIT, LOCK, CLOSURE, CANCEL), its history, request ids |
-//! | [`official_account`] | followers, providers' final reports, the card package (卡包) |
+//! | [`official_account`] | followers, providers' final reports, the card package (卡包), the message server's inbox |
 //! | [`pages`] | web OAuth sessions of the official account's pages, wallets kept under an openid, QR scenes |
 //!
 //! [`Store`] is every role at once; the backend is chosen from the URL scheme at
@@ -43,7 +43,10 @@ pub use claims::{
 };
 pub use figures::{Alert, AlertState, BacklogRow, Figures, StatsRow};
 pub use intake::{FileMeta, InsertOutcome, Intake, NewReceiptRecord, Reversal, ReversalOutcome, StoredReceipt};
-pub use official_account::{CardOrder, CardReceipt, CardUnit, OfficialAccount, ProviderReport};
+pub use official_account::{
+    CardOrder, CardReceipt, CardUnit, InboxEvent, InboxOutcome, NewInboxEvent, OfficialAccount, ProviderReport,
+    WechatInbox,
+};
 pub use pages::PayerPages;
 pub use piaojia_core::delivery::{AttemptOutcome, ChannelKind, DeliveryEvent, DeliveryStatus, ParkReason};
 pub use piaojia_core::parties::{AppKind, ReimbursementState};
@@ -199,6 +202,7 @@ pub trait Store:
     + Reimbursement
     + Claims
     + OfficialAccount
+    + WechatInbox
     + PayerPages
     + StoreTestSupport
     + Send

@@ -469,3 +469,215 @@ impl<D: Dialect> OfficialAccount for Db<D> {
         deliveries(rows)
     }
 }
+
+/// The message server's inbox: an event WeChat pushed, kept from before its
+/// acknowledgement until it is handled (see `wechat_inbox` in the migrations).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboxEvent {
+    pub id: Uuid,
+    pub wechat_app_id: String,
+    pub dedup_key: String,
+    pub event: String,
+    pub payload_sealed: String,
+    /// `pending`, `done` or `failed`.
+    pub state: String,
+    /// Claims so far, the current one included.
+    pub attempts: i32,
+    pub received_at: Timestamp,
+    pub next_attempt_at: Timestamp,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<Timestamp>,
+    pub handled_at: Option<Timestamp>,
+    pub last_error: Option<String>,
+}
+
+/// An event to keep, verified and decrypted.
+#[derive(Debug, Clone)]
+pub struct NewInboxEvent {
+    pub wechat_app_id: String,
+    pub dedup_key: String,
+    pub event: String,
+    pub payload_sealed: String,
+    pub received_at: Timestamp,
+}
+
+/// What became of a claimed event.
+#[derive(Debug, Clone)]
+pub enum InboxOutcome {
+    Done,
+    /// Failed; retried at the time given, or `None`: failed for good.
+    Failed {
+        error: String,
+        retry_at: Option<Timestamp>,
+    },
+}
+
+#[async_trait]
+pub trait WechatInbox: Send + Sync {
+    /// Keeps an event, once: false when an event with its key was kept before
+    /// (WeChat's retry), whatever became of it.
+    async fn record_inbox_event(&self, event: NewInboxEvent) -> Result<bool>;
+    /// Leases up to `limit` due events to `owner` until `lease_until` (counting an
+    /// attempt each): pending ones whose time came and that no live lease holds.
+    /// Concurrent claimers never get the same row.
+    async fn claim_inbox_events(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<InboxEvent>>;
+    /// Settles a claimed event; false (nothing written) when `owner` no longer holds it.
+    async fn settle_inbox_event(&self, id: Uuid, owner: &str, outcome: InboxOutcome, at: Timestamp) -> Result<bool>;
+    /// Forgets events that ended before `before`; how many.
+    async fn prune_inbox(&self, before: Timestamp) -> Result<u64>;
+    /// An app's kept events, oldest first (operators and tests).
+    async fn inbox_events(&self, wechat_app_id: &str) -> Result<Vec<InboxEvent>>;
+}
+
+const INBOX_COLUMNS: &str = "id, wechat_app_id, dedup_key, event, payload_sealed, state, attempts, received_at, \
+     next_attempt_at, lease_owner, lease_until, handled_at, last_error";
+
+#[derive(sqlx::FromRow)]
+struct InboxRow {
+    id: Uuid,
+    wechat_app_id: String,
+    dedup_key: String,
+    event: String,
+    payload_sealed: String,
+    state: String,
+    attempts: i32,
+    received_at: Timestamp,
+    next_attempt_at: Timestamp,
+    lease_owner: Option<String>,
+    lease_until: Option<Timestamp>,
+    handled_at: Option<Timestamp>,
+    last_error: Option<String>,
+}
+
+impl From<InboxRow> for InboxEvent {
+    fn from(r: InboxRow) -> Self {
+        InboxEvent {
+            id: r.id,
+            wechat_app_id: r.wechat_app_id,
+            dedup_key: r.dedup_key,
+            event: r.event,
+            payload_sealed: r.payload_sealed,
+            state: r.state,
+            attempts: r.attempts,
+            received_at: r.received_at,
+            next_attempt_at: r.next_attempt_at,
+            lease_owner: r.lease_owner,
+            lease_until: r.lease_until,
+            handled_at: r.handled_at,
+            last_error: r.last_error,
+        }
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> WechatInbox for Db<D> {
+    async fn record_inbox_event(&self, e: NewInboxEvent) -> Result<bool> {
+        // One insert: the unique key is the de-duplication, durable and shared by
+        // every gateway on the store.
+        let n = Sql::new(
+            "INSERT INTO wechat_inbox (id, wechat_app_id, dedup_key, event, payload_sealed, state, attempts, \
+             received_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6) \
+             ON CONFLICT (wechat_app_id, dedup_key) DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(&e.wechat_app_id)
+        .bind(&e.dedup_key)
+        .bind(&e.event)
+        .bind(&e.payload_sealed)
+        .bind(e.received_at)
+        .execute(&mut *self.d.writer().await?)
+        .await
+        .map_err(|err| write_error(err, "wechat_inbox"))?;
+        Ok(n > 0)
+    }
+
+    async fn claim_inbox_events(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<InboxEvent>> {
+        let mut tx = self.d.write().await?;
+        // PostgreSQL: SKIP LOCKED, so concurrent claimers pass over each other's rows;
+        // SQLite: the write transaction already excludes every other claimer.
+        const DUE: &str = "SELECT id FROM wechat_inbox WHERE state = 'pending' AND next_attempt_at <= $3 \
+             AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at LIMIT $4";
+        let sql = D::row_lock(
+            concatcp!(
+                "UPDATE wechat_inbox SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 WHERE id IN (",
+                DUE,
+                ") RETURNING ",
+                INBOX_COLUMNS
+            ),
+            concatcp!(
+                "UPDATE wechat_inbox SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 WHERE id IN (",
+                DUE,
+                " FOR UPDATE SKIP LOCKED) RETURNING ",
+                INBOX_COLUMNS
+            ),
+        );
+        let rows: Vec<InboxRow> = Sql::new(sql)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(tx.conn())
+            .await?;
+        tx.commit().await?;
+        let mut events: Vec<InboxEvent> = rows.into_iter().map(InboxEvent::from).collect();
+        events.sort_by_key(|e| e.received_at);
+        Ok(events)
+    }
+
+    async fn settle_inbox_event(&self, id: Uuid, owner: &str, outcome: InboxOutcome, at: Timestamp) -> Result<bool> {
+        let (state, next, handled, error) = match outcome {
+            InboxOutcome::Done => ("done", at, Some(at), None),
+            InboxOutcome::Failed {
+                error,
+                retry_at: Some(retry),
+            } => ("pending", retry, None, Some(error)),
+            InboxOutcome::Failed { error, retry_at: None } => ("failed", at, Some(at), Some(error)),
+        };
+        // Fenced by the lease: a process whose lease was taken over writes nothing.
+        let n = Sql::new(
+            "UPDATE wechat_inbox SET state = $3, next_attempt_at = $4, handled_at = $5, last_error = $6, \
+             lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(state)
+        .bind(next)
+        .bind(handled)
+        .bind(error)
+        .execute(&mut *self.d.writer().await?)
+        .await?;
+        Ok(n > 0)
+    }
+
+    async fn prune_inbox(&self, before: Timestamp) -> Result<u64> {
+        Sql::new("DELETE FROM wechat_inbox WHERE state <> 'pending' AND handled_at < $1")
+            .bind(before)
+            .execute(&mut *self.d.writer().await?)
+            .await
+    }
+
+    async fn inbox_events(&self, wechat_app_id: &str) -> Result<Vec<InboxEvent>> {
+        let rows: Vec<InboxRow> = Sql::new(concatcp!(
+            "SELECT ",
+            INBOX_COLUMNS,
+            " FROM wechat_inbox WHERE wechat_app_id = $1 ORDER BY received_at, id"
+        ))
+        .bind(wechat_app_id)
+        .fetch_all(&mut *self.d.read().await?)
+        .await?;
+        Ok(rows.into_iter().map(InboxEvent::from).collect())
+    }
+}

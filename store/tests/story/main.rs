@@ -38,6 +38,7 @@ mod support;
 
 mod database;
 mod figures;
+mod inbox;
 mod intake;
 mod queue;
 mod tenants;

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use piaojia_core::parties::{ReimbursementAction, ReimburserKind};
 use piaojia_store::claims::{NewClaim, SubmitOutcome, WithdrawOutcome};
-use piaojia_store::official_account::{CardOrder, CardUnit};
+use piaojia_store::official_account::{CardOrder, CardUnit, InboxOutcome, NewInboxEvent};
 use piaojia_store::pages::{NewScene, NewWebSession, Scan, ScanOutcome};
 use piaojia_store::reimbursement::{
     NewReimburser, ReceiptKey, ReimbursementChange, ReimbursementOutcome, ReimbursementRequest,
@@ -400,6 +400,36 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
         store
             .record_wechat_card_status("card-times", "code-times", "INVOICE_REIMBURSE_CLOSURE", later)
             .await?
+    );
+
+    // The message server's inbox: one event handled, one left claimed.
+    for key in ["msg-times-1", "msg-times-2"] {
+        assert!(
+            store
+                .record_inbox_event(NewInboxEvent {
+                    wechat_app_id: "wx-oa".to_owned(),
+                    dedup_key: key.to_owned(),
+                    event: "subscribe".to_owned(),
+                    payload_sealed: "v1:sealed-event".to_owned(),
+                    received_at: later,
+                })
+                .await?
+        );
+    }
+    let lease = later + ns(60_000_000_000);
+    let claimed = store.claim_inbox_events("w-times", later + ns(1), lease, 1).await?;
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        store
+            .settle_inbox_event(claimed[0].id, "w-times", InboxOutcome::Done, later)
+            .await?
+    );
+    assert_eq!(
+        store
+            .claim_inbox_events("w-times", later + ns(1), lease, 1)
+            .await?
+            .len(),
+        1
     );
 
     // Reimbursement: a reimburser locks a receipt (state, history, request id).

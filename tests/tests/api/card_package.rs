@@ -205,6 +205,15 @@ both_modes!(
             .to_owned();
         sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
         let card = eventually(15, || async { sim.card_package(OA, &payer).into_iter().next() }).await;
+        // The card is in WeChat's package a moment before insertbill's answer is recorded.
+        eventually(10, || async {
+            app.store
+                .card_order_for_receipt(receipt_id)
+                .await
+                .expect("store")
+                .filter(|o| o.code.is_some())
+        })
+        .await;
 
         // The reimbursement flow locks, then closes: mirrored to the card.
         let wake = piaojia_notifier::Wake::local();
@@ -258,3 +267,87 @@ both_modes!(
         .await;
     }
 );
+
+// The message server's inbox retries an event whose handling failed (here WeChat's
+// getauthdata answers errors): with backoff until it works, and for good, reported
+// as an alert, when it never does.
+both_modes!(failed_events_are_retried_then_reported, |mode: Mode| async move {
+    let mut config = TestConfig::new(mode).await;
+    config.set("PIAOJIA_WECHAT__INBOX_RETRY_SCHEDULE", "300ms,300ms,3s");
+    let app = config.spawn().await;
+    let sim = app.sim.clone().expect("sim");
+    let issuer = app.issuer().await;
+    official_account(&app, &issuer.agency_code, OA, None, Some("{cardUrl}")).await;
+    enable(&app, &issuer.agency_code).await;
+    let fail_authdata = || {
+        sim.set_faults(
+            piaojia_wechat_sim::FaultScope::Path(piaojia_wechat_sim::paths::GET_AUTH_DATA.to_owned()),
+            piaojia_wechat_sim::Faults {
+                error_rate: 1.0,
+                errcode: -1,
+                errmsg: "system error".to_owned(),
+                ..Default::default()
+            },
+        );
+    };
+    let authorize_events = || async {
+        app.store
+            .inbox_events(OA)
+            .await
+            .expect("inbox")
+            .into_iter()
+            .filter(|e| e.event == "user_authorize_invoice")
+            .collect::<Vec<_>>()
+    };
+
+    // Failing at first: retried, and inserted once WeChat answers again.
+    let payer = piaojia_wechat_sim::new_openid();
+    let (_, path) = pushed_with_link(&app, &issuer, 1, &payer).await;
+    let auth_url = app.get(&path).await.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    fail_authdata();
+    let pushes = sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
+    assert!(
+        pushes.iter().all(|p| p.acknowledged),
+        "acknowledged before it failed: {pushes:?}"
+    );
+    eventually(10, || async {
+        let e = authorize_events().await;
+        (e.len() == 1 && e[0].attempts >= 2 && e[0].state == "pending").then_some(())
+    })
+    .await;
+    sim.clear_faults();
+    let card = eventually(15, || async { sim.card_package(OA, &payer).into_iter().next() }).await;
+    assert_eq!(card.billing_code, "0000000001");
+    let kept = authorize_events().await;
+    assert_eq!(kept[0].state, "done");
+    assert!(kept[0].last_error.is_none());
+
+    // Failing every time: failed after the last retry, and reported.
+    let payer = piaojia_wechat_sim::new_openid();
+    let (_, path) = pushed_with_link(&app, &issuer, 2, &payer).await;
+    let auth_url = app.get(&path).await.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    fail_authdata();
+    sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
+    let failed = eventually(15, || async {
+        authorize_events().await.into_iter().find(|e| e.state == "failed")
+    })
+    .await;
+    assert_eq!(failed.attempts, 4, "the first try and three retries");
+    assert!(failed.last_error.as_deref().is_some_and(|e| !e.is_empty()));
+    let alerts: Value = app.ops("GET", "/v1/ops/alerts", None).await.json().await.expect("json");
+    let alert = alerts
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .find(|a| a["rule"] == piaojia_gateway::inbox::EVENT_FAILED_RULE)
+        .cloned()
+        .expect("the failed event is reported");
+    assert!(alert["key"].as_str().expect("key").contains(OA));
+    assert!(sim.card_package(OA, &payer).is_empty());
+});

@@ -165,3 +165,101 @@ both_modes!(only_wechat_gets_in, |mode: Mode| async move {
     let plain = post_plain(&app, OA, TOKEN, now, "nonce00003", &failed).await;
     assert_eq!(problem(plain, 403).await["code"], "secure_mode_required");
 });
+
+/// The events kept in `appid`'s inbox, oldest first.
+async fn inbox(app: &TestApp, appid: &str) -> Vec<piaojia_store::InboxEvent> {
+    app.store.inbox_events(appid).await.expect("inbox")
+}
+
+// An event acknowledged is an event kept: recorded by a gateway that never handled
+// it (its worker off, then the gateway gone), or claimed by a gateway that died
+// handling it, it is handled once by the gateways that come after, on the same
+// store; two of them never both take it, and WeChat's retries stay de-duplicated.
+both_modes!(kept_events_survive_their_gateway, |mode: Mode| async move {
+    let config = TestConfig::new(mode).await;
+    let mut first = config.clone();
+    first.set("PIAOJIA_WECHAT__INBOX_WORKER", "false");
+    let a = first.spawn().await;
+    let sim = a.sim.clone().expect("sandbox simulator");
+    let issuer = a.issuer().await;
+    channel(&a, &issuer.agency_code, OA, TOKEN, None).await;
+    sim.add_app(piaojia_wechat_sim::SimApp::new(
+        OA,
+        &format!("secret-of-{OA}"),
+        piaojia_wechat_sim::AppKind::OfficialAccount,
+    ));
+    let d1 = delivered_template(&a, &issuer, 1).await;
+    let d2 = delivered_template(&a, &issuer, 2).await;
+    let id = |d: &Value| d["id"].as_str().expect("id").to_owned();
+    let msg = |d: &Value| d["providerRef"].as_str().expect("the template's msgid").to_owned();
+    let now = chrono::Utc::now().timestamp();
+
+    // Event 1 reaches gateway A, which acknowledges it (kept, not handled), and a
+    // process claims it and dies before settling (its lease runs 8 s).
+    let ev1 = job_finish(OA, &msg(&d1), "failed:user block");
+    let r = post_plain(&a, OA, TOKEN, now, "keep000001", &ev1).await;
+    assert_eq!(r.text().await.expect("text"), "success");
+    let lease = chrono::TimeDelta::seconds(8);
+    let claimed = a
+        .store
+        .claim_inbox_events(
+            "crashed-gateway",
+            piaojia_store::Timestamp::now(),
+            (chrono::Utc::now() + lease).into(),
+            10,
+        )
+        .await
+        .expect("claimed");
+    assert_eq!(claimed.len(), 1);
+    // Event 2 reaches A too, and its retry (same timestamp, nonce, body) keeps nothing new.
+    let ev2 = job_finish(OA, &msg(&d2), "failed:system failed");
+    for _ in 0..2 {
+        let r = post_plain(&a, OA, TOKEN, now, "keep000002", &ev2).await;
+        assert_eq!(r.text().await.expect("text"), "success");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let kept = inbox(&a, OA).await;
+    assert_eq!(kept.len(), 2, "one row per event: {kept:?}");
+    assert!(kept.iter().all(|e| e.state == "pending"));
+    assert_eq!(status_of(&a, &id(&d1)).await, "delivered", "not handled yet");
+    assert_eq!(status_of(&a, &id(&d2)).await, "delivered");
+    a.stop().await;
+
+    // Two new gateways on the same store, workers on.
+    let b = config.spawn().await;
+    let c = config.spawn().await;
+    eventually(10, || async {
+        (status_of(&b, &id(&d2)).await == "failed").then_some(())
+    })
+    .await;
+    let kept = inbox(&b, OA).await;
+    assert_eq!(kept[1].state, "done");
+    assert_eq!(kept[1].attempts, 1, "handled by exactly one gateway, once");
+    // The dead process's claim is respected until its lease expires …
+    assert_eq!(kept[0].state, "pending");
+    assert_eq!(kept[0].lease_owner.as_deref(), Some("crashed-gateway"));
+    assert_eq!(status_of(&b, &id(&d1)).await, "delivered");
+    // … then the event is taken again, and handled once.
+    eventually(15, || async {
+        (status_of(&c, &id(&d1)).await == "failed").then_some(())
+    })
+    .await;
+    let kept = eventually(5, || async {
+        let k = inbox(&b, OA).await;
+        k.iter().all(|e| e.state == "done").then_some(k)
+    })
+    .await;
+    assert_eq!(kept[0].attempts, 2, "the dead claim, then one more");
+    assert!(kept[0].handled_at.is_some());
+
+    // WeChat's late retries of both, to either gateway, keep and handle nothing again.
+    for (gw, nonce, ev) in [(&b, "keep000001", &ev1), (&c, "keep000002", &ev2)] {
+        let r = post_plain(gw, OA, TOKEN, now, nonce, ev).await;
+        assert_eq!(r.text().await.expect("text"), "success");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let again = inbox(&b, OA).await;
+    assert_eq!(again, kept, "nothing kept or handled twice");
+    b.stop().await;
+    c.stop().await;
+});
