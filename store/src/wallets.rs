@@ -1291,13 +1291,14 @@ mod tests {
         let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:").await.unwrap();
         sqlx::migrate!("./migrations/sqlite").run(&mut conn).await.unwrap();
         let sql = verified_payers_sql(crate::Backend::Sqlite).replace('$', "?");
-        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .bind("i")
-            .bind("n")
-            .bind("p")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind("i")
+                .bind("n")
+                .bind("p")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
         let steps: Vec<&str> = plan.iter().map(|(_, _, _, s)| s.as_str()).collect();
         assert!(steps.iter().any(|s| s.contains("payers_id_idx")), "{steps:?}");
         assert!(steps.iter().any(|s| s.contains("payers_phone_idx")), "{steps:?}");
