@@ -20,7 +20,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${1:-20}"
 bash scripts/services.sh >/dev/null
-cargo build --release -q -p piaojia-gateway -p piaojia-tests --bin piaojia --bin piaojia-bench-delivery
+# PIAOJIA_BENCH_BIN_DIR: a directory holding prebuilt `piaojia` and
+# `piaojia-bench-delivery` (e.g. to compare two builds in one sitting).
+bin_dir="${PIAOJIA_BENCH_BIN_DIR:-target/release}"
+if [ -z "${PIAOJIA_BENCH_BIN_DIR:-}" ]; then
+    cargo build --release -q -p piaojia-gateway -p piaojia-tests --bin piaojia --bin piaojia-bench-delivery
+fi
 
 ref_plain=$(bash scripts/bench-reference.sh 15 16 "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
 ref_tls=$(bash scripts/bench-reference.sh 15 16 "postgres://postgres@127.0.0.1:5432/test?sslmode=require")
@@ -34,7 +39,7 @@ rows=()
 run() { # label store sslmode latency rate clients reference-tps reference-cpu
     local label=$1 store=$2 ssl=$3 lat=$4 rate=$5 clients=$6 rtps=$7 rcpu=$8
     local out
-    out=$(target/release/piaojia-bench-delivery --store "$store" --pg-sslmode "$ssl" --seconds "$seconds" \
+    out=$("$bin_dir/piaojia-bench-delivery" --bin "$bin_dir/piaojia" --store "$store" --pg-sslmode "$ssl" --seconds "$seconds" \
         --warmup 3 --rate "$rate" --clients "$clients" --wechat-latency-ms "$lat" 2>&1) || {
         echo "$out" >&2
         echo "FAILED: $label" >&2
