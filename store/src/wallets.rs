@@ -1288,8 +1288,13 @@ mod tests {
     #[tokio::test]
     async fn matching_a_receipt_to_payers_uses_the_indexes_on_sqlite() {
         use sqlx::Connection;
-        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:").await.unwrap();
-        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await.unwrap();
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite");
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&mut conn)
+            .await
+            .expect("migrations");
         let sql = verified_payers_sql(crate::Backend::Sqlite).replace('$', "?");
         let plan: Vec<(i64, i64, i64, String)> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
@@ -1298,7 +1303,7 @@ mod tests {
                 .bind("p")
                 .fetch_all(&mut conn)
                 .await
-                .unwrap();
+                .expect("the plan");
         let steps: Vec<&str> = plan.iter().map(|(_, _, _, s)| s.as_str()).collect();
         assert!(steps.iter().any(|s| s.contains("payers_id_idx")), "{steps:?}");
         assert!(steps.iter().any(|s| s.contains("payers_phone_idx")), "{steps:?}");
