@@ -201,3 +201,47 @@ mod tests {
         assert_eq!(ChannelKind::parse("sms"), None);
     }
 }
+
+/// The outside interface a WeChat channel's sends call (breakers, figures, and the
+/// follower check of a claim): `wechat:{appid}:{api}`.
+pub fn wechat_interface(wechat_app_id: &str, kind: ChannelKind) -> String {
+    let api = if kind == ChannelKind::WechatTemplate {
+        "template_send"
+    } else {
+        "subscribe_send"
+    };
+    format!("wechat:{wechat_app_id}:{api}")
+}
+
+/// The outside interface a card-package delivery calls (breakers and figures).
+pub fn card_interface(wechat_app_id: &str, kind: ChannelKind) -> String {
+    let api = match kind {
+        ChannelKind::CardPdf => "setpdf",
+        ChannelKind::CardInsert => "insertbill",
+        _ => "updatestatus",
+    };
+    format!("wechat:{wechat_app_id}:{api}")
+}
+
+/// The WeChat appid of an interface made by [`wechat_interface`] or [`card_interface`].
+pub fn interface_app(interface: &str) -> Option<&str> {
+    let mut parts = interface.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("wechat"), Some(app), Some(_)) if !app.is_empty() => Some(app),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod interface_tests {
+    use super::*;
+
+    #[test]
+    fn the_appid_is_read_back_from_an_interface() {
+        let template = wechat_interface("wx1234", ChannelKind::WechatTemplate);
+        assert_eq!(interface_app(&template), Some("wx1234"));
+        assert_eq!(interface_app(&card_interface("wx9", ChannelKind::CardPdf)), Some("wx9"));
+        assert_eq!(interface_app("webhook:https://x"), None);
+        assert_eq!(interface_app("wechat::template_send"), None);
+    }
+}

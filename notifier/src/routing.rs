@@ -5,25 +5,7 @@ use piaojia_store::{Channel, ChannelKind, Delivery, DeliveryEvent, DeliveryStatu
 use serde_json::json;
 use uuid::Uuid;
 
-/// The outside interface a WeChat channel's sends call (breakers and figures).
-pub fn wechat_interface(wechat_app_id: &str, kind: ChannelKind) -> String {
-    let api = if kind == ChannelKind::WechatTemplate {
-        "template_send"
-    } else {
-        "subscribe_send"
-    };
-    format!("wechat:{wechat_app_id}:{api}")
-}
-
-/// The outside interface a card-package delivery calls (breakers and figures).
-pub fn card_interface(wechat_app_id: &str, kind: ChannelKind) -> String {
-    let api = match kind {
-        ChannelKind::CardPdf => "setpdf",
-        ChannelKind::CardInsert => "insertbill",
-        _ => "updatestatus",
-    };
-    format!("wechat:{wechat_app_id}:{api}")
-}
+pub use piaojia_core::delivery::{card_interface, wechat_interface};
 
 /// A card-package delivery of `kind` for the card of `wechat_app_id`.
 pub fn card_delivery(

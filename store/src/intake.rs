@@ -399,7 +399,7 @@ async fn insert_in<D: Dialect>(
             wallets::collect_new_receipt::<D>(&mut *conn, r, &planned, now, D::BACKEND == Backend::Postgres).await?;
         planned.extend(owed);
         if let (Some(app), Some(openid)) = (&r.openid_wallet, &r.open_id) {
-            crate::pages::collect_pushed::<D>(&mut *conn, app, openid, r, now).await?;
+            crate::pages::collect_under_openid::<D>(&mut *conn, app, openid, row.id, now).await?;
         }
         let stored = queue::insert_deliveries::<D>(&mut *conn, row.id, r.agency_id, &planned, now).await?;
         return Ok(InsertOutcome::Created {

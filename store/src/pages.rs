@@ -94,8 +94,9 @@ pub trait PayerPages: Send + Sync {
     async fn scan_scene(&self, scan: Scan) -> Result<ScanOutcome>;
 }
 
-/// The payer behind (appid, openid), created without a profile when new. Safe
-/// against a concurrent first sight of the same openid.
+/// The payer behind (appid, openid), created without a profile when new, one
+/// statement at a time: [`collect_under_openid`]'s way out of a concurrent first
+/// sight of the same openid on PostgreSQL.
 pub(crate) async fn payer_for_openid<C: Conn + ?Sized>(
     conn: &mut C,
     wechat_app_id: &str,
@@ -144,58 +145,66 @@ pub(crate) async fn payer_for_openid<C: Conn + ?Sized>(
     Ok(winner)
 }
 
-/// A pushed receipt collected into the wallet of the payer known by its openid,
-/// inside the push's transaction. This runs once per push carrying an openid, so
-/// it is one statement on PostgreSQL (find or create the payer, then collect) and
-/// two or three on SQLite (which has no writes in `WITH`), where the general path
-/// ([`payer_for_openid`] then [`collect_into`]) takes five.
-pub(crate) async fn collect_pushed<D: Dialect>(
+/// A receipt collected into the wallet of the payer known in `wechat_app_id` by
+/// `openid` (created without a profile when new): the payer, and whether the
+/// receipt is new in that wallet. Every push carrying an openid runs this inside
+/// its transaction, so it is one statement on PostgreSQL (find or create the
+/// payer, then collect) and three on SQLite (no writes in `WITH` there); scans and
+/// pages share it.
+pub(crate) async fn collect_under_openid<D: Dialect>(
     conn: &mut D::Conn,
     wechat_app_id: &str,
     openid: &str,
-    r: &crate::intake::NewReceiptRecord,
+    receipt_id: Uuid,
     now: Timestamp,
-) -> Result<()> {
+) -> Result<(Uuid, WalletAdd)> {
     let fresh = Uuid::now_v7();
+    let added = |n: i64| {
+        if n > 0 {
+            WalletAdd::Added
+        } else {
+            WalletAdd::AlreadyThere
+        }
+    };
     if D::BACKEND == crate::Backend::Postgres {
-        // `identity` is empty only when a concurrent push of the same new openid
-        // won the identity's insert (ON CONFLICT waited for its commit); our
-        // snapshot cannot see that payer, so the general path below takes over.
-        let collected: Option<(Uuid,)> = Sql::new(
+        // `payer_id` is NULL only when a concurrent first sight of the same openid
+        // won the identity's insert (ON CONFLICT waited for its commit): our
+        // snapshot cannot see that payer, so the statement-by-statement path
+        // below, whose later statements do, takes over.
+        let (payer, n): (Option<Uuid>, i64) = Sql::new(
             "WITH found AS (SELECT payer_id FROM payer_identities WHERE app_id = $1 AND openid = $2), \
              fresh AS (INSERT INTO payers (id, created_at, updated_at) SELECT $3, $4, $4 \
                        WHERE NOT EXISTS (SELECT 1 FROM found) RETURNING id), \
              identity AS (INSERT INTO payer_identities (app_id, openid, payer_id, created_at, last_login_at) \
                           SELECT $1, $2, id, $4, $4 FROM fresh ON CONFLICT (app_id, openid) DO NOTHING \
                           RETURNING payer_id), \
-             payer AS (SELECT payer_id FROM found UNION ALL SELECT payer_id FROM identity) \
-             INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
-             SELECT payer_id, $5, $6, $7, 'collected', '[]', $4 FROM payer \
-             ON CONFLICT (payer_id, receipt_id) DO NOTHING RETURNING payer_id",
+             payer AS (SELECT payer_id FROM found UNION ALL SELECT payer_id FROM identity), \
+             entry AS (INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
+                       SELECT p.payer_id, r.id, r.agency_id, r.issued_at, 'collected', '[]', $4 \
+                       FROM payer p JOIN receipts r ON r.id = $5 \
+                       ON CONFLICT (payer_id, receipt_id) DO NOTHING RETURNING payer_id) \
+             SELECT (SELECT payer_id FROM payer) AS payer_id, (SELECT count(*) FROM entry) AS added",
         )
         .bind(wechat_app_id)
         .bind(openid)
         .bind(fresh)
         .bind(now)
-        .bind(r.id)
-        .bind(r.agency_id)
-        .bind(r.issued_at)
-        .fetch_optional(&mut *conn)
+        .bind(receipt_id)
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| write_error(e, "wallet_entry"))?;
-        if collected.is_some() {
-            return Ok(());
+        if let Some(payer) = payer {
+            return Ok((payer, added(n)));
         }
         Sql::new("DELETE FROM payers WHERE id = $1")
             .bind(fresh)
             .execute(&mut *conn)
             .await?;
         let payer = payer_for_openid(&mut *conn, wechat_app_id, openid, now).await?;
-        collect_into(&mut *conn, payer, r.id, now).await?;
-        return Ok(());
+        return Ok((payer, collect_into(&mut *conn, payer, receipt_id, now).await?));
     }
-    // SQLite: this transaction is the only writer, so nothing can come between
-    // the statements.
+    // SQLite: this transaction is the only writer, so nothing comes between the
+    // statements.
     let created = Sql::new(
         "INSERT INTO payers (id, created_at, updated_at) SELECT $1, $2, $2 \
          WHERE NOT EXISTS (SELECT 1 FROM payer_identities WHERE app_id = $3 AND openid = $4)",
@@ -206,7 +215,7 @@ pub(crate) async fn collect_pushed<D: Dialect>(
     .bind(openid)
     .execute(&mut *conn)
     .await?;
-    if created == 1 {
+    let payer = if created == 1 {
         Sql::new(
             "INSERT INTO payer_identities (app_id, openid, payer_id, created_at, last_login_at) \
              VALUES ($1, $2, $3, $4, $4)",
@@ -218,22 +227,17 @@ pub(crate) async fn collect_pushed<D: Dialect>(
         .execute(&mut *conn)
         .await
         .map_err(|e| write_error(e, "payer_identity"))?;
-    }
-    Sql::new(
-        "INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
-         SELECT payer_id, $3, $4, $5, 'collected', '[]', $6 FROM payer_identities \
-         WHERE app_id = $1 AND openid = $2 ON CONFLICT (payer_id, receipt_id) DO NOTHING",
-    )
-    .bind(wechat_app_id)
-    .bind(openid)
-    .bind(r.id)
-    .bind(r.agency_id)
-    .bind(r.issued_at)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| write_error(e, "wallet_entry"))?;
-    Ok(())
+        fresh
+    } else {
+        let (payer,): (Uuid,) = Sql::new("SELECT payer_id FROM payer_identities WHERE app_id = $1 AND openid = $2")
+            .bind(wechat_app_id)
+            .bind(openid)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(crate::StoreError::Corrupt("payer identity vanished".into()))?;
+        payer
+    };
+    Ok((payer, collect_into(&mut *conn, payer, receipt_id, now).await?))
 }
 
 /// Collects a receipt into a payer's wallet (restoring nothing the payer removed).
@@ -338,8 +342,7 @@ impl<D: Dialect> PayerPages for Db<D> {
     ) -> Result<(Uuid, WalletAdd)> {
         let now = Timestamp::now();
         let mut tx = self.d.write().await?;
-        let payer = payer_for_openid(tx.conn(), wechat_app_id, openid, now).await?;
-        let added = collect_into(tx.conn(), payer, receipt_id, now).await?;
+        let (payer, added) = collect_under_openid::<D>(tx.conn(), wechat_app_id, openid, receipt_id, now).await?;
         tx.commit().await?;
         Ok((payer, added))
     }
@@ -379,8 +382,8 @@ impl<D: Dialect> PayerPages for Db<D> {
             None if row.expires_at <= scan.now => return Ok(ScanOutcome::Expired),
             None => true,
         };
-        let payer_id = payer_for_openid(tx.conn(), &scan.wechat_app_id, &scan.openid, scan.now).await?;
-        collect_into(tx.conn(), payer_id, row.receipt_id, scan.now).await?;
+        let (payer_id, _) =
+            collect_under_openid::<D>(tx.conn(), &scan.wechat_app_id, &scan.openid, row.receipt_id, scan.now).await?;
         if first {
             Sql::new("UPDATE receipt_scenes SET scanned_by = $2, scanned_at = $3 WHERE scene_hash = $1")
                 .bind(&scan.scene_hash)

@@ -440,12 +440,6 @@ fn texts(new: &[NewDelivery], f: impl Fn(&NewDelivery) -> String) -> Vec<Option<
     new.iter().map(|d| Some(f(d))).collect()
 }
 
-/// The official account of a template delivery, from its interface
-/// (`wechat:{appid}:template_send`, see the notifier's routing).
-fn template_app(interface: &str) -> &str {
-    interface.split(':').nth(1).unwrap_or_default()
-}
-
 /// (appid, openid) of the claimed template messages whose payer unfollowed: one
 /// statement for the whole claim, through the followers' primary key.
 async fn unfollowed_targets<C: Conn + ?Sized>(
@@ -456,7 +450,10 @@ async fn unfollowed_targets<C: Conn + ?Sized>(
     let mut apps: Vec<&str> = Vec::new();
     let mut targets: Vec<&str> = Vec::new();
     for row in rows.iter().filter(|r| r.channel == template) {
-        apps.push(template_app(&row.interface));
+        let Some(app) = piaojia_core::delivery::interface_app(&row.interface) else {
+            continue;
+        };
+        apps.push(app);
         targets.push(&row.target);
     }
     if targets.is_empty() {
@@ -784,7 +781,8 @@ impl<D: Dialect> DeliveryQueue for Db<D> {
                     ))
                 })?;
                 let unfollowed = delivery.channel == ChannelKind::WechatTemplate
-                    && unfollowed.contains(&(template_app(&delivery.interface).to_owned(), delivery.target.clone()));
+                    && piaojia_core::delivery::interface_app(&delivery.interface)
+                        .is_some_and(|app| unfollowed.contains(&(app.to_owned(), delivery.target.clone())));
                 Ok(ClaimedDelivery {
                     delivery,
                     receipt,
