@@ -223,6 +223,15 @@ pub fn card_interface(wechat_app_id: &str, kind: ChannelKind) -> String {
     format!("wechat:{wechat_app_id}:{api}")
 }
 
+/// Webhooks are tracked and broken per target host.
+pub fn webhook_interface(url: &str) -> String {
+    let host = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!("webhook:{host}")
+}
+
 /// The WeChat appid of an interface made by [`wechat_interface`] or [`card_interface`].
 pub fn interface_app(interface: &str) -> Option<&str> {
     let mut parts = interface.splitn(3, ':');

@@ -12,7 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{TimeDelta, Utc};
+use chrono::TimeDelta;
+use piaojia_notifier::schedule::RetrySchedule;
 use piaojia_store::{Alert, AlertState, InboxEvent, InboxOutcome, NewInboxEvent, Timestamp};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -75,12 +76,25 @@ impl Inbox {
     }
 }
 
+/// `d` from now; a wait too long for a date (a setting gone wrong) is a year.
 fn after(d: Duration) -> Timestamp {
-    (Utc::now() + TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)).into()
+    Timestamp::now()
+        + TimeDelta::from_std(d)
+            .unwrap_or(TimeDelta::days(365))
+            .min(TimeDelta::days(365))
+}
+
+/// The waits between attempts, with the notifier's jitter so that events failed
+/// together (WeChat or the store down) are not all retried in the same instant.
+fn schedule(state: &AppState) -> RetrySchedule {
+    RetrySchedule::new(
+        state.settings.wechat.inbox_retry_schedule.clone(),
+        state.settings.notifier.jitter_percent,
+    )
 }
 
 /// Claims and handles due events until none is left; how many were handled.
-pub async fn drain(state: &AppState) -> piaojia_store::Result<usize> {
+async fn drain(state: &Arc<AppState>) -> piaojia_store::Result<usize> {
     let w = &state.settings.wechat;
     let mut total = 0;
     loop {
@@ -89,8 +103,21 @@ pub async fn drain(state: &AppState) -> piaojia_store::Result<usize> {
             .claim_inbox_events(&state.inbox.owner, Timestamp::now(), after(w.inbox_lease), BATCH)
             .await?;
         let n = claimed.len();
-        // One event's slow handling must not hold the others up.
-        futures_util::future::join_all(claimed.into_iter().map(|e| handle_one(state, e))).await;
+        // Each event is a task of its own: one slow event does not hold the others
+        // up, and one whose handling panics fails alone, not the worker.
+        let tasks: Vec<_> = claimed
+            .into_iter()
+            .map(|e| {
+                let (st, again) = (Arc::clone(state), e.clone());
+                (tokio::spawn(async move { handle_one(&st, e).await }), again)
+            })
+            .collect();
+        for (task, e) in tasks {
+            if let Err(err) = task.await {
+                tracing::error!(appid = %e.wechat_app_id, event = %e.event, error = %err, "handling a WeChat event panicked");
+                settle(state, &e, Err(anyhow::anyhow!("handling panicked"))).await;
+            }
+        }
         total += n;
         if (n as i64) < BATCH {
             return Ok(total);
@@ -101,7 +128,7 @@ pub async fn drain(state: &AppState) -> piaojia_store::Result<usize> {
 async fn handle_one(state: &AppState, e: InboxEvent) {
     let w = &state.settings.wechat;
     let started = Instant::now();
-    let max_attempts = w.inbox_retry_schedule.len() as i32 + 1;
+    let max_attempts = schedule(state).max_attempts() as i32;
     // A claim beyond the last is one whose process died handling it, every time:
     // it is not tried again.
     let result = if e.attempts > max_attempts {
@@ -129,15 +156,19 @@ async fn handle_one(state: &AppState, e: InboxEvent) {
             }
         }
     };
-    let ok = result.is_ok();
-    crate::message_server::track_event(state, &e.wechat_app_id, &e.event, ok, started);
+    crate::message_server::track_event(state, &e.wechat_app_id, &e.event, result.is_ok(), started);
+    settle(state, &e, result).await;
+}
+
+/// Records what handling `e` came to: done, or failed with the next try (none
+/// after the last, which is reported).
+async fn settle(state: &AppState, e: &InboxEvent, result: anyhow::Result<()>) {
     let outcome = match result {
         Ok(()) => InboxOutcome::Done,
         Err(err) => {
-            let retry_at = usize::try_from(e.attempts - 1)
-                .ok()
-                .and_then(|i| w.inbox_retry_schedule.get(i))
-                .map(|d| after(*d));
+            let retry_at = schedule(state)
+                .next_wait(u32::try_from(e.attempts).unwrap_or(u32::MAX))
+                .map(after);
             let error = format!("{err:#}");
             tracing::warn!(
                 appid = %e.wechat_app_id,
@@ -172,7 +203,7 @@ async fn handle_one(state: &AppState, e: InboxEvent) {
         }
     }
     if final_failure {
-        report(state, &e, &error).await;
+        report(state, e, &error).await;
     }
 }
 
@@ -211,9 +242,10 @@ pub fn spawn(state: Arc<AppState>, stop: CancellationToken) -> tokio::task::Join
             }
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(Instant::now());
-                let before: Timestamp = (Utc::now()
-                    - TimeDelta::from_std(state.settings.wechat.inbox_retention).unwrap_or(TimeDelta::MAX))
-                .into();
+                let retention = TimeDelta::from_std(state.settings.wechat.inbox_retention)
+                    .unwrap_or(TimeDelta::days(3650))
+                    .min(TimeDelta::days(3650));
+                let before = Timestamp::now() - retention;
                 match state.store.prune_inbox(before).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(events = n, "handled WeChat events past their retention forgotten"),

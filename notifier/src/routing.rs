@@ -5,7 +5,7 @@ use piaojia_store::{Channel, ChannelKind, Delivery, DeliveryEvent, DeliveryStatu
 use serde_json::json;
 use uuid::Uuid;
 
-pub use piaojia_core::delivery::{card_interface, wechat_interface};
+pub use piaojia_core::delivery::{card_interface, webhook_interface, wechat_interface};
 
 /// A card-package delivery of `kind` for the card of `wechat_app_id`.
 pub fn card_delivery(
@@ -40,15 +40,6 @@ pub fn card_follow_up(finished: &Delivery, provider_ref: Option<&str>) -> Option
         &finished.target,
         json!({ crate::channels::card::MEDIA_ID: media_id }),
     ))
-}
-
-/// Webhooks are tracked and broken per target host.
-pub fn webhook_interface(url: &str) -> String {
-    let host = url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-        .unwrap_or_default();
-    format!("webhook:{host}")
 }
 
 pub struct EventContext<'a> {

@@ -326,15 +326,6 @@ async fn append_event<C: Conn + ?Sized>(conn: &mut C, e: NewClaimEvent<'_>) -> R
     Ok(())
 }
 
-/// Webhooks are tracked and broken per target host (as the notifier names them).
-fn webhook_interface(url: &str) -> String {
-    let host = url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-        .unwrap_or_default();
-    format!("webhook:{host}")
-}
-
 /// The reimburser's webhook telling of `kind` (`claim.submitted`, `claim.cancelled`),
 /// when it registered an endpoint.
 async fn reimburser_webhook<C: Conn + ?Sized>(
@@ -354,7 +345,7 @@ async fn reimburser_webhook<C: Conn + ?Sized>(
         id: Uuid::now_v7(),
         event,
         channel: ChannelKind::ReimburserClaim,
-        interface: webhook_interface(&url),
+        interface: piaojia_core::delivery::webhook_interface(&url),
         target: url,
         payload: Some(serde_json::json!({
             "type": kind,
@@ -392,47 +383,28 @@ async fn payer_message<C: Conn + ?Sized>(
     let Some(kind) = ChannelKind::parse(&kind) else {
         return Ok(None);
     };
-    let identity: Option<(String, Option<i32>, Option<bool>)> = Sql::new(
-        "SELECT i.openid, c.remaining, c.long_term FROM payer_identities i \
-         LEFT JOIN subscription_credits c ON c.payer_id = i.payer_id AND c.app_id = i.app_id \
-         AND c.template_id = $3 WHERE i.payer_id = $1 AND i.app_id = $2 \
-         ORDER BY i.last_login_at DESC LIMIT 1",
+    let Some(openid) = crate::wallets::spend_subscribe_credit(
+        &mut *conn,
+        payer_id,
+        &claim.mp_app_id,
+        &template_id,
+        long_term_template,
+        now,
     )
-    .bind(payer_id)
-    .bind(&claim.mp_app_id)
-    .bind(&template_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((openid, remaining, long_term)) = identity else {
+    .await?
+    else {
         return Ok(None);
     };
-    let owed = if long_term_template && long_term == Some(true) {
-        true
-    } else if remaining.unwrap_or(0) > 0 {
-        Sql::new(
-            "UPDATE subscription_credits SET remaining = remaining - 1, updated_at = $4 \
-             WHERE payer_id = $1 AND app_id = $2 AND template_id = $3 AND remaining > 0",
-        )
-        .bind(payer_id)
-        .bind(&claim.mp_app_id)
-        .bind(&template_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?
-            == 1
-    } else {
-        false
-    };
-    if !owed {
-        return Ok(None);
-    }
-    let api = "subscribe_send";
+    // The message hangs on the claim's first receipt; its amount is the claim's.
+    let mut total = Sql::new("SELECT CAST(COALESCE(SUM(total_fen), 0) AS BIGINT) FROM receipts WHERE id IN ");
+    total.push_list(claim.receipt_ids.iter().copied());
+    let (claimed_fen,): (i64,) = total.fetch_one(&mut *conn).await?;
     Ok(Some(NewDelivery {
         id: Uuid::now_v7(),
         event,
         channel: kind,
         target: openid,
-        interface: format!("wechat:{}:{api}", claim.mp_app_id),
+        interface: piaojia_core::delivery::wechat_interface(&claim.mp_app_id, kind),
         payload: Some(serde_json::json!({
             // No fallback channel, and no issuer status webhook: this is the payer's own claim.
             "tried": ChannelKind::ALL.iter().filter(|k| k.is_wechat()).map(|k| k.as_str()).collect::<Vec<_>>(),
@@ -441,6 +413,8 @@ async fn payer_message<C: Conn + ?Sized>(
             "claimStatus": claim.status.as_str(),
             "statusZh": claim.status.label_zh(),
             "paidFen": claim.paid_fen,
+            "claimedFen": claimed_fen,
+            "receipts": claim.receipt_ids.len(),
         })),
     }))
 }

@@ -555,40 +555,18 @@ pub(crate) async fn collect_new_receipt<D: Dialect>(
         .execute(&mut *conn)
         .await?;
         for channel in &r.wallet_channels {
-            let identity: Option<(String, Option<i32>, Option<bool>)> = Sql::new(
-                "SELECT i.openid, c.remaining, c.long_term FROM payer_identities i \
-                 LEFT JOIN subscription_credits c ON c.payer_id = i.payer_id AND c.app_id = i.app_id \
-                 AND c.template_id = $3 WHERE i.payer_id = $1 AND i.app_id = $2 \
-                 ORDER BY i.last_login_at DESC LIMIT 1",
+            let Some(openid) = spend_subscribe_credit(
+                &mut *conn,
+                payer,
+                &channel.app_id,
+                &channel.template_id,
+                channel.long_term,
+                now,
             )
-            .bind(payer)
-            .bind(&channel.app_id)
-            .bind(&channel.template_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-            let Some((openid, remaining, long_term)) = identity else {
+            .await?
+            else {
                 continue;
             };
-            let owed = if channel.long_term && long_term == Some(true) {
-                true
-            } else if remaining.unwrap_or(0) > 0 {
-                Sql::new(
-                    "UPDATE subscription_credits SET remaining = remaining - 1, updated_at = $4 \
-                     WHERE payer_id = $1 AND app_id = $2 AND template_id = $3 AND remaining > 0",
-                )
-                .bind(payer)
-                .bind(&channel.app_id)
-                .bind(&channel.template_id)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?
-                    == 1
-            } else {
-                false
-            };
-            if !owed {
-                continue;
-            }
             // The issuer's push may already address this openid on this channel.
             let already = planned
                 .iter()
@@ -617,6 +595,51 @@ pub(crate) async fn collect_new_receipt<D: Dialect>(
         }
     }
     Ok(out)
+}
+
+/// The openid a payer's subscribe message of `template_id` through `app_id` goes
+/// to, with the consent it spends (a long-term template the payer agreed to
+/// spends none); `None` when the payer has no identity there or no consent left.
+pub(crate) async fn spend_subscribe_credit<C: Conn + ?Sized>(
+    conn: &mut C,
+    payer_id: Uuid,
+    app_id: &str,
+    template_id: &str,
+    long_term_template: bool,
+    now: Timestamp,
+) -> Result<Option<String>> {
+    let identity: Option<(String, Option<i32>, Option<bool>)> = Sql::new(
+        "SELECT i.openid, c.remaining, c.long_term FROM payer_identities i \
+         LEFT JOIN subscription_credits c ON c.payer_id = i.payer_id AND c.app_id = i.app_id \
+         AND c.template_id = $3 WHERE i.payer_id = $1 AND i.app_id = $2 \
+         ORDER BY i.last_login_at DESC LIMIT 1",
+    )
+    .bind(payer_id)
+    .bind(app_id)
+    .bind(template_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((openid, remaining, long_term)) = identity else {
+        return Ok(None);
+    };
+    let owed = if long_term_template && long_term == Some(true) {
+        true
+    } else if remaining.unwrap_or(0) > 0 {
+        Sql::new(
+            "UPDATE subscription_credits SET remaining = remaining - 1, updated_at = $4 \
+             WHERE payer_id = $1 AND app_id = $2 AND template_id = $3 AND remaining > 0",
+        )
+        .bind(payer_id)
+        .bind(app_id)
+        .bind(template_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+            == 1
+    } else {
+        false
+    };
+    Ok(owed.then_some(openid))
 }
 
 async fn load_payer<C: Conn + ?Sized>(conn: &mut C, id: Uuid) -> Result<Option<PayerRecord>> {

@@ -104,22 +104,27 @@ impl ReceiptView {
             content_hash: r.content_hash.clone(),
             received_at: r.received_at.into(),
             // What the issuer's push called for: not the wallet's own announcements,
-            // whose presence would tell which payers have a verified wallet.
+            // whose presence would tell which payers have a verified wallet, nor a
+            // claim's messages, which would tell with whom the payer claimed.
             deliveries: r
                 .deliveries
                 .iter()
-                .filter(|d| !is_wallet_announcement(d))
+                .filter(|d| !is_payers_own(d))
                 .map(DeliveryView::from)
                 .collect(),
         }
     }
 }
 
-/// A subscribe message the wallet owes a payer it collected the receipt for.
-fn is_wallet_announcement(d: &piaojia_store::Delivery) -> bool {
-    d.payload
-        .as_ref()
-        .and_then(|p| p.get("wallet"))
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(false)
+/// A delivery of the payer's own business, not the issuer's: a subscribe message
+/// the wallet owes a payer it collected the receipt for, or a claim's webhook or
+/// status message (claim deliveries hang on the claim's first receipt).
+fn is_payers_own(d: &piaojia_store::Delivery) -> bool {
+    let payload = d.payload.as_ref();
+    d.channel == piaojia_store::ChannelKind::ReimburserClaim
+        || payload.and_then(|p| p.get("claimId")).is_some()
+        || payload
+            .and_then(|p| p.get("wallet"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
 }

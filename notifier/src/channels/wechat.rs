@@ -115,10 +115,17 @@ pub fn render_fields(fields: &serde_json::Value, job: &ClaimedDelivery) -> BTree
     let r = &job.receipt;
     let reversed = job.delivery.event == piaojia_store::DeliveryEvent::Reversed;
     // A claim's status message: `{status}` is the claim's (已受理, 已报销 …), and
-    // `{amount}` what was paid once reimbursed.
+    // `{amount}` what was paid once reimbursed, before that what was claimed (all
+    // its receipts, not the first one the message hangs on).
     let claim = job.delivery.payload.as_ref().filter(|p| p.get("claimId").is_some());
     let claim_status = claim.and_then(|p| p.get("statusZh")).and_then(|s| s.as_str());
-    let paid_fen = claim.and_then(|p| p.get("paidFen")).and_then(serde_json::Value::as_i64);
+    let paid_fen = claim
+        .and_then(|p| p.get("paidFen").and_then(serde_json::Value::as_i64))
+        .or_else(|| {
+            claim
+                .and_then(|p| p.get("claimedFen"))
+                .and_then(serde_json::Value::as_i64)
+        });
     let status = match claim_status {
         Some(s) => s.to_owned(),
         None if reversed => "已冲红".to_owned(),

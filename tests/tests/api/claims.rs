@@ -270,6 +270,22 @@ both_modes!(
             !String::from_utf8_lossy(&raw).contains(NAME),
             "no personal data in a webhook"
         );
+        // The claim's webhook hangs on its first receipt, but the issuer's view of
+        // that receipt does not tell with whom the payer claimed.
+        let seen = json_of(
+            app.signed(&w.issuer, "GET", &format!("/v1/receipts/{BATCH}/0000000001"), None)
+                .await,
+            200,
+        )
+        .await;
+        let channels: Vec<&str> = seen["deliveries"]
+            .as_array()
+            .expect("deliveries")
+            .iter()
+            .filter_map(|d| d["channel"].as_str())
+            .collect();
+        assert!(!channels.contains(&"reimburser_claim"), "{seen}");
+        assert!(!seen.to_string().contains(&id), "{seen}");
 
         // A pulls its feed with a cursor; B's feed is empty and B cannot read A's claim.
         let feed = json_of(app.signed(&w.a, "GET", "/v1/reimburser/claims", None).await, 200).await;
@@ -407,6 +423,8 @@ both_modes!(
         assert_eq!(actions, ["submit", "acknowledge", "lock", "close"]);
         assert_eq!(subscribe_statuses(app, 3).await, ["已受理", "审核中", "已报销"]);
         let sent = app.sim.as_ref().expect("sim").sent_subscribe_messages();
+        // Before it is paid, a message shows what was claimed: both receipts.
+        assert_eq!(sent[0].data["amount2"]["value"], "257.00元");
         assert_eq!(sent[2].data["amount2"]["value"], "150.00元");
         let p = problem(
             app.mp("POST", &format!("/v1/mp/claims/{id}/withdrawal"), &w.token, None)
