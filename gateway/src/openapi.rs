@@ -37,6 +37,7 @@ use crate::service::health;
         crate::reimburser::claims::acknowledge,
         crate::reimburser::claims::file,
         issuer::receipt_qrcode,
+        crate::issuer::payments::report_payment,
         pages::stylesheet,
         pages::oauth_callback,
         pages::list,

@@ -45,6 +45,9 @@ pub fn card_follow_up(finished: &Delivery, provider_ref: Option<&str>) -> Option
 pub struct EventContext<'a> {
     pub event: DeliveryEvent,
     pub open_id: Option<&'a str>,
+    /// The WeChat app whose user `open_id` is, when known (a reported payment's):
+    /// only its channel can reach that openid. `None`: the agency's preferred one.
+    pub open_id_app: Option<&'a str>,
     pub callback_url: Option<&'a str>,
     pub channels: &'a [Channel],
 }
@@ -84,13 +87,24 @@ pub fn payer_channel(channels: &[Channel]) -> Option<&Channel> {
         .find_map(|kind| enabled(channels, *kind))
 }
 
+/// The channel an openid of `app` (or, unknown, of the agency's preferred
+/// channel) is announced on: the enabled payer channel of that app.
+pub fn payer_channel_of<'a>(channels: &'a [Channel], app: Option<&str>) -> Option<&'a Channel> {
+    match app {
+        None => payer_channel(channels),
+        Some(app) => channels
+            .iter()
+            .find(|c| c.enabled && c.wechat_app_id == app && ChannelKind::PAYER_PREFERENCE.contains(&c.kind)),
+    }
+}
+
 /// The first deliveries of an event: the payer's WeChat channel when the receipt
 /// carries an openid and the agency has one; otherwise the issuer's status
 /// callback says the receipt is held without a push.
 pub fn plan(ctx: &EventContext<'_>) -> Vec<NewDelivery> {
-    let payer = ctx
-        .open_id
-        .and_then(|open_id| payer_channel(ctx.channels).map(|c| payer_delivery(ctx.event, c, open_id, &[c.kind])));
+    let payer = ctx.open_id.and_then(|open_id| {
+        payer_channel_of(ctx.channels, ctx.open_id_app).map(|c| payer_delivery(ctx.event, c, open_id, &[c.kind]))
+    });
     match (payer, ctx.callback_url) {
         (Some(d), _) => vec![d],
         (None, Some(url)) => vec![issuer_webhook(
@@ -219,6 +233,7 @@ mod tests {
         EventContext {
             event: DeliveryEvent::Issued,
             open_id,
+            open_id_app: None,
             callback_url: callback,
             channels,
         }
@@ -236,6 +251,32 @@ mod tests {
         assert_eq!(planned[0].target, "o1");
         assert_eq!(planned[0].interface, "wechat:wx-wechat_template:template_send");
         assert_eq!(planned[0].payload, Some(json!({ "tried": ["wechat_template"] })));
+    }
+
+    #[test]
+    fn a_payments_openid_goes_to_the_app_it_was_paid_in() {
+        let channels = [
+            channel(ChannelKind::WechatTemplate, true),
+            channel(ChannelKind::WechatSubscribe, true),
+        ];
+        let paid_in_mini = EventContext {
+            open_id_app: Some("wx-wechat_subscribe"),
+            ..ctx(Some("o1"), None, &channels)
+        };
+        let planned = plan(&paid_in_mini);
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].channel, ChannelKind::WechatSubscribe);
+        assert_eq!(planned[0].interface, "wechat:wx-wechat_subscribe:subscribe_send");
+        let elsewhere = EventContext {
+            open_id_app: Some("wx-not-ours"),
+            ..ctx(Some("o1"), Some("https://his.example/cb"), &channels)
+        };
+        let planned = plan(&elsewhere);
+        assert_eq!(
+            planned[0].channel,
+            ChannelKind::IssuerWebhook,
+            "no channel reaches that openid"
+        );
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct NewReceiptRecord {
     /// The WeChat app (official account or mini-program) whose user `open_id` is:
     /// the receipt is collected into that openid's wallet at once, registered or not.
     pub openid_wallet: Option<String>,
+    /// The receipt's `weChatOrderNo`: a payment of it reported later gives the
+    /// receipt its payer's openid (`payments::deliver_paid_receipts`).
+    pub wechat_order_no: Option<String>,
 }
 
 /// The red receipt (红票) that voids an original.
@@ -321,8 +324,8 @@ fn refuse_reversal(stored: StoredReceipt, request: &Reversal) -> Option<Reversal
 const INSERT_RECEIPT: &str = "INSERT INTO receipts (id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, \
      bus_no, bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, payer_id_index, \
      payer_phone_index, payer_name_index, open_id, details, file, received_at, reimbursement_state, updated_at, \
-     search_text) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-     'INIT', $21, $22";
+     search_text, wechat_order_no) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+     $18, $19, $20, 'INIT', $21, $22, $23";
 const ON_IDENTITY_TAKEN: &str = " ON CONFLICT (agency_id, bill_batch_code, bill_no) DO NOTHING RETURNING ";
 const RETURNING_CLASH: &str = ", EXISTS (SELECT 1 FROM receipts other WHERE other.bill_batch_code = receipts.bill_batch_code \
      AND other.bill_no = receipts.bill_no AND other.agency_id <> receipts.agency_id) AS identity_clash";
@@ -343,7 +346,7 @@ async fn insert_in<D: Dialect>(
         // ours, and the matching below is a later statement, so it sees that payer.
         Backend::Postgres => Sql::new(concatcp!(
             INSERT_RECEIPT,
-            " FROM (SELECT count(pg_advisory_xact_lock(k)) FROM unnest($23::bigint[]) AS k) AS locked",
+            " FROM (SELECT count(pg_advisory_xact_lock(k)) FROM unnest($24::bigint[]) AS k) AS locked",
             ON_IDENTITY_TAKEN,
             RECEIPT_COLUMNS,
             RETURNING_CLASH
@@ -380,7 +383,8 @@ async fn insert_in<D: Dialect>(
         .bind(r.file.as_ref().map(Json))
         .bind(r.received_at)
         .bind(now)
-        .bind(&r.search_text);
+        .bind(&r.search_text)
+        .bind(&r.wechat_order_no);
     if D::BACKEND == Backend::Postgres {
         insert = insert.bind(lock_keys.iter().map(|k| Some(*k)).collect::<Vec<_>>());
     }

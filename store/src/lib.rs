@@ -13,6 +13,7 @@
 //! | [`reimbursement`] | reimbursers, the lock on a receipt (INIT, LOCK, CLOSURE, CANCEL), its history, request ids |
 //! | [`official_account`] | followers, providers' final reports, the card package (卡包), the message server's inbox |
 //! | [`pages`] | web OAuth sessions of the official account's pages, wallets kept under an openid, QR scenes |
+//! | [`payments`] | WeChat Pay payments the agency reported: who paid an order, for its receipts |
 //!
 //! [`Store`] is every role at once; the backend is chosen from the URL scheme at
 //! start ([`connect`]), and migrations are run deliberately ([`Store::migrate`]).
@@ -23,6 +24,7 @@ mod group_commit;
 pub mod intake;
 pub mod official_account;
 pub mod pages;
+pub mod payments;
 mod postgres;
 pub mod queue;
 pub mod reimbursement;
@@ -48,6 +50,7 @@ pub use official_account::{
     WechatInbox,
 };
 pub use pages::PayerPages;
+pub use payments::{NewWechatPayment, PaymentOutcome, WechatPayment, WechatPayments};
 pub use piaojia_core::delivery::{AttemptOutcome, ChannelKind, DeliveryEvent, DeliveryStatus, ParkReason};
 pub use piaojia_core::parties::{AppKind, ReimbursementState};
 pub use piaojia_core::parties::{ReimbursementAction, ReimbursementRefusal, ReimburserKind};
@@ -204,6 +207,7 @@ pub trait Store:
     + OfficialAccount
     + WechatInbox
     + PayerPages
+    + WechatPayments
     + StoreTestSupport
     + Send
     + Sync

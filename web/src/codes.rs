@@ -124,6 +124,8 @@ error_codes! {
         "the same receipt was pushed before with other content";
     ReversalConflict = "reversal_conflict", CONFLICT, "Conflict",
         "the receipt was already reversed with another red receipt";
+    WechatPaymentConflict = "wechat_payment_conflict", CONFLICT, "Conflict",
+        "this WeChat Pay order was reported before with another payer, amount, app or time";
     ReceiptLocked = "receipt_locked", CONFLICT, "Conflict",
         "the receipt is locked or reimbursed and cannot be reversed";
     ReceiptReversed = "receipt_reversed", CONFLICT, "Conflict",

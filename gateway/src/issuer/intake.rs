@@ -6,14 +6,15 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use piaojia_core::mask;
 use piaojia_core::pii::{Keyring, purpose};
 use piaojia_core::receipt::{FileSource, NewReceipt};
 use piaojia_notifier::alerts::{self, Alerter};
 use piaojia_notifier::{Wake, routing};
 use piaojia_store::wallets::WalletChannel;
 use piaojia_store::{
-    ChannelKind, DeliveryEvent, FileMeta, InsertOutcome, NewDelivery, NewReceiptRecord, ReimbursementState, Reversal,
-    ReversalOutcome, Store, StoredReceipt, Timestamp,
+    Channel, ChannelKind, DeliveryEvent, FileMeta, InsertOutcome, NewDelivery, NewReceiptRecord, NewWechatPayment,
+    PaymentOutcome, ReimbursementState, Reversal, ReversalOutcome, Store, StoredReceipt, Timestamp, WechatPayment,
 };
 use ring::digest;
 use uuid::Uuid;
@@ -41,6 +42,40 @@ pub enum IntakeError {
 pub struct Accepted {
     pub created: bool,
     pub receipt: StoredReceipt,
+}
+
+/// Who a receipt is announced to and collected for, and in which app that
+/// openid is known (`None`: the agency's preferred channel): its own `openID`
+/// first; else the payer of the known payment its `weChatOrderNo` names, when
+/// the app paid in has an enabled channel.
+fn payer_openid(
+    receipt: &NewReceipt,
+    paid: Option<&WechatPayment>,
+    channels: &[Channel],
+) -> (Option<String>, Option<String>) {
+    match (&receipt.open_id, paid) {
+        (Some(own), Some(p)) => {
+            if *own != p.openid {
+                // The issuer's own word wins; the payment system may know the
+                // payer in another app, or one of the two systems is wrong.
+                tracing::warn!(
+                    receipt_openid = %mask::token(own),
+                    payment_openid = %mask::token(&p.openid),
+                    order = %mask::token(&p.wechat_order_no),
+                    "a receipt's openID differs from its payment's: the receipt's is used"
+                );
+            }
+            // The same payer: the payment names the app that openid is of.
+            let app = (*own == p.openid && routing::payer_channel_of(channels, Some(&p.wechat_app_id)).is_some())
+                .then(|| p.wechat_app_id.clone());
+            (Some(own.clone()), app)
+        }
+        (Some(own), None) => (Some(own.clone()), None),
+        (None, Some(p)) if routing::payer_channel_of(channels, Some(&p.wechat_app_id)).is_some() => {
+            (Some(p.openid.clone()), Some(p.wechat_app_id.clone()))
+        }
+        (None, _) => (None, None),
+    }
 }
 
 /// Receipt intake: the store, the keys that seal personal data, the file store,
@@ -132,10 +167,16 @@ impl Intake {
 
         let keyring = &self.keyring;
         let payer = &receipt.payer;
+        let channels = self.apps.channels(agency.id).await?;
+        let paid = match &receipt.we_chat_order_no {
+            Some(order_no) => self.store.wechat_payment(agency.id, order_no).await?,
+            None => None,
+        };
+        let (open_id, open_id_app) = payer_openid(&receipt, paid.as_ref(), &channels);
         // The openid belongs to the agency's channel it is announced on: the
         // receipt is collected into that user's wallet at once.
-        let openid_wallet = match &receipt.open_id {
-            Some(_) => routing::payer_channel(&self.apps.channels(agency.id).await?).map(|c| c.wechat_app_id.clone()),
+        let openid_wallet = match &open_id {
+            Some(_) => routing::payer_channel_of(&channels, open_id_app.as_deref()).map(|c| c.wechat_app_id.clone()),
             None => None,
         };
         let record = NewReceiptRecord {
@@ -162,17 +203,24 @@ impl Intake {
                 keyring.blind_index(purpose::index::PHONE, &phone)
             }),
             payer_name_index: Some(keyring.blind_index(purpose::index::NAME, &payer.name)),
-            open_id: receipt.open_id.clone(),
+            open_id: open_id.clone(),
             details: receipt.details_json(),
             file: file.clone(),
             received_at: Timestamp::now(),
             search_text: receipt.search_text(),
             wallet_channels: self.wallet_channels(agency.id).await?,
             openid_wallet,
+            wechat_order_no: receipt.we_chat_order_no.clone(),
         };
         let deliveries = self
-            .plan_deliveries(issuer, DeliveryEvent::Issued, receipt.open_id.as_deref())
+            .plan_deliveries(
+                issuer,
+                DeliveryEvent::Issued,
+                open_id.as_deref(),
+                open_id_app.as_deref(),
+            )
             .await?;
+        let receipt_order_no = record.wechat_order_no.clone();
         let outcome = self.store.insert_receipt(record, deliveries).await;
         if !matches!(outcome, Ok(InsertOutcome::Created { .. }))
             && let Some(file) = &file
@@ -190,6 +238,24 @@ impl Intake {
                 }
                 if identity_clash {
                     self.report_clash(issuer, &receipt).await;
+                }
+                // The payment may have been reported while this push was on its
+                // way (after our look-up, before our commit): its report did not
+                // see this receipt, so we look again now that it is committed.
+                if open_id.is_none()
+                    && let Some(order_no) = &receipt_order_no
+                {
+                    // The receipt is committed: a failure here must not fail its
+                    // push (a repeat would find it held and stop); the payment's
+                    // next report delivers it.
+                    let late = match self.store.wechat_payment(agency.id, order_no).await {
+                        Ok(Some(payment)) => self.deliver_paid(&payment).await.map(|_| ()),
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e.into()),
+                    };
+                    if let Err(e) = late {
+                        tracing::error!(error = %e, receipt_id = %receipt.id, "delivering to a late-known payer failed");
+                    }
                 }
                 Ok(Accepted { created: true, receipt })
             }
@@ -231,7 +297,7 @@ impl Intake {
         let stored = self.store.receipt(issuer.agency.id, bill_batch_code, bill_no).await?;
         let open_id = stored.as_ref().and_then(|r| r.open_id.clone());
         let mut deliveries = self
-            .plan_deliveries(issuer, DeliveryEvent::Reversed, open_id.as_deref())
+            .plan_deliveries(issuer, DeliveryEvent::Reversed, open_id.as_deref(), None)
             .await?;
         // A card in the payer's card package is cancelled with the receipt.
         if let Some(r) = &stored
@@ -259,6 +325,45 @@ impl Intake {
             })),
             ReversalOutcome::NotFound => Err(IntakeError::NotFound),
         }
+    }
+
+    /// Records a WeChat Pay payment the agency's payment system reports, and
+    /// delivers the receipts of its order that were pushed before it without an
+    /// openid. A repeat finds nothing left to deliver (every such receipt took
+    /// the openid), unless the first report died half-way.
+    pub async fn report_payment(&self, payment: NewWechatPayment) -> Result<PaymentOutcome, IntakeError> {
+        let outcome = self.store.record_wechat_payment(payment).await?;
+        if let PaymentOutcome::Created(held) | PaymentOutcome::Duplicate(held) = &outcome {
+            self.deliver_paid(held).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// The receipts of a known payment's order still without an openid, given
+    /// the payment's: collected into that openid's wallet and announced on the
+    /// channel of the app paid in, as a push carrying that `openID` would be.
+    async fn deliver_paid(&self, payment: &WechatPayment) -> Result<usize, IntakeError> {
+        let channels = self.apps.channels(payment.agency_id).await?;
+        let Some(channel) = routing::payer_channel_of(&channels, Some(&payment.wechat_app_id)) else {
+            // Its app's channel was disabled since: nothing can reach that openid.
+            tracing::info!(
+                wechat_app_id = %payment.wechat_app_id,
+                order = %mask::token(&payment.wechat_order_no),
+                "a payment's app has no enabled channel: its receipts wait"
+            );
+            return Ok(0);
+        };
+        let announce = routing::payer_delivery(DeliveryEvent::Issued, channel, &payment.openid, &[channel.kind]);
+        let taken = self.store.deliver_paid_receipts(payment, Some(announce)).await?;
+        if !taken.is_empty() {
+            tracing::info!(
+                receipts = taken.len(),
+                order = %mask::token(&payment.wechat_order_no),
+                "receipts pushed before their payment delivered to its payer"
+            );
+            self.wake.notify().await;
+        }
+        Ok(taken.len())
     }
 
     pub async fn lookup(
@@ -300,11 +405,13 @@ impl Intake {
         issuer: &SignedApp,
         event: DeliveryEvent,
         open_id: Option<&str>,
+        open_id_app: Option<&str>,
     ) -> Result<Vec<NewDelivery>, IntakeError> {
         let channels = self.apps.channels(issuer.agency.id).await?;
         Ok(routing::plan(&routing::EventContext {
             event,
             open_id,
+            open_id_app,
             callback_url: issuer.callback_url.as_deref(),
             channels: &channels,
         }))

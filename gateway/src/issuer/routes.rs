@@ -20,7 +20,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get_receipt)
         .service(reverse_receipt)
         .service(reimbursement_history)
-        .service(receipt_qrcode);
+        .service(receipt_qrcode)
+        .service(super::payments::report_payment);
 }
 
 impl From<IntakeError> for ApiError {
@@ -76,7 +77,7 @@ fn receipt_error(e: ReceiptInputError) -> ApiError {
     }
 }
 
-fn require_json(req: &actix_web::HttpRequest) -> Result<(), ApiError> {
+pub(crate) fn require_json(req: &actix_web::HttpRequest) -> Result<(), ApiError> {
     let ok = req
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)

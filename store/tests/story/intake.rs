@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use chrono::Duration;
+use piaojia_store::payments::{NewWechatPayment, PaymentOutcome};
 use piaojia_store::{
     ChannelKind, DeliveryEvent, DeliveryStatus, Entity, InsertOutcome, NewDelivery, ReimbursementState, Reversal,
     ReversalOutcome, StoreError, Timestamp,
@@ -19,6 +20,7 @@ chapters!(
     lookup_is_scoped_by_agency,
     reversal_rules,
     deliveries_share_the_transaction,
+    a_payment_takes_its_orders_receipts_once,
 );
 
 async fn create_duplicate_conflict(fx: &Fixture) -> TestResult {
@@ -390,5 +392,78 @@ async fn deliveries_share_the_transaction(fx: &Fixture) -> TestResult {
     assert!(after.reversal.is_none());
     assert_eq!(after.reimbursement_state, ReimbursementState::Init);
     assert_eq!(after.deliveries.len(), 2);
+    Ok(())
+}
+
+/// A reported payment gives the receipts of its order pushed without an openid
+/// (of its agency, not reversed) the payer's openid, collects them under it and
+/// queues the announcement: once.
+async fn a_payment_takes_its_orders_receipts_once(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let b = one_agency(&*store, "B002").await?;
+    let order = "4200000000202612030000000009";
+    let waiting = |agency, bill_no: &str| piaojia_store::NewReceiptRecord {
+        open_id: None,
+        wechat_order_no: Some(order.to_owned()),
+        ..receipt(agency, bill_no, &format!("hash-{bill_no}"))
+    };
+    let first = created(store.insert_receipt(waiting(a, "0000000091"), vec![]).await?)?;
+    created(store.insert_receipt(waiting(a, "0000000092"), vec![]).await?)?;
+    store
+        .reverse_receipt(a, "11010125", "0000000092", reversal("退费"), vec![])
+        .await?;
+    created(
+        store
+            .insert_receipt(
+                piaojia_store::NewReceiptRecord {
+                    open_id: Some("o-own".to_owned()),
+                    ..waiting(a, "0000000093")
+                },
+                vec![],
+            )
+            .await?,
+    )?;
+    created(store.insert_receipt(waiting(b, "0000000094"), vec![]).await?)?;
+    let reported = store
+        .record_wechat_payment(NewWechatPayment {
+            agency_id: a,
+            wechat_order_no: order.to_owned(),
+            wechat_app_id: "wx-oa".to_owned(),
+            openid: "o-payer".to_owned(),
+            total_fen: 12_345,
+            paid_at: at(30),
+            issuer_app_id: "his-1".to_owned(),
+        })
+        .await?;
+    let PaymentOutcome::Created(payment) = reported else {
+        panic!("a new payment: {reported:?}");
+    };
+    let announce = NewDelivery {
+        target: "o-payer".to_owned(),
+        ..delivery(DeliveryEvent::Issued, ChannelKind::WechatTemplate)
+    };
+    let taken = store.deliver_paid_receipts(&payment, Some(announce.clone())).await?;
+    assert_eq!(taken, vec![first.id], "only the agency's unreversed receipt without an openid");
+    let held = store.receipt(a, "11010125", "0000000091").await?.expect("held");
+    assert_eq!(held.open_id.as_deref(), Some("o-payer"));
+    assert_eq!(held.deliveries.len(), 1);
+    assert_eq!(held.deliveries[0].channel, ChannelKind::WechatTemplate);
+    assert_eq!(held.deliveries[0].target, "o-payer");
+    let (_, added) = store.collect_for_openid("wx-oa", "o-payer", first.id).await?;
+    assert_eq!(added, piaojia_store::wallets::WalletAdd::AlreadyThere, "collected");
+    // Once: a second call finds nothing left.
+    assert!(store.deliver_paid_receipts(&payment, Some(announce)).await?.is_empty());
+    let held = store.receipt(a, "11010125", "0000000091").await?.expect("held");
+    assert_eq!(held.deliveries.len(), 1);
+    for (agency, bill_no, openid) in [
+        (a, "0000000092", None),
+        (a, "0000000093", Some("o-own")),
+        (b, "0000000094", None),
+    ] {
+        let r = store.receipt(agency, "11010125", bill_no).await?.expect("held");
+        assert_eq!(r.open_id.as_deref(), openid, "{bill_no} untouched");
+        assert!(r.deliveries.iter().all(|d| d.target != "o-payer"), "{bill_no}");
+    }
     Ok(())
 }

@@ -90,6 +90,7 @@ pub fn receipt(agency_id: Uuid, bill_no: &str, content_hash: &str) -> NewReceipt
         search_text: "挂号费 药费".to_owned(),
         wallet_channels: Vec::new(),
         openid_wallet: None,
+        wechat_order_no: None,
     }
 }
 

@@ -10,6 +10,7 @@ use piaojia_core::parties::{ReimbursementAction, ReimburserKind};
 use piaojia_store::claims::{NewClaim, SubmitOutcome, WithdrawOutcome};
 use piaojia_store::official_account::{CardOrder, CardUnit, InboxOutcome, NewInboxEvent};
 use piaojia_store::pages::{NewScene, NewWebSession, Scan, ScanOutcome};
+use piaojia_store::payments::{NewWechatPayment, PaymentOutcome};
 use piaojia_store::reimbursement::{
     NewReimburser, ReceiptKey, ReimbursementChange, ReimbursementOutcome, ReimbursementRequest,
 };
@@ -400,6 +401,39 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
         store
             .record_wechat_card_status("card-times", "code-times", "INVOICE_REIMBURSE_CLOSURE", later)
             .await?
+    );
+
+    // Payments we know: a WeChat Pay payment reported, then again (the first
+    // record), then with another openid (refused).
+    let payment = NewWechatPayment {
+        agency_id,
+        wechat_order_no: "4200000000202612030000000001".to_owned(),
+        wechat_app_id: "wx-oa".to_owned(),
+        openid: "o-times".to_owned(),
+        total_fen: 12_850,
+        paid_at: at(30) + ns(123_456_789),
+        issuer_app_id: "his-1".to_owned(),
+    };
+    let first = store.record_wechat_payment(payment.clone()).await?;
+    let PaymentOutcome::Created(held) = first else {
+        panic!("a new payment: {first:?}");
+    };
+    assert_eq!(held.paid_at, payment.paid_at);
+    assert_eq!(
+        store.record_wechat_payment(payment.clone()).await?,
+        PaymentOutcome::Duplicate(held.clone())
+    );
+    let other = NewWechatPayment {
+        openid: "o-someone-else".to_owned(),
+        ..payment.clone()
+    };
+    assert_eq!(
+        store.record_wechat_payment(other).await?,
+        PaymentOutcome::Conflict(held.clone())
+    );
+    assert_eq!(
+        store.wechat_payment(agency_id, &payment.wechat_order_no).await?,
+        Some(held)
     );
 
     // The message server's inbox: one event handled, one left claimed.

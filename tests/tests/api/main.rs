@@ -21,3 +21,4 @@ mod sign_in_limits;
 mod standard_webhooks;
 mod validation;
 mod wallet;
+mod wechat_payments;
