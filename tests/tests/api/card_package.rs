@@ -106,6 +106,8 @@ both_modes!(card_package_journey, |mode: Mode| async move {
     assert_eq!(card.billing_code, "0000000001");
     assert_eq!(card.card_id, unit.card_id);
     assert_eq!(card.status, CardStatus::Init);
+    // The card's 抬头 is the payer named on the receipt, not the hospital.
+    assert_eq!(Some(card.title.as_str()), samples::outpatient(1)["payer"].as_str());
     let stored = eventually(10, || async {
         app.store
             .card_order_for_receipt(receipt_id)
