@@ -124,12 +124,14 @@ async fn inbox_claims_leases_and_retries(fx: &Fixture) -> TestResult {
             .await?
     );
     // Failed for good, and pruned with the done one past retention.
+    let third_again = taken.iter().find(|e| e.id == third.id).ok_or("taken again")?;
+    assert_eq!(third_again.attempts, third.attempts + 1);
     assert!(
         store
             .settle_inbox_event(
                 third.id,
                 "gw-f",
-                third.attempts,
+                third_again.attempts,
                 InboxOutcome::Failed {
                     error: "never".to_owned(),
                     retry_at: None,
