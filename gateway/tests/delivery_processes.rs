@@ -785,12 +785,10 @@ async fn inbox_rows(http: &reqwest::Client, base: &str) -> Vec<Value> {
     r.json::<Vec<Value>>().await.unwrap_or_default()
 }
 
-/// A gateway is SIGKILLed while it handles a `user_authorize_invoice` event (WeChat's
-/// getauthdata made slow): the event stays leased, and a second gateway on the
-/// same PostgreSQL takes it once the lease runs out and handles it, once: one card
-/// in the payer's package.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_killed_mid_event_another_handles_it_once_postgres() {
+/// A fleet whose gateway is handling a `user_authorize_invoice` event while WeChat's
+/// getauthdata takes `authdata_ms`: returns once the gateway holds the event's
+/// lease, with the payer and the event's id.
+async fn handling_an_event(authdata_ms: u64) -> (Fleet, String, Value) {
     let mut fleet = Fleet::new(
         Store::Postgres,
         None,
@@ -843,13 +841,13 @@ async fn gateway_killed_mid_event_another_handles_it_once_postgres() {
         "https://mmbiz.qpic.cn/logo.png",
     ]);
     fleet.start_gateway(true).await;
-    let first_base = fleet.issuer.base.clone();
+    let base = fleet.issuer.base.clone();
     fleet
         .sim
         .set_message_server(
             OA,
             Some(piaojia_wechat_sim::MessageServer {
-                url: format!("{first_base}/v1/wechat/{OA}/events"),
+                url: format!("{base}/v1/wechat/{OA}/events"),
                 token: MESSAGE_TOKEN.to_owned(),
                 encoding_aes_key: None,
             }),
@@ -888,7 +886,7 @@ async fn gateway_killed_mid_event_another_handles_it_once_postgres() {
         .build()
         .expect("client");
     let auth_url = no_redirects
-        .get(format!("{first_base}{path}"))
+        .get(format!("{base}{path}"))
         .send()
         .await
         .expect("card link")
@@ -897,16 +895,16 @@ async fn gateway_killed_mid_event_another_handles_it_once_postgres() {
         .expect("location")
         .to_owned();
 
-    // getauthdata answers after a minute: the handling is caught in the middle.
+    // getauthdata made slow: the handling is caught in the middle.
     fleet.sim.set_faults(
         FaultScope::Path(paths::GET_AUTH_DATA.into()),
-        Faults::latency(60_000, 0),
+        Faults::latency(authdata_ms, 0),
     );
     let pushes = fleet.sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
     assert!(pushes.iter().all(|p| p.acknowledged), "{pushes:?}");
     let http = fleet.issuer.http.clone();
-    let held = eventually_named(30, "the event claimed by the first gateway", || {
-        let (http, base) = (http.clone(), first_base.clone());
+    let held = eventually_named(30, "the event claimed by the gateway", || {
+        let (http, base) = (http.clone(), base.clone());
         async move {
             inbox_rows(&http, &base).await.into_iter().find(|e| {
                 e["event"] == "user_authorize_invoice" && e["status"] == "pending" && e["leaseUntil"].is_string()
@@ -915,23 +913,14 @@ async fn gateway_killed_mid_event_another_handles_it_once_postgres() {
     })
     .await;
     assert_eq!(held["attempts"], 1);
-    let event_id = held["id"].clone();
+    (fleet, payer, held["id"].clone())
+}
 
-    let killed_at = Utc::now();
-    fleet.kill_gateway();
-    fleet.sim.clear_faults();
-    fleet.start_gateway(true).await;
-    let second_base = fleet.issuer.base.clone();
-
-    // After the lease the second gateway takes it, and the card is inserted once.
-    let card = eventually_named(60, "the card in the payer's package", || {
-        let cards = fleet.sim.card_package(OA, &payer);
-        async move { cards.into_iter().next() }
-    })
-    .await;
-    assert_eq!(card.billing_code, "0000000001");
-    let done = eventually_named(30, "the event done", || {
-        let (http, base, id) = (http.clone(), second_base.clone(), event_id.clone());
+/// The inbox event `id` once `done`, seen through the gateway now running.
+async fn event_done(fleet: &Fleet, id: &Value) -> Value {
+    let (http, base) = (fleet.issuer.http.clone(), fleet.issuer.base.clone());
+    eventually_named(30, "the event done", || {
+        let (http, base, id) = (http.clone(), base.clone(), id.clone());
         async move {
             inbox_rows(&http, &base)
                 .await
@@ -939,9 +928,18 @@ async fn gateway_killed_mid_event_another_handles_it_once_postgres() {
                 .find(|e| e["id"] == id && e["status"] == "done")
         }
     })
+    .await
+}
+
+/// One card in the payer's package, inserted by one successful call.
+async fn one_card(fleet: &Fleet, payer: &str) {
+    let card = eventually_named(60, "the card in the payer's package", || {
+        let cards = fleet.sim.card_package(OA, payer);
+        async move { cards.into_iter().next() }
+    })
     .await;
-    assert_eq!(done["attempts"], 2, "the killed claim, then one: {done}");
-    assert_eq!(fleet.sim.card_package(OA, &payer).len(), 1, "one card");
+    assert_eq!(card.billing_code, "0000000001");
+    assert_eq!(fleet.sim.card_package(OA, payer).len(), 1, "one card");
     let inserted: Vec<RecordedCall> = fleet
         .sim
         .calls_to(paths::INSERT_BILL)
@@ -949,6 +947,23 @@ async fn gateway_killed_mid_event_another_handles_it_once_postgres() {
         .filter(|c| c.response_errcode == 0)
         .collect();
     assert_eq!(inserted.len(), 1, "inserted once: {inserted:?}");
+}
+
+/// A gateway is SIGKILLed while it handles a `user_authorize_invoice` event: the
+/// event stays leased, and a second gateway on the same PostgreSQL takes it once
+/// the lease runs out and handles it, once: one card in the payer's package.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_killed_mid_event_another_handles_it_once_postgres() {
+    let (mut fleet, payer, event_id) = handling_an_event(60_000).await;
+    let killed_at = Utc::now();
+    fleet.kill_gateway();
+    fleet.sim.clear_faults();
+    fleet.start_gateway(true).await;
+
+    // After the lease the second gateway takes it, and the card is inserted once.
+    one_card(&fleet, &payer).await;
+    let done = event_done(&fleet, &event_id).await;
+    assert_eq!(done["attempts"], 2, "the killed claim, then one: {done}");
     let authdata_after = fleet
         .sim
         .calls_to(paths::GET_AUTH_DATA)
@@ -956,4 +971,32 @@ async fn gateway_killed_mid_event_another_handles_it_once_postgres() {
         .filter(|c| started(c) > killed_at)
         .count();
     assert_eq!(authdata_after, 1, "the second gateway asked WeChat once");
+}
+
+/// A gateway told to stop (SIGTERM) while it handles an event finishes and settles
+/// it before it exits: the event is done by that gateway, not left leased for the
+/// next to wait out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_stopped_mid_event_settles_it_before_exiting_postgres() {
+    let (mut fleet, payer, event_id) = handling_an_event(2_000).await;
+    let mut gateway = fleet.gateway.take().expect("the gateway runs");
+    let term = Command::new("kill")
+        .args(["-TERM", &gateway.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let status = eventually_named(30, "the gateway exits", || {
+        let exited = gateway.child.try_wait().expect("wait");
+        async move { exited }
+    })
+    .await;
+    assert!(status.success(), "a graceful exit: {status}");
+    fleet.start_gateway(true).await;
+    // Settled by the stopped gateway, at once (its lease would run 8 s more).
+    let rows = inbox_rows(&fleet.issuer.http, &fleet.issuer.base).await;
+    let row = rows.iter().find(|e| e["id"] == event_id).expect("the event");
+    assert_eq!(row["status"], "done", "settled before the exit: {row}");
+    assert_eq!(row["attempts"], 1, "handled once, by the stopped gateway");
+    assert!(row["leaseUntil"].is_null());
+    one_card(&fleet, &payer).await;
 }
