@@ -32,6 +32,11 @@ pub fn email(value: &str) -> String {
     }
 }
 
+/// Keeps the first and last 4 characters of a WeChat openid: `oAbC********wXyZ`.
+pub fn openid(value: &str) -> String {
+    keep_ends(value, 4, 4)
+}
+
 fn keep_ends(value: &str, head: usize, tail: usize) -> String {
     let chars: Vec<char> = value.trim().chars().collect();
     let n = chars.len();

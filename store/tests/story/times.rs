@@ -421,7 +421,7 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
     assert_eq!(claimed.len(), 1);
     assert!(
         store
-            .settle_inbox_event(claimed[0].id, "w-times", InboxOutcome::Done, later)
+            .settle_inbox_event(claimed[0].id, "w-times", claimed[0].attempts, InboxOutcome::Done, later)
             .await?
     );
     assert_eq!(
