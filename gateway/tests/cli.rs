@@ -271,8 +271,8 @@ fn shell_words(line: &str) -> Vec<String> {
 /// The commands and exports of the first `sh` block under `heading` in README.md,
 /// so the README cannot drift from what the test runs.
 fn readme_block(heading: &str) -> (Vec<ShellStep>, Vec<(String, String)>) {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-        .expect("README.md");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).expect("README.md");
     let section = &readme[readme.find(heading).expect("the walkthrough heading")..];
     let block = &section[section.find("```sh\n").expect("a sh block") + 6..];
     let block = &block[..block.find("```").expect("the block ends")];
@@ -413,7 +413,10 @@ fn readme_reimburser_walkthrough() {
             }
         })
         .collect();
-    assert!(env.iter().any(|(k, v)| k == "PIAOJIA_APP_ID" && v == "insurer01"), "{env:?}");
+    assert!(
+        env.iter().any(|(k, v)| k == "PIAOJIA_APP_ID" && v == "insurer01"),
+        "{env:?}"
+    );
     // The README's bodies name the pushed receipt by its code, number and check code.
     for step in &steps[1..] {
         let body: serde_json::Value =

@@ -874,7 +874,11 @@ impl<D: Dialect> Claims for Db<D> {
         limit: i64,
     ) -> Result<Vec<ClaimRecord>> {
         let mut conn = self.d.read().await?;
-        let mut sql = Sql::new(concatcp!("SELECT ", CLAIM_COLUMNS, " FROM claims c WHERE c.payer_id = "));
+        let mut sql = Sql::new(concatcp!(
+            "SELECT ",
+            CLAIM_COLUMNS,
+            " FROM claims c WHERE c.payer_id = "
+        ));
         sql.push_bind(payer_id);
         if let Some((at, id)) = after {
             sql.push(" AND (c.created_at, c.id) < (")
@@ -883,7 +887,8 @@ impl<D: Dialect> Claims for Db<D> {
                 .push_bind(id)
                 .push(")");
         }
-        sql.push(" ORDER BY c.created_at DESC, c.id DESC LIMIT ").push_bind(limit);
+        sql.push(" ORDER BY c.created_at DESC, c.id DESC LIMIT ")
+            .push_bind(limit);
         let rows: Vec<ClaimRow> = sql.fetch_all(&mut *conn).await?;
         with_receipts(&mut *conn, rows).await
     }

@@ -487,7 +487,11 @@ pub(crate) async fn deliveries_of<C: Conn + ?Sized>(conn: &mut C, receipt_ids: &
     if receipt_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut sql = Sql::new(concatcp!("SELECT ", DELIVERY_COLUMNS, " FROM deliveries WHERE receipt_id IN "));
+    let mut sql = Sql::new(concatcp!(
+        "SELECT ",
+        DELIVERY_COLUMNS,
+        " FROM deliveries WHERE receipt_id IN "
+    ));
     sql.push_list(receipt_ids.iter().copied());
     sql.push(" ORDER BY receipt_id, created_at, id");
     sql.fetch_all(conn).await

@@ -229,7 +229,9 @@ fn mask_value(v: &str) -> String {
 
 async fn claim_view(state: &WalletState, claim: &ClaimRecord, history: bool) -> Result<ClaimView, ApiError> {
     let mut views = claim_views(state, std::slice::from_ref(claim), history).await?;
-    views.pop().ok_or_else(|| ApiError::internal(anyhow::anyhow!("a claim without its view")))
+    views
+        .pop()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a claim without its view")))
 }
 
 /// The payer's view of these claims: their receipts, agencies and reimbursers are

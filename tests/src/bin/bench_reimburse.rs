@@ -223,11 +223,13 @@ async fn main() -> anyhow::Result<()> {
                     if let Some(paid) = paid {
                         body["paidAmt"] = json!(paid);
                     }
-                    let resp = caller
-                        .post(&format!("/v1/reimburser/receipts/{action}"), &body)
-                        .await?;
+                    let resp = caller.post(&format!("/v1/reimburser/receipts/{action}"), &body).await?;
                     if resp.status().as_u16() != 200 {
-                        bail!("{action} {n}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+                        bail!(
+                            "{action} {n}: {} {}",
+                            resp.status(),
+                            resp.text().await.unwrap_or_default()
+                        );
                     }
                 }
                 latencies.push(op.elapsed().as_micros() as u64);

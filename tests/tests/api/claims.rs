@@ -779,18 +779,24 @@ both_modes!(a_batch_moves_each_claim_once, |mode: Mode| async move {
     let w = world(mode).await;
     let app = &w.app;
     let two = json_of(
-        submit(&w, &claim_body("insurer-b", &[w.ids[1].as_str(), w.ids[2].as_str()], &["name"])).await,
+        submit(
+            &w,
+            &claim_body("insurer-b", &[w.ids[1].as_str(), w.ids[2].as_str()], &["name"]),
+        )
+        .await,
         201,
     )
     .await;
-    let one = json_of(submit(&w, &claim_body("insurer-b", &[w.ids[3].as_str()], &["name"])).await, 201).await;
+    let one = json_of(
+        submit(&w, &claim_body("insurer-b", &[w.ids[3].as_str()], &["name"])).await,
+        201,
+    )
+    .await;
     let (two, one) = (
         two["id"].as_str().expect("id").to_owned(),
         one["id"].as_str().expect("id").to_owned(),
     );
-    let batch = |request_id: &str, action: &str, items: Vec<Value>| {
-        json!({"requestId": request_id, "action": action, "receipts": items})
-    };
+    let batch = |request_id: &str, action: &str, items: Vec<Value>| json!({"requestId": request_id, "action": action, "receipts": items});
     let locked = json_of(
         app.signed(
             &w.b,
@@ -816,7 +822,8 @@ both_modes!(a_batch_moves_each_claim_once, |mode: Mode| async move {
         ],
     );
     json_of(
-        app.signed(&w.b, "POST", "/v1/reimburser/receipts/batch", Some(&closed)).await,
+        app.signed(&w.b, "POST", "/v1/reimburser/receipts/batch", Some(&closed))
+            .await,
         200,
     )
     .await;
@@ -858,7 +865,11 @@ both_modes!(payer_claims_are_paged_with_a_cursor, |mode: Mode| async move {
     let app = &w.app;
     let mut submitted = Vec::new();
     for n in 1..=3 {
-        let c = json_of(submit(&w, &claim_body("insurer-b", &[w.ids[n].as_str()], &["name"])).await, 201).await;
+        let c = json_of(
+            submit(&w, &claim_body("insurer-b", &[w.ids[n].as_str()], &["name"])).await,
+            201,
+        )
+        .await;
         submitted.push(c["id"].as_str().expect("id").to_owned());
     }
     let mut seen = Vec::new();
@@ -883,7 +894,11 @@ both_modes!(payer_claims_are_paged_with_a_cursor, |mode: Mode| async move {
     let all = json_of(app.mp("GET", "/v1/mp/claims", &w.token, None).await, 200).await;
     assert_eq!(all["items"].as_array().map(Vec::len), Some(3));
     assert_eq!(all["nextCursor"], Value::Null);
-    for (query, pointer) in [("cursor=not-a-cursor", "/cursor"), ("limit=0", "/limit"), ("limit=1000", "/limit")] {
+    for (query, pointer) in [
+        ("cursor=not-a-cursor", "/cursor"),
+        ("limit=0", "/limit"),
+        ("limit=1000", "/limit"),
+    ] {
         let resp = app.mp("GET", &format!("/v1/mp/claims?{query}"), &w.token, None).await;
         let p = problem(resp, 422).await;
         assert_eq!(p["errors"][0]["pointer"], pointer, "{query}: {p}");
