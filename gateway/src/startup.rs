@@ -274,6 +274,13 @@ impl Application {
                 r.lock_ttl,
                 r.expiry_check_every,
             );
+            if state.settings.reminders.enabled {
+                crate::reminders::spawn(
+                    state.store.clone(),
+                    state.wake.clone(),
+                    state.settings.reminders.clone(),
+                );
+            }
         }
         let sandbox = state.sandbox.clone();
         let metrics = match metrics_listener {

@@ -13,6 +13,7 @@ use piaojia_store::pages::{NewScene, NewWebSession, Scan, ScanOutcome};
 use piaojia_store::reimbursement::{
     NewReimburser, ReceiptKey, ReimbursementChange, ReimbursementOutcome, ReimbursementRequest,
 };
+use piaojia_store::reminders::ReminderScan;
 use piaojia_store::testing::FreshDatabase;
 use piaojia_store::wallets::{RefreshOutcome, SubscriptionChoice, SubscriptionReport, WalletAdd, WalletQuery};
 use piaojia_store::{
@@ -495,6 +496,17 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
     assert!(matches!(submitted, SubmitOutcome::Submitted(_)), "{submitted:?}");
     let withdrawn = store.withdraw_claim(payer, claim_id, None).await?;
     assert!(matches!(withdrawn, WithdrawOutcome::Withdrawn(_)), "{withdrawn:?}");
+
+    // Reminders: the wallet's receipts are all due.
+    let reminded = store
+        .send_due_reminders(&ReminderScan {
+            now: Timestamp::now(),
+            cutoff: Timestamp::now(),
+            agency_cutoffs: vec![],
+            limit: 10,
+        })
+        .await?;
+    assert!(reminded.recorded >= 1, "{reminded:?}");
     Ok(())
 }
 
