@@ -32,8 +32,13 @@ pub fn email(value: &str) -> String {
     }
 }
 
-/// Keeps the first and last 4 characters of an openid or a payment's order
-/// number: enough to tell two apart in a log, not to use one.
+/// Keeps the first and last 4 characters of a WeChat openid: `oAbC********wXyZ`.
+pub fn openid(value: &str) -> String {
+    keep_ends(value, 4, 4)
+}
+
+/// Keeps the first and last 4 characters of a payment's order number: enough
+/// to tell two apart in a log, not to use one.
 pub fn token(value: &str) -> String {
     keep_ends(value, 4, 4)
 }

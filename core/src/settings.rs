@@ -32,6 +32,7 @@ pub struct Settings {
     pub wechat: WechatSettings,
     pub miniprogram: MiniProgramSettings,
     pub reimbursement: ReimbursementSettings,
+    pub reminders: ReminderSettings,
     pub pages: PagesSettings,
     #[serde(default)]
     pub agencies: Vec<AgencyProvision>,
@@ -273,6 +274,42 @@ pub struct ReimbursementSettings {
     /// How often expired locks are looked for.
     #[serde(rename = "expiry_check_secs", deserialize_with = "secs")]
     pub expiry_check_every: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReminderSettings {
+    /// Whether this gateway scans for due reminders.
+    pub enabled: bool,
+    /// A receipt still unreimbursed this many days after its issue is due.
+    pub after_days: u32,
+    /// Agencies (by code) with their own number of days.
+    #[serde(default)]
+    pub agency_after_days: std::collections::BTreeMap<String, u32>,
+    /// How often each gateway scans.
+    #[serde(rename = "check_secs", deserialize_with = "secs")]
+    pub check_every: Duration,
+    /// Reminders per scan, at most.
+    pub batch: u32,
+    /// No reminder from this hour (Beijing time, 0-23) ...
+    pub quiet_from_hour: u32,
+    /// ... until this one; equal hours mean no quiet time.
+    pub quiet_until_hour: u32,
+}
+
+impl ReminderSettings {
+    /// Whether `at` falls in the quiet hours, read in Beijing time.
+    pub fn is_quiet(&self, at: chrono::DateTime<chrono::Utc>) -> bool {
+        use chrono::Timelike;
+        let hour = (at.hour() + 8) % 24;
+        let (from, until) = (self.quiet_from_hour % 24, self.quiet_until_hour % 24);
+        match from.cmp(&until) {
+            std::cmp::Ordering::Equal => false,
+            std::cmp::Ordering::Less => (from..until).contains(&hour),
+            // Across midnight, e.g. 21 to 8.
+            std::cmp::Ordering::Greater => hour >= from || hour < until,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -848,6 +885,29 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reminder_quiet_hours_are_beijing_time() {
+        let mut r = Settings::load_from(None, HashMap::new()).expect("defaults").reminders;
+        let at = |h: u32, m: u32| {
+            chrono::NaiveDate::from_ymd_opt(2026, 12, 3)
+                .and_then(|d| d.and_hms_opt(h, m, 0))
+                .expect("a time")
+                .and_utc()
+        };
+        // 21:00 to 08:00 Beijing is 13:00 to 00:00 UTC.
+        assert!(!r.is_quiet(at(12, 59)), "20:59 Beijing");
+        assert!(r.is_quiet(at(13, 0)), "21:00 Beijing");
+        assert!(r.is_quiet(at(23, 59)), "07:59 Beijing");
+        assert!(!r.is_quiet(at(0, 0)), "08:00 Beijing");
+        (r.quiet_from_hour, r.quiet_until_hour) = (12, 14);
+        assert!(
+            r.is_quiet(at(4, 30)) && !r.is_quiet(at(6, 0)),
+            "a window within one day"
+        );
+        (r.quiet_from_hour, r.quiet_until_hour) = (5, 5);
+        assert!((0..24).all(|h| !r.is_quiet(at(h, 0))), "equal hours: never quiet");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()

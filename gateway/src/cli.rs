@@ -297,7 +297,7 @@ pub enum ChannelCommand {
 #[derive(Args)]
 pub struct CallArgs {
     /// Base URL of the gateway.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    #[arg(long, env = "PIAOJIA_BASE_URL", default_value = "http://127.0.0.1:8080")]
     pub base_url: String,
     #[arg(long, env = "PIAOJIA_APP_ID")]
     pub app_id: String,

@@ -47,6 +47,11 @@ impl Default for Inbox {
 }
 
 impl Inbox {
+    /// Wakes this process's worker (an operator put events back to due).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Keeps a verified event; false when it was kept before (WeChat's retry).
     pub async fn record(
         &self,
@@ -93,11 +98,17 @@ fn schedule(state: &AppState) -> RetrySchedule {
     )
 }
 
-/// Claims and handles due events until none is left; how many were handled.
-async fn drain(state: &Arc<AppState>) -> piaojia_store::Result<usize> {
+/// Claims and handles due events until none is left or `stop`; how many were
+/// handled. Whatever it claimed it settles before it returns, stopped or not.
+async fn drain(state: &Arc<AppState>, stop: &CancellationToken) -> piaojia_store::Result<usize> {
     let w = &state.settings.wechat;
     let mut total = 0;
     loop {
+        // Look first, with a read: an idle worker's poll takes no write lock (on
+        // SQLite the one writer is shared with pushes and deliveries).
+        if stop.is_cancelled() || !state.store.inbox_has_due(Timestamp::now()).await? {
+            return Ok(total);
+        }
         let claimed = state
             .store
             .claim_inbox_events(&state.inbox.owner, Timestamp::now(), after(w.inbox_lease), BATCH)
@@ -188,7 +199,7 @@ async fn settle(state: &AppState, e: &InboxEvent, result: anyhow::Result<()>) {
     };
     match state
         .store
-        .settle_inbox_event(e.id, &state.inbox.owner, outcome, Timestamp::now())
+        .settle_inbox_event(e.id, &state.inbox.owner, e.attempts, outcome, Timestamp::now())
         .await
     {
         Ok(true) => {}
@@ -232,13 +243,18 @@ async fn report(state: &AppState, e: &InboxEvent, error: &str) {
 
 /// Runs the worker until `stop`: woken by a received event or every
 /// `wechat.inbox_poll_interval_ms`, and sweeping handled events now and then.
+/// Once stopped it claims nothing more, and the task ends when the events in hand
+/// are settled (see [`crate::startup::Application::run_until_stopped`]).
 pub fn spawn(state: Arc<AppState>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let poll = state.settings.wechat.inbox_poll_interval;
         let mut last_prune: Option<Instant> = None;
         loop {
-            if let Err(e) = drain(&state).await {
+            if let Err(e) = drain(&state, &stop).await {
                 tracing::warn!(error = %e, "claiming WeChat events failed");
+            }
+            if stop.is_cancelled() {
+                return;
             }
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(Instant::now());

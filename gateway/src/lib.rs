@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod operator;
 pub mod pages;
 pub mod reimburser;
+pub mod reminders;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod scan;

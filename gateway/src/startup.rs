@@ -218,8 +218,10 @@ pub struct Application {
     /// `/metrics` on `server.metrics_address`, apart from the public port.
     metrics: Option<(u16, Server)>,
     notifier: Option<(piaojia_notifier::Notifier, CancellationToken)>,
-    /// Stops the message server's inbox worker with the server.
-    inbox: Option<CancellationToken>,
+    /// Stops the message server's inbox worker with the server; its task ends
+    /// once the events it holds are settled.
+    inbox: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    inbox_handle_timeout: std::time::Duration,
     sandbox: Option<Sandbox>,
 }
 
@@ -272,17 +274,25 @@ impl Application {
                 r.lock_ttl,
                 r.expiry_check_every,
             );
+            if state.settings.reminders.enabled {
+                crate::reminders::spawn(
+                    state.store.clone(),
+                    state.wake.clone(),
+                    state.settings.reminders.clone(),
+                );
+            }
         }
         let sandbox = state.sandbox.clone();
         let metrics = match metrics_listener {
             Some(l) => Some((l.local_addr()?.port(), serve_metrics(l, &state)?)),
             None => None,
         };
+        let inbox_handle_timeout = state.settings.wechat.inbox_handle_timeout;
         let state = web::Data::new(state);
         let inbox = (role == Role::Gateway && state.settings.wechat.inbox_worker).then(|| {
             let token = CancellationToken::new();
-            crate::inbox::spawn(state.clone().into_inner(), token.clone());
-            token
+            let task = crate::inbox::spawn(state.clone().into_inner(), token.clone());
+            (token, task)
         });
         let server = serve(listener, state, role)?;
         Ok(Self {
@@ -291,6 +301,7 @@ impl Application {
             metrics,
             notifier,
             inbox,
+            inbox_handle_timeout,
             sandbox,
         })
     }
@@ -333,8 +344,15 @@ impl Application {
         if let Some((_, token)) = &self.notifier {
             token.cancel();
         }
-        if let Some(token) = &self.inbox {
+        if let Some((token, task)) = self.inbox {
+            // Claim nothing more, and wait for the events in hand to be settled
+            // (each handling is bounded by the handle timeout), so none stays
+            // leased until its lease runs out. A margin for settling them.
             token.cancel();
+            let bound = self.inbox_handle_timeout + std::time::Duration::from_secs(5);
+            if tokio::time::timeout(bound, task).await.is_err() {
+                tracing::warn!("the inbox worker did not settle its events in time; their leases will run out");
+            }
         }
         result
     }

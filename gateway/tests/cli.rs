@@ -240,3 +240,236 @@ async fn demo_shows_what_the_payer_sees() {
     assert!(!forged.body.contains("128.50"));
     drop(server);
 }
+
+/// One command of a README shell block: `piaojia` arguments and what `echo` pipes in.
+struct ShellStep {
+    args: Vec<String>,
+    stdin: Option<String>,
+}
+
+/// Splits a shell line into words: whitespace separates, single quotes keep
+/// everything (the README's blocks use nothing else).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                word.get_or_insert_with(String::new);
+            }
+            c if c.is_whitespace() && !quoted => words.extend(word.take()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    assert!(!quoted, "unbalanced quote in {line:?}");
+    words.extend(word);
+    words
+}
+
+/// The commands and exports of the first `sh` block under `heading` in README.md,
+/// so the README cannot drift from what the test runs.
+fn readme_block(heading: &str) -> (Vec<ShellStep>, Vec<(String, String)>) {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).expect("README.md");
+    let section = &readme[readme.find(heading).expect("the walkthrough heading")..];
+    let block = &section[section.find("```sh\n").expect("a sh block") + 6..];
+    let block = &block[..block.find("```").expect("the block ends")];
+    let joined = block.replace("\\\n", " ");
+    let (mut steps, mut exports) = (Vec::new(), Vec::new());
+    for line in joined.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (stdin, command) = match line.split_once(" | ") {
+            Some((echo, command)) => {
+                let echoed = shell_words(echo);
+                assert_eq!(echoed.len(), 2, "echo '<json>' | …: {line}");
+                assert_eq!(echoed[0], "echo");
+                (Some(format!("{}\n", echoed[1])), command)
+            }
+            None => (None, line),
+        };
+        let mut words = shell_words(command);
+        match words.first().map(String::as_str) {
+            Some("export") => {
+                for w in &words[1..] {
+                    let (k, v) = w.split_once('=').expect("export NAME=value");
+                    exports.push((k.to_owned(), v.to_owned()));
+                }
+            }
+            Some("piaojia") => {
+                words.remove(0);
+                steps.push(ShellStep { args: words, stdin });
+            }
+            _ => panic!("the walkthrough runs only piaojia and export: {line}"),
+        }
+    }
+    (steps, exports)
+}
+
+fn run_step(data: &Path, port: u16, step: &ShellStep, env: &[(String, String)]) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .args(&step.args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("PIAOJIA_DATA_DIR", data)
+        .env("PIAOJIA_SERVER__PORT", port.to_string())
+        .env("PIAOJIA_SERVER__METRICS_ADDRESS", "")
+        .env("PIAOJIA_LOG__FILTER", "warn")
+        .env("PIAOJIA_BASE_URL", format!("http://127.0.0.1:{port}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("piaojia runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    if let Some(input) = &step.stdin {
+        stdin.write_all(input.as_bytes()).expect("stdin written");
+    }
+    drop(stdin);
+    child.wait_with_output().expect("piaojia ends")
+}
+
+// The README's reimburser walkthrough, command for command, on the receipt the
+// issuer walkthrough pushes: only the printed secret is substituted.
+#[test]
+fn readme_reimburser_walkthrough() {
+    let (steps, exports) = readme_block("### Walkthrough: a reimburser locks and closes a receipt");
+    assert_eq!(steps.len(), 4, "create, verify, lock, close");
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    json(&piaojia(
+        data.path(),
+        port,
+        &[
+            "agency",
+            "create",
+            "--code",
+            "12110000400000001A",
+            "--name",
+            "示例市第一人民医院",
+        ],
+    ));
+    let app = json(&piaojia(
+        data.path(),
+        port,
+        &[
+            "app",
+            "create",
+            "--agency",
+            "12110000400000001A",
+            "--app-id",
+            "hosp01-his",
+        ],
+    ));
+    let issuer_secret = app["secret"].as_str().expect("issuer secret").to_owned();
+    let server = Server(
+        Command::new(BIN)
+            .arg("serve")
+            .env("PIAOJIA_DATA_DIR", data.path())
+            .env("PIAOJIA_SERVER__PORT", port.to_string())
+            .env("PIAOJIA_SERVER__METRICS_ADDRESS", "")
+            .env("PIAOJIA_LOG__FILTER", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("serve starts"),
+    );
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The issuer walkthrough's step 2: the receipt the reimburser works on.
+    let pushed = Command::new(BIN)
+        .args(["call", "--base-url", &format!("http://127.0.0.1:{port}")])
+        .args(["POST", "/v1/receipts", "--body"])
+        .arg(examples().join("receipt.json"))
+        .env("PIAOJIA_APP_ID", "hosp01-his")
+        .env("PIAOJIA_APP_SECRET", &issuer_secret)
+        .output()
+        .expect("push runs");
+    assert_eq!(json(&pushed)["status"], "issued");
+    let receipt: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(examples().join("receipt.json")).expect("receipt.json"))
+            .expect("receipt JSON");
+
+    // 1. Register the insurer; its secret replaces the README's placeholder.
+    let created = json(&run_step(data.path(), port, &steps[0], &[]));
+    assert_eq!(created["appId"], "insurer01");
+    let secret = created["secret"].as_str().expect("secret printed once").to_owned();
+    let env: Vec<(String, String)> = exports
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "PIAOJIA_APP_SECRET" {
+                (k, secret.clone())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    assert!(
+        env.iter().any(|(k, v)| k == "PIAOJIA_APP_ID" && v == "insurer01"),
+        "{env:?}"
+    );
+    // The README's bodies name the pushed receipt by its code, number and check code.
+    for step in &steps[1..] {
+        let body: serde_json::Value =
+            serde_json::from_str(step.stdin.as_deref().expect("a piped body")).expect("the body is JSON");
+        for key in ["billBatchCode", "billNo", "random"] {
+            assert_eq!(body[key], receipt[key], "{key} of {body}");
+        }
+    }
+
+    // 2. 查验.
+    let verified = json(&run_step(data.path(), port, &steps[1], &env));
+    assert_eq!(verified["authentic"], true, "{verified}");
+    assert_eq!(verified["reimbursementState"], "INIT", "{verified}");
+    // 3. Lock.
+    let locked = json(&run_step(data.path(), port, &steps[2], &env));
+    assert_eq!(locked["receipts"][0]["reimbursementState"], "LOCK", "{locked}");
+    assert_eq!(locked["receipts"][0]["heldByYou"], true, "{locked}");
+
+    // Another reimburser's lock meanwhile is the conflict.
+    let other = json(&piaojia(
+        data.path(),
+        port,
+        &[
+            "reimburser",
+            "create",
+            "--app-id",
+            "insurer02",
+            "--kind",
+            "employer",
+            "--name",
+            "示例公司",
+            "--org-code",
+            "91110000100000001X",
+            "--accept",
+            "12110000400000001A",
+        ],
+    ));
+    let other_env = vec![
+        ("PIAOJIA_APP_ID".to_owned(), "insurer02".to_owned()),
+        (
+            "PIAOJIA_APP_SECRET".to_owned(),
+            other["secret"].as_str().expect("secret").to_owned(),
+        ),
+    ];
+    let refused = run_step(data.path(), port, &steps[2], &other_env);
+    assert!(!refused.status.success(), "a second lock is refused");
+    let problem: serde_json::Value = serde_json::from_slice(&refused.stdout).expect("a problem");
+    assert_eq!(problem["status"], 409, "{problem}");
+    assert_eq!(problem["code"], "receipt_locked_by_other", "{problem}");
+
+    // 4. Close with the amount paid.
+    let closed = json(&run_step(data.path(), port, &steps[3], &env));
+    assert_eq!(closed["receipts"][0]["reimbursementState"], "CLOSURE", "{closed}");
+    assert_eq!(closed["receipts"][0]["paidAmt"], "100.00", "{closed}");
+    drop(server);
+}

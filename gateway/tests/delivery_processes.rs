@@ -9,7 +9,9 @@
 //! - Redis killed, restarted empty and flushed while receipts flow: every
 //!   accepted receipt is delivered, each once;
 //! - WeChat slower than the request timeout: the send is retried, and no two sends
-//!   of one delivery ever overlap although two notifier processes compete for it.
+//!   of one delivery ever overlap although two notifier processes compete for it;
+//! - `kill -9` of a gateway handling a message-server event: another gateway on
+//!   the same PostgreSQL takes it after the lease and handles it once.
 //!
 //! PostgreSQL comes from `PIAOJIA_TEST_DATABASE_URL` and Redis from
 //! `PIAOJIA_TEST_REDIS_URL`, as for the API suite; each test has a database, a
@@ -762,4 +764,239 @@ async fn wechat_slower_than_the_timeout_is_retried_without_overlapping_sends() {
     for openid in &payers {
         assert_eq!(fleet.sent_to(openid).len(), 1, "the payer received the receipt once");
     }
+}
+
+// ---- kill -9 mid-handling of a WeChat event ------------------------------------
+
+const MESSAGE_TOKEN: &str = "message-token-of-the-process-tests";
+const OPS_TOKEN: &str = "ops-token-of-the-process-tests-0123456789";
+const PDF: &[u8] = b"%PDF-1.7\n% piaojia process test\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n";
+
+/// The message server's inbox as the operator sees it, on the gateway at `base`.
+async fn inbox_rows(http: &reqwest::Client, base: &str) -> Vec<Value> {
+    let Ok(r) = http
+        .get(format!("{base}/v1/ops/wechat-inbox"))
+        .bearer_auth(OPS_TOKEN)
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    r.json::<Vec<Value>>().await.unwrap_or_default()
+}
+
+/// A fleet whose gateway is handling a `user_authorize_invoice` event while WeChat's
+/// getauthdata takes `authdata_ms`: returns once the gateway holds the event's
+/// lease, with the payer and the event's id.
+async fn handling_an_event(authdata_ms: u64) -> (Fleet, String, Value) {
+    let mut fleet = Fleet::new(
+        Store::Postgres,
+        None,
+        &[
+            ("PIAOJIA_OPS__TOKEN", OPS_TOKEN),
+            ("PIAOJIA_WECHAT__INBOX_HANDLE_TIMEOUT_SECS", "5"),
+            ("PIAOJIA_WECHAT__INBOX_LEASE_SECS", "8"),
+            ("PIAOJIA_WECHAT__INBOX_POLL_INTERVAL_MS", "200"),
+        ],
+    )
+    .await;
+    // The channel's message server, and a template message that links the card.
+    let out = fleet
+        .command(&[
+            "channel",
+            "set",
+            "--agency",
+            AGENCY,
+            "--kind",
+            "wechat_template",
+            "--wechat-app-id",
+            OA,
+            "--template-id",
+            TEMPLATE,
+            "--field",
+            "character_string3={billNo}",
+            "--page",
+            "{cardUrl}",
+            "--message-token",
+            MESSAGE_TOKEN,
+        ])
+        .env("PIAOJIA_WECHAT_SECRET", OA_SECRET)
+        .output()
+        .expect("piaojia runs");
+    assert!(
+        out.status.success(),
+        "channel set: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fleet.cli(&[
+        "card",
+        "enable",
+        "--agency",
+        AGENCY,
+        "--app",
+        OA,
+        "--payee",
+        "示例市第一人民医院",
+        "--logo-url",
+        "https://mmbiz.qpic.cn/logo.png",
+    ]);
+    fleet.start_gateway(true).await;
+    let base = fleet.issuer.base.clone();
+    fleet
+        .sim
+        .set_message_server(
+            OA,
+            Some(piaojia_wechat_sim::MessageServer {
+                url: format!("{base}/v1/wechat/{OA}/events"),
+                token: MESSAGE_TOKEN.to_owned(),
+                encoding_aes_key: None,
+            }),
+        )
+        .expect("message server set");
+
+    // A receipt with its PDF for the payer: the template message links the card.
+    let payer = piaojia_wechat_sim::new_openid();
+    let mut receipt: Value = serde_json::from_str(RECEIPT).expect("example receipt");
+    receipt["billNo"] = "0000000001".into();
+    receipt["busNo"] = "MZ00000000000001".into();
+    receipt["openID"] = payer.as_str().into();
+    receipt["file"] = serde_json::json!({
+        "format": "pdf",
+        "base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, PDF),
+    });
+    let body = serde_json::to_vec(&receipt).expect("json");
+    let pushed = fleet
+        .issuer
+        .send(reqwest::Method::POST, "/v1/receipts", body)
+        .await
+        .expect("pushed");
+    assert_eq!(pushed.status().as_u16(), 201);
+    let link = eventually_named(30, "the template message", || {
+        let sent = fleet.sent_to(&payer);
+        async move { sent.into_iter().find_map(|m| m.url) }
+    })
+    .await;
+    let path = link
+        .split_once("/h5/")
+        .map(|(_, p)| format!("/h5/{p}"))
+        .expect("a card link");
+    let no_redirects = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let auth_url = no_redirects
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .expect("card link")
+        .headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+
+    // getauthdata made slow: the handling is caught in the middle.
+    fleet.sim.set_faults(
+        FaultScope::Path(paths::GET_AUTH_DATA.into()),
+        Faults::latency(authdata_ms, 0),
+    );
+    let pushes = fleet.sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
+    assert!(pushes.iter().all(|p| p.acknowledged), "{pushes:?}");
+    let http = fleet.issuer.http.clone();
+    let held = eventually_named(30, "the event claimed by the gateway", || {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            inbox_rows(&http, &base).await.into_iter().find(|e| {
+                e["event"] == "user_authorize_invoice" && e["status"] == "pending" && e["leaseUntil"].is_string()
+            })
+        }
+    })
+    .await;
+    assert_eq!(held["attempts"], 1);
+    (fleet, payer, held["id"].clone())
+}
+
+/// The inbox event `id` once `done`, seen through the gateway now running.
+async fn event_done(fleet: &Fleet, id: &Value) -> Value {
+    let (http, base) = (fleet.issuer.http.clone(), fleet.issuer.base.clone());
+    eventually_named(30, "the event done", || {
+        let (http, base, id) = (http.clone(), base.clone(), id.clone());
+        async move {
+            inbox_rows(&http, &base)
+                .await
+                .into_iter()
+                .find(|e| e["id"] == id && e["status"] == "done")
+        }
+    })
+    .await
+}
+
+/// One card in the payer's package, inserted by one successful call.
+async fn one_card(fleet: &Fleet, payer: &str) {
+    let card = eventually_named(60, "the card in the payer's package", || {
+        let cards = fleet.sim.card_package(OA, payer);
+        async move { cards.into_iter().next() }
+    })
+    .await;
+    assert_eq!(card.billing_code, "0000000001");
+    assert_eq!(fleet.sim.card_package(OA, payer).len(), 1, "one card");
+    let inserted: Vec<RecordedCall> = fleet
+        .sim
+        .calls_to(paths::INSERT_BILL)
+        .into_iter()
+        .filter(|c| c.response_errcode == 0)
+        .collect();
+    assert_eq!(inserted.len(), 1, "inserted once: {inserted:?}");
+}
+
+/// A gateway is SIGKILLed while it handles a `user_authorize_invoice` event: the
+/// event stays leased, and a second gateway on the same PostgreSQL takes it once
+/// the lease runs out and handles it, once: one card in the payer's package.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_killed_mid_event_another_handles_it_once_postgres() {
+    let (mut fleet, payer, event_id) = handling_an_event(60_000).await;
+    let killed_at = Utc::now();
+    fleet.kill_gateway();
+    fleet.sim.clear_faults();
+    fleet.start_gateway(true).await;
+
+    // After the lease the second gateway takes it, and the card is inserted once.
+    one_card(&fleet, &payer).await;
+    let done = event_done(&fleet, &event_id).await;
+    assert_eq!(done["attempts"], 2, "the killed claim, then one: {done}");
+    let authdata_after = fleet
+        .sim
+        .calls_to(paths::GET_AUTH_DATA)
+        .into_iter()
+        .filter(|c| started(c) > killed_at)
+        .count();
+    assert_eq!(authdata_after, 1, "the second gateway asked WeChat once");
+}
+
+/// A gateway told to stop (SIGTERM) while it handles an event finishes and settles
+/// it before it exits: the event is done by that gateway, not left leased for the
+/// next to wait out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_stopped_mid_event_settles_it_before_exiting_postgres() {
+    let (mut fleet, payer, event_id) = handling_an_event(2_000).await;
+    let mut gateway = fleet.gateway.take().expect("the gateway runs");
+    let term = Command::new("kill")
+        .args(["-TERM", &gateway.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let status = eventually_named(30, "the gateway exits", || {
+        let exited = gateway.child.try_wait().expect("wait");
+        async move { exited }
+    })
+    .await;
+    assert!(status.success(), "a graceful exit: {status}");
+    fleet.start_gateway(true).await;
+    // Settled by the stopped gateway, at once (its lease would run 8 s more).
+    let rows = inbox_rows(&fleet.issuer.http, &fleet.issuer.base).await;
+    let row = rows.iter().find(|e| e["id"] == event_id).expect("the event");
+    assert_eq!(row["status"], "done", "settled before the exit: {row}");
+    assert_eq!(row["attempts"], 1, "handled once, by the stopped gateway");
+    assert!(row["leaseUntil"].is_null());
+    one_card(&fleet, &payer).await;
 }

@@ -14,7 +14,7 @@ use piaojia_core::parties::{ReimbursementAction, ReimbursementState};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::intake::{StoredReceipt, load_receipt};
+use crate::intake::{StoredReceipt, load_receipts};
 use crate::queue::{NewDelivery, insert_deliveries};
 use crate::sql::{Conn, Dialect, Json, Sql, Tx, write_error, written};
 use crate::{Db, Entity, Result, StoreError, Timestamp};
@@ -191,8 +191,14 @@ pub trait Claims: Send + Sync {
     /// Checks every receipt under its row lock and stores the claim with its first
     /// event and the reimburser's webhook, all or nothing.
     async fn submit_claim(&self, claim: NewClaim) -> Result<SubmitOutcome>;
-    /// The payer's claims, newest first.
-    async fn payer_claims(&self, payer_id: Uuid) -> Result<Vec<ClaimRecord>>;
+    /// The payer's claims, newest first: at most `limit`, strictly after (older
+    /// than) the keyset cursor `after` (`created_at`, `id`) of the last one seen.
+    async fn payer_claims(
+        &self,
+        payer_id: Uuid,
+        after: Option<(Timestamp, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<ClaimRecord>>;
     async fn payer_claim(&self, payer_id: Uuid, claim_id: Uuid) -> Result<Option<ClaimRecord>>;
     async fn withdraw_claim(
         &self,
@@ -215,7 +221,16 @@ pub trait Claims: Send + Sync {
     /// withdrawn nor cancelled: what entitles it to the payer's personal data.
     async fn claim_holding(&self, app_id: &str, receipt_id: Uuid) -> Result<Option<ClaimRecord>>;
     /// The claim's receipts in full, in the claim's order.
-    async fn claim_receipts(&self, claim: &ClaimRecord) -> Result<Vec<StoredReceipt>>;
+    async fn claim_receipts(&self, claim: &ClaimRecord) -> Result<Vec<StoredReceipt>> {
+        Ok(self
+            .claims_receipts(std::slice::from_ref(claim))
+            .await?
+            .pop()
+            .unwrap_or_default())
+    }
+    /// The receipts of each of these claims (in the claims' order, each in its
+    /// claim's order), read in one query for all of them, whatever their number.
+    async fn claims_receipts(&self, claims: &[ClaimRecord]) -> Result<Vec<Vec<StoredReceipt>>>;
 }
 
 #[derive(sqlx::FromRow)]
@@ -512,34 +527,42 @@ async fn move_claim<D: Dialect>(
     insert_claim_deliveries::<D>(conn, claim, deliveries, now).await
 }
 
-/// The open claims holding this receipt (any reimburser, or only `reimburser`).
+/// The open claims holding any of these receipts (any reimburser, or only
+/// `reimburser`), each once, with their receipts: two queries whatever their number.
 async fn open_claims_of<C: Conn + ?Sized>(
     conn: &mut C,
-    receipt_id: Uuid,
+    receipt_ids: &[Uuid],
     reimburser: Option<&str>,
 ) -> Result<Vec<ClaimRecord>> {
-    let rows: Vec<ClaimRow> = Sql::new(concatcp!(
+    if receipt_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::new(concatcp!(
         "SELECT ",
         CLAIM_COLUMNS,
-        " FROM claims c JOIN claim_receipts cr ON cr.claim_id = c.id \
-         WHERE cr.receipt_id = $1 AND cr.open = true AND ($2 IS NULL OR c.reimburser_app_id = $2) ORDER BY c.id"
-    ))
-    .bind(receipt_id)
-    .bind(reimburser)
-    .fetch_all(&mut *conn)
-    .await?;
+        " FROM claims c WHERE c.id IN (SELECT cr.claim_id FROM claim_receipts cr WHERE cr.open = true AND cr.receipt_id IN "
+    ));
+    sql.push_list(receipt_ids.iter().copied());
+    sql.push(")");
+    if let Some(app_id) = reimburser {
+        sql.push(" AND c.reimburser_app_id = ").push_bind(app_id);
+    }
+    sql.push(" ORDER BY c.id");
+    let rows: Vec<ClaimRow> = sql.fetch_all(&mut *conn).await?;
     with_receipts(conn, rows).await
 }
 
-/// After a reimburser's change of one receipt (inside its transaction): the
-/// status of that reimburser's open claims holding it follows. A rejection
-/// rejects the claim; otherwise the claim is `locked` while any of its receipts
-/// is locked or closed by the reimburser, `reimbursed` (with the sum paid) once
-/// every one is closed, and back to `received` when its locks are all released.
+/// After a reimburser's change of a batch of receipts (inside its transaction,
+/// once for the whole batch): the status of that reimburser's open claims holding
+/// any of them follows. A rejection rejects the claim; otherwise the claim is
+/// `locked` while any of its receipts is locked or closed by the reimburser,
+/// `reimbursed` (with the sum paid) once every one is closed, and back to
+/// `received` when its locks are all released. The claims and the states of all
+/// their receipts are read in one query each, not one per receipt.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn sync_claims<D: Dialect>(
     conn: &mut D::Conn,
-    receipt_id: Uuid,
+    receipt_ids: &[Uuid],
     reimburser: &str,
     action: ReimbursementAction,
     reason: Option<&str>,
@@ -553,7 +576,24 @@ pub(crate) async fn sync_claims<D: Dialect>(
     } else {
         reimburser
     };
-    for mut claim in open_claims_of(&mut *conn, receipt_id, Some(reimburser)).await? {
+    let claims = open_claims_of(&mut *conn, receipt_ids, Some(reimburser)).await?;
+    if claims.is_empty() {
+        return Ok(());
+    }
+    type State = (Uuid, String, Option<String>, Option<i64>);
+    let mut states: std::collections::HashMap<Uuid, State> = std::collections::HashMap::new();
+    if action != ReimbursementAction::Reject {
+        let mut ids: Vec<Uuid> = claims.iter().flat_map(|c| c.receipt_ids.iter().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut sql = Sql::new(
+            "SELECT id, reimbursement_state, reimbursement_holder, reimbursement_paid_fen FROM receipts WHERE id IN ",
+        );
+        sql.push_list(ids);
+        let rows: Vec<State> = sql.fetch_all(&mut *conn).await?;
+        states = rows.into_iter().map(|s| (s.0, s)).collect();
+    }
+    for mut claim in claims {
         if action == ReimbursementAction::Reject {
             move_claim::<D>(
                 conn,
@@ -572,14 +612,8 @@ pub(crate) async fn sync_claims<D: Dialect>(
             .await?;
             continue;
         }
-        let mut sql = Sql::new(
-            "SELECT reimbursement_state, reimbursement_holder, reimbursement_paid_fen FROM receipts WHERE id IN ",
-        );
-        sql.push_list(claim.receipt_ids.iter().copied());
-        let states: Vec<(String, Option<String>, Option<i64>)> = sql.fetch_all(&mut *conn).await?;
-        let mine = |s: &(String, Option<String>, Option<i64>), state: ReimbursementState| {
-            s.0 == state.as_str() && s.1.as_deref() == Some(reimburser)
-        };
+        let states: Vec<&State> = claim.receipt_ids.iter().filter_map(|id| states.get(id)).collect();
+        let mine = |s: &State, state: ReimbursementState| s.1 == state.as_str() && s.2.as_deref() == Some(reimburser);
         let all_closed = states.iter().all(|s| mine(s, ReimbursementState::Closure));
         let any_held = states
             .iter()
@@ -587,7 +621,7 @@ pub(crate) async fn sync_claims<D: Dialect>(
         let (to, paid) = if all_closed {
             (
                 ClaimStatus::Reimbursed,
-                Some(states.iter().filter_map(|s| s.2).sum::<i64>()),
+                Some(states.iter().filter_map(|s| s.3).sum::<i64>()),
             )
         } else if any_held {
             (ClaimStatus::Locked, None)
@@ -628,7 +662,7 @@ pub(crate) async fn cancel_claims_of_reversed<D: Dialect>(
     now: Timestamp,
 ) -> Result<()> {
     let actor = format!("issuer:{issuer_app_id}");
-    for mut claim in open_claims_of(&mut *conn, receipt_id, None).await? {
+    for mut claim in open_claims_of(&mut *conn, &[receipt_id], None).await? {
         let reason = format!("开票单位已冲红: {reason}");
         let mut hook_claim = claim.clone();
         hook_claim.status = ClaimStatus::Cancelled;
@@ -833,16 +867,29 @@ impl<D: Dialect> Claims for Db<D> {
         Ok(SubmitOutcome::Submitted(Box::new(claim)))
     }
 
-    async fn payer_claims(&self, payer_id: Uuid) -> Result<Vec<ClaimRecord>> {
+    async fn payer_claims(
+        &self,
+        payer_id: Uuid,
+        after: Option<(Timestamp, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<ClaimRecord>> {
         let mut conn = self.d.read().await?;
-        let rows: Vec<ClaimRow> = Sql::new(concatcp!(
+        let mut sql = Sql::new(concatcp!(
             "SELECT ",
             CLAIM_COLUMNS,
-            " FROM claims c WHERE c.payer_id = $1 ORDER BY c.created_at DESC, c.id DESC LIMIT 200"
-        ))
-        .bind(payer_id)
-        .fetch_all(&mut *conn)
-        .await?;
+            " FROM claims c WHERE c.payer_id = "
+        ));
+        sql.push_bind(payer_id);
+        if let Some((at, id)) = after {
+            sql.push(" AND (c.created_at, c.id) < (")
+                .push_bind(at)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        sql.push(" ORDER BY c.created_at DESC, c.id DESC LIMIT ")
+            .push_bind(limit);
+        let rows: Vec<ClaimRow> = sql.fetch_all(&mut *conn).await?;
         with_receipts(&mut *conn, rows).await
     }
 
@@ -986,12 +1033,20 @@ impl<D: Dialect> Claims for Db<D> {
         Ok(with_receipts(&mut *conn, rows).await?.pop())
     }
 
-    async fn claim_receipts(&self, claim: &ClaimRecord) -> Result<Vec<StoredReceipt>> {
-        let mut conn = self.d.read().await?;
-        let mut out = Vec::with_capacity(claim.receipt_ids.len());
-        for id in &claim.receipt_ids {
-            out.extend(load_receipt(&mut *conn, *id).await?);
-        }
-        Ok(out)
+    async fn claims_receipts(&self, claims: &[ClaimRecord]) -> Result<Vec<Vec<StoredReceipt>>> {
+        let mut ids: Vec<Uuid> = claims.iter().flat_map(|c| c.receipt_ids.iter().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let loaded = load_receipts(&mut *self.d.read().await?, &ids).await?;
+        let by_id: std::collections::HashMap<Uuid, &StoredReceipt> = loaded.iter().map(|r| (r.id, r)).collect();
+        Ok(claims
+            .iter()
+            .map(|c| {
+                c.receipt_ids
+                    .iter()
+                    .filter_map(|id| by_id.get(id).map(|r| (*r).clone()))
+                    .collect()
+            })
+            .collect())
     }
 }

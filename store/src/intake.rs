@@ -282,6 +282,29 @@ pub(crate) async fn load_receipt<C: Conn + ?Sized>(conn: &mut C, id: Uuid) -> Re
     with_deliveries(conn, row).await
 }
 
+/// The receipts with these ids, with their deliveries, in two queries whatever
+/// their number; in the order of `ids` (missing ones left out).
+pub(crate) async fn load_receipts<C: Conn + ?Sized>(conn: &mut C, ids: &[Uuid]) -> Result<Vec<StoredReceipt>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::new(concatcp!("SELECT ", RECEIPT_COLUMNS, " FROM receipts WHERE id IN "));
+    sql.push_list(ids.iter().copied());
+    let rows: Vec<ReceiptRow> = sql.fetch_all(&mut *conn).await?;
+    let mut deliveries: std::collections::HashMap<Uuid, Vec<queue::DeliveryRow>> = std::collections::HashMap::new();
+    for d in queue::deliveries_of(&mut *conn, ids).await? {
+        deliveries.entry(d.receipt_id()).or_default().push(d);
+    }
+    let mut by_id: std::collections::HashMap<Uuid, ReceiptRow> = rows.into_iter().map(|r| (r.id, r)).collect();
+    ids.iter()
+        .filter_map(|id| by_id.remove(id))
+        .map(|row| {
+            let of_row = deliveries.remove(&row.id).unwrap_or_default();
+            row.into_receipt(of_row)
+        })
+        .collect()
+}
+
 async fn with_deliveries<C: Conn + ?Sized>(conn: &mut C, row: Option<ReceiptRow>) -> Result<Option<StoredReceipt>> {
     let Some(row) = row else { return Ok(None) };
     let deliveries = queue::receipt_deliveries(conn, row.id).await?;

@@ -5,6 +5,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`claims`] | payers' claims to reimbursers, their status and history |
+//! | [`reminders`] | reimbursement reminders of receipts still unclaimed |
 //! | [`tenants`] | agencies, issuer and reimburser apps with their secrets, WeChat channels |
 //! | [`intake`] | receipts pushed and reversed, with the deliveries they call for |
 //! | [`queue`] | the delivery queue: claims, leases, attempts, re-drive |
@@ -28,6 +29,7 @@ pub mod payments;
 mod postgres;
 pub mod queue;
 pub mod reimbursement;
+pub mod reminders;
 mod sql;
 mod sqlite;
 pub mod tenants;
@@ -204,6 +206,7 @@ pub trait Store:
     + Wallets
     + Reimbursement
     + Claims
+    + reminders::Reminders
     + OfficialAccount
     + WechatInbox
     + PayerPages

@@ -528,12 +528,33 @@ pub trait WechatInbox: Send + Sync {
         lease_until: Timestamp,
         limit: i64,
     ) -> Result<Vec<InboxEvent>>;
-    /// Settles a claimed event; false (nothing written) when `owner` no longer holds it.
-    async fn settle_inbox_event(&self, id: Uuid, owner: &str, outcome: InboxOutcome, at: Timestamp) -> Result<bool>;
+    /// Settles a claimed event; false (nothing written) when `owner` no longer holds
+    /// this claim of it: `attempt` is the event's `attempts` as claimed, so a stale
+    /// handling cannot settle a newer claim, even one by the same owner.
+    async fn settle_inbox_event(
+        &self,
+        id: Uuid,
+        owner: &str,
+        attempt: i32,
+        outcome: InboxOutcome,
+        at: Timestamp,
+    ) -> Result<bool>;
+    /// Whether an event is due at `now` (what [`Self::claim_inbox_events`] would
+    /// take): a read, so an idle worker's poll takes no write lock.
+    async fn inbox_has_due(&self, now: Timestamp) -> Result<bool>;
     /// Forgets events that ended before `before`; how many.
     async fn prune_inbox(&self, before: Timestamp) -> Result<u64>;
     /// An app's kept events, oldest first (operators and tests).
     async fn inbox_events(&self, wechat_app_id: &str) -> Result<Vec<InboxEvent>>;
+    /// Kept events of every app in the order received (ids are time-ordered), in
+    /// `state` if given, after the event `after` (paging), at most `limit`.
+    async fn list_inbox_events(&self, state: Option<&str>, after: Option<Uuid>, limit: i64) -> Result<Vec<InboxEvent>>;
+    async fn inbox_event(&self, id: Uuid) -> Result<Option<InboxEvent>>;
+    /// Puts a failed event back to due at `now` with its attempts reset (an
+    /// operator's re-drive); false when it is not failed.
+    async fn retry_inbox_event(&self, id: Uuid, now: Timestamp) -> Result<bool>;
+    /// Puts every event failed since `since` back to due at `now`; how many.
+    async fn retry_failed_inbox_events(&self, since: Timestamp, now: Timestamp) -> Result<u64>;
 }
 
 const INBOX_COLUMNS: &str = "id, wechat_app_id, dedup_key, event, payload_sealed, state, attempts, received_at, \
@@ -637,7 +658,14 @@ impl<D: Dialect> WechatInbox for Db<D> {
         Ok(events)
     }
 
-    async fn settle_inbox_event(&self, id: Uuid, owner: &str, outcome: InboxOutcome, at: Timestamp) -> Result<bool> {
+    async fn settle_inbox_event(
+        &self,
+        id: Uuid,
+        owner: &str,
+        attempt: i32,
+        outcome: InboxOutcome,
+        at: Timestamp,
+    ) -> Result<bool> {
         let (state, next, handled, error) = match outcome {
             InboxOutcome::Done => ("done", at, Some(at), None),
             InboxOutcome::Failed {
@@ -646,10 +674,12 @@ impl<D: Dialect> WechatInbox for Db<D> {
             } => ("pending", retry, None, Some(error)),
             InboxOutcome::Failed { error, retry_at: None } => ("failed", at, Some(at), Some(error)),
         };
-        // Fenced by the lease: a process whose lease was taken over writes nothing.
+        // Fenced by the claim: every claim counts an attempt, so (owner, attempts)
+        // names one claim; a handling whose lease was taken over writes nothing.
         let n = Sql::new(
             "UPDATE wechat_inbox SET state = $3, next_attempt_at = $4, handled_at = $5, last_error = $6, \
-             lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
+             lease_owner = NULL, lease_until = NULL \
+             WHERE id = $1 AND lease_owner = $2 AND attempts = $7 AND state = 'pending'",
         )
         .bind(id)
         .bind(owner)
@@ -657,9 +687,21 @@ impl<D: Dialect> WechatInbox for Db<D> {
         .bind(next)
         .bind(handled)
         .bind(error)
+        .bind(attempt)
         .execute(&mut *self.d.writer().await?)
         .await?;
         Ok(n > 0)
+    }
+
+    async fn inbox_has_due(&self, now: Timestamp) -> Result<bool> {
+        let row: Option<(Uuid,)> = Sql::new(
+            "SELECT id FROM wechat_inbox WHERE state = 'pending' AND next_attempt_at <= $1 \
+             AND (lease_until IS NULL OR lease_until < $1) LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&mut *self.d.read().await?)
+        .await?;
+        Ok(row.is_some())
     }
 
     async fn prune_inbox(&self, before: Timestamp) -> Result<u64> {
@@ -679,5 +721,52 @@ impl<D: Dialect> WechatInbox for Db<D> {
         .fetch_all(&mut *self.d.read().await?)
         .await?;
         Ok(rows.into_iter().map(InboxEvent::from).collect())
+    }
+
+    async fn list_inbox_events(&self, state: Option<&str>, after: Option<Uuid>, limit: i64) -> Result<Vec<InboxEvent>> {
+        let rows: Vec<InboxRow> = Sql::new(concatcp!(
+            "SELECT ",
+            INBOX_COLUMNS,
+            " FROM wechat_inbox WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+        ))
+        .bind(state)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *self.d.read().await?)
+        .await?;
+        Ok(rows.into_iter().map(InboxEvent::from).collect())
+    }
+
+    async fn inbox_event(&self, id: Uuid) -> Result<Option<InboxEvent>> {
+        let row: Option<InboxRow> = Sql::new(concatcp!("SELECT ", INBOX_COLUMNS, " FROM wechat_inbox WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *self.d.read().await?)
+            .await?;
+        Ok(row.map(InboxEvent::from))
+    }
+
+    async fn retry_inbox_event(&self, id: Uuid, now: Timestamp) -> Result<bool> {
+        // Attempts start over: the worker fails an event claimed past the last
+        // attempt without trying it. The last error stays until the next outcome.
+        let n = Sql::new(
+            "UPDATE wechat_inbox SET state = 'pending', attempts = 0, next_attempt_at = $2, handled_at = NULL, \
+             lease_owner = NULL, lease_until = NULL WHERE id = $1 AND state = 'failed'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *self.d.writer().await?)
+        .await?;
+        Ok(n > 0)
+    }
+
+    async fn retry_failed_inbox_events(&self, since: Timestamp, now: Timestamp) -> Result<u64> {
+        Sql::new(
+            "UPDATE wechat_inbox SET state = 'pending', attempts = 0, next_attempt_at = $2, handled_at = NULL, \
+             lease_owner = NULL, lease_until = NULL WHERE state = 'failed' AND handled_at >= $1",
+        )
+        .bind(since)
+        .bind(now)
+        .execute(&mut *self.d.writer().await?)
+        .await
     }
 }

@@ -482,6 +482,27 @@ pub(crate) async fn receipt_deliveries<C: Conn + ?Sized>(conn: &mut C, receipt_i
     .await
 }
 
+/// The deliveries of these receipts, in one query (each receipt's in order).
+pub(crate) async fn deliveries_of<C: Conn + ?Sized>(conn: &mut C, receipt_ids: &[Uuid]) -> Result<Vec<DeliveryRow>> {
+    if receipt_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::new(concatcp!(
+        "SELECT ",
+        DELIVERY_COLUMNS,
+        " FROM deliveries WHERE receipt_id IN "
+    ));
+    sql.push_list(receipt_ids.iter().copied());
+    sql.push(" ORDER BY receipt_id, created_at, id");
+    sql.fetch_all(conn).await
+}
+
+impl DeliveryRow {
+    pub(crate) fn receipt_id(&self) -> Uuid {
+        self.receipt_id
+    }
+}
+
 /// The fenced completion of one attempt: only the lease holder of a pending
 /// delivery moves it on (no row back otherwise).
 const COMPLETE_ATTEMPT: &str = "UPDATE deliveries SET status = $3, attempts = attempts + 1, \

@@ -445,6 +445,12 @@ impl<D: Dialect> Reimbursement for Db<D> {
             return Ok(replay(row));
         }
 
+        // The receipts whose claims follow, by action: synced once per batch below.
+        let mut synced: Vec<(ReimbursementAction, Vec<Uuid>)> = Vec::new();
+        let mut sync = |action: ReimbursementAction, id: Uuid| match synced.iter_mut().find(|(a, _)| *a == action) {
+            Some((_, ids)) => ids.push(id),
+            None => synced.push((action, vec![id])),
+        };
         for (index, (change, id)) in req.changes.iter().zip(&ids).enumerate() {
             let Some(receipt) = current.get_mut(id) else {
                 return Err(StoreError::Corrupt("a locked receipt vanished".into()));
@@ -471,17 +477,7 @@ impl<D: Dialect> Reimbursement for Db<D> {
             let Some(to) = next else {
                 // A rejection of an unlocked receipt changes no state but still rejects its claim.
                 if change.action == ReimbursementAction::Reject {
-                    crate::claims::sync_claims::<D>(
-                        tx.conn(),
-                        *id,
-                        &req.app_id,
-                        change.action,
-                        req.reason.as_deref(),
-                        req.remote_addr.as_deref(),
-                        Some(&req.request_id),
-                        now,
-                    )
-                    .await?;
+                    sync(change.action, *id);
                 }
                 continue;
             };
@@ -523,11 +519,14 @@ impl<D: Dialect> Reimbursement for Db<D> {
             receipt.holder = holder;
             receipt.locked_at = locked_at;
             receipt.paid_fen = paid;
+            sync(change.action, *id);
+        }
+        for (action, receipts) in &synced {
             crate::claims::sync_claims::<D>(
                 tx.conn(),
-                *id,
+                receipts,
                 &req.app_id,
-                change.action,
+                *action,
                 req.reason.as_deref(),
                 req.remote_addr.as_deref(),
                 Some(&req.request_id),
@@ -567,6 +566,7 @@ impl<D: Dialect> Reimbursement for Db<D> {
             .fetch_all(tx.conn())
             .await?;
         let mut released = Vec::with_capacity(rows.len());
+        let mut by_holder: Vec<(String, Vec<Uuid>)> = Vec::new();
         for row in rows {
             let mut r = row.into_state()?;
             let holder = r.holder.clone().unwrap_or_default();
@@ -595,10 +595,20 @@ impl<D: Dialect> Reimbursement for Db<D> {
                 },
             )
             .await?;
+            match by_holder.iter_mut().find(|(h, _)| *h == holder) {
+                Some((_, ids)) => ids.push(r.receipt_id),
+                None => by_holder.push((holder, vec![r.receipt_id])),
+            }
+            r.state = ReimbursementState::Init;
+            released.push(r);
+        }
+        // The claims follow once per holder, not once per receipt.
+        for (holder, receipts) in &by_holder {
+            let reason = format!("lock of {holder} expired");
             crate::claims::sync_claims::<D>(
                 tx.conn(),
-                r.receipt_id,
-                &holder,
+                receipts,
+                holder,
                 ReimbursementAction::Expire,
                 Some(reason.as_str()),
                 None,
@@ -606,8 +616,6 @@ impl<D: Dialect> Reimbursement for Db<D> {
                 now,
             )
             .await?;
-            r.state = ReimbursementState::Init;
-            released.push(r);
         }
         tx.commit().await?;
         Ok(released)

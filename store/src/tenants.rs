@@ -115,6 +115,8 @@ pub trait Tenants: Send + Sync {
     /// Creates or updates (name, file hosts) by code: declarative provisioning.
     async fn upsert_agency(&self, agency: NewAgency) -> Result<Agency>;
     async fn agency(&self, id: Uuid) -> Result<Option<Agency>>;
+    /// The agencies with these ids, in one query (missing ones left out).
+    async fn agencies(&self, ids: &[Uuid]) -> Result<Vec<Agency>>;
     async fn agency_by_code(&self, code: &str) -> Result<Option<Agency>>;
     async fn list_agencies(&self) -> Result<Vec<Agency>>;
 
@@ -404,6 +406,16 @@ impl<D: Dialect> Tenants for Db<D> {
             .fetch_optional(&mut *self.d.read().await?)
             .await?;
         Ok(row.map(Agency::from))
+    }
+
+    async fn agencies(&self, ids: &[Uuid]) -> Result<Vec<Agency>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(concatcp!("SELECT ", AGENCY_COLUMNS, " FROM agencies WHERE id IN "));
+        sql.push_list(ids.iter().copied());
+        let rows: Vec<AgencyRow> = sql.fetch_all(&mut *self.d.read().await?).await?;
+        Ok(rows.into_iter().map(Agency::from).collect())
     }
 
     async fn agency_by_code(&self, code: &str) -> Result<Option<Agency>> {

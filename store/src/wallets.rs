@@ -668,6 +668,80 @@ async fn insert_audit<C: Conn + ?Sized>(
     Ok(())
 }
 
+/// Makes payers `a` (signed in by openid) and `b` (holding the unionid `unionid`)
+/// one: the one without a registration is absorbed into the other (its WeChat
+/// identities, wallet, subscribe consents, sessions, tokens and claims move; its
+/// record goes, an audit record on both stays). Two registered payers stay apart:
+/// each registration holds its own verified identity, which a unionid alone does
+/// not merge. Returns the payer that remains, or None when both stay.
+async fn merge_payers<D: Dialect>(
+    conn: &mut D::Conn,
+    a: Uuid,
+    b: Uuid,
+    unionid: &str,
+    now: Timestamp,
+) -> Result<Option<Uuid>> {
+    // Both rows locked in one order (PostgreSQL): a push collecting into the
+    // absorbed payer either commits first (and its entry is moved below) or
+    // waits and then fails its foreign key, and the issuer's retry finds the
+    // identity already moved. Nothing collected is dropped by the delete.
+    const LOCK: &str = "SELECT id, registered_at FROM payers WHERE id IN ($1, $2) ORDER BY id";
+    let rows: Vec<(Uuid, Option<Timestamp>)> = Sql::new(D::row_lock(LOCK, concatcp!(LOCK, " FOR UPDATE")))
+        .bind(a)
+        .bind(b)
+        .fetch_all(&mut *conn)
+        .await?;
+    let registered = |id: Uuid| rows.iter().any(|(r, at)| *r == id && at.is_some());
+    if rows.len() != 2 {
+        // The other one was merged or erased meanwhile: the caller retries.
+        return Err(StoreError::Conflict("payer_merge"));
+    }
+    let (from, into) = match (registered(a), registered(b)) {
+        (false, _) => (a, b),
+        (true, false) => (b, a),
+        (true, true) => {
+            tracing::warn!(kept = %a, other = %b, "two registered payers share a unionid: not merged");
+            return Ok(None);
+        }
+    };
+    let (entries,): (i64,) = Sql::new("SELECT count(*) FROM wallet_entries WHERE payer_id = $1")
+        .bind(from)
+        .fetch_one(&mut *conn)
+        .await?;
+    for sql in [
+        "UPDATE payer_identities SET payer_id = $2 WHERE payer_id = $1",
+        // A receipt in both wallets keeps the surviving payer's entry (its tags,
+        // note, or removal).
+        "INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, note_sealed, \
+         added_at, removed_at) SELECT $2, receipt_id, agency_id, issued_at, source, tags, note_sealed, added_at, \
+         removed_at FROM wallet_entries WHERE payer_id = $1 ON CONFLICT (payer_id, receipt_id) DO NOTHING",
+        "DELETE FROM wallet_entries WHERE payer_id = $1",
+        "INSERT INTO subscription_credits (payer_id, app_id, template_id, remaining, long_term, updated_at) \
+         SELECT $2, app_id, template_id, remaining, long_term, updated_at FROM subscription_credits \
+         WHERE payer_id = $1 ON CONFLICT (payer_id, app_id, template_id) DO UPDATE SET \
+         remaining = subscription_credits.remaining + excluded.remaining, \
+         long_term = subscription_credits.long_term OR excluded.long_term",
+        "DELETE FROM subscription_credits WHERE payer_id = $1",
+        "UPDATE refresh_tokens SET payer_id = $2 WHERE payer_id = $1",
+        "UPDATE web_sessions SET payer_id = $2 WHERE payer_id = $1",
+        "UPDATE claims SET payer_id = $2 WHERE payer_id = $1",
+        "DELETE FROM payers WHERE id = $1",
+    ] {
+        Sql::new(sql).bind(from).bind(into).execute(&mut *conn).await?;
+    }
+    // The absorbed one may have held the unionid.
+    Sql::new("UPDATE payers SET unionid_index = $2, updated_at = $3 WHERE id = $1 AND unionid_index IS NULL")
+        .bind(into)
+        .bind(unionid)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    let detail = |other: Uuid| serde_json::json!({ "other": other, "walletEntries": entries, "by": "unionid" });
+    insert_audit(&mut *conn, from, "merged_into", detail(into), now).await?;
+    insert_audit(&mut *conn, into, "merged_from", detail(from), now).await?;
+    Ok(Some(into))
+}
+
 const INSERT_REFRESH_TOKEN: &str = "INSERT INTO refresh_tokens (id, family_id, payer_id, app_id, token_hash, \
      created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
@@ -789,16 +863,32 @@ impl<D: Dialect> Db<D> {
                 (id, created)
             }
         };
+        let mut payer_id = payer_id;
         if let Some(u) = unionid_index {
-            // A payer first seen without a unionid learns it now.
-            Sql::new(
-                "UPDATE payers SET unionid_index = $2 WHERE id = $1 AND unionid_index IS NULL \
-                 AND NOT EXISTS (SELECT 1 FROM payers WHERE unionid_index = $2)",
-            )
-            .bind(payer_id)
-            .bind(u)
-            .execute(tx.conn())
-            .await?;
+            let holder: Option<(Uuid,)> = Sql::new("SELECT id FROM payers WHERE unionid_index = $1")
+                .bind(u)
+                .fetch_optional(tx.conn())
+                .await?;
+            match holder {
+                // A payer first seen without a unionid learns it now.
+                None => {
+                    Sql::new("UPDATE payers SET unionid_index = $2 WHERE id = $1 AND unionid_index IS NULL")
+                        .bind(payer_id)
+                        .bind(u)
+                        .execute(tx.conn())
+                        .await
+                        .map_err(|e| write_error(e, "payer_unionid"))?;
+                }
+                Some((holder,)) if holder == payer_id => {}
+                // One WeChat user, two payer records: one first seen by this
+                // openid (an official account's push or page, before any unionid
+                // was known), the other by the unionid (a mini-program sign-in).
+                Some((holder,)) => {
+                    if let Some(kept) = merge_payers::<D>(tx.conn(), payer_id, holder, u, now).await? {
+                        payer_id = kept;
+                    }
+                }
+            }
         }
         let payer = written(load_payer(tx.conn(), payer_id).await?, "payer")?;
         tx.commit().await?;

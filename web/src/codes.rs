@@ -111,6 +111,8 @@ error_codes! {
         "no such app";
     DeliveryNotFound = "delivery_not_found", NOT_FOUND, "Not found",
         "no such delivery";
+    InboxEventNotFound = "inbox_event_not_found", NOT_FOUND, "Not found",
+        "operator API: no such event in the message server's inbox";
     ReimburserNotFound = "reimburser_not_found", NOT_FOUND, "Not found",
         "mini-program API: no registered reimburser with this appId";
     ClaimNotFound = "claim_not_found", NOT_FOUND, "Not found",
@@ -152,6 +154,8 @@ error_codes! {
         "mini-program API: the reimburser locked the claim's receipts; it can no longer be withdrawn";
     ClaimClosed = "claim_closed", CONFLICT, "Conflict",
         "the claim is final (reimbursed, rejected, withdrawn or cancelled)";
+    InboxEventNotFailed = "inbox_event_not_failed", CONFLICT, "Conflict",
+        "operator API: only a failed inbox event can be retried (it is pending or done)";
 
     PayloadTooLarge = "payload_too_large", PAYLOAD_TOO_LARGE, "Payload too large",
         "the body is above its scope's limit, refused before it is read";

@@ -368,6 +368,24 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// Who a web OAuth code stands for (`sns/oauth2/access_token`; its access token
+/// is not kept: snsapi_base needs nothing more).
+#[derive(Clone, Deserialize)]
+pub struct WebIdentity {
+    pub openid: String,
+    #[serde(default)]
+    pub unionid: Option<String>,
+}
+
+impl std::fmt::Debug for WebIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebIdentity")
+            .field("openid", &mask(&self.openid))
+            .field("unionid", &self.unionid.as_deref().map(mask))
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct QrCode {
     pub ticket: String,
@@ -809,29 +827,24 @@ impl WechatClient {
             .await
     }
 
-    /// Official-account web OAuth (snsapi_base): the code's openid.
-    pub async fn oauth2_access_token(&self, app: &AppCredentials, code: &str) -> Result<String, CallError> {
-        #[derive(Deserialize)]
-        struct OAuth {
-            openid: String,
-        }
+    /// Official-account web OAuth (snsapi_base): the code's openid, and the
+    /// unionid when the account is bound to an open-platform account.
+    pub async fn oauth2_access_token(&self, app: &AppCredentials, code: &str) -> Result<WebIdentity, CallError> {
         let query = [
             ("appid", app.appid.as_str()),
             ("secret", app.secret.expose_secret()),
             ("code", code),
             ("grant_type", "authorization_code"),
         ];
-        let r: OAuth = self
-            .request(
-                app,
-                Method::GET,
-                PATH_OAUTH2_ACCESS_TOKEN,
-                &query,
-                &Payload::Empty,
-                true,
-            )
-            .await?;
-        Ok(r.openid)
+        self.request(
+            app,
+            Method::GET,
+            PATH_OAUTH2_ACCESS_TOKEN,
+            &query,
+            &Payload::Empty,
+            true,
+        )
+        .await
     }
 
     /// Parametric QR code: temporary (`QR_STR_SCENE`) with `expire_seconds`, else permanent

@@ -59,8 +59,8 @@ fn payer_openid(
                 // The issuer's own word wins; the payment system may know the
                 // payer in another app, or one of the two systems is wrong.
                 tracing::warn!(
-                    receipt_openid = %mask::token(own),
-                    payment_openid = %mask::token(&p.openid),
+                    receipt_openid = %mask::openid(own),
+                    payment_openid = %mask::openid(&p.openid),
                     order = %mask::token(&p.wechat_order_no),
                     "a receipt's openID differs from its payment's: the receipt's is used"
                 );

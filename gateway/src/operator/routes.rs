@@ -14,7 +14,7 @@ use crate::error::{ApiError, ErrorCode, Problem};
 use crate::state::AppState;
 use crate::views::DeliveryView;
 
-use super::views::{AlertView, InterfacesView, RedriveResult, TrackedView};
+use super::views::{AlertView, InboxEventView, InboxRetryResult, InterfacesView, RedriveResult, TrackedView};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(channels)
@@ -22,7 +22,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(alerts)
         .service(deliveries)
         .service(redrive)
-        .service(reimbursement_history);
+        .service(reimbursement_history)
+        .service(wechat_inbox)
+        .service(retry_inbox_event)
+        .service(retry_failed_inbox_events);
 }
 
 fn views(summaries: Vec<KeySummary>, backlog: impl Fn(&str) -> Option<(i64, i64)>) -> Vec<TrackedView> {
@@ -283,4 +286,132 @@ pub async fn reimbursement_history(
         .ok_or_else(|| ApiError::with(ErrorCode::ReceiptNotFound, "no receipt with this id"))?;
     let events = state.store.reimbursement_history(id).await?;
     Ok(HttpResponse::Ok().json(crate::reimburser::views::HistoryView::build(&now, events)))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct InboxQuery {
+    /// `pending`, `done` or `failed`; absent: all.
+    pub status: Option<String>,
+    /// At most 1000; default 100.
+    pub limit: Option<i64>,
+    /// The last id of the previous page.
+    pub after: Option<Uuid>,
+}
+
+fn inbox_view(state: &AppState, e: piaojia_store::InboxEvent) -> InboxEventView {
+    // The openid is inside the sealed body: opened here, shown masked only.
+    let open_id = state
+        .keyring
+        .open(
+            &e.payload_sealed,
+            &piaojia_core::pii::purpose::wechat_inbox(&e.wechat_app_id),
+        )
+        .ok()
+        .and_then(|plain| piaojia_wechat::event::parse_event(&String::from_utf8_lossy(&plain)).ok())
+        .and_then(|ev| ev.from_user_name)
+        .map(|o| piaojia_core::mask::openid(&o));
+    InboxEventView {
+        id: e.id,
+        event: e.event,
+        app_id: e.wechat_app_id,
+        open_id,
+        status: e.state,
+        attempts: e.attempts,
+        last_error: e.last_error,
+        received_at: e.received_at.into(),
+        next_attempt_at: e.next_attempt_at.into(),
+        lease_until: e.lease_until.map(Into::into),
+        handled_at: e.handled_at.map(Into::into),
+    }
+}
+
+/// The message server's inbox in the order received, e.g. `?status=failed` for
+/// the events that failed for good; page with `after`.
+#[utoipa::path(get, path = "/v1/ops/wechat-inbox", tag = "operations", security(("operator_token" = [])), params(InboxQuery),
+    responses((status = 200, body = Vec<InboxEventView>), (status = 401, description = "`auth_missing`, `auth_bad_token`", body = Problem, content_type = "application/problem+json"), (status = 403, description = "`ops_disabled`", body = Problem, content_type = "application/problem+json"), (status = 429, description = "`too_many_attempts` (failed tokens from this address)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: unknown status", body = Problem, content_type = "application/problem+json")))]
+#[get("/v1/ops/wechat-inbox")]
+pub async fn wechat_inbox(
+    _op: Operator,
+    state: web::Data<AppState>,
+    q: web::Query<InboxQuery>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(s) = q.status.as_deref()
+        && !matches!(s, "pending" | "done" | "failed")
+    {
+        return Err(ApiError::with(ErrorCode::ValidationFailed, "unknown status").field(
+            "/status",
+            "invalid_value",
+            "pending, done or failed",
+        ));
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = state
+        .store
+        .list_inbox_events(q.status.as_deref(), q.after, limit)
+        .await?;
+    Ok(HttpResponse::Ok().json(rows.into_iter().map(|e| inbox_view(&state, e)).collect::<Vec<_>>()))
+}
+
+/// Puts a failed inbox event back to due: a worker handles it again at once,
+/// its attempts starting over.
+#[utoipa::path(post, path = "/v1/ops/wechat-inbox/{id}/retry", tag = "operations", security(("operator_token" = [])),
+    params(("id" = Uuid, Path, description = "The event's id")),
+    responses((status = 200, body = InboxEventView), (status = 401, description = "`auth_missing`, `auth_bad_token`", body = Problem, content_type = "application/problem+json"), (status = 403, description = "`ops_disabled`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`inbox_event_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`inbox_event_not_failed`", body = Problem, content_type = "application/problem+json")))]
+#[post("/v1/ops/wechat-inbox/{id}/retry")]
+pub async fn retry_inbox_event(
+    _op: Operator,
+    state: web::Data<AppState>,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if !state.store.retry_inbox_event(id, Utc::now().into()).await? {
+        return Err(match state.store.inbox_event(id).await? {
+            None => ApiError::with(ErrorCode::InboxEventNotFound, "no inbox event with this id"),
+            Some(e) => ApiError::with(
+                ErrorCode::InboxEventNotFailed,
+                format!("the event is {}, not failed", e.state),
+            ),
+        });
+    }
+    state.inbox.wake();
+    tracing::info!(%id, "operator retry of a WeChat event");
+    let e = state
+        .store
+        .inbox_event(id)
+        .await?
+        .ok_or_else(|| ApiError::with(ErrorCode::InboxEventNotFound, "no inbox event with this id"))?;
+    Ok(HttpResponse::Ok().json(inbox_view(&state, e)))
+}
+
+/// Which failed inbox events to put back to due.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboxRetryRequest {
+    /// Every event failed at or after this time.
+    pub failed_since: chrono::DateTime<Utc>,
+}
+
+/// Puts every inbox event failed since a time back to due (after an outage).
+#[utoipa::path(post, path = "/v1/ops/wechat-inbox/retry", tag = "operations", security(("operator_token" = [])),
+    request_body = InboxRetryRequest,
+    responses((status = 200, body = InboxRetryResult), (status = 401, description = "`auth_missing`, `auth_bad_token`", body = Problem, content_type = "application/problem+json"), (status = 403, description = "`ops_disabled`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json")))]
+#[post("/v1/ops/wechat-inbox/retry")]
+pub async fn retry_failed_inbox_events(
+    _op: Operator,
+    state: web::Data<AppState>,
+    body: web::Json<InboxRetryRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let n = state
+        .store
+        .retry_failed_inbox_events(body.failed_since.into(), Utc::now().into())
+        .await?;
+    state.inbox.wake();
+    tracing::info!(retried = n, "operator retry of failed WeChat events");
+    Ok(HttpResponse::Ok().json(InboxRetryResult { retried: n }))
 }

@@ -53,3 +53,35 @@ pub struct RedriveResult {
     /// How many deliveries are pending again.
     pub redriven: u64,
 }
+
+/// An event of the message server's inbox, without its body (it is sealed: it
+/// names the payer and the card).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InboxEventView {
+    pub id: Uuid,
+    #[schema(example = "subscribe")]
+    pub event: String,
+    pub app_id: String,
+    /// The sender's openid, masked; absent when the kept event cannot be read.
+    #[schema(example = "oAbC********wXyZ")]
+    pub open_id: Option<String>,
+    /// `pending`, `done` or `failed`.
+    pub status: String,
+    /// Claims so far (a claim whose process died counts too).
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub received_at: chrono::DateTime<Utc>,
+    /// When a pending event is due (again).
+    pub next_attempt_at: chrono::DateTime<Utc>,
+    /// Set while a worker holds it.
+    pub lease_until: Option<chrono::DateTime<Utc>>,
+    /// When it ended done or failed.
+    pub handled_at: Option<chrono::DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InboxRetryResult {
+    /// How many failed events are due again.
+    pub retried: u64,
+}

@@ -168,11 +168,22 @@ pub async fn callback(
         result.is_ok(),
         t0.elapsed().as_millis() as u64,
     );
-    let openid = result.map_err(|e| {
+    let web = result.map_err(|e| {
         tracing::info!(appid = %oa.appid, error = %e, "web OAuth code exchange failed");
         PageError::sign_in_failed()
     })?;
-    let payer = state.store.login_payer(&oa.appid, &openid, None).await?.payer;
+    // With a unionid (the account bound to an open-platform account), the payer
+    // of this openid and the one of a mini-program sign-in become one wallet.
+    let unionid = web
+        .unionid
+        .as_deref()
+        .map(|u| state.keyring.blind_index(purpose::index::UNIONID, u));
+    let openid = web.openid;
+    let payer = state
+        .store
+        .login_payer(&oa.appid, &openid, unionid.as_deref())
+        .await?
+        .payer;
     let token = B64URL.encode(pii::random_bytes::<32>());
     let ttl = state.settings.pages.session_ttl;
     state

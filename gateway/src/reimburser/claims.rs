@@ -238,11 +238,9 @@ pub async fn feed(
         ));
     }
     let claims = state.store.reimburser_claims(&caller.app.app_id, after, limit).await?;
-    let mut items = Vec::with_capacity(claims.len());
-    for claim in &claims {
-        let receipts = state.store.claim_receipts(claim).await?;
-        items.push(summary(claim, &receipts));
-    }
+    // Every claim's receipts in one read, not one per claim or receipt.
+    let receipts = state.store.claims_receipts(&claims).await?;
+    let items = claims.iter().zip(&receipts).map(|(c, r)| summary(c, r)).collect();
     let next_cursor = claims.last().map_or(after, |c| c.seq).to_string();
     Ok(HttpResponse::Ok().json(ClaimFeedView { items, next_cursor }))
 }
@@ -285,12 +283,23 @@ pub async fn detail(
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let claim = load(&state, &caller, path.into_inner()).await?;
-    let mut receipts = Vec::with_capacity(claim.receipt_ids.len());
-    for r in state.store.claim_receipts(&claim).await? {
-        let agency = state.store.agency(r.agency_id).await?;
+    let stored = state.store.claim_receipts(&claim).await?;
+    let mut agency_ids: Vec<Uuid> = stored.iter().map(|r| r.agency_id).collect();
+    agency_ids.sort_unstable();
+    agency_ids.dedup();
+    let agencies: std::collections::HashMap<Uuid, piaojia_store::Agency> = state
+        .store
+        .agencies(&agency_ids)
+        .await?
+        .into_iter()
+        .map(|a| (a.id, a))
+        .collect();
+    let mut receipts = Vec::with_capacity(stored.len());
+    for r in stored {
+        let agency = agencies.get(&r.agency_id);
         receipts.push(ClaimReceiptView {
-            agency_code: agency.as_ref().map(|a| a.code.clone()).unwrap_or_default(),
-            agency_name: agency.map(|a| a.name).unwrap_or_default(),
+            agency_code: agency.map(|a| a.code.clone()).unwrap_or_default(),
+            agency_name: agency.map(|a| a.name.clone()).unwrap_or_default(),
             file: r.file.as_ref().map(|f| ClaimFileView {
                 format: f.format.clone(),
                 size: f.size,

@@ -199,9 +199,24 @@ pub struct ClaimView {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ClaimListView {
     pub items: Vec<ClaimView>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    pub next_cursor: Option<String>,
 }
+
+/// Paging of the payer's claims, as the wallet's receipts are paged.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClaimListQuery {
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size (default 20, at most `miniprogram.page_size_max`).
+    pub limit: Option<u32>,
+}
+
+const DEFAULT_PAGE: u32 = 20;
 
 fn mask_value(v: &str) -> String {
     let chars: Vec<char> = v.chars().collect();
@@ -213,38 +228,66 @@ fn mask_value(v: &str) -> String {
 }
 
 async fn claim_view(state: &WalletState, claim: &ClaimRecord, history: bool) -> Result<ClaimView, ApiError> {
-    let name = state
+    let mut views = claim_views(state, std::slice::from_ref(claim), history).await?;
+    views
+        .pop()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a claim without its view")))
+}
+
+/// The payer's view of these claims: their receipts, agencies and reimbursers are
+/// read once for all of them, not once per claim or receipt.
+async fn claim_views(state: &WalletState, claims: &[ClaimRecord], history: bool) -> Result<Vec<ClaimView>, ApiError> {
+    let receipts = state.store.claims_receipts(claims).await?;
+    let mut agency_ids: Vec<Uuid> = receipts.iter().flatten().map(|r| r.agency_id).collect();
+    agency_ids.sort_unstable();
+    agency_ids.dedup();
+    let agencies: HashMap<Uuid, String> = state
         .store
-        .reimburser(&claim.reimburser_app_id)
+        .agencies(&agency_ids)
         .await?
-        .map(|r| r.name)
-        .unwrap_or_default();
-    let mut agencies: HashMap<Uuid, String> = HashMap::new();
-    let mut receipts = Vec::new();
-    for r in state.store.claim_receipts(claim).await? {
-        let agency_name = match agencies.get(&r.agency_id) {
+        .into_iter()
+        .map(|a| (a.id, a.name))
+        .collect();
+    let mut names: HashMap<&str, String> = HashMap::new();
+    let mut views = Vec::with_capacity(claims.len());
+    for (claim, stored) in claims.iter().zip(receipts) {
+        let name = match names.get(claim.reimburser_app_id.as_str()) {
             Some(name) => name.clone(),
             None => {
                 let name = state
                     .store
-                    .agency(r.agency_id)
+                    .reimburser(&claim.reimburser_app_id)
                     .await?
-                    .map(|a| a.name)
+                    .map(|r| r.name)
                     .unwrap_or_default();
-                agencies.insert(r.agency_id, name.clone());
+                names.insert(&claim.reimburser_app_id, name.clone());
                 name
             }
         };
-        receipts.push(ClaimReceiptView {
-            receipt_id: r.id,
-            agency_name,
-            bill_batch_code: r.bill_batch_code,
-            bill_no: r.bill_no,
-            total_amt: format_yuan(r.total_fen),
-            issued_at: r.issued_at.into(),
-            reimbursement_state: r.reimbursement_state.as_str(),
-        });
+        let receipts = stored
+            .into_iter()
+            .map(|r| ClaimReceiptView {
+                receipt_id: r.id,
+                agency_name: agencies.get(&r.agency_id).cloned().unwrap_or_default(),
+                bill_batch_code: r.bill_batch_code,
+                bill_no: r.bill_no,
+                total_amt: format_yuan(r.total_fen),
+                issued_at: r.issued_at.into(),
+                reimbursement_state: r.reimbursement_state.as_str(),
+            })
+            .collect();
+        views.push(view_of(state, claim, name, receipts, history).await?);
     }
+    Ok(views)
+}
+
+async fn view_of(
+    state: &WalletState,
+    claim: &ClaimRecord,
+    name: String,
+    receipts: Vec<ClaimReceiptView>,
+    history: bool,
+) -> Result<ClaimView, ApiError> {
     let fields = match claim.fields_sealed.as_deref() {
         None => BTreeMap::new(),
         Some(s) => state
@@ -507,24 +550,60 @@ pub async fn submit(
     Ok(HttpResponse::Created().json(claim_view(&state, &claim, false).await?))
 }
 
-/// The payer's claims, newest first, with their status.
+/// The payer's claims, newest first, with their status, a page at a time
+/// (keyset: `nextCursor` is passed back as `cursor`).
 #[utoipa::path(
     get,
     path = "/v1/mp/claims",
     tag = "mini-program",
     security(("payer_jwt" = [])),
+    params(ClaimListQuery),
     responses(
         (status = 200, body = ClaimListView),
+        (status = 400, description = "`invalid_query`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: `cursor` or `limit` is malformed", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[get("/v1/mp/claims")]
-pub async fn list(state: web::Data<WalletState>, payer: Payer) -> Result<HttpResponse, ApiError> {
-    let mut items = Vec::new();
-    for claim in state.store.payer_claims(payer.id).await? {
-        items.push(claim_view(&state, &claim, false).await?);
+pub async fn list(
+    state: web::Data<WalletState>,
+    payer: Payer,
+    query: web::Query<ClaimListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let max = state.settings.miniprogram.page_size_max;
+    let mut p = Problems::default();
+    let after = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => {
+            let parsed = super::receipts::decode_cursor(c);
+            if parsed.is_none() {
+                p.push("/cursor", "invalid_value", "use nextCursor of the previous page");
+            }
+            parsed
+        }
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > max {
+        p.push("/limit", "out_of_range", format!("between 1 and {max}"));
     }
-    Ok(HttpResponse::Ok().json(ClaimListView { items }))
+    p.into_result()?;
+    // One more than asked tells whether another page follows.
+    let mut claims = state
+        .store
+        .payer_claims(payer.id, after.map(|(at, id)| (at.into(), id)), i64::from(limit) + 1)
+        .await?;
+    let next_cursor = if claims.len() > limit as usize {
+        claims.truncate(limit as usize);
+        claims
+            .last()
+            .map(|c| super::receipts::encode_cursor(c.created_at.into(), c.id))
+    } else {
+        None
+    };
+    let items = claim_views(&state, &claims, false).await?;
+    Ok(HttpResponse::Ok().json(ClaimListView { items, next_cursor }))
 }
 
 /// One of the payer's claims, with its history.

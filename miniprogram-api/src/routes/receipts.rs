@@ -39,11 +39,11 @@ fn beijing_midnight(d: NaiveDate) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn encode_cursor(issued_at: DateTime<Utc>, id: Uuid) -> String {
+pub(crate) fn encode_cursor(issued_at: DateTime<Utc>, id: Uuid) -> String {
     B64URL.encode(format!("{}:{}", issued_at.timestamp_micros(), id.simple()))
 }
 
-fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
+pub(crate) fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let raw = String::from_utf8(B64URL.decode(s).ok()?).ok()?;
     let (micros, id) = raw.split_once(':')?;
     Some((

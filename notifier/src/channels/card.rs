@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use piaojia_core::pii::Keyring;
+use piaojia_core::pii::{Keyring, purpose};
+use piaojia_core::receipt::PayerIdentity;
 use piaojia_store::{CardOrder, CardUnit, ChannelKind, ClaimedDelivery, Store, Timestamp};
 use piaojia_wechat::client::{AppCredentials, InsertBill, ReimburseStatus, WechatClient};
 use secrecy::SecretString;
@@ -95,10 +96,7 @@ impl CardChannel {
             .ok_or_else(|| permanent("the card template's official account is not a channel of the agency"))?;
         let secret = self
             .keyring
-            .open(
-                &channel.secret_sealed,
-                &piaojia_core::pii::purpose::wechat_app(&channel.wechat_app_id),
-            )
+            .open(&channel.secret_sealed, &purpose::wechat_app(&channel.wechat_app_id))
             .map_err(|e| permanent(format!("the channel secret cannot be opened: {e}")))?;
         let app = AppCredentials {
             appid: channel.wechat_app_id.clone(),
@@ -159,12 +157,25 @@ impl CardChannel {
             return permanent("the delivery carries no s_media_id");
         };
         let r = &job.receipt;
+        // The card's 抬头 is the receipt's payer (交款人), as on the paper receipt;
+        // it is sealed at rest, so it is opened here, for WeChat alone.
+        let title = match self.store.receipt(r.agency_id, &r.bill_batch_code, &r.bill_no).await {
+            Ok(Some(stored)) => match self
+                .keyring
+                .open_json::<PayerIdentity>(&stored.payer_sealed, purpose::PAYER)
+            {
+                Ok(payer) => payer.name,
+                Err(e) => return permanent(format!("the receipt's payer data cannot be opened: {e}")),
+            },
+            Ok(None) => return permanent("the receipt is not stored"),
+            Err(e) => return store_error(e),
+        };
         let bill = InsertBill {
             order_id: order.order_id.clone(),
             card_id: unit.card_id.clone(),
             appid: unit.wechat_app_id.clone(),
             fee: r.total_fen,
-            title: r.agency_name.clone(),
+            title,
             billing_time: r.issued_at.as_datetime().timestamp(),
             billing_no: r.bill_batch_code.clone(),
             billing_code: r.bill_no.clone(),

@@ -118,7 +118,13 @@ pub fn render_fields(fields: &serde_json::Value, job: &ClaimedDelivery) -> BTree
     // `{amount}` what was paid once reimbursed, before that what was claimed (all
     // its receipts, not the first one the message hangs on).
     let claim = job.delivery.payload.as_ref().filter(|p| p.get("claimId").is_some());
-    let claim_status = claim.and_then(|p| p.get("statusZh")).and_then(|s| s.as_str());
+    // A reimbursement reminder says 待报销 the same way.
+    let claim_status = job
+        .delivery
+        .payload
+        .as_ref()
+        .and_then(|p| p.get("statusZh"))
+        .and_then(|s| s.as_str());
     let paid_fen = claim
         .and_then(|p| p.get("paidFen").and_then(serde_json::Value::as_i64))
         .or_else(|| {

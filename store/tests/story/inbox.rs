@@ -71,17 +71,17 @@ async fn inbox_claims_leases_and_retries(fx: &Fixture) -> TestResult {
     // Only the holder settles.
     assert!(
         !store
-            .settle_inbox_event(first.id, "gw-other", InboxOutcome::Done, now)
+            .settle_inbox_event(first.id, "gw-other", first.attempts, InboxOutcome::Done, now)
             .await?
     );
     assert!(
         store
-            .settle_inbox_event(first.id, owner, InboxOutcome::Done, now)
+            .settle_inbox_event(first.id, owner, first.attempts, InboxOutcome::Done, now)
             .await?
     );
     assert!(
         !store
-            .settle_inbox_event(first.id, owner, InboxOutcome::Done, now)
+            .settle_inbox_event(first.id, owner, first.attempts, InboxOutcome::Done, now)
             .await?
     );
 
@@ -93,6 +93,7 @@ async fn inbox_claims_leases_and_retries(fx: &Fixture) -> TestResult {
             .settle_inbox_event(
                 second.id,
                 owner2,
+                second.attempts,
                 InboxOutcome::Failed {
                     error: "boom".to_owned(),
                     retry_at: Some(retry),
@@ -119,15 +120,18 @@ async fn inbox_claims_leases_and_retries(fx: &Fixture) -> TestResult {
     let (dead, third) = all[2].clone();
     assert!(
         !store
-            .settle_inbox_event(third.id, dead, InboxOutcome::Done, late)
+            .settle_inbox_event(third.id, dead, third.attempts, InboxOutcome::Done, late)
             .await?
     );
     // Failed for good, and pruned with the done one past retention.
+    let third_again = taken.iter().find(|e| e.id == third.id).ok_or("taken again")?;
+    assert_eq!(third_again.attempts, third.attempts + 1);
     assert!(
         store
             .settle_inbox_event(
                 third.id,
                 "gw-f",
+                third_again.attempts,
                 InboxOutcome::Failed {
                     error: "never".to_owned(),
                     retry_at: None,
@@ -136,11 +140,100 @@ async fn inbox_claims_leases_and_retries(fx: &Fixture) -> TestResult {
             )
             .await?
     );
+    // A stale handling by the same owner (its lease ran out and the owner claimed
+    // the event again) cannot settle the newer claim: the fence is the claim.
+    let fourth = taken
+        .iter()
+        .find(|e| e.id != third.id && e.id != second.id)
+        .cloned()
+        .ok_or("a fourth event")?;
+    let later = late + Duration::seconds(61);
+    let reclaimed = store
+        .claim_inbox_events("gw-f", later, later + Duration::seconds(60), 100)
+        .await?;
+    let newer = reclaimed.iter().find(|e| e.id == fourth.id).ok_or("re-claimed")?;
+    assert_eq!(newer.attempts, fourth.attempts + 1);
+    assert!(
+        !store
+            .settle_inbox_event(fourth.id, "gw-f", fourth.attempts, InboxOutcome::Done, later)
+            .await?,
+        "the stale claim settles nothing"
+    );
+    assert!(
+        store
+            .settle_inbox_event(fourth.id, "gw-f", newer.attempts, InboxOutcome::Done, later)
+            .await?
+    );
     let kept = store.inbox_events("wx-oa").await?;
     assert_eq!(kept.iter().filter(|e| e.state == "failed").count(), 1);
-    assert_eq!(kept.iter().filter(|e| e.state == "done").count(), 1);
-    assert_eq!(store.prune_inbox(late + Duration::seconds(1)).await?, 2);
-    assert_eq!(store.inbox_events("wx-oa").await?.len(), 38);
+    assert_eq!(kept.iter().filter(|e| e.state == "done").count(), 2);
+
+    // An idle poll is a read: nothing due while every pending event is leased.
+    assert!(!store.inbox_has_due(later).await?);
+    assert!(store.inbox_has_due(later + Duration::seconds(61)).await?);
+
+    // The operator's view and re-drive: a failed event back to due, attempts reset.
+    let failed = store.list_inbox_events(Some("failed"), None, 10).await?;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, third.id);
+    let page = store.list_inbox_events(None, None, 5).await?;
+    let next = store.list_inbox_events(None, Some(page[4].id), 100).await?;
+    assert_eq!(page.len() + next.len(), 40);
+    assert!(next.iter().all(|e| e.id > page[4].id));
+    assert!(!store.retry_inbox_event(fourth.id, later).await?, "done is not failed");
+    assert!(store.retry_inbox_event(third.id, later).await?);
+    let back = store.inbox_event(third.id).await?.ok_or("kept")?;
+    assert_eq!((back.state.as_str(), back.attempts), ("pending", 0));
+    assert!(back.handled_at.is_none() && back.lease_owner.is_none());
+    assert_eq!(back.last_error.as_deref(), Some("never"));
+    assert!(store.inbox_has_due(later).await?);
+    let again = store
+        .claim_inbox_events("gw-g", later, later + Duration::seconds(60), 100)
+        .await?;
+    assert_eq!(again.iter().map(|e| e.id).collect::<Vec<_>>(), vec![third.id]);
+    assert!(
+        store
+            .settle_inbox_event(
+                third.id,
+                "gw-g",
+                again[0].attempts,
+                InboxOutcome::Failed {
+                    error: "still".to_owned(),
+                    retry_at: None,
+                },
+                later,
+            )
+            .await?
+    );
+    // The batch re-drive takes the failed ones since a time only.
+    assert_eq!(
+        store
+            .retry_failed_inbox_events(later + Duration::seconds(1), later)
+            .await?,
+        0
+    );
+    assert_eq!(store.retry_failed_inbox_events(later, later).await?, 1);
+    assert!(store.inbox_event(uuid::Uuid::now_v7()).await?.is_none());
+    let again = store
+        .claim_inbox_events("gw-g", later, later + Duration::seconds(60), 100)
+        .await?;
+    assert!(
+        store
+            .settle_inbox_event(
+                third.id,
+                "gw-g",
+                again[0].attempts,
+                InboxOutcome::Failed {
+                    error: "never".to_owned(),
+                    retry_at: None,
+                },
+                later,
+            )
+            .await?
+    );
+
+    assert_eq!(store.prune_inbox(later + Duration::seconds(1)).await?, 3);
+    assert_eq!(store.inbox_events("wx-oa").await?.len(), 37);
     // A pruned key is a new event again (retention outlives WeChat's retries).
     assert!(store.record_inbox_event(event(&first.dedup_key, late)).await?);
     Ok(())

@@ -14,6 +14,7 @@ use piaojia_store::payments::{NewWechatPayment, PaymentOutcome};
 use piaojia_store::reimbursement::{
     NewReimburser, ReceiptKey, ReimbursementChange, ReimbursementOutcome, ReimbursementRequest,
 };
+use piaojia_store::reminders::ReminderScan;
 use piaojia_store::testing::FreshDatabase;
 use piaojia_store::wallets::{RefreshOutcome, SubscriptionChoice, SubscriptionReport, WalletAdd, WalletQuery};
 use piaojia_store::{
@@ -455,7 +456,7 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
     assert_eq!(claimed.len(), 1);
     assert!(
         store
-            .settle_inbox_event(claimed[0].id, "w-times", InboxOutcome::Done, later)
+            .settle_inbox_event(claimed[0].id, "w-times", claimed[0].attempts, InboxOutcome::Done, later)
             .await?
     );
     assert_eq!(
@@ -529,6 +530,17 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
     assert!(matches!(submitted, SubmitOutcome::Submitted(_)), "{submitted:?}");
     let withdrawn = store.withdraw_claim(payer, claim_id, None).await?;
     assert!(matches!(withdrawn, WithdrawOutcome::Withdrawn(_)), "{withdrawn:?}");
+
+    // Reminders: the wallet's receipts are all due.
+    let reminded = store
+        .send_due_reminders(&ReminderScan {
+            now: Timestamp::now(),
+            cutoff: Timestamp::now(),
+            agency_cutoffs: vec![],
+            limit: 10,
+        })
+        .await?;
+    assert!(reminded.recorded >= 1, "{reminded:?}");
     Ok(())
 }
 

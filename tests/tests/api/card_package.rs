@@ -106,6 +106,8 @@ both_modes!(card_package_journey, |mode: Mode| async move {
     assert_eq!(card.billing_code, "0000000001");
     assert_eq!(card.card_id, unit.card_id);
     assert_eq!(card.status, CardStatus::Init);
+    // The card's 抬头 is the payer named on the receipt, not the hospital.
+    assert_eq!(Some(card.title.as_str()), samples::outpatient(1)["payer"].as_str());
     let stored = eventually(10, || async {
         app.store
             .card_order_for_receipt(receipt_id)
@@ -350,4 +352,105 @@ both_modes!(failed_events_are_retried_then_reported, |mode: Mode| async move {
         .expect("the failed event is reported");
     assert!(alert["key"].as_str().expect("key").contains(OA));
     assert!(sim.card_package(OA, &payer).is_empty());
+
+    // The operator sees it: masked openid, attempts, last error, never the body.
+    let listed = |query: &'static str| {
+        let app = &app;
+        async move {
+            let r = app.ops("GET", &format!("/v1/ops/wechat-inbox{query}"), None).await;
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.expect("json")
+        }
+    };
+    let failed_list = listed("?status=failed").await;
+    let rows = failed_list.as_array().expect("list");
+    assert_eq!(rows.len(), 1, "{failed_list}");
+    let row = &rows[0];
+    assert_eq!(row["id"], failed.id.to_string());
+    assert_eq!(row["event"], "user_authorize_invoice");
+    assert_eq!(row["appId"], OA);
+    assert_eq!(row["status"], "failed");
+    assert_eq!(row["attempts"], 4);
+    assert!(row["lastError"].as_str().is_some_and(|e| !e.is_empty()));
+    let masked = row["openId"].as_str().expect("a masked openid");
+    assert!(masked.contains('*') && masked != payer && masked.starts_with(&payer[..4]));
+    let text = failed_list.to_string();
+    assert!(!text.contains(&payer) && !text.contains(&failed.payload_sealed));
+    assert!(row.get("payloadSealed").is_none() && row.get("dedupKey").is_none());
+    let all = listed("").await;
+    assert!(all.as_array().expect("list").len() >= 2);
+    let first_page = listed("?limit=1").await;
+    let first_id = first_page[0]["id"].as_str().expect("id").to_owned();
+    let r = app
+        .ops("GET", &format!("/v1/ops/wechat-inbox?limit=1&after={first_id}"), None)
+        .await;
+    let second_page: Value = r.json().await.expect("json");
+    assert_ne!(second_page[0]["id"], first_page[0]["id"], "paged");
+    let bad = app.ops("GET", "/v1/ops/wechat-inbox?status=lost", None).await;
+    assert_eq!(bad.status(), 422);
+    assert_eq!(bad.json::<Value>().await.expect("json")["code"], "validation_failed");
+
+    // Re-driving: a done event is refused, an unknown one is not found …
+    let r = app
+        .ops("POST", &format!("/v1/ops/wechat-inbox/{}/retry", kept[0].id), None)
+        .await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.expect("json")["code"], "inbox_event_not_failed");
+    let r = app
+        .ops(
+            "POST",
+            &format!("/v1/ops/wechat-inbox/{}/retry", uuid::Uuid::now_v7()),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.expect("json")["code"], "inbox_event_not_found");
+
+    // … a failed one is due again with its attempts starting over; WeChat still
+    // failing, it fails for good again, all its retries tried.
+    let since = chrono::Utc::now();
+    let r = app
+        .ops("POST", &format!("/v1/ops/wechat-inbox/{}/retry", failed.id), None)
+        .await;
+    assert_eq!(r.status(), 200);
+    let again: Value = r.json().await.expect("json");
+    assert_eq!(again["status"], "pending");
+    assert_eq!(again["attempts"], 0);
+    let refailed = eventually(15, || async {
+        authorize_events()
+            .await
+            .into_iter()
+            .find(|e| e.state == "failed" && e.handled_at.is_some_and(|t| chrono::DateTime::from(t) >= since))
+    })
+    .await;
+    assert_eq!(refailed.attempts, 4);
+
+    // WeChat back: the batch re-drive of everything failed since then inserts the card, once.
+    sim.clear_faults();
+    let none = app
+        .ops(
+            "POST",
+            "/v1/ops/wechat-inbox/retry",
+            Some(&json!({"failedSince": chrono::Utc::now() + chrono::TimeDelta::hours(1)})),
+        )
+        .await;
+    assert_eq!(none.json::<Value>().await.expect("json")["retried"], 0);
+    let r = app
+        .ops(
+            "POST",
+            "/v1/ops/wechat-inbox/retry",
+            Some(&json!({ "failedSince": since })),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.expect("json")["retried"], 1);
+    eventually(15, || async {
+        authorize_events()
+            .await
+            .into_iter()
+            .find(|e| e.id == failed.id && e.state == "done")
+    })
+    .await;
+    assert_eq!(sim.card_package(OA, &payer).len(), 1, "inserted once");
+    assert!(listed("?status=failed").await.as_array().expect("list").is_empty());
 });

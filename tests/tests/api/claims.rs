@@ -763,3 +763,144 @@ both_modes!(
         .await;
     }
 );
+
+fn batch_item(n: u64, paid: Option<&str>) -> Value {
+    let mut item = json!({"billBatchCode": BATCH, "billNo": format!("{n:010}"), "random": random_of(n)});
+    if let Some(p) = paid {
+        item["paidAmt"] = json!(p);
+    }
+    item
+}
+
+// A batch moves each claim it touches once: the claims and their receipts'
+// states are read for the whole batch, so a claim of two receipts locked (or
+// closed) in one batch gets one event, and the sum paid covers both.
+both_modes!(a_batch_moves_each_claim_once, |mode: Mode| async move {
+    let w = world(mode).await;
+    let app = &w.app;
+    let two = json_of(
+        submit(
+            &w,
+            &claim_body("insurer-b", &[w.ids[1].as_str(), w.ids[2].as_str()], &["name"]),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let one = json_of(
+        submit(&w, &claim_body("insurer-b", &[w.ids[3].as_str()], &["name"])).await,
+        201,
+    )
+    .await;
+    let (two, one) = (
+        two["id"].as_str().expect("id").to_owned(),
+        one["id"].as_str().expect("id").to_owned(),
+    );
+    let batch = |request_id: &str, action: &str, items: Vec<Value>| json!({"requestId": request_id, "action": action, "receipts": items});
+    let locked = json_of(
+        app.signed(
+            &w.b,
+            "POST",
+            "/v1/reimburser/receipts/batch",
+            Some(&batch("b-lock", "lock", (1..=3).map(|n| batch_item(n, None)).collect())),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(locked["receipts"].as_array().map(Vec::len), Some(3), "{locked}");
+    for id in [&two, &one] {
+        assert_eq!(payer_claim(&w, id).await["status"], "locked");
+    }
+    let closed = batch(
+        "b-close",
+        "close",
+        vec![
+            batch_item(1, Some("100.00")),
+            batch_item(2, Some("20.50")),
+            batch_item(3, Some("5.00")),
+        ],
+    );
+    json_of(
+        app.signed(&w.b, "POST", "/v1/reimburser/receipts/batch", Some(&closed))
+            .await,
+        200,
+    )
+    .await;
+    let c = payer_claim(&w, &two).await;
+    assert_eq!(c["status"], "reimbursed", "{c}");
+    assert_eq!(c["paidAmt"], "120.50", "{c}");
+    let actions: Vec<&str> = c["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["submit", "lock", "close"], "{c}");
+    let c = payer_claim(&w, &one).await;
+    assert_eq!(c["status"], "reimbursed", "{c}");
+    assert_eq!(c["paidAmt"], "5.00", "{c}");
+    // The reimburser's feed reads both claims' receipts at once, in claim order.
+    let feed = json_of(app.signed(&w.b, "GET", "/v1/reimburser/claims", None).await, 200).await;
+    let bills: Vec<Vec<&str>> = feed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            i["receipts"]
+                .as_array()
+                .expect("receipts")
+                .iter()
+                .filter_map(|r| r["billNo"].as_str())
+                .collect()
+        })
+        .collect();
+    assert_eq!(bills, [vec!["0000000001", "0000000002"], vec!["0000000003"]], "{feed}");
+});
+
+// The payer's claims come a page at a time, newest first: `nextCursor` leads to
+// the next page and is null on the last; a bad cursor or limit is refused.
+both_modes!(payer_claims_are_paged_with_a_cursor, |mode: Mode| async move {
+    let w = world(mode).await;
+    let app = &w.app;
+    let mut submitted = Vec::new();
+    for n in 1..=3 {
+        let c = json_of(
+            submit(&w, &claim_body("insurer-b", &[w.ids[n].as_str()], &["name"])).await,
+            201,
+        )
+        .await;
+        submitted.push(c["id"].as_str().expect("id").to_owned());
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/mp/claims?limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let page = json_of(app.mp("GET", &path, &w.token, None).await, 200).await;
+        pages += 1;
+        let items = page["items"].as_array().expect("items");
+        assert!(items.len() <= 2, "{page}");
+        seen.extend(items.iter().filter_map(|i| i["id"].as_str().map(str::to_owned)));
+        match page["nextCursor"].as_str() {
+            Some(cursor) => path = format!("/v1/mp/claims?limit=2&cursor={cursor}"),
+            None => break,
+        }
+        assert!(pages < 5, "the pages end");
+    }
+    assert_eq!(pages, 2);
+    submitted.reverse();
+    assert_eq!(seen, submitted, "newest first, each once");
+    // Without a limit: the default page holds them all, and nothing follows.
+    let all = json_of(app.mp("GET", "/v1/mp/claims", &w.token, None).await, 200).await;
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(3));
+    assert_eq!(all["nextCursor"], Value::Null);
+    for (query, pointer) in [
+        ("cursor=not-a-cursor", "/cursor"),
+        ("limit=0", "/limit"),
+        ("limit=1000", "/limit"),
+    ] {
+        let resp = app.mp("GET", &format!("/v1/mp/claims?{query}"), &w.token, None).await;
+        let p = problem(resp, 422).await;
+        assert_eq!(p["errors"][0]["pointer"], pointer, "{query}: {p}");
+    }
+});

@@ -15,6 +15,7 @@ mod pages_browser;
 mod privacy;
 mod receipts;
 mod reimbursement;
+mod reminders;
 mod reversal;
 mod security_headers;
 mod sign_in_limits;

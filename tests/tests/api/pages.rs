@@ -224,6 +224,73 @@ both_modes!(pay_then_push_opens_the_receipt_page, |mode: Mode| async move {
     );
 });
 
+/// The bill numbers in a mini-program payer's wallet, sorted.
+async fn wallet_bills(app: &TestApp, token: &str) -> Vec<String> {
+    let page: Value = app
+        .mp("GET", "/v1/mp/receipts", token, None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let mut bills: Vec<String> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["billNo"].as_str().expect("billNo").to_owned())
+        .collect();
+    bills.sort();
+    bills
+}
+
+// The openid's wallet and a mini-program's become one when web OAuth reports the
+// unionid the mini-program sign-in holds: what was pushed before and after is in
+// both, and the account's pages still show it.
+both_modes!(
+    unionid_merges_the_openid_wallet_into_the_mini_program_payer,
+    |mode: Mode| async move {
+        const WALLET: &str = "wxmergewallet0001";
+        let app = spawn_app(mode).await;
+        let issuer = hospital(&app).await;
+        app.platform_wallet(WALLET, "tpl-wallet-merge", false).await;
+        let sim = app.sim.as_ref().expect("sandbox");
+        let oa_openid = piaojia_wechat_sim::new_openid();
+        let mp_openid = piaojia_wechat_sim::new_openid();
+        let unionid = format!("u-{}", piaojia_wechat_sim::new_openid());
+
+        let mut r = samples::outpatient(1);
+        r["openID"] = oa_openid.clone().into();
+        push(&app, &issuer, &r).await;
+        let session = app.mp_login(WALLET, &mp_openid, Some(&unionid)).await;
+        let token = session["accessToken"].as_str().expect("token").to_owned();
+        assert!(wallet_bills(&app, &token).await.is_empty(), "two payers so far");
+
+        // The official account is bound to the same open platform: its OAuth now
+        // reports the unionid, and the two payers become one.
+        sim.bind_unionid(OA, &oa_openid, &unionid);
+        let mut phone = Browser::of_wechat_user(OA, &oa_openid);
+        let list = phone.get(&format!("{}/h5/{OA}/receipts", app.address)).await;
+        assert_eq!(list.status, 200, "{}", list.body);
+        assert!(list.body.contains("0000000001"), "{}", list.body);
+        assert_eq!(
+            wallet_bills(&app, &token).await,
+            ["0000000001"],
+            "merged into the mini-program's payer"
+        );
+
+        // Later pushes to the openid reach the one wallet.
+        let mut r = samples::outpatient(2);
+        r["openID"] = oa_openid.clone().into();
+        push(&app, &issuer, &r).await;
+        assert_eq!(wallet_bills(&app, &token).await, ["0000000001", "0000000002"]);
+        let list = phone.get(&format!("{}/h5/{OA}/receipts", app.address)).await;
+        assert!(list.body.contains("0000000002"), "{}", list.body);
+        // Signing in again changes nothing.
+        let again = app.mp_login(WALLET, &mp_openid, Some(&unionid)).await;
+        let again = again["accessToken"].as_str().expect("token");
+        assert_eq!(wallet_bills(&app, again).await, ["0000000001", "0000000002"]);
+    }
+);
+
 // Every failure is a page, not JSON, and reveals nothing.
 both_modes!(failures_are_error_pages, |mode: Mode| async move {
     let app = spawn_app(mode).await;

@@ -260,6 +260,15 @@ impl Simulator {
         self.with_state(|st| st.issue_code(CodeKind::Login, appid, openid, unionid, None))
     }
 
+    /// Binds `appid` (an app of an open-platform account) so that `openid`'s
+    /// sign-ins there, web OAuth included, report `unionid`.
+    pub fn bind_unionid(&self, appid: &str, openid: &str, unionid: &str) {
+        self.with_state(|st| {
+            st.unionids
+                .insert((appid.to_owned(), openid.to_owned()), unionid.to_owned())
+        });
+    }
+
     /// Emulates the OAuth redirect: a single-use code for /sns/oauth2/access_token.
     pub fn issue_oauth_code(&self, appid: &str, openid: &str) -> String {
         self.with_state(|st| st.issue_code(CodeKind::OAuth, appid, openid, None, None))

@@ -148,6 +148,8 @@ pub(crate) struct State {
     /// Users who followed through the simulator (scans of theirs are `SCAN`s).
     pub followed: HashSet<UserKey>,
     pub people: People,
+    /// The unionid each (appid, openid) reports, for apps bound to an open platform.
+    pub unionids: HashMap<(String, String), String>,
     pub tickets: HashMap<String, Ticket>,
     /// (appid, type) → the current ticket.
     pub current_ticket: HashMap<UserKey, String>,
@@ -202,6 +204,7 @@ impl State {
             menus: HashMap::new(),
             followed: HashSet::new(),
             people: People::default(),
+            unionids: HashMap::new(),
             tickets: HashMap::new(),
             current_ticket: HashMap::new(),
             ticket_issues: HashMap::new(),
@@ -314,10 +317,15 @@ impl State {
         if !openid.is_empty() {
             self.people.person(appid, openid);
         }
+        // An app bound to an open-platform account reports the user's unionid
+        // in every sign-in, web OAuth included.
+        let unionid = unionid
+            .map(str::to_owned)
+            .or_else(|| self.unionids.get(&(appid.to_owned(), openid.to_owned())).cloned());
         let rec = Code {
             appid: appid.to_owned(),
             openid: openid.to_owned(),
-            unionid: unionid.map(str::to_owned),
+            unionid,
             phone: phone.map(str::to_owned),
             scope: None,
             issued_at: self.now(),

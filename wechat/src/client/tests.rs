@@ -519,10 +519,10 @@ async fn typed_helpers_speak_the_wire_format() {
     let e = client.jscode2session(&app, "used").await.expect_err("reused code");
     assert_eq!(e.class(), Some(ErrorClass::Permanent));
 
-    assert_eq!(
-        client.oauth2_access_token(&app, "webcode").await.expect("oauth"),
-        "oWeb123456"
-    );
+    let web = client.oauth2_access_token(&app, "webcode").await.expect("oauth");
+    assert_eq!(web.openid, "oWeb123456");
+    assert_eq!(web.unionid, None);
+    assert!(!format!("{web:?}").contains("oWeb123456"));
 
     let qr = client.create_qrcode(&app, "r:123", Some(600)).await.expect("temp qr");
     assert_eq!(qr.expire_seconds, Some(600));

@@ -1,0 +1,62 @@
+//! Reimbursement reminders (`[reminders]`): every `check_secs` each gateway asks
+//! the store to record and queue the due reminders (the store's key makes each
+//! one once, whichever gateway finds it first), outside the quiet hours read in
+//! Beijing time, and wakes the notifier when it queued any.
+
+use std::sync::Arc;
+
+use chrono::{TimeDelta, Utc};
+use piaojia_core::settings::ReminderSettings;
+use piaojia_store::reminders::{ReminderRun, ReminderScan};
+use piaojia_store::{Store, Timestamp};
+
+/// One scan now (nothing in the quiet hours).
+pub async fn run_once(
+    store: &dyn Store,
+    wake: &piaojia_notifier::Wake,
+    cfg: &ReminderSettings,
+) -> piaojia_store::Result<ReminderRun> {
+    let now = Utc::now();
+    if cfg.is_quiet(now) {
+        return Ok(ReminderRun::default());
+    }
+    let cutoff = |days: u32| -> Timestamp { (now - TimeDelta::days(i64::from(days))).into() };
+    let scan = ReminderScan {
+        now: now.into(),
+        cutoff: cutoff(cfg.after_days),
+        agency_cutoffs: cfg
+            .agency_after_days
+            .iter()
+            .map(|(code, days)| (code.clone(), cutoff(*days)))
+            .collect(),
+        limit: i64::from(cfg.batch.max(1)),
+    };
+    let run = store.send_due_reminders(&scan).await?;
+    if run.queued > 0 {
+        tracing::info!(
+            recorded = run.recorded,
+            queued = run.queued,
+            "reimbursement reminders queued"
+        );
+        wake.notify().await;
+    }
+    Ok(run)
+}
+
+/// Runs [`run_once`] every `check_secs` until the process ends.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    wake: piaojia_notifier::Wake,
+    cfg: ReminderSettings,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(cfg.check_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = run_once(store.as_ref(), &wake, &cfg).await {
+                tracing::warn!(error = %e, "the reminder scan failed");
+            }
+        }
+    })
+}

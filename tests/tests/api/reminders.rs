@@ -1,0 +1,172 @@
+//! Reimbursement reminders: a payer who opted in is reminded once of each receipt
+//! of their wallet still unreimbursed `after_days` after its issue, by a
+//! subscribe message (待报销) through their mini-program; claimed, locked,
+//! removed receipts and opted-out payers are not; the quiet hours (Beijing time)
+//! hold every reminder; an agency's own period applies to its receipts. The scan
+//! is the gateway's own (`reminders::run_once`) on the real store, run by the test
+//! so that what it finds is decided by the test's steps, not by a timer.
+
+use piaojia_core::settings::ReminderSettings;
+use piaojia_gateway::reminders::run_once;
+use piaojia_tests::both_modes;
+use piaojia_tests::harness::{Mode, TestApp, TestConfig, eventually};
+use piaojia_tests::samples::{self, BATCH};
+use serde_json::{Value, json};
+
+const AGENCY: &str = "12110000400000001A";
+const WALLET: &str = "wx5555aaaa6666bbbb";
+const WALLET_TMPL: &str = "TMPL-WALLET-REMIND";
+const NAME: &str = "张三丰";
+const ID: &str = "11010519491231002X";
+
+fn receipt(n: u64) -> Value {
+    let mut r = samples::outpatient(n);
+    r["payer"] = NAME.into();
+    r["idCardNo"] = ID.into();
+    r["tel"] = "13900139000".into();
+    r
+}
+
+async fn json_of(resp: reqwest::Response, status: u16) -> Value {
+    let code = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(code, status, "{body}");
+    body
+}
+
+/// The bill numbers of the reminders the payer received so far.
+fn reminded(app: &TestApp, openid: &str) -> Vec<String> {
+    let mut bills: Vec<String> = app
+        .sim
+        .as_ref()
+        .expect("sim")
+        .sent_subscribe_messages()
+        .into_iter()
+        .filter(|m| m.touser == openid && m.data.to_string().contains("待报销"))
+        .map(|m| {
+            m.data["character_string3"]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    bills.sort();
+    bills
+}
+
+async fn scan(app: &TestApp, cfg: &ReminderSettings) -> (u64, u64) {
+    let wake = piaojia_notifier::Wake::local();
+    let run = run_once(app.store.as_ref(), &wake, cfg).await.expect("scan");
+    (run.recorded, run.queued)
+}
+
+both_modes!(reminders_come_once_and_only_when_due, |mode: Mode| async move {
+    let mut config = TestConfig::new(mode).await;
+    // The test runs each scan itself.
+    config.set("PIAOJIA_REMINDERS__ENABLED", "false");
+    let app = config.spawn().await;
+    let mut cfg = app.config.settings().reminders;
+    (cfg.quiet_from_hour, cfg.quiet_until_hour) = (0, 0);
+    app.create_agency(AGENCY, &[]).await;
+    let issuer = app.create_issuer(AGENCY, "hosp01-his", None).await;
+    app.platform_wallet(WALLET, WALLET_TMPL, true).await;
+    let insurer = app
+        .create_reimburser_with("insurer-r", &[AGENCY], None, &["name"])
+        .await;
+    let mut ids = vec![String::new()];
+    for n in 1..=4 {
+        let created = json_of(app.push(&issuer, &receipt(n)).await, 201).await;
+        ids.push(created["id"].as_str().expect("id").to_owned());
+    }
+
+    // The payer registers (collecting 1-4) under the long-term template.
+    let openid = piaojia_wechat_sim::new_openid();
+    let session = app.mp_login(WALLET, &openid, None).await;
+    let token = session["accessToken"].as_str().expect("token").to_owned();
+    let code = app.sim.as_ref().expect("sim").issue_phone_code(WALLET, "13900139000");
+    let body = json!({"name": NAME, "idType": "resident", "idNumber": ID, "phoneCode": code,
+        "consent": {"version": "2026-11", "accepted": true}});
+    let registered = json_of(app.mp("PUT", "/v1/mp/profile", &token, Some(&body)).await, 200).await;
+    assert_eq!(registered["collected"], 4, "{registered}");
+    json_of(
+        app.mp(
+            "POST",
+            "/v1/mp/subscriptions",
+            &token,
+            Some(&json!({"results": {WALLET_TMPL: "accept"}})),
+        )
+        .await,
+        200,
+    )
+    .await;
+
+    // 2 is claimed, 3 locked by the insurer, 4 removed from the wallet.
+    let claim = json!({"reimburser": "insurer-r", "receipts": [ids[2]],
+        "consent": {"fields": ["name"], "accepted": true}});
+    json_of(app.mp("POST", "/v1/mp/claims", &token, Some(&claim)).await, 201).await;
+    let random = samples::outpatient(3)["random"].as_str().expect("random").to_owned();
+    let lock = json!({"requestId": "remind-lock-3", "billBatchCode": BATCH, "billNo": "0000000003",
+        "random": random});
+    json_of(
+        app.signed(&insurer, "POST", "/v1/reimburser/receipts/lock", Some(&lock))
+            .await,
+        200,
+    )
+    .await;
+    let removed = app
+        .mp("DELETE", &format!("/v1/mp/receipts/{}", ids[4]), &token, None)
+        .await;
+    assert!(removed.status().is_success(), "{}", removed.status());
+
+    // In the quiet hours (the current Beijing hour), nothing.
+    let mut quiet = cfg.clone();
+    let hour = (chrono::Timelike::hour(&chrono::Utc::now()) + 8) % 24;
+    (quiet.quiet_from_hour, quiet.quiet_until_hour) = (hour, (hour + 1) % 24);
+    assert_eq!(scan(&app, &quiet).await, (0, 0), "quiet hours");
+    // An agency period longer than the receipts' age: not yet due.
+    let mut longer = cfg.clone();
+    longer.agency_after_days.insert(AGENCY.to_owned(), 36500);
+    assert_eq!(scan(&app, &longer).await, (0, 0), "the agency's own period");
+
+    // Due: 1 alone, once, however often the scan runs.
+    assert_eq!(scan(&app, &cfg).await, (1, 1));
+    assert_eq!(scan(&app, &cfg).await, (0, 0), "one reminder per receipt and period");
+    let got = eventually(15, || async {
+        let r = reminded(&app, &openid);
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(got, ["0000000001"]);
+
+    // A payer who opts out is not reminded of a new receipt.
+    let off = json_of(
+        app.mp(
+            "PUT",
+            "/v1/mp/profile/reminders",
+            &token,
+            Some(&json!({"enabled": false})),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(off["reminders"], false);
+    json_of(app.push(&issuer, &receipt(5)).await, 201).await;
+    assert_eq!(scan(&app, &cfg).await, (0, 0), "opted out");
+    // Opting in again reminds of it, once.
+    app.mp(
+        "PUT",
+        "/v1/mp/profile/reminders",
+        &token,
+        Some(&json!({"enabled": true})),
+    )
+    .await;
+    assert_eq!(scan(&app, &cfg).await, (1, 1));
+    let got = eventually(15, || async {
+        let r = reminded(&app, &openid);
+        (r.len() >= 2).then_some(r)
+    })
+    .await;
+    assert_eq!(got, ["0000000001", "0000000005"]);
+    assert_eq!(scan(&app, &cfg).await, (0, 0));
+});
