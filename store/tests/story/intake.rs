@@ -444,7 +444,11 @@ async fn a_payment_takes_its_orders_receipts_once(fx: &Fixture) -> TestResult {
         ..delivery(DeliveryEvent::Issued, ChannelKind::WechatTemplate)
     };
     let taken = store.deliver_paid_receipts(&payment, Some(announce.clone())).await?;
-    assert_eq!(taken, vec![first.id], "only the agency's unreversed receipt without an openid");
+    assert_eq!(
+        taken,
+        vec![first.id],
+        "only the agency's unreversed receipt without an openid"
+    );
     let held = store.receipt(a, "11010125", "0000000091").await?.expect("held");
     assert_eq!(held.open_id.as_deref(), Some("o-payer"));
     assert_eq!(held.deliveries.len(), 1);
