@@ -36,6 +36,8 @@ find_promtool() {
     fi
 }
 
+# Every step checks its status: `set -e` does not apply inside a function
+# called from an `||` list.
 fetch_promtool() {
     if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg >/dev/null 2>&1; then
         echo "promtool is not on PATH and apt-get/dpkg are missing to fetch it;" >&2
@@ -43,21 +45,28 @@ fetch_promtool() {
         return 1
     fi
     local tmp
-    tmp="$(mktemp -d)"
-    # Readable by apt's _apt user, which downloads as root would warn otherwise.
-    chmod 755 "$tmp"
+    tmp="$(mktemp -d)" || return 1
     echo "promtool not found: extracting it from Debian's prometheus package into $cache" >&2
-    # apt-get download writes into the current directory; as root it warns that
-    # the _apt user cannot write there, which is harmless.
+    # apt-get download writes into the current directory. As root it warns that
+    # the download is unsandboxed (the _apt user cannot write there): harmless.
     if ! (cd "$tmp" && apt-get download prometheus </dev/null >&2); then
-        echo "apt-get download prometheus failed (run apt-get update?)" >&2
+        if [ "$(id -u)" = 0 ]; then
+            echo "apt-get download failed; refreshing the package lists (apt-get update) and retrying" >&2
+            apt-get update -qq </dev/null >&2 || true
+        fi
+        if ! (cd "$tmp" && apt-get download prometheus </dev/null >&2); then
+            echo "apt-get download prometheus failed: install promtool or set PROMTOOL" >&2
+            rm -rf "$tmp"
+            return 1
+        fi
+    fi
+    if ! dpkg -x "$tmp"/prometheus_*.deb "$tmp/root" ||
+        ! mkdir -p "$cache/usr/bin" ||
+        ! cp "$tmp/root/usr/bin/promtool" "$cache/usr/bin/promtool"; then
+        echo "extracting promtool from the package failed" >&2
         rm -rf "$tmp"
         return 1
     fi
-    mkdir -p "$cache"
-    dpkg -x "$tmp"/prometheus_*.deb "$tmp/root"
-    mkdir -p "$cache/usr/bin"
-    cp "$tmp/root/usr/bin/promtool" "$cache/usr/bin/promtool"
     rm -rf "$tmp"
     echo "$cache/usr/bin/promtool"
 }
