@@ -138,6 +138,16 @@ impl Breakers {
             .map(|(k, _)| k.clone())
             .collect()
     }
+
+    /// Every interface a breaker was made for, and whether it is not closed
+    /// (the `piaojia_breaker_open` gauge: 0 again once it recovers).
+    pub fn interface_states(&self) -> Vec<(String, bool)> {
+        let states = self.states.lock().expect("breaker lock");
+        states
+            .iter()
+            .map(|(k, s)| (k.clone(), !matches!(s, State::Closed { .. })))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +184,9 @@ mod tests {
         assert_eq!(b.record("x", false), Transition::Recovered);
         assert_eq!(b.permit("x"), Permit::Allow);
         assert!(b.open_interfaces().is_empty());
+        let mut states = b.interface_states();
+        states.sort();
+        assert_eq!(states, [("other".to_owned(), false), ("x".to_owned(), false)]);
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub mod tracker;
 pub mod wake;
 mod worker;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
@@ -93,6 +93,9 @@ struct Inner {
     /// Issuers' callback URLs for `security.app_cache_secs` (as the gateway caches
     /// apps): every finished delivery needs one, and loading an app is a query.
     callbacks: Option<moka::future::Cache<String, Option<String>>>,
+    /// The (channel, interface) pairs the backlog gauges were last set for: a
+    /// drained pair has no backlog row and is set to zero, not left at its last value.
+    backlog_reported: Mutex<HashSet<(ChannelKind, String)>>,
 }
 
 #[derive(Clone)]
@@ -151,6 +154,7 @@ impl Notifier {
                 alerter: alerts::Alerter::new(deps.store.clone(), deps.config.alerts.clone()),
                 permits: Arc::new(Semaphore::new(n.concurrency)),
                 callbacks,
+                backlog_reported: Mutex::default(),
                 tracker: deps.tracker,
                 adapters,
                 wake: deps.wake,
@@ -266,6 +270,7 @@ impl Notifier {
     async fn backlog_gauges(&self) {
         if let Ok(rows) = self.inner.store.backlog().await {
             let now = Timestamp::now();
+            let mut seen = HashSet::new();
             for row in rows {
                 let channel = row.channel.as_str();
                 metrics::gauge!("piaojia_delivery_backlog", "channel" => channel, "interface" => row.interface.clone())
@@ -274,11 +279,20 @@ impl Notifier {
                     .oldest_created_at
                     .map(|t| (now - t).num_milliseconds() as f64 / 1000.0)
                     .unwrap_or(0.0);
-                metrics::gauge!("piaojia_delivery_oldest_pending_seconds", "channel" => channel, "interface" => row.interface).set(age);
+                metrics::gauge!("piaojia_delivery_oldest_pending_seconds", "channel" => channel, "interface" => row.interface.clone()).set(age);
+                seen.insert((row.channel, row.interface));
             }
+            let mut reported = self.inner.backlog_reported.lock().expect("backlog gauges lock");
+            for (channel, interface) in reported.difference(&seen) {
+                let channel = channel.as_str();
+                metrics::gauge!("piaojia_delivery_backlog", "channel" => channel, "interface" => interface.clone())
+                    .set(0.0);
+                metrics::gauge!("piaojia_delivery_oldest_pending_seconds", "channel" => channel, "interface" => interface.clone()).set(0.0);
+            }
+            *reported = seen;
         }
-        for iface in self.inner.breakers.open_interfaces() {
-            metrics::gauge!("piaojia_breaker_open", "interface" => iface).set(1.0);
+        for (iface, open) in self.inner.breakers.interface_states() {
+            metrics::gauge!("piaojia_breaker_open", "interface" => iface).set(if open { 1.0 } else { 0.0 });
         }
     }
 

@@ -1,6 +1,7 @@
 //! The API test suite: every test drives piaojia over HTTP, once on the embedded
 //! SQLite store and once on PostgreSQL + Redis.
 
+mod alert_rules;
 mod auth;
 mod body_limits;
 mod card_package;
