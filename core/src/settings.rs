@@ -286,6 +286,9 @@ pub struct ReminderSettings {
     /// Agencies (by code) with their own number of days.
     #[serde(default)]
     pub agency_after_days: std::collections::BTreeMap<String, u32>,
+    /// A receipt this many days from a reimburser's deadline (`claim_within_days`)
+    /// reminds its payers once more; 0: no such reminder.
+    pub deadline_before_days: u32,
     /// How often each gateway scans.
     #[serde(rename = "check_secs", deserialize_with = "secs")]
     pub check_every: Duration,
@@ -444,6 +447,9 @@ pub struct ReimburserProvision {
     /// Personal fields payers may share with it (`name`, `id_card_no`, `phone`, `email`, `medical_card_no`).
     #[serde(default)]
     pub personal_fields: Vec<String>,
+    /// It reimburses a receipt only this many days after its issue (none: no limit).
+    #[serde(default)]
+    pub claim_within_days: Option<u32>,
     #[serde(default = "enabled_default")]
     pub enabled: bool,
 }

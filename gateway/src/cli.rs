@@ -228,6 +228,9 @@ pub struct ReimburserArgs {
     /// phone, email, medical_card_no.
     #[arg(long = "field")]
     pub personal_fields: Vec<String>,
+    /// It reimburses a receipt only this many days after its issue (default: no limit).
+    #[arg(long)]
+    pub claim_within_days: Option<u32>,
 }
 
 impl From<ReimburserArgs> for provisioning::ReimburserSpec {
@@ -240,6 +243,7 @@ impl From<ReimburserArgs> for provisioning::ReimburserSpec {
             webhook_url: a.webhook_url,
             accepted_agencies: a.accepted_agencies,
             personal_fields: a.personal_fields,
+            claim_within_days: a.claim_within_days,
         }
     }
 }

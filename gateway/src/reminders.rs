@@ -1,5 +1,6 @@
 //! Reimbursement reminders (`[reminders]`): every `check_secs` each gateway asks
-//! the store to record and queue the due reminders (the store's key makes each
+//! the store to record and queue the due reminders (unclaimed receipts, and those
+//! close to a reimburser's `claim_within_days`) (the store's key makes each
 //! one once, whichever gateway finds it first), outside the quiet hours read in
 //! Beijing time, and wakes the notifier when it queued any.
 
@@ -7,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{TimeDelta, Utc};
 use piaojia_core::settings::ReminderSettings;
-use piaojia_store::reminders::{ReminderRun, ReminderScan};
+use piaojia_store::reminders::{DeadlineWindow, ReminderRun, ReminderScan};
 use piaojia_store::{Store, Timestamp};
 
 /// One scan now (nothing in the quiet hours).
@@ -21,7 +22,24 @@ pub async fn run_once(
         return Ok(ReminderRun::default());
     }
     let cutoff = |days: u32| -> Timestamp { (now - TimeDelta::days(i64::from(days))).into() };
+    // Each reimburser with a deadline: its receipts issued between `days` and
+    // `days - before` ago (not yet past it, within `before` of it).
+    let mut deadlines = Vec::new();
+    if cfg.deadline_before_days > 0 {
+        for r in store.list_reimbursers().await? {
+            let Some(days) = r.claim_within_days else { continue };
+            if r.accepted_agencies.is_empty() {
+                continue;
+            }
+            deadlines.push(DeadlineWindow {
+                agencies: r.accepted_agencies,
+                issued_after: cutoff(days),
+                issued_until: cutoff(days.saturating_sub(cfg.deadline_before_days)),
+            });
+        }
+    }
     let scan = ReminderScan {
+        deadlines,
         now: now.into(),
         cutoff: cutoff(cfg.after_days),
         agency_cutoffs: cfg

@@ -108,6 +108,9 @@ pub struct NewClaim {
     pub fields_sealed: Option<String>,
     /// Agencies whose receipts the reimburser accepts.
     pub accepted_agency_ids: Vec<Uuid>,
+    /// Receipts issued before this are past the reimburser's deadline
+    /// (`claim_within_days`; `None`: it has none).
+    pub issued_after: Option<Timestamp>,
     /// The mini-program's agencies (`None`: all, the platform wallet).
     pub scope: Option<Vec<Uuid>>,
     pub remote_addr: Option<String>,
@@ -140,6 +143,8 @@ pub enum ClaimRefusal {
     NotInWallet,
     /// The reimburser does not accept the receipt's agency.
     NotAccepted,
+    /// Issued longer ago than the reimburser's `claim_within_days`.
+    PastDeadline,
     Reversed,
     /// Another reimburser holds the lock.
     LockedByOther,
@@ -733,6 +738,7 @@ pub(crate) async fn erase_payer_claims<D: Dialect>(conn: &mut D::Conn, payer_id:
 #[derive(sqlx::FromRow)]
 struct CandidateRow {
     agency_id: Uuid,
+    issued_at: Timestamp,
     reversed_at: Option<Timestamp>,
     reimbursement_state: String,
     reimbursement_holder: Option<String>,
@@ -757,7 +763,7 @@ struct EventRow {
 impl<D: Dialect> Claims for Db<D> {
     async fn submit_claim(&self, c: NewClaim) -> Result<SubmitOutcome> {
         const REIMBURSER: &str = "SELECT app_id FROM reimbursers WHERE app_id = $1";
-        const RECEIPT: &str = "SELECT agency_id, reversed_at, reimbursement_state, reimbursement_holder \
+        const RECEIPT: &str = "SELECT agency_id, issued_at, reversed_at, reimbursement_state, reimbursement_holder \
              FROM receipts WHERE id = $1";
         let now = Timestamp::now();
         let mut tx = self.d.write().await?;
@@ -799,6 +805,9 @@ impl<D: Dialect> Claims for Db<D> {
             }
             if row.reimbursement_state == ReimbursementState::Closure.as_str() {
                 return refuse(ClaimRefusal::AlreadyClosed);
+            }
+            if c.issued_after.is_some_and(|after| row.issued_at < after) {
+                return refuse(ClaimRefusal::PastDeadline);
             }
             if row.reimbursement_state == ReimbursementState::Lock.as_str()
                 && row.reimbursement_holder.as_deref() != Some(c.reimburser_app_id.as_str())

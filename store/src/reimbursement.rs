@@ -26,6 +26,8 @@ pub struct NewReimburser {
     pub accepted_agencies: Vec<String>,
     /// Personal fields payers may share with it.
     pub personal_fields: Vec<String>,
+    /// It reimburses a receipt only this many days after its issue (None: no limit).
+    pub claim_within_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,7 +37,22 @@ pub struct Reimburser {
     pub name: String,
     pub accepted_agencies: Vec<String>,
     pub personal_fields: Vec<String>,
+    pub claim_within_days: Option<u32>,
     pub created_at: Timestamp,
+}
+
+impl Reimburser {
+    /// The last moment a receipt issued at `issued_at` may be claimed with it.
+    pub fn claim_deadline(&self, issued_at: Timestamp) -> Option<Timestamp> {
+        let days = self.claim_within_days?;
+        Some(issued_at + chrono::TimeDelta::days(i64::from(days)))
+    }
+
+    /// Receipts issued before this moment are past its deadline at `now`.
+    pub fn claim_deadline_cutoff(&self, now: Timestamp) -> Option<Timestamp> {
+        let days = self.claim_within_days?;
+        Some(now - chrono::TimeDelta::days(i64::from(days)))
+    }
 }
 
 /// A receipt as a reimburser names it: code, number and check code.
@@ -146,6 +163,7 @@ struct ReimburserRow {
     name: String,
     accepted_agencies: sqlx::types::Json<Vec<String>>,
     personal_fields: sqlx::types::Json<Vec<String>>,
+    claim_within_days: Option<i64>,
     created_at: Timestamp,
 }
 
@@ -158,12 +176,14 @@ impl ReimburserRow {
             name: self.name,
             accepted_agencies: self.accepted_agencies.0,
             personal_fields: self.personal_fields.0,
+            claim_within_days: self.claim_within_days.and_then(|d| u32::try_from(d).ok()),
             created_at: self.created_at,
         })
     }
 }
 
-const REIMBURSER_COLUMNS: &str = "app_id, kind, name, accepted_agencies, personal_fields, created_at";
+const REIMBURSER_COLUMNS: &str =
+    "app_id, kind, name, accepted_agencies, personal_fields, claim_within_days, created_at";
 
 #[derive(sqlx::FromRow)]
 struct StateRow {
@@ -306,11 +326,11 @@ impl<D: Dialect> Reimbursement for Db<D> {
         let now = Timestamp::now();
         let mut tx = self.d.write().await?;
         Sql::new(
-            "INSERT INTO reimbursers (app_id, kind, name, accepted_agencies, personal_fields, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) \
+            "INSERT INTO reimbursers (app_id, kind, name, accepted_agencies, personal_fields, claim_within_days, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $7, $6, $6) \
              ON CONFLICT (app_id) DO UPDATE SET kind = excluded.kind, name = excluded.name, \
              accepted_agencies = excluded.accepted_agencies, personal_fields = excluded.personal_fields, \
-             updated_at = excluded.updated_at",
+             claim_within_days = excluded.claim_within_days, updated_at = excluded.updated_at",
         )
         .bind(&r.app_id)
         .bind(r.kind.as_str())
@@ -318,6 +338,7 @@ impl<D: Dialect> Reimbursement for Db<D> {
         .bind(Json(&r.accepted_agencies))
         .bind(Json(&r.personal_fields))
         .bind(now)
+        .bind(r.claim_within_days.map(i64::from))
         .execute(tx.conn())
         .await
         .map_err(|e| write_error(e, "reimburser"))?;

@@ -251,6 +251,19 @@ impl TestApp {
         webhook_url: Option<&str>,
         personal_fields: &[&str],
     ) -> Issuer {
+        self.create_reimburser_until(app_id, accepted, webhook_url, personal_fields, None)
+            .await
+    }
+
+    /// A reimburser that pays receipts only `claim_within_days` after their issue.
+    pub async fn create_reimburser_until(
+        &self,
+        app_id: &str,
+        accepted: &[&str],
+        webhook_url: Option<&str>,
+        personal_fields: &[&str],
+        claim_within_days: Option<u32>,
+    ) -> Issuer {
         let org: String = app_id
             .chars()
             .filter(char::is_ascii_alphanumeric)
@@ -268,6 +281,7 @@ impl TestApp {
                 webhook_url: webhook_url.map(str::to_owned),
                 accepted_agencies: accepted.iter().map(|a| (*a).to_owned()).collect(),
                 personal_fields: personal_fields.iter().map(|f| (*f).to_owned()).collect(),
+                claim_within_days,
             },
         )
         .await

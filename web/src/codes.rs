@@ -178,6 +178,8 @@ error_codes! {
         "mini-program API: the consent must list exactly the personal fields the reimburser receives";
     ReimburserDoesNotAccept = "reimburser_does_not_accept", UNPROCESSABLE_ENTITY, "Unprocessable content",
         "mini-program API: the reimburser does not accept receipts of this receipt's agency";
+    ClaimDeadlinePassed = "claim_deadline_passed", UNPROCESSABLE_ENTITY, "Unprocessable content",
+        "mini-program API: the receipt was issued longer ago than the reimburser's `claimWithinDays`";
 
     TooManyAttempts = "too_many_attempts", TOO_MANY_REQUESTS, "Too many requests",
         "too many attempts from this address or account; see `Retry-After`";

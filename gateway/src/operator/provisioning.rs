@@ -338,6 +338,7 @@ pub struct ReimburserView {
     pub reimburser_kind: ReimburserKind,
     pub accepted_agencies: Vec<String>,
     pub personal_fields: Vec<String>,
+    pub claim_within_days: Option<u32>,
 }
 
 /// Personal fields a reimburser may be allowed to receive.
@@ -355,6 +356,8 @@ pub struct ReimburserSpec {
     pub webhook_url: Option<String>,
     pub accepted_agencies: Vec<String>,
     pub personal_fields: Vec<String>,
+    /// It reimburses a receipt only this many days after its issue (None: no limit).
+    pub claim_within_days: Option<u32>,
 }
 
 fn check_reimburser(spec: &ReimburserSpec) -> Result<ReimburserKind> {
@@ -372,6 +375,11 @@ fn check_reimburser(spec: &ReimburserSpec) -> Result<ReimburserKind> {
             "personal field {f:?} is not one of {}",
             PERSONAL_FIELDS.join(", ")
         )));
+    }
+    if spec.claim_within_days == Some(0) {
+        return Err(ProvisionError::Invalid(
+            "claim_within_days must be at least 1 (leave it out for no limit)".into(),
+        ));
     }
     Ok(kind)
 }
@@ -391,6 +399,7 @@ async fn save_profile(
             name: spec.name.trim().to_owned(),
             accepted_agencies: spec.accepted_agencies.clone(),
             personal_fields: spec.personal_fields.clone(),
+            claim_within_days: spec.claim_within_days,
         })
         .await?)
 }
@@ -401,6 +410,7 @@ fn reimburser_view(app: AppView, profile: piaojia_store::Reimburser) -> Reimburs
         reimburser_kind: profile.kind,
         accepted_agencies: profile.accepted_agencies,
         personal_fields: profile.personal_fields,
+        claim_within_days: profile.claim_within_days,
     }
 }
 
@@ -476,6 +486,7 @@ pub async fn apply_declared_reimbursers(
             webhook_url: decl.webhook_url.clone(),
             accepted_agencies: decl.accepted_agencies.clone(),
             personal_fields: decl.personal_fields.clone(),
+            claim_within_days: decl.claim_within_days,
         };
         let kind = check_reimburser(&spec)?;
         let org = match store.agency_by_code(&spec.org_code).await? {

@@ -56,6 +56,12 @@ pub struct ReimburserOptionView {
     /// The personal fields it receives: the consent must list exactly these.
     #[schema(example = json!(["name", "id_card_no"]))]
     pub personal_fields: Vec<String>,
+    /// It reimburses a receipt only this many days after its issue; null: no limit.
+    #[schema(example = 180)]
+    pub claim_within_days: Option<u32>,
+    /// The last moment this receipt may be claimed with it (from `claimWithinDays`).
+    #[schema(example = "2027-05-22T01:30:00Z")]
+    pub claim_by: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -71,7 +77,7 @@ pub struct ReimburserListView {
     security(("payer_jwt" = [])),
     params(ReimbursersQuery),
     responses(
-        (status = 200, body = ReimburserListView, example = json!({"items": [{"appId": "insurer01", "name": "示例人寿保险", "kind": "commercial_insurer", "personalFields": ["name", "id_card_no"]}]})),
+        (status = 200, body = ReimburserListView, example = json!({"items": [{"appId": "insurer01", "name": "示例人寿保险", "kind": "commercial_insurer", "personalFields": ["name", "id_card_no"], "claimWithinDays": 180, "claimBy": "2027-05-22T01:30:00Z"}]})),
         (status = 400, description = "`invalid_query`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
@@ -93,6 +99,8 @@ pub async fn reimbursers(
             continue;
         }
         items.push(ReimburserOptionView {
+            claim_by: r.claim_deadline(d.receipt.issued_at).map(Into::into),
+            claim_within_days: r.claim_within_days,
             app_id: r.app_id,
             name: r.name,
             kind: r.kind.as_str(),
@@ -345,6 +353,10 @@ fn refusal(index: usize, refusal: ClaimRefusal) -> ApiError {
             ErrorCode::ReimburserDoesNotAccept,
             "this reimburser does not accept receipts of this agency",
         ),
+        ClaimRefusal::PastDeadline => (
+            ErrorCode::ClaimDeadlinePassed,
+            "this receipt was issued longer ago than this reimburser accepts (claimWithinDays)",
+        ),
         ClaimRefusal::Reversed => (ErrorCode::ReceiptReversed, "the issuer reversed this receipt (冲红)"),
         ClaimRefusal::LockedByOther => (
             ErrorCode::ReceiptLockedByOther,
@@ -380,7 +392,7 @@ fn refusal(index: usize, refusal: ClaimRefusal) -> ApiError {
         (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`reimburser_not_found`, `receipt_not_found` (`errors[0].pointer` names the receipt)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`receipt_already_claimed`, `receipt_reversed`, `receipt_locked_by_other`, `receipt_already_closed`, `concurrent_change`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`consent_mismatch`, `reimburser_does_not_accept`, `validation_failed` (a consented field has no value, a field is malformed)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`consent_mismatch`, `reimburser_does_not_accept`, `claim_deadline_passed`, `validation_failed` (a consented field has no value, a field is malformed)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[post("/v1/mp/claims")]
@@ -528,6 +540,7 @@ pub async fn submit(
             personal_sealed: state.keyring.seal_json(&personal, &purpose::claim_personal(app_id)),
             fields_sealed,
             accepted_agency_ids,
+            issued_after: reimburser.claim_deadline_cutoff(piaojia_store::Timestamp::now()),
             scope: payer.scope().map(<[Uuid]>::to_vec),
             remote_addr: piaojia_web::client::client_ip(&req, &state.settings.trusted_proxies).map(|ip| ip.to_string()),
         })

@@ -4,9 +4,13 @@
 CREATE TABLE reimbursement_reminders (
     receipt_id   BLOB NOT NULL REFERENCES receipts (id),
     payer_id     BLOB NOT NULL,
-    period       TEXT NOT NULL CHECK (period IN ('unclaimed')),
+    period       TEXT NOT NULL CHECK (period IN ('unclaimed', 'deadline')),
     delivery_id  BLOB,
     sent_at      TEXT NOT NULL,
     PRIMARY KEY (receipt_id, payer_id, period)
 );
 CREATE INDEX reimbursement_reminders_payer_idx ON reimbursement_reminders (payer_id);
+
+-- A reimburser that pays a receipt only within so many days of its issue
+-- (NULL: no limit): claims after it are refused, and payers are reminded before it.
+ALTER TABLE reimbursers ADD COLUMN claim_within_days INTEGER CHECK (claim_within_days > 0);

@@ -14,7 +14,7 @@ use piaojia_store::payments::{NewWechatPayment, PaymentOutcome};
 use piaojia_store::reimbursement::{
     NewReimburser, ReceiptKey, ReimbursementChange, ReimbursementOutcome, ReimbursementRequest,
 };
-use piaojia_store::reminders::ReminderScan;
+use piaojia_store::reminders::{DeadlineWindow, ReminderScan};
 use piaojia_store::testing::FreshDatabase;
 use piaojia_store::wallets::{RefreshOutcome, SubscriptionChoice, SubscriptionReport, WalletAdd, WalletQuery};
 use piaojia_store::{
@@ -481,6 +481,7 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
             name: "保险".to_owned(),
             accepted_agencies: vec![],
             personal_fields: vec![],
+            claim_within_days: Some(30),
         })
         .await?;
     let lock = store
@@ -523,6 +524,7 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
             personal_sealed: "v1:sealed-personal".to_owned(),
             fields_sealed: None,
             accepted_agency_ids: vec![agency_id],
+            issued_after: None,
             scope: None,
             remote_addr: None,
         })
@@ -531,16 +533,22 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
     let withdrawn = store.withdraw_claim(payer, claim_id, None).await?;
     assert!(matches!(withdrawn, WithdrawOutcome::Withdrawn(_)), "{withdrawn:?}");
 
-    // Reminders: the wallet's receipts are all due.
+    // Reminders: the wallet's receipts are all due, and all close to a deadline.
+    let code = store.agency(agency_id).await?.expect("the agency").code;
     let reminded = store
         .send_due_reminders(&ReminderScan {
             now: Timestamp::now(),
             cutoff: Timestamp::now(),
             agency_cutoffs: vec![],
+            deadlines: vec![DeadlineWindow {
+                agencies: vec![code],
+                issued_after: Timestamp::now() - Duration::days(36500),
+                issued_until: Timestamp::now(),
+            }],
             limit: 10,
         })
         .await?;
-    assert!(reminded.recorded >= 1, "{reminded:?}");
+    assert!(reminded.recorded >= 2, "both periods: {reminded:?}");
     Ok(())
 }
 

@@ -36,13 +36,18 @@ async fn json_of(resp: reqwest::Response, status: u16) -> Value {
 
 /// The bill numbers of the reminders the payer received so far.
 fn reminded(app: &TestApp, openid: &str) -> Vec<String> {
+    reminded_of(app, openid, "待报销")
+}
+
+/// The bill numbers of the payer's messages whose status says `status`.
+fn reminded_of(app: &TestApp, openid: &str, status: &str) -> Vec<String> {
     let mut bills: Vec<String> = app
         .sim
         .as_ref()
         .expect("sim")
         .sent_subscribe_messages()
         .into_iter()
-        .filter(|m| m.touser == openid && m.data.to_string().contains("待报销"))
+        .filter(|m| m.touser == openid && m.data.to_string().contains(status))
         .map(|m| {
             m.data["character_string3"]["value"]
                 .as_str()
@@ -170,3 +175,138 @@ both_modes!(reminders_come_once_and_only_when_due, |mode: Mode| async move {
     assert_eq!(got, ["0000000001", "0000000005"]);
     assert_eq!(scan(&app, &cfg).await, (0, 0));
 });
+
+/// `issuedAt` this many days ago, as issuers write it (Beijing time).
+fn days_ago(days: i64) -> String {
+    let beijing = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8");
+    (chrono::Utc::now() - chrono::TimeDelta::days(days))
+        .with_timezone(&beijing)
+        .format("%Y-%m-%dT%H:%M:%S+08:00")
+        .to_string()
+}
+
+both_modes!(
+    a_reimbursers_deadline_reminds_once_and_then_refuses_the_claim,
+    |mode: Mode| async move {
+        let mut config = TestConfig::new(mode).await;
+        config.set("PIAOJIA_REMINDERS__ENABLED", "false");
+        let app = config.spawn().await;
+        let mut cfg = app.config.settings().reminders;
+        (cfg.quiet_from_hour, cfg.quiet_until_hour) = (0, 0);
+        // Only the deadline's reminders here.
+        cfg.after_days = 36500;
+        assert_eq!(cfg.deadline_before_days, 3, "the default");
+        app.create_agency(AGENCY, &[]).await;
+        let issuer = app.create_issuer(AGENCY, "hosp01-his", None).await;
+        app.platform_wallet(WALLET, WALLET_TMPL, true).await;
+        // insurer-d pays within 12 days of issue; insurer-n has no deadline.
+        app.create_reimburser_until("insurer-d", &[AGENCY], None, &["name"], Some(12))
+            .await;
+        app.create_reimburser_with("insurer-n", &[AGENCY], None, &["name"])
+            .await;
+        // 1: 10 days old (2 days before the deadline); 2: 13 days (past it); 3: 1 day.
+        let mut ids = vec![String::new()];
+        let mut issued = vec![String::new()];
+        for (n, age) in [(1, 10), (2, 13), (3, 1)] {
+            let mut r = receipt(n);
+            let at = days_ago(age);
+            r["issuedAt"] = at.clone().into();
+            let created = json_of(app.push(&issuer, &r).await, 201).await;
+            ids.push(created["id"].as_str().expect("id").to_owned());
+            issued.push(at);
+        }
+        let openid = piaojia_wechat_sim::new_openid();
+        let session = app.mp_login(WALLET, &openid, None).await;
+        let token = session["accessToken"].as_str().expect("token").to_owned();
+        let code = app.sim.as_ref().expect("sim").issue_phone_code(WALLET, "13900139000");
+        let body = json!({"name": NAME, "idType": "resident", "idNumber": ID, "phoneCode": code,
+        "consent": {"version": "2026-11", "accepted": true}});
+        let registered = json_of(app.mp("PUT", "/v1/mp/profile", &token, Some(&body)).await, 200).await;
+        assert_eq!(registered["collected"], 3, "{registered}");
+        json_of(
+            app.mp(
+                "POST",
+                "/v1/mp/subscriptions",
+                &token,
+                Some(&json!({"results": {WALLET_TMPL: "accept"}})),
+            )
+            .await,
+            200,
+        )
+        .await;
+
+        // The payer sees each reimburser's deadline for the receipt.
+        let options = json_of(
+            app.mp("GET", &format!("/v1/mp/reimbursers?receipt={}", ids[1]), &token, None)
+                .await,
+            200,
+        )
+        .await;
+        let by_id = |id: &str| {
+            options["items"]
+                .as_array()
+                .and_then(|items| items.iter().find(|i| i["appId"] == id))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        let d = by_id("insurer-d");
+        assert_eq!(d["claimWithinDays"], 12, "{options}");
+        let claim_by = chrono::DateTime::parse_from_rfc3339(d["claimBy"].as_str().expect("claimBy")).expect("RFC 3339");
+        let issued_1 = chrono::DateTime::parse_from_rfc3339(&issued[1]).expect("RFC 3339");
+        assert_eq!(claim_by - issued_1, chrono::TimeDelta::days(12), "{options}");
+        assert_eq!(by_id("insurer-n")["claimWithinDays"], Value::Null, "{options}");
+        assert_eq!(by_id("insurer-n")["claimBy"], Value::Null, "{options}");
+
+        // One reminder, for 1 alone, however often the scan runs.
+        assert_eq!(scan(&app, &cfg).await, (1, 1));
+        assert_eq!(scan(&app, &cfg).await, (0, 0), "one reminder per receipt and period");
+        let got = eventually(15, || async {
+            let r = reminded_of(&app, &openid, "报销将截止");
+            (!r.is_empty()).then_some(r)
+        })
+        .await;
+        assert_eq!(got, ["0000000001"]);
+        // No deadline reminder with deadline_before_days = 0.
+        let mut off = cfg.clone();
+        off.deadline_before_days = 0;
+        json_of(
+            app.push(&issuer, &{
+                let mut r = receipt(4);
+                r["issuedAt"] = days_ago(11).into();
+                r
+            })
+            .await,
+            201,
+        )
+        .await;
+        assert_eq!(scan(&app, &off).await, (0, 0), "deadline reminders off");
+
+        // Past insurer-d's deadline, 2 cannot be claimed with it; with insurer-n it can.
+        let claim = |reimburser: &str, receipt: &str| {
+            json!({"reimburser": reimburser, "receipts": [receipt],
+            "consent": {"fields": ["name"], "accepted": true}})
+        };
+        let refused = json_of(
+            app.mp("POST", "/v1/mp/claims", &token, Some(&claim("insurer-d", &ids[2])))
+                .await,
+            422,
+        )
+        .await;
+        assert_eq!(refused["code"], "claim_deadline_passed", "{refused}");
+        assert_eq!(refused["errors"][0]["pointer"], "/receipts/0", "{refused}");
+        json_of(
+            app.mp("POST", "/v1/mp/claims", &token, Some(&claim("insurer-n", &ids[2])))
+                .await,
+            201,
+        )
+        .await;
+        // Within it, 1 can; a claimed receipt is reminded no more.
+        json_of(
+            app.mp("POST", "/v1/mp/claims", &token, Some(&claim("insurer-d", &ids[1])))
+                .await,
+            201,
+        )
+        .await;
+        assert_eq!(scan(&app, &cfg).await, (1, 1), "4, now due; not 1 again");
+    }
+);
