@@ -310,3 +310,79 @@ both_modes!(
         assert_eq!(scan(&app, &cfg).await, (1, 1), "4, now due; not 1 again");
     }
 );
+
+// Gateways scanning at once send each reminder once: on PostgreSQL the scans are
+// split over two gateways sharing the database, on SQLite they share one. (With
+// the reminder's key not deciding, scans that overlap send duplicates: seen
+// failing here when the `recorded == 0` check was taken out.)
+both_modes!(concurrent_scans_remind_once, |mode: Mode| async move {
+    const RECEIPTS: u64 = 30;
+    const SCANS: usize = 8;
+    let mut config = TestConfig::new(mode).await;
+    config.set("PIAOJIA_REMINDERS__ENABLED", "false");
+    let app = config.spawn().await;
+    // The second gateway scans but sends nothing: its sandbox is a WeChat of its
+    // own, which knows neither the wallet nor the payer.
+    config.set("PIAOJIA_NOTIFIER__ENABLED", "false");
+    let second = match mode {
+        Mode::ScaleOut => Some(config.spawn().await),
+        Mode::Embedded => None,
+    };
+    let mut cfg = app.config.settings().reminders;
+    (cfg.quiet_from_hour, cfg.quiet_until_hour) = (0, 0);
+    app.create_agency(AGENCY, &[]).await;
+    let issuer = app.create_issuer(AGENCY, "hosp01-his", None).await;
+    app.platform_wallet(WALLET, WALLET_TMPL, true).await;
+    for n in 1..=RECEIPTS {
+        json_of(app.push(&issuer, &receipt(n)).await, 201).await;
+    }
+    let openid = piaojia_wechat_sim::new_openid();
+    let session = app.mp_login(WALLET, &openid, None).await;
+    let token = session["accessToken"].as_str().expect("token").to_owned();
+    let code = app.sim.as_ref().expect("sim").issue_phone_code(WALLET, "13900139000");
+    let body = json!({"name": NAME, "idType": "resident", "idNumber": ID, "phoneCode": code,
+        "consent": {"version": "2026-11", "accepted": true}});
+    let registered = json_of(app.mp("PUT", "/v1/mp/profile", &token, Some(&body)).await, 200).await;
+    assert_eq!(registered["collected"], RECEIPTS, "{registered}");
+    json_of(
+        app.mp(
+            "POST",
+            "/v1/mp/subscriptions",
+            &token,
+            Some(&json!({"results": {WALLET_TMPL: "accept"}})),
+        )
+        .await,
+        200,
+    )
+    .await;
+
+    let app = std::sync::Arc::new(app);
+    let second = second.map(std::sync::Arc::new);
+    let mut scans = Vec::new();
+    for i in 0..SCANS {
+        let target = match (&second, i % 2) {
+            (Some(s), 1) => s.clone(),
+            _ => app.clone(),
+        };
+        let cfg = cfg.clone();
+        scans.push(tokio::spawn(async move { scan(&target, &cfg).await }));
+    }
+    let (mut recorded, mut queued) = (0, 0);
+    for s in scans {
+        let (r, q) = s.await.expect("scan task");
+        recorded += r;
+        queued += q;
+    }
+    assert_eq!((recorded, queued), (RECEIPTS, RECEIPTS), "each reminder once");
+    let all = || reminded(&app, &openid);
+    let expected: Vec<String> = (1..=RECEIPTS).map(|n| format!("{n:010}")).collect();
+    let got = eventually(15, || async {
+        let r = all();
+        (r.len() >= expected.len()).then_some(r)
+    })
+    .await;
+    assert_eq!(got, expected, "one message per receipt");
+    // Nothing more comes once the notifiers are done.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(all(), expected);
+});
