@@ -53,6 +53,8 @@ use crate::service::health;
         ops::deliveries,
         ops::redrive,
         ops::reimbursement_history,
+        ops::receipt_claims,
+        ops::claim,
         ops::wechat_inbox,
         ops::retry_inbox_event,
         ops::retry_failed_inbox_events,

@@ -222,6 +222,10 @@ pub trait Claims: Send + Sync {
         remote_addr: Option<String>,
     ) -> Result<Option<ClaimRecord>>;
     async fn claim_history(&self, claim_id: Uuid) -> Result<Vec<ClaimEvent>>;
+    /// Any claim by id (operators).
+    async fn claim(&self, claim_id: Uuid) -> Result<Option<ClaimRecord>>;
+    /// Every claim that included this receipt, oldest first (operators).
+    async fn receipt_claims(&self, receipt_id: Uuid) -> Result<Vec<ClaimRecord>>;
     /// The reimburser's latest claim including this receipt that was neither
     /// withdrawn nor cancelled: what entitles it to the payer's personal data.
     async fn claim_holding(&self, app_id: &str, receipt_id: Uuid) -> Result<Option<ClaimRecord>>;
@@ -956,6 +960,24 @@ impl<D: Dialect> Claims for Db<D> {
         .bind(app_id)
         .bind(after_seq)
         .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+        with_receipts(&mut *conn, rows).await
+    }
+
+    async fn claim(&self, claim_id: Uuid) -> Result<Option<ClaimRecord>> {
+        load_claim(&mut *self.d.read().await?, FIND_CLAIM, claim_id).await
+    }
+
+    async fn receipt_claims(&self, receipt_id: Uuid) -> Result<Vec<ClaimRecord>> {
+        let mut conn = self.d.read().await?;
+        let rows: Vec<ClaimRow> = Sql::new(concatcp!(
+            "SELECT ",
+            CLAIM_COLUMNS,
+            " FROM claims c JOIN claim_receipts cr ON cr.claim_id = c.id WHERE cr.receipt_id = $1 \
+             ORDER BY c.created_at, c.id"
+        ))
+        .bind(receipt_id)
         .fetch_all(&mut *conn)
         .await?;
         with_receipts(&mut *conn, rows).await

@@ -14,7 +14,10 @@ use crate::error::{ApiError, ErrorCode, Problem};
 use crate::state::AppState;
 use crate::views::DeliveryView;
 
-use super::views::{AlertView, InboxEventView, InboxRetryResult, InterfacesView, RedriveResult, TrackedView};
+use super::views::{
+    AlertView, InboxEventView, InboxRetryResult, InterfacesView, OpsClaimListView, OpsClaimView, RedriveResult,
+    TrackedView,
+};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(channels)
@@ -23,6 +26,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(deliveries)
         .service(redrive)
         .service(reimbursement_history)
+        .service(receipt_claims)
+        .service(claim)
         .service(wechat_inbox)
         .service(retry_inbox_event)
         .service(retry_failed_inbox_events);
@@ -286,6 +291,64 @@ pub async fn reimbursement_history(
         .ok_or_else(|| ApiError::with(ErrorCode::ReceiptNotFound, "no receipt with this id"))?;
     let events = state.store.reimbursement_history(id).await?;
     Ok(HttpResponse::Ok().json(crate::reimburser::views::HistoryView::build(&now, events)))
+}
+
+/// Every claim a payer made with a receipt, oldest first, each with its history:
+/// who submitted, acknowledged, locked, closed, rejected, withdrew or cancelled
+/// it, when, from where and why (append-only). No personal data.
+#[utoipa::path(
+    get,
+    path = "/v1/ops/receipts/{id}/claims",
+    tag = "operations",
+    security(("operator_token" = [])),
+    params(("id" = Uuid, Path, description = "The receipt's id")),
+    responses(
+        (status = 200, body = OpsClaimListView),
+        (status = 401, description = "`auth_missing`, `auth_bad_token`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/ops/receipts/{id}/claims")]
+pub async fn receipt_claims(
+    state: web::Data<AppState>,
+    _op: Operator,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if state.store.reimbursement_of(id).await?.is_none() {
+        return Err(ApiError::with(ErrorCode::ReceiptNotFound, "no receipt with this id"));
+    }
+    let mut items = Vec::new();
+    for c in state.store.receipt_claims(id).await? {
+        let history = state.store.claim_history(c.id).await?;
+        items.push(OpsClaimView::build(c, history));
+    }
+    Ok(HttpResponse::Ok().json(OpsClaimListView { items }))
+}
+
+/// One claim by id with its history (as in `/v1/ops/receipts/{id}/claims`).
+#[utoipa::path(
+    get,
+    path = "/v1/ops/claims/{id}",
+    tag = "operations",
+    security(("operator_token" = [])),
+    params(("id" = Uuid, Path, description = "The claim's id")),
+    responses(
+        (status = 200, body = OpsClaimView),
+        (status = 401, description = "`auth_missing`, `auth_bad_token`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`claim_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/ops/claims/{id}")]
+pub async fn claim(state: web::Data<AppState>, _op: Operator, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let c = state
+        .store
+        .claim(id)
+        .await?
+        .ok_or_else(|| ApiError::with(ErrorCode::ClaimNotFound, "no claim with this id"))?;
+    let history = state.store.claim_history(id).await?;
+    Ok(HttpResponse::Ok().json(OpsClaimView::build(c, history)))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema, IntoParams)]

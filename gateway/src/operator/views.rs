@@ -85,3 +85,55 @@ pub struct InboxRetryResult {
     /// How many failed events are due again.
     pub retried: u64,
 }
+
+/// A claim as operators see it: who claimed with whom, which receipts, where it
+/// stands and everything that happened to it; never the payer's personal data
+/// or the claim's own fields (sealed for the reimburser).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpsClaimView {
+    pub id: Uuid,
+    /// The reimburser's appId.
+    #[schema(example = "insurer01")]
+    pub reimburser: String,
+    /// The mini-program (or official account) it was submitted through.
+    pub mp_app_id: String,
+    /// null once the payer erased their account.
+    pub payer_id: Option<Uuid>,
+    #[schema(example = "reimbursed")]
+    pub status: &'static str,
+    #[schema(example = "100.00")]
+    pub paid_amt: Option<String>,
+    pub reason: Option<String>,
+    /// What the payer agreed to share (the names, not the values).
+    pub consented_fields: Vec<String>,
+    pub receipt_ids: Vec<Uuid>,
+    pub created_at: chrono::DateTime<Utc>,
+    pub updated_at: chrono::DateTime<Utc>,
+    /// Oldest first: who, what, from which status to which, from where, why.
+    pub history: Vec<crate::reimburser::claims::ClaimEventView>,
+}
+
+impl OpsClaimView {
+    pub fn build(c: piaojia_store::ClaimRecord, history: Vec<piaojia_store::ClaimEvent>) -> Self {
+        Self {
+            id: c.id,
+            reimburser: c.reimburser_app_id,
+            mp_app_id: c.mp_app_id,
+            payer_id: c.payer_id,
+            status: c.status.as_str(),
+            paid_amt: c.paid_fen.map(piaojia_core::money::format_yuan),
+            reason: c.reason,
+            consented_fields: c.consented_fields,
+            receipt_ids: c.receipt_ids,
+            created_at: c.created_at.into(),
+            updated_at: c.updated_at.into(),
+            history: history.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpsClaimListView {
+    pub items: Vec<OpsClaimView>,
+}

@@ -137,6 +137,22 @@ pub struct ClaimEventView {
     pub at: DateTime<Utc>,
 }
 
+impl From<piaojia_store::ClaimEvent> for ClaimEventView {
+    fn from(e: piaojia_store::ClaimEvent) -> Self {
+        Self {
+            actor: e.actor,
+            action: e.action,
+            from_status: e.from_status.map(|s| s.as_str()),
+            to_status: e.to_status.as_str(),
+            paid_amt: e.paid_fen.map(money::format_yuan),
+            reason: e.reason,
+            remote_addr: e.remote_addr,
+            request_id: e.request_id,
+            at: e.at.into(),
+        }
+    }
+}
+
 /// A claim in full, for the reimburser it was sent to.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -330,17 +346,7 @@ pub async fn detail(
         .claim_history(claim.id)
         .await?
         .into_iter()
-        .map(|e| ClaimEventView {
-            actor: e.actor,
-            action: e.action,
-            from_status: e.from_status.map(|s| s.as_str()),
-            to_status: e.to_status.as_str(),
-            paid_amt: e.paid_fen.map(money::format_yuan),
-            reason: e.reason,
-            remote_addr: e.remote_addr,
-            request_id: e.request_id,
-            at: e.at.into(),
-        })
+        .map(ClaimEventView::from)
         .collect();
     Ok(HttpResponse::Ok().json(ClaimDetailView {
         id: claim.id,

@@ -627,6 +627,100 @@ both_modes!(withdrawal_rejection_and_reversal, |mode: Mode| async move {
     let _ = (&w.b, &w.c);
 });
 
+// Operators read every claim of a receipt with its history (who, what, from where,
+// why), and one claim by id; never the personal data or the claim's fields.
+both_modes!(
+    operators_read_a_receipts_claims_and_their_history,
+    |mode: Mode| async move {
+        let w = world(mode).await;
+        let app = &w.app;
+        let r1 = w.ids[1].as_str();
+        let fields = ["name", "id_card_no"];
+        let mut body = claim_body("insurer-a", &[r1], &fields);
+        body["fields"] = json!({"bankAccount": "6222020200112233445"});
+        let first = json_of(submit(&w, &body).await, 201).await;
+        let first_id = first["id"].as_str().expect("id").to_owned();
+        app.mp("POST", &format!("/v1/mp/claims/{first_id}/withdrawal"), &w.token, None)
+            .await;
+        let second = json_of(submit(&w, &claim_body("insurer-a", &[r1], &fields)).await, 201).await;
+        let second_id = second["id"].as_str().expect("id").to_owned();
+        change(app, &w.a, "lock", "ops-lock-1", 1, json!({})).await;
+        change(app, &w.a, "close", "ops-close-1", 1, json!({"paidAmt": "100.00"})).await;
+
+        let listed = json_of(
+            app.ops("GET", &format!("/v1/ops/receipts/{r1}/claims"), None).await,
+            200,
+        )
+        .await;
+        let items = listed["items"].as_array().expect("items");
+        let ids: Vec<&str> = items.iter().map(|c| c["id"].as_str().expect("id")).collect();
+        assert_eq!(ids, [first_id.as_str(), second_id.as_str()], "{listed}");
+        assert_eq!(items[0]["status"], "withdrawn");
+        let actions = |c: &Value| -> Vec<(String, String)> {
+            c["history"]
+                .as_array()
+                .expect("history")
+                .iter()
+                .map(|e| {
+                    (
+                        e["actor"].as_str().unwrap_or_default().to_owned(),
+                        e["action"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        };
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(actions(&items[0]), [pair("payer", "submit"), pair("payer", "withdraw")]);
+        assert_eq!(items[1]["status"], "reimbursed");
+        assert_eq!(items[1]["paidAmt"], "100.00");
+        let second_actions = actions(&items[1]);
+        assert_eq!(second_actions.first(), Some(&pair("payer", "submit")), "{listed}");
+        assert_eq!(second_actions.last(), Some(&pair("insurer-a", "close")), "{listed}");
+        assert!(second_actions.contains(&pair("insurer-a", "lock")), "{listed}");
+        let close = items[1]["history"]
+            .as_array()
+            .and_then(|h| h.last())
+            .cloned()
+            .expect("close");
+        assert_eq!(close["requestId"], "ops-close-1");
+        assert!(close["remoteAddr"].is_string(), "{close}");
+        // No personal data, no claim fields, whatever the view.
+        let text = listed.to_string();
+        for secret in [ID, "6222020200112233445", NAME] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+
+        let one = json_of(app.ops("GET", &format!("/v1/ops/claims/{second_id}"), None).await, 200).await;
+        assert_eq!(one, items[1]);
+        let p = problem(
+            app.ops("GET", &format!("/v1/ops/claims/{}", uuid::Uuid::now_v7()), None)
+                .await,
+            404,
+        )
+        .await;
+        assert_eq!(p["code"], "claim_not_found");
+        let p = problem(
+            app.ops(
+                "GET",
+                &format!("/v1/ops/receipts/{}/claims", uuid::Uuid::now_v7()),
+                None,
+            )
+            .await,
+            404,
+        )
+        .await;
+        assert_eq!(p["code"], "receipt_not_found");
+        // Operators only.
+        let resp = app
+            .client
+            .get(format!("{}/v1/ops/claims/{second_id}", app.address))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status().as_u16(), 401);
+    }
+);
+
 // Erasing the account withdraws the payer's open claims (the reimburser is told)
 // and takes the personal data and fields out of every claim.
 both_modes!(
