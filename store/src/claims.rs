@@ -380,9 +380,10 @@ async fn reimburser_webhook<C: Conn + ?Sized>(
     }))
 }
 
-/// The payer's subscribe message of a claim's new status, through the
-/// mini-program the claim came from, when the payer has a consent left for its
-/// template (a long-term template needs none). Spends the consent.
+/// The payer's message of a claim's new status, through the app the claim came
+/// from: a subscribe message from a mini-program, when the payer has a consent
+/// left for its template (a long-term template needs none; the consent is spent),
+/// or a template message from an official account (its pages), which needs none.
 async fn payer_message<C: Conn + ?Sized>(
     conn: &mut C,
     claim: &ClaimRecord,
@@ -392,11 +393,11 @@ async fn payer_message<C: Conn + ?Sized>(
     let Some(payer_id) = claim.payer_id else {
         return Ok(None);
     };
-    // The mini-program's subscribe channel (an appid is the platform wallet or an
-    // agency's own mini-program, whose channels share one template).
+    // The app's channel (an appid is the platform wallet, an agency's own
+    // mini-program or an agency's official account, whose channels share one template).
     let channel: Option<(String, String, bool)> = Sql::new(
         "SELECT kind, template_id, long_term FROM channels WHERE wechat_app_id = $1 AND enabled = true \
-         AND kind IN ('wallet_subscribe', 'wechat_subscribe') ORDER BY kind DESC LIMIT 1",
+         AND kind IN ('wallet_subscribe', 'wechat_subscribe', 'wechat_template') ORDER BY kind DESC LIMIT 1",
     )
     .bind(&claim.mp_app_id)
     .fetch_optional(&mut *conn)
@@ -407,16 +408,29 @@ async fn payer_message<C: Conn + ?Sized>(
     let Some(kind) = ChannelKind::parse(&kind) else {
         return Ok(None);
     };
-    let Some(openid) = crate::wallets::spend_subscribe_credit(
-        &mut *conn,
-        payer_id,
-        &claim.mp_app_id,
-        &template_id,
-        long_term_template,
-        now,
-    )
-    .await?
-    else {
+    let openid = if kind == ChannelKind::WechatTemplate {
+        // A follower of the account needs no consent; unfollowing is checked at send.
+        let identity: Option<(String,)> = Sql::new(
+            "SELECT openid FROM payer_identities WHERE payer_id = $1 AND app_id = $2 \
+             ORDER BY last_login_at DESC LIMIT 1",
+        )
+        .bind(payer_id)
+        .bind(&claim.mp_app_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        identity.map(|(openid,)| openid)
+    } else {
+        crate::wallets::spend_subscribe_credit(
+            &mut *conn,
+            payer_id,
+            &claim.mp_app_id,
+            &template_id,
+            long_term_template,
+            now,
+        )
+        .await?
+    };
+    let Some(openid) = openid else {
         return Ok(None);
     };
     // The message hangs on the claim's first receipt; its amount is the claim's.

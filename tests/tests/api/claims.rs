@@ -998,3 +998,81 @@ both_modes!(payer_claims_are_paged_with_a_cursor, |mode: Mode| async move {
         assert_eq!(p["errors"][0]["pointer"], pointer, "{query}: {p}");
     }
 });
+
+// A claim made through the official account (its pages) is followed by template
+// messages to the payer's openid there: no subscribe consent is needed.
+both_modes!(
+    an_official_account_claim_is_followed_by_template_messages,
+    |mode: Mode| async move {
+        const OA: &str = "wx0a1b2c3d4e5f6a7b";
+        let app = TestConfig::new(mode).await.spawn().await;
+        let sim = app.sim.clone().expect("sim");
+        app.create_agency(AGENCY, &[]).await;
+        let issuer = app.create_issuer(AGENCY, "hosp01-his", None).await;
+        app.wechat_channel(AGENCY, "wechat_template", OA, "TMPL-RECEIPT-ISSUED")
+            .await;
+        let insurer = app.create_reimburser_with("insurer-oa", &[AGENCY], None, &[]).await;
+        let openid = piaojia_wechat_sim::new_openid();
+        let mut r = receipt(1, NAME, ID);
+        r["openID"] = openid.clone().into();
+        let created = json_of(app.push(&issuer, &r).await, 201).await;
+        let receipt_id: uuid::Uuid = created["id"].as_str().expect("id").parse().expect("uuid");
+        let statuses = |count: usize| {
+            let sim = sim.clone();
+            let openid = openid.clone();
+            async move {
+                eventually(15, || {
+                    let sent: Vec<String> = sim
+                        .sent_template_messages()
+                        .into_iter()
+                        .filter(|m| m.touser == openid)
+                        .map(|m| {
+                            serde_json::to_value(&m.data).expect("data")["phrase5"]["value"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned()
+                        })
+                        .collect();
+                    async move { (sent.len() >= count).then_some(sent) }
+                })
+                .await
+            }
+        };
+        // The receipt's own message first.
+        assert_eq!(statuses(1).await.len(), 1);
+
+        // The payer, as the pages sign them in, claims with the insurer.
+        let payer = app.store.login_payer(OA, &openid, None).await.expect("login").payer;
+        let agency = app.store.agency_by_code(AGENCY).await.expect("agency").expect("known");
+        let submitted = app
+            .store
+            .submit_claim(piaojia_store::NewClaim {
+                id: uuid::Uuid::now_v7(),
+                payer_id: payer.id,
+                reimburser_app_id: "insurer-oa".to_owned(),
+                mp_app_id: OA.to_owned(),
+                receipt_ids: vec![receipt_id],
+                consented_fields: vec![],
+                personal_sealed: app.keyring.seal_json(
+                    &std::collections::BTreeMap::<String, String>::new(),
+                    &piaojia_core::pii::purpose::claim_personal("insurer-oa"),
+                ),
+                fields_sealed: None,
+                accepted_agency_ids: vec![agency.id],
+                issued_after: None,
+                scope: None,
+                remote_addr: None,
+            })
+            .await
+            .expect("submitted");
+        assert!(
+            matches!(submitted, piaojia_store::SubmitOutcome::Submitted(_)),
+            "{submitted:?}"
+        );
+        // The insurer rejects it: the payer hears it by template message.
+        change(&app, &insurer, "reject", "oa-rej-1", 1, json!({"reason": "材料不全"})).await;
+        let got = statuses(2).await;
+        assert_eq!(got.last().map(String::as_str), Some("未通过"), "{got:?}");
+        assert!(sim.sent_subscribe_messages().is_empty(), "no subscribe message");
+    }
+);
