@@ -113,6 +113,12 @@ spelled!(ReimbursementRefusal {
 /// and holder now: `Ok(None)` when nothing changes (a repeated lock by its holder),
 /// `Ok(Some(state))` for a change, or the refusal. One function decides for every
 /// store, so the rules cannot drift between them.
+/// The holder of a lock taken through WeChat's own reimburser calls (a
+/// reimburser that took the receipt from the payer's card package): WeChat
+/// reports it (`update_invoice_status`) and piaojia keeps it like any other
+/// party's, so no reimburser here locks or closes that receipt meanwhile.
+pub const WECHAT_REIMBURSER: &str = "wechat";
+
 pub fn reimbursement_transition(
     state: ReimbursementState,
     holder: Option<&str>,

@@ -5,7 +5,8 @@
 //! sends the payer there), and on `user_authorize_invoice` the PDF upload and the
 //! insertion as notifier deliveries (`card_pdf` → `card_insert`). A reversal sets the
 //! card to CANCEL ([`cancel_delivery`]); reimbursers' LOCK and CLOSURE are mirrored
-//! with [`mirror_reimbursement`]; WeChat's `update_invoice_status` is recorded.
+//! with [`mirror_reimbursement`]; WeChat's `update_invoice_status` is recorded and
+//! kept as the reimbursement state of the party `wechat` ([`wechat_status`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -482,14 +483,109 @@ pub async fn authorized(state: &AppState, appid: &str, open_id: &str, order_id: 
     Ok(())
 }
 
-/// `update_invoice_status`: a reimburser changed one of our cards; recorded.
+/// The alert of a lock taken through WeChat on a receipt another party holds here.
+pub const WECHAT_LOCK_CONFLICT: &str = "wechat_lock_conflict";
+
+/// `update_invoice_status`: a reimburser changed one of our cards through WeChat's
+/// own calls. Recorded, and kept here as the party `wechat` holding the receipt:
+/// LOCK locks it, CLOSURE closes it (the amount is not reported), INIT releases
+/// its lock; so no reimburser of piaojia pays a receipt paid through WeChat. Our
+/// own mirror of a state is no news. A receipt another party holds here is left
+/// as it is and reported (`wechat_lock_conflict`).
 pub async fn wechat_status(state: &AppState, card_id: &str, code: &str, status: ReimburseStatus) -> anyhow::Result<()> {
-    if !state
-        .store
-        .record_wechat_card_status(card_id, code, status.as_str(), Timestamp::now())
-        .await?
-    {
+    use piaojia_core::parties::WECHAT_REIMBURSER;
+    use piaojia_store::{
+        ReceiptKey, ReimbursementAction as A, ReimbursementChange, ReimbursementOutcome, ReimbursementRequest,
+    };
+    let store = state.store.as_ref();
+    let Some(order) = store.card_order_by_code(card_id, code).await? else {
         tracing::warn!(card_id, "update_invoice_status for a card that is not ours");
+        return Ok(());
+    };
+    store
+        .record_wechat_card_status(card_id, code, status.as_str(), Timestamp::now())
+        .await?;
+    let actions: &[A] = match status {
+        ReimburseStatus::Lock => &[A::Lock],
+        ReimburseStatus::Closure => &[A::Lock, A::Close],
+        ReimburseStatus::Init => &[A::Unlock],
+        ReimburseStatus::Cancel => &[],
+    };
+    let Some(now) = store.reimbursement_of(order.receipt_id).await? else {
+        return Ok(());
+    };
+    // What we set ourselves, or what WeChat's party already holds here.
+    let ours =
+        order.card_status.as_deref() == Some(status.as_str()) && now.holder.as_deref() != Some(WECHAT_REIMBURSER);
+    if actions.is_empty() || ours || card_state(now.state) == status {
+        return Ok(());
+    }
+    let Some(receipt) = store.receipt(now.agency_id, &now.bill_batch_code, &now.bill_no).await? else {
+        return Ok(());
+    };
+    let key = ReceiptKey {
+        bill_batch_code: receipt.bill_batch_code.clone(),
+        bill_no: receipt.bill_no.clone(),
+        random: receipt.random.clone(),
+    };
+    // A closure that follows WeChat's own lock needs no second lock.
+    let actions = if now.holder.as_deref() == Some(WECHAT_REIMBURSER) && now.state == ReimbursementState::Lock {
+        actions.iter().copied().filter(|a| *a != A::Lock).collect::<Vec<_>>()
+    } else {
+        actions.to_vec()
+    };
+    let request_id = format!("wechat:{card_id}:{code}:{}:{}", status.as_str(), Uuid::now_v7());
+    let outcome = store
+        .apply_reimbursement(ReimbursementRequest {
+            app_id: WECHAT_REIMBURSER.to_owned(),
+            fingerprint: request_id.clone(),
+            request_id,
+            accepted_agency_ids: vec![now.agency_id],
+            changes: actions
+                .iter()
+                .map(|action| ReimbursementChange {
+                    key: key.clone(),
+                    action: *action,
+                    paid_fen: None,
+                })
+                .collect(),
+            reason: Some(format!("update_invoice_status {}", status.as_str())),
+            remote_addr: None,
+        })
+        .await?;
+    match outcome {
+        ReimbursementOutcome::Applied(_) | ReimbursementOutcome::Replayed(_) => {
+            tracing::info!(receipt = %order.receipt_id, status = status.as_str(), "a reimbursement through WeChat kept here");
+        }
+        ReimbursementOutcome::Refused { refusal, .. } => {
+            let holder = now.holder.as_deref().unwrap_or("?");
+            tracing::warn!(receipt = %order.receipt_id, holder, ?refusal, status = status.as_str(),
+                "WeChat reports a reimbursement of a receipt held here by another party");
+            let message = format!(
+                "WeChat reports {} on the card of receipt {}/{}, which {holder} holds here ({}): check with both reimbursers",
+                status.as_str(),
+                now.bill_batch_code,
+                now.bill_no,
+                now.state.as_str(),
+            );
+            let key = format!("receipt:{}/{}", now.bill_batch_code, now.bill_no);
+            if store.firing_alert(WECHAT_LOCK_CONFLICT, &key).await?.is_none() {
+                let at = Timestamp::now();
+                store
+                    .save_alert(&piaojia_store::Alert {
+                        id: Uuid::now_v7(),
+                        rule: WECHAT_LOCK_CONFLICT.to_owned(),
+                        key,
+                        state: piaojia_store::AlertState::Firing,
+                        message,
+                        started_at: at,
+                        last_notified_at: at,
+                        resolved_at: None,
+                    })
+                    .await?;
+            }
+        }
+        other => tracing::warn!(receipt = %order.receipt_id, ?other, "a reimbursement through WeChat was not kept"),
     }
     Ok(())
 }

@@ -101,6 +101,8 @@ pub trait OfficialAccount: Send + Sync {
     async fn open_card_order(&self, order: CardOrder) -> Result<CardOrder>;
     async fn card_order(&self, order_id: &str) -> Result<Option<CardOrder>>;
     async fn card_order_for_receipt(&self, receipt_id: Uuid) -> Result<Option<CardOrder>>;
+    /// The order of the card WeChat names by `card_id` and `code`.
+    async fn card_order_by_code(&self, card_id: &str, code: &str) -> Result<Option<CardOrder>>;
     /// The payer agreed: with the deliveries that put the card into their package,
     /// in one transaction. `None` (and nothing written) when the order was already
     /// authorised, so a repeated event starts nothing twice.
@@ -376,6 +378,19 @@ impl<D: Dialect> OfficialAccount for Db<D> {
                 " FROM card_orders WHERE order_id = $1"
             ))
             .bind(order_id),
+        )
+        .await
+    }
+
+    async fn card_order_by_code(&self, card_id: &str, code: &str) -> Result<Option<CardOrder>> {
+        self.order_by(
+            Sql::new(concatcp!(
+                "SELECT ",
+                ORDER_COLUMNS,
+                " FROM card_orders WHERE card_id = $1 AND code = $2"
+            ))
+            .bind(card_id)
+            .bind(code),
         )
         .await
     }

@@ -577,7 +577,8 @@ impl<D: Dialect> Reimbursement for Db<D> {
         const FIND: &str = concatcp!(
             "SELECT ",
             STATE_COLUMNS,
-            " FROM receipts WHERE reimbursement_state = 'LOCK' AND reimbursement_locked_at < $1 ORDER BY id LIMIT $2"
+            " FROM receipts WHERE reimbursement_state = 'LOCK' AND reimbursement_locked_at < $1 \
+             AND reimbursement_holder <> 'wechat' ORDER BY id LIMIT $2"
         );
         let now = Timestamp::now();
         let mut tx = self.d.write().await?;

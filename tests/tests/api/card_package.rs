@@ -270,6 +270,193 @@ both_modes!(
     }
 );
 
+// A reimburser that takes the receipt from the payer's card package locks and
+// closes it through WeChat's own calls; WeChat reports it (update_invoice_status)
+// and piaojia keeps that lock (party `wechat`), so no reimburser here takes or
+// pays the receipt meanwhile. Our own mirror is no news; a report against a
+// receipt another party holds here changes nothing and raises an alert.
+both_modes!(a_lock_taken_through_wechat_is_kept_here, |mode: Mode| async move {
+    let app = TestConfig::new(mode).await.spawn().await;
+    let sim = app.sim.clone().expect("sim");
+    let issuer = app.issuer().await;
+    official_account(&app, &issuer.agency_code, OA, None, Some("{cardUrl}")).await;
+    enable(&app, &issuer.agency_code).await;
+    let insurer = app.create_reimburser("insurer-a", &[&issuer.agency_code]).await;
+    let payer = piaojia_wechat_sim::new_openid();
+    let (created, path) = pushed_with_link(&app, &issuer, 2, &payer).await;
+    let receipt_id = uuid::Uuid::parse_str(created["id"].as_str().expect("id")).expect("uuid");
+    let auth_url = app.get(&path).await.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
+    let card = eventually(15, || async { sim.card_package(OA, &payer).into_iter().next() }).await;
+    eventually(10, || async {
+        app.store
+            .card_order_for_receipt(receipt_id)
+            .await
+            .expect("store")
+            .filter(|o| o.code.is_some())
+    })
+    .await;
+    let gh = sim.app(OA).expect("app").original_id;
+    // WeChat de-duplicates by sender and CreateTime: each report a second apart.
+    let sent = std::sync::atomic::AtomicI64::new(chrono::Utc::now().timestamp());
+    let report = |status: piaojia_wechat::client::ReimburseStatus| {
+        let xml = piaojia_wechat::event::Event::update_invoice_status(
+            &gh,
+            &payer,
+            sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            status,
+            &card.card_id,
+            &card.code,
+        );
+        let sim = sim.clone();
+        let payer = payer.clone();
+        async move {
+            assert!(sim.push_xml(OA, Some(&payer), &xml).await.expect("push").acknowledged);
+        }
+    };
+    let wechat_status_is = |status: &'static str| {
+        let app = &app;
+        async move {
+            eventually(10, || async {
+                app.store
+                    .card_order_for_receipt(receipt_id)
+                    .await
+                    .expect("store")
+                    .filter(|o| o.wechat_status.as_deref() == Some(status))
+            })
+            .await;
+        }
+    };
+    let holding = || async {
+        let r = app
+            .store
+            .reimbursement_of(receipt_id)
+            .await
+            .expect("store")
+            .expect("held");
+        (r.state, r.holder)
+    };
+    let random = samples::outpatient(2)["random"].as_str().expect("random").to_owned();
+    let call = |action: &'static str, request_id: &'static str| {
+        let body = json!({"requestId": request_id, "billBatchCode": BATCH, "billNo": "0000000002",
+            "random": random});
+        let app = &app;
+        let insurer = &insurer;
+        async move {
+            app.signed(
+                insurer,
+                "POST",
+                &format!("/v1/reimburser/receipts/{action}"),
+                Some(&body),
+            )
+            .await
+        }
+    };
+    use piaojia_wechat::client::ReimburseStatus as W;
+
+    // The insurer here locks it: mirrored to the card. WeChat's echo of that is no news.
+    assert_eq!(call("lock", "wx-1").await.status().as_u16(), 200);
+    eventually(15, || async {
+        (sim.card(&card.card_id, &card.code)?.status == CardStatus::Lock).then_some(())
+    })
+    .await;
+    eventually(10, || async {
+        app.store
+            .card_order_for_receipt(receipt_id)
+            .await
+            .expect("store")
+            .filter(|o| o.card_status.as_deref() == Some("INVOICE_REIMBURSE_LOCK"))
+    })
+    .await;
+    report(W::Lock).await;
+    wechat_status_is("INVOICE_REIMBURSE_LOCK").await;
+    assert_eq!(
+        holding().await,
+        (ReimbursementState::Lock, Some("insurer-a".to_owned()))
+    );
+    // A closure reported through WeChat while the insurer holds it: nothing moves, an alert.
+    report(W::Closure).await;
+    wechat_status_is("INVOICE_REIMBURSE_CLOSURE").await;
+    let alert = eventually(10, || async {
+        app.store
+            .firing_alert("wechat_lock_conflict", &format!("receipt:{BATCH}/0000000002"))
+            .await
+            .expect("store")
+    })
+    .await;
+    assert!(alert.message.contains("insurer-a"), "{}", alert.message);
+    assert_eq!(
+        holding().await,
+        (ReimbursementState::Lock, Some("insurer-a".to_owned()))
+    );
+
+    // The insurer lets go; then a reimburser locks it through WeChat: kept here.
+    assert_eq!(call("unlock", "wx-2").await.status().as_u16(), 200);
+    eventually(15, || async {
+        app.store
+            .card_order_for_receipt(receipt_id)
+            .await
+            .expect("store")
+            .filter(|o| o.card_status.as_deref() == Some("INVOICE_REIMBURSE_INIT"))
+    })
+    .await;
+    report(W::Lock).await;
+    let held = eventually(10, || async {
+        let h = holding().await;
+        (h.1.as_deref() == Some("wechat")).then_some(h)
+    })
+    .await;
+    assert_eq!(held.0, ReimbursementState::Lock);
+    let resp = call("lock", "wx-3").await;
+    assert_eq!(resp.status().as_u16(), 409);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["code"], "receipt_locked_by_other", "{body}");
+    // Closed through WeChat: closed here, for good; the history says who.
+    report(W::Closure).await;
+    let closed = eventually(10, || async {
+        let h = holding().await;
+        (h.0 == ReimbursementState::Closure).then_some(h)
+    })
+    .await;
+    assert_eq!(closed.1.as_deref(), Some("wechat"));
+    let history: Value = app
+        .signed(
+            &issuer,
+            "GET",
+            &format!("/v1/receipts/{BATCH}/0000000002/reimbursement-history"),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let entries: Vec<(String, String)> = history["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap_or_default().to_owned(),
+                e["action"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(
+        entries,
+        [
+            pair("insurer-a", "lock"),
+            pair("insurer-a", "unlock"),
+            pair("wechat", "lock"),
+            pair("wechat", "close"),
+        ],
+        "{history}"
+    );
+});
+
 // The message server's inbox retries an event whose handling failed (here WeChat's
 // getauthdata answers errors): with backoff until it works, and for good, reported
 // as an alert, when it never does.
