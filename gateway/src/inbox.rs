@@ -215,6 +215,28 @@ async fn settle(state: &AppState, e: &InboxEvent, result: anyhow::Result<()>) {
     }
     if final_failure {
         report(state, e, &error).await;
+    } else if error.is_empty() && e.last_error.is_some() {
+        // Done after failing (an operator's re-drive): its alert is over.
+        resolve(state, e).await;
+    }
+}
+
+fn alert_key(e: &InboxEvent) -> String {
+    format!("wechat:{}:{}", e.wechat_app_id, e.id)
+}
+
+/// Resolves the alert of an event that failed for good before, if one is firing.
+async fn resolve(state: &AppState, e: &InboxEvent) {
+    match state.store.firing_alert(EVENT_FAILED_RULE, &alert_key(e)).await {
+        Ok(Some(mut alert)) => {
+            alert.state = AlertState::Resolved;
+            alert.resolved_at = Some(Timestamp::now());
+            if let Err(err) = state.store.save_alert(&alert).await {
+                tracing::warn!(error = %err, "resolving the alert of a re-driven WeChat event failed");
+            }
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = %err, "reading the alert of a re-driven WeChat event failed"),
     }
 }
 
@@ -223,18 +245,28 @@ async fn report(state: &AppState, e: &InboxEvent, error: &str) {
     metrics::counter!("piaojia_wechat_events_failed_total").increment(1);
     tracing::error!(appid = %e.wechat_app_id, event = %e.event, error, "a WeChat event failed for good");
     let now = Timestamp::now();
-    let alert = Alert {
-        id: Uuid::now_v7(),
-        rule: EVENT_FAILED_RULE.to_owned(),
-        key: format!("wechat:{}:{}", e.wechat_app_id, e.id),
-        state: AlertState::Firing,
-        message: format!(
-            "the {} event of WeChat app {} failed after {} attempts: {error}",
-            e.event, e.wechat_app_id, e.attempts
-        ),
-        started_at: now,
-        last_notified_at: now,
-        resolved_at: None,
+    let message = format!(
+        "the {} event of WeChat app {} failed after {} attempts: {error}",
+        e.event, e.wechat_app_id, e.attempts
+    );
+    let key = alert_key(e);
+    // A re-driven event that fails again renews its alert instead of adding one.
+    let alert = match state.store.firing_alert(EVENT_FAILED_RULE, &key).await {
+        Ok(Some(alert)) => Alert {
+            message,
+            last_notified_at: now,
+            ..alert
+        },
+        _ => Alert {
+            id: Uuid::now_v7(),
+            rule: EVENT_FAILED_RULE.to_owned(),
+            key,
+            state: AlertState::Firing,
+            message,
+            started_at: now,
+            last_notified_at: now,
+            resolved_at: None,
+        },
     };
     if let Err(err) = state.store.save_alert(&alert).await {
         tracing::warn!(error = %err, "saving the alert of a failed WeChat event failed");

@@ -611,6 +611,19 @@ both_modes!(failed_events_are_retried_then_reported, |mode: Mode| async move {
     })
     .await;
     assert_eq!(refailed.attempts, 4);
+    // Its alert renewed, not doubled.
+    let key = format!("wechat:{OA}:{}", failed.id);
+    let of_event = |alerts: &Value| -> Vec<Value> {
+        alerts
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .filter(|a| a["key"] == key.as_str())
+            .cloned()
+            .collect()
+    };
+    let alerts: Value = app.ops("GET", "/v1/ops/alerts", None).await.json().await.expect("json");
+    assert_eq!(of_event(&alerts).len(), 1, "{alerts}");
 
     // WeChat back: the batch re-drive of everything failed since then inserts the card, once.
     sim.clear_faults();
@@ -638,6 +651,20 @@ both_modes!(failed_events_are_retried_then_reported, |mode: Mode| async move {
             .find(|e| e.id == failed.id && e.state == "done")
     })
     .await;
+    // Done at last: its alert is resolved.
+    eventually(10, || async {
+        app.store
+            .firing_alert(piaojia_gateway::inbox::EVENT_FAILED_RULE, &key)
+            .await
+            .expect("store")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let alerts: Value = app.ops("GET", "/v1/ops/alerts", None).await.json().await.expect("json");
+    let ours = of_event(&alerts);
+    assert_eq!(ours.len(), 1, "{alerts}");
+    assert_eq!(ours[0]["state"], "resolved", "{alerts}");
     assert_eq!(sim.card_package(OA, &payer).len(), 1, "inserted once");
     assert!(listed("?status=failed").await.as_array().expect("list").is_empty());
 });
