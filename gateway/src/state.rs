@@ -88,6 +88,16 @@ pub struct AppDirectory {
     cache: Option<moka::future::Cache<String, Option<Arc<AuthApp>>>>,
     /// Per agency; `Uuid::nil()` holds the platform's channels.
     channels: Option<moka::future::Cache<uuid::Uuid, Arc<Vec<piaojia_store::Channel>>>>,
+    /// Reimbursers' profiles with their accepted agencies' ids, by app id.
+    reimbursers: Option<moka::future::Cache<String, Option<Arc<ReimburserProfile>>>>,
+}
+
+/// A reimburser as its requests need it: the profile and the ids of the
+/// agencies whose receipts it accepts (codes not known yet are left out).
+#[derive(Debug, Clone)]
+pub struct ReimburserProfile {
+    pub profile: piaojia_store::Reimburser,
+    pub accepted_agency_ids: Vec<uuid::Uuid>,
 }
 
 impl AppDirectory {
@@ -104,11 +114,47 @@ impl AppDirectory {
                 .time_to_live(ttl)
                 .build()
         });
+        let reimbursers = (!ttl.is_zero()).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(ttl)
+                .build()
+        });
         Self {
             store,
             keyring,
             cache,
             channels,
+            reimbursers,
+        }
+    }
+
+    /// A reimburser's profile (cached like apps: a change applies within
+    /// `security.app_cache_secs`).
+    pub async fn reimburser(&self, app_id: &str) -> Result<Option<Arc<ReimburserProfile>>, StoreError> {
+        let store = self.store.clone();
+        let id = app_id.to_owned();
+        let load = async move {
+            let Some(profile) = store.reimburser(&id).await? else {
+                return Ok(None);
+            };
+            let mut accepted_agency_ids = Vec::with_capacity(profile.accepted_agencies.len());
+            for code in &profile.accepted_agencies {
+                if let Some(agency) = store.agency_by_code(code).await? {
+                    accepted_agency_ids.push(agency.id);
+                }
+            }
+            Ok(Some(Arc::new(ReimburserProfile {
+                profile,
+                accepted_agency_ids,
+            })))
+        };
+        match &self.reimbursers {
+            None => load.await,
+            Some(cache) => cache
+                .try_get_with_by_ref(app_id, load)
+                .await
+                .map_err(|e: Arc<StoreError>| StoreError::Corrupt(e.to_string())),
         }
     }
 

@@ -93,22 +93,16 @@ impl FromRequest for Reimburser {
             let state = req
                 .app_data::<web::Data<AppState>>()
                 .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState missing")))?;
-            let profile = state.store.reimburser(&app.app_id).await?.ok_or_else(|| {
+            let found = state.apps.reimburser(&app.app_id).await?.ok_or_else(|| {
                 ApiError::with(
                     ErrorCode::ReimburserNotRegistered,
                     "this app has no reimburser profile; ask the operator to register it",
                 )
             })?;
-            let mut accepted_agency_ids = Vec::with_capacity(profile.accepted_agencies.len());
-            for code in &profile.accepted_agencies {
-                if let Some(agency) = state.store.agency_by_code(code).await? {
-                    accepted_agency_ids.push(agency.id);
-                }
-            }
             Ok(Reimburser {
                 app,
-                profile,
-                accepted_agency_ids,
+                profile: found.profile.clone(),
+                accepted_agency_ids: found.accepted_agency_ids.clone(),
                 body,
             })
         })

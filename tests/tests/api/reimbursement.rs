@@ -507,3 +507,24 @@ both_modes!(reversal_in_platform_field_names, |mode: Mode| async move {
     let p = problem(app.signed(&issuer, "POST", &path, Some(&bad)).await, 422).await;
     assert_eq!(p["errors"][0]["pointer"], "/createTime");
 });
+
+// With the app cache on (as in production), a reimburser's profile is read once
+// and its calls keep their rules: its own agency's receipts only, one holder.
+both_modes!(a_cached_reimburser_keeps_its_rules, |mode: Mode| async move {
+    let mut config = TestConfig::new(mode).await;
+    config.set("PIAOJIA_SECURITY__APP_CACHE_SECS", "30");
+    let app = config.spawn().await;
+    let issuer = app.issuer().await;
+    for n in 1..=2 {
+        pushed(&app, &issuer, n).await;
+    }
+    let a = app.create_reimburser("cached-a", &[AGENCY]).await;
+    let b = app.create_reimburser("cached-b", &[]).await;
+    for n in 1..=2 {
+        let locked = ok(call(&app, &a, "lock", &change(&format!("c-{n}"), n, json!({}))).await).await;
+        assert_eq!(locked["receipts"][0]["reimbursementState"], "LOCK", "{locked}");
+        assert_eq!(locked["receipts"][0]["heldByYou"], true, "{locked}");
+    }
+    let p = problem(call(&app, &b, "lock", &change("c-b", 1, json!({}))).await, 404).await;
+    assert_eq!(p["code"], "receipt_not_found", "{p}");
+});
