@@ -159,7 +159,7 @@ async fn claim_form(
                         )
                     })
                     .collect(),
-                deadline: c.claim_by.map(|t| beijing_time(t.as_datetime())),
+                deadline: c.claim_by.map(|t| beijing_date(t.as_datetime())),
                 within_days: r.claim_within_days,
                 profile_missing: needs_profile && !registered,
                 kind: kind_label(r.kind),
@@ -183,6 +183,10 @@ async fn claim_form(
         problem,
         back: account_path(&oa.appid, &format!("/receipts/{}", w.receipt.id)),
     })
+}
+
+fn beijing_date(t: chrono::DateTime<chrono::Utc>) -> String {
+    beijing_time(t).chars().take(10).collect()
 }
 
 fn api_unavailable(e: &ApiError) -> PageError {

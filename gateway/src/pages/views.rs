@@ -40,7 +40,7 @@ th,td{text-align:left;padding:.35rem .2rem;border-bottom:1px solid #f0f0f0;verti
 td.num,th.num{text-align:right;white-space:nowrap}\
 .pager{display:flex;justify-content:space-between}\
 img.qr{display:block;width:100%;max-width:280px;margin:0 auto;image-rendering:pixelated}\
-fieldset.choice{border:0;display:block}\
+fieldset.choice{border:0;display:block;min-width:0}\
 label.pick{display:flex;gap:.5rem;align-items:center;margin:0 0 .3rem}\
 label.pick input,label.consent input{width:auto;flex:0 0 auto}\
 label.consent{display:flex;gap:.5rem;align-items:flex-start;margin:.5rem 0 0;font-size:.9rem}\
@@ -392,8 +392,8 @@ pub fn claim_list(account: &str, csrf: &str, lines: &[ClaimLine], notice: Option
             }
             @for l in lines {
                 div.card {
-                    div.top.row {
-                        span { strong { (l.reimburser) } }
+                    h2 {
+                        (l.reimburser) " "
                         @if l.closed { span.badge.grey { (l.status) } } @else { span.badge { (l.status) } }
                     }
                     div.muted { "提交于 " (l.submitted_at) }
