@@ -17,6 +17,7 @@ header p{margin:.1rem 0 0;font-size:.85rem;opacity:.9}\
 main{max-width:40rem;margin:0 auto;padding:.75rem}\
 .card{background:#fff;border-radius:10px;padding:.9rem 1rem;margin:0 0 .75rem}\
 .card h2{font-size:1rem;margin:0 0 .5rem}\
+.card>p:only-child{margin:0}\
 .muted{color:#6b6b6b;font-size:.85rem}\
 .amount{font-size:1.7rem;font-weight:700;margin:.2rem 0}\
 .row{display:flex;justify-content:space-between;gap:.75rem;padding:.3rem 0;border-bottom:1px solid #f0f0f0}\
