@@ -45,6 +45,10 @@ use crate::service::health;
         pages::download,
         pages::paper,
         pages::add_to_wallet,
+        crate::pages::claims::form,
+        crate::pages::claims::submit,
+        crate::pages::claims::list,
+        crate::pages::claims::withdraw,
         health::healthz,
         health::readyz,
         ops::channels,
@@ -67,7 +71,7 @@ use crate::service::health;
     tags(
         (name = "issuer", description = "Hospital billing and receipt systems push receipts and reversals"),
         (name = "reimburser", description = "Medical insurance, insurers and employers: verify receipts (查验), lock, close, unlock and reject them; a receipt is reimbursed at most once"),
-        (name = "pages", description = "The official account's pages inside WeChat (H5, HTML in Chinese): payers sign in by web OAuth (snsapi_base) and see the receipts in their wallet; every failure is an error page"),
+        (name = "pages", description = "The official account's pages inside WeChat (H5, HTML in Chinese): payers sign in by web OAuth (snsapi_base) and see the receipts in their wallet, claim reimbursement (申请报销) and follow or withdraw their claims (我的报销); every failure is an error page"),
         (name = "wechat", description = "Our message server: the callback URL configured in an official account"),
         (name = "operations", description = "Health, readiness, and the operator API: channel and interface health, alerts, re-drive. Prometheus metrics are served on their own listener (`server.metrics_address`, loopback by default), not here."),
     )

@@ -13,6 +13,7 @@
 //! agencies; an agency's own: that agency) bounds everything a payer can reach.
 
 pub mod apps;
+pub mod claiming;
 pub mod limits;
 pub mod payer;
 pub mod possession;

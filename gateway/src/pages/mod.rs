@@ -10,6 +10,7 @@
 //! rule: one payer never sees another's receipt). Pages are server-rendered
 //! ([`views`]), need no script and load nothing from elsewhere.
 
+pub mod claims;
 pub mod routes;
 pub mod scan;
 pub mod session;
@@ -193,6 +194,42 @@ impl PageError {
 
     pub fn bad_request() -> Self {
         Self::new(StatusCode::BAD_REQUEST, "请求有误", "请求的内容有误，请返回后重试。")
+    }
+
+    pub fn claim_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "未找到报销申请",
+            "您没有这笔报销申请，请从“我的报销”重新进入。",
+        )
+    }
+
+    pub fn already_claimed() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "已在报销中",
+            "这张票据已在报销申请中，不能重复申请。您可以在“我的报销”查看进度。",
+        )
+    }
+
+    pub fn not_claimable() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "不能申请报销",
+            "这张票据已冲红、已报销或正在报销中，不能申请报销。",
+        )
+    }
+
+    pub fn claim_locked() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "无法撤回",
+            "报销方已锁定这笔申请的票据，不能再撤回。",
+        )
+    }
+
+    pub fn claim_closed() -> Self {
+        Self::new(StatusCode::CONFLICT, "无法撤回", "这笔报销申请已结束，不能再撤回。")
     }
 
     pub fn no_file() -> Self {

@@ -31,14 +31,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(detail)
         .service(download)
         .service(paper)
-        .service(add_to_wallet);
+        .service(add_to_wallet)
+        .service(super::claims::form)
+        .service(super::claims::submit)
+        .service(super::claims::list)
+        .service(super::claims::withdraw);
 }
 
 fn beijing() -> FixedOffset {
     FixedOffset::east_opt(8 * 3600).expect("+08:00 is a valid offset")
 }
 
-fn beijing_time(t: DateTime<Utc>) -> String {
+pub(super) fn beijing_time(t: DateTime<Utc>) -> String {
     t.with_timezone(&beijing()).format("%Y-%m-%d %H:%M").to_string()
 }
 
@@ -49,18 +53,18 @@ fn beijing_midnight(d: NaiveDate) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn yuan(fen: i64) -> String {
+pub(super) fn yuan(fen: i64) -> String {
     format!("¥{}", format_yuan(fen))
 }
 
-fn query_map(req: &HttpRequest) -> BTreeMap<String, String> {
+pub(super) fn query_map(req: &HttpRequest) -> BTreeMap<String, String> {
     url::form_urlencoded::parse(req.query_string().as_bytes())
         .into_owned()
         .collect()
 }
 
 /// This request's path and query: where to come back after signing in.
-fn here(req: &HttpRequest) -> String {
+pub(super) fn here(req: &HttpRequest) -> String {
     match req.query_string() {
         "" => req.path().to_owned(),
         q => format!("{}?{q}", req.path()),
@@ -81,7 +85,7 @@ fn bus_type_label(code: &str) -> &'static str {
 }
 
 /// The account and its signed-in payer; `Err(response)` sends the browser to sign in.
-async fn signed_in(
+pub(super) async fn signed_in(
     req: &HttpRequest,
     state: &AppState,
     appid: &str,
@@ -95,12 +99,12 @@ async fn signed_in(
 
 /// Receipt `rid` of the signed-in payer's wallet, within this account's agency
 /// (the same answer whoever else holds it); `Err(response)` sends the browser to sign in.
-async fn own_receipt(
+pub(super) async fn own_receipt(
     req: &HttpRequest,
     state: &AppState,
     appid: &str,
     rid: &str,
-) -> Result<Result<(OfficialAccount, WalletDetail), HttpResponse>, PageError> {
+) -> Result<Result<(OfficialAccount, PageSession, WalletDetail), HttpResponse>, PageError> {
     let (oa, s) = match signed_in(req, state, appid).await? {
         Ok(v) => v,
         Err(redirect) => return Ok(Err(redirect)),
@@ -111,7 +115,7 @@ async fn own_receipt(
         .wallet_receipt(s.payer_id, rid, Some(&[oa.agency_id]))
         .await?
     {
-        Some(w) => Ok(Ok((oa, w))),
+        Some(w) => Ok(Ok((oa, s, w))),
         None => Err(PageError::receipt_not_found().back_to(&oa.appid)),
     }
 }
@@ -263,6 +267,7 @@ pub async fn list(
     Ok(page(views::receipt_list(
         &oa.agency_name,
         &account_path(&oa.appid, "/receipts"),
+        &account_path(&oa.appid, "/claims"),
         &form,
         problem,
         &lines,
@@ -358,6 +363,8 @@ fn detail_of(state: &AppState, oa: &OfficialAccount, r: &StoredReceipt, agency_n
         }),
         download: (in_wallet && r.file.is_some()).then(|| account_path(&oa.appid, &format!("{base}/file"))),
         card_link: (in_wallet && r.reversal.is_none()).then(|| account_path(&oa.appid, &format!("{base}/card"))),
+        claim: None,
+        claim_pending: None,
         back: Some(account_path(&oa.appid, "/receipts")),
     }
 }
@@ -380,12 +387,17 @@ pub async fn detail(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, PageError> {
     let (appid, rid) = path.into_inner();
-    let (oa, w) = match own_receipt(&req, &state, &appid, &rid).await? {
+    let (oa, s, w) = match own_receipt(&req, &state, &appid, &rid).await? {
         Ok(v) => v,
         Err(redirect) => return Ok(redirect),
     };
     let notice = query_map(&req).contains_key("added").then_some("已加入您的票夹。");
-    let d = detail_of(&state, &oa, &w.receipt, &w.agency_name, true);
+    let mut d = detail_of(&state, &oa, &w.receipt, &w.agency_name, true);
+    match super::claims::offer(&state, &oa, s.payer_id, &w).await? {
+        Some(super::claims::ClaimOffer::Claim(href)) => d.claim = Some(href),
+        Some(super::claims::ClaimOffer::Pending(href)) => d.claim_pending = Some(href),
+        None => {}
+    }
     Ok(page(views::receipt_detail(&d, None, notice)))
 }
 
@@ -402,7 +414,7 @@ pub async fn download(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, PageError> {
     let (appid, rid) = path.into_inner();
-    let (oa, w) = match own_receipt(&req, &state, &appid, &rid).await? {
+    let (oa, _, w) = match own_receipt(&req, &state, &appid, &rid).await? {
         Ok(v) => v,
         Err(redirect) => return Ok(redirect),
     };

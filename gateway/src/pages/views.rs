@@ -17,6 +17,7 @@ header p{margin:.1rem 0 0;font-size:.85rem;opacity:.9}\
 main{max-width:40rem;margin:0 auto;padding:.75rem}\
 .card{background:#fff;border-radius:10px;padding:.9rem 1rem;margin:0 0 .75rem}\
 .card h2{font-size:1rem;margin:0 0 .5rem}\
+.card>p:only-child{margin:0}\
 .muted{color:#6b6b6b;font-size:.85rem}\
 .amount{font-size:1.7rem;font-weight:700;margin:.2rem 0}\
 .row{display:flex;justify-content:space-between;gap:.75rem;padding:.3rem 0;border-bottom:1px solid #f0f0f0}\
@@ -40,6 +41,12 @@ th,td{text-align:left;padding:.35rem .2rem;border-bottom:1px solid #f0f0f0;verti
 td.num,th.num{text-align:right;white-space:nowrap}\
 .pager{display:flex;justify-content:space-between}\
 img.qr{display:block;width:100%;max-width:280px;margin:0 auto;image-rendering:pixelated}\
+fieldset.choice{border:0;display:block;min-width:0}\
+label.pick{display:flex;gap:.5rem;align-items:center;margin:0 0 .3rem}\
+label.pick input,label.consent input{width:auto;flex:0 0 auto}\
+label.consent{display:flex;gap:.5rem;align-items:flex-start;margin:.5rem 0 0;font-size:.9rem}\
+label.field{display:flex;flex-direction:column;font-size:.85rem;color:#6b6b6b;margin:.4rem 0}\
+h2.section{font-size:1rem;margin:.5rem .2rem}\
 .bubble{background:#fff;border-radius:10px;padding:.9rem 1rem;border-left:4px solid #07c160}\
 ";
 
@@ -128,6 +135,7 @@ pub struct FilterForm {
 pub fn receipt_list(
     account: &str,
     action: &str,
+    claims: &str,
     filters: &FilterForm,
     problem: Option<&str>,
     lines: &[ListLine],
@@ -171,6 +179,7 @@ pub fn receipt_list(
                 }
             }
             @if let Some(n) = next { div.pager { span {} a.btn.secondary href=(n) { "下一页" } } }
+            a.btn.secondary href=(claims) { "我的报销" }
         },
     )
 }
@@ -193,6 +202,10 @@ pub struct Detail {
     pub reversal: Option<(String, String, String)>,
     pub download: Option<String>,
     pub card_link: Option<String>,
+    /// "申请报销": the claim form, for a receipt still to be claimed.
+    pub claim: Option<String>,
+    /// 我的报销, when an open claim of the payer holds the receipt.
+    pub claim_pending: Option<String>,
     pub back: Option<String>,
 }
 
@@ -254,9 +267,148 @@ pub fn receipt_detail(d: &Detail, add: Option<&AddForm>, notice: Option<&str>) -
                     button.btn type="submit" { "加入我的票夹" }
                 }
             }
+            @if let Some(href) = &d.claim { a.btn href=(href) { "申请报销" } }
+            @if let Some(href) = &d.claim_pending {
+                div.card role="status" { p { "这张票据正在报销中。" } a.btn.secondary href=(href) { "查看我的报销" } }
+            }
             @if let Some(href) = &d.download { a.btn.secondary href=(href) { "下载电子票据" } }
             @if let Some(href) = &d.card_link { a.btn.secondary href=(href) { "收入微信卡包" } }
             @if let Some(href) = &d.back { a.btn.secondary href=(href) { "返回我的票据" } }
+        },
+    )
+}
+
+/// A reimburser the claim form offers.
+pub struct ReimburserOption {
+    pub app_id: String,
+    pub name: String,
+    pub kind: &'static str,
+    /// The personal fields it receives, in Chinese.
+    pub fields: Vec<&'static str>,
+    /// Consented fields the payer types in: input name, label, value.
+    pub typed: Vec<(String, &'static str, String)>,
+    /// What its consent box sends: `<appId>:<fields>`.
+    pub consent_value: String,
+    pub within_days: Option<u32>,
+    /// The last day this receipt may be claimed with it.
+    pub deadline: Option<String>,
+    /// It receives real-name fields the payer has not registered.
+    pub profile_missing: bool,
+    pub checked: bool,
+}
+
+/// The claim form of one receipt.
+pub struct ClaimForm {
+    pub action: String,
+    pub csrf: String,
+    pub bill: String,
+    pub agency_name: String,
+    pub amount: String,
+    pub issued_at: String,
+    pub options: Vec<ReimburserOption>,
+    /// The claim's own fields: name, label, value.
+    pub own_fields: Vec<(&'static str, &'static str, String)>,
+    pub problem: Option<&'static str>,
+    pub back: String,
+}
+
+pub fn claim_form(f: &ClaimForm) -> Markup {
+    layout(
+        "申请报销",
+        Some(&f.agency_name),
+        html! {
+            @if let Some(p) = f.problem { div.card.error role="alert" { p { (p) } } }
+            div.card {
+                h2 { "报销的票据" }
+                div.row { span { "票据" } span { (f.bill) } }
+                div.row { span { "开票日期" } span { (f.issued_at) } }
+                div.row { span { "金额" } span { (f.amount) } }
+            }
+            @if f.options.is_empty() {
+                div.card { p { "暂无接受本院票据的报销方。" } }
+                a.btn.secondary href=(f.back) { "返回票据" }
+            } @else {
+                form method="post" action=(f.action) {
+                    input type="hidden" name="csrf" value=(f.csrf);
+                    h2.section { "选择报销方" }
+                    @for o in &f.options {
+                        fieldset.card.choice {
+                            label.pick {
+                                input type="radio" name="reimburser" value=(o.app_id) checked[o.checked] required;
+                                span { strong { (o.name) } " " span.badge.grey { (o.kind) } }
+                            }
+                            div.row { span { "将获取的个人信息" } span { (o.fields.join("、")) } }
+                            @if let (Some(days), Some(by)) = (o.within_days, &o.deadline) {
+                                div.row { span { "报销期限" } span { "开票后" (days) "天内（" (by) "前）" } }
+                            }
+                            @if o.profile_missing {
+                                p.error { "需要您的实名信息：请先在票夹小程序完成实名登记。" }
+                            }
+                            @for (name, label, value) in &o.typed {
+                                label.field { (label) input type="text" name=(name) maxlength="200" value=(value); }
+                            }
+                            label.consent {
+                                input type="checkbox" name="consent" value=(o.consent_value);
+                                span { "我同意向" (o.name) "提供以下个人信息，仅用于本次报销：" (o.fields.join("、")) }
+                            }
+                        }
+                    }
+                    div.card {
+                        h2 { "报销信息" }
+                        @for (name, label, value) in &f.own_fields {
+                            label.field { (label) input type="text" name=(name) maxlength="200" value=(value); }
+                        }
+                        p.muted { "选填。信息加密保存，仅所选报销方可见。" }
+                    }
+                    button.btn type="submit" { "提交报销申请" }
+                }
+                a.btn.secondary href=(f.back) { "返回票据" }
+            }
+        },
+    )
+}
+
+/// One claim on 我的报销.
+pub struct ClaimLine {
+    pub reimburser: String,
+    pub status: String,
+    pub submitted_at: String,
+    /// Each receipt: its page, what names it.
+    pub receipts: Vec<(String, String)>,
+    pub fields: Vec<&'static str>,
+    /// The withdrawal form's action while the payer may withdraw.
+    pub withdraw: Option<String>,
+    /// Final (reimbursed, rejected, withdrawn, cancelled).
+    pub closed: bool,
+}
+
+pub fn claim_list(account: &str, csrf: &str, lines: &[ClaimLine], notice: Option<&str>, back: &str) -> Markup {
+    layout(
+        "我的报销",
+        Some(account),
+        html! {
+            @if let Some(n) = notice { div.card role="status" { p { (n) } } }
+            @if lines.is_empty() {
+                div.card { p.muted { "暂无报销申请。在票据页点击“申请报销”即可在线报销。" } }
+            }
+            @for l in lines {
+                div.card {
+                    h2 {
+                        (l.reimburser) " "
+                        @if l.closed { span.badge.grey { (l.status) } } @else { span.badge { (l.status) } }
+                    }
+                    div.muted { "提交于 " (l.submitted_at) }
+                    @for (href, text) in &l.receipts { div.row { span { "票据" } span { a href=(href) { (text) } } } }
+                    @if !l.fields.is_empty() { div.row { span { "已提供" } span { (l.fields.join("、")) } } }
+                    @if let Some(action) = &l.withdraw {
+                        form method="post" action=(action) {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button.btn.secondary type="submit" { "撤回申请" }
+                        }
+                    }
+                }
+            }
+            a.btn.secondary href=(back) { "返回我的票据" }
         },
     )
 }

@@ -11,29 +11,17 @@ use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
 use piaojia_core::money::format_yuan;
 use piaojia_core::pii::purpose;
-use piaojia_store::{ClaimRecord, ClaimRefusal, NewClaim, StoreError, SubmitOutcome, WithdrawOutcome};
-use piaojia_web::error::{ApiError, ErrorCode, Problem};
+use piaojia_store::ClaimRecord;
+use piaojia_web::error::{ApiError, Problem};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::Problems;
-use super::profile::SealedProfile;
+use crate::claiming::{self, claim_not_found};
 use crate::{Payer, WalletState};
 
-/// Most receipts in one claim.
-pub const CLAIM_RECEIPTS_MAX: usize = 20;
-/// Most fields of the claim's own, and their sizes.
-const FIELDS_MAX: usize = 10;
-const FIELD_NAME_MAX: usize = 32;
-const FIELD_VALUE_MAX: usize = 200;
-
-/// The personal fields a payer's profile holds; the others the payer types in.
-const FROM_PROFILE: &[&str] = &["name", "id_card_no", "phone"];
-
-fn claim_not_found() -> ApiError {
-    ApiError::with(ErrorCode::ClaimNotFound, "no such claim of yours")
-}
+pub use crate::claiming::{CLAIM_RECEIPTS_MAX, ClaimConsent, ClaimRequest};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -90,54 +78,19 @@ pub async fn reimbursers(
     query: web::Query<ReimbursersQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let d = super::receipts::load(&state, &payer, query.receipt).await?;
-    let mut items = Vec::new();
-    for r in state.store.list_reimbursers().await? {
-        if !r.accepted_agencies.contains(&d.agency_code) {
-            continue;
-        }
-        if !state.store.app(&r.app_id).await?.is_some_and(|a| a.enabled) {
-            continue;
-        }
-        items.push(ReimburserOptionView {
-            claim_by: r.claim_deadline(d.receipt.issued_at).map(Into::into),
-            claim_within_days: r.claim_within_days,
-            app_id: r.app_id,
-            name: r.name,
-            kind: r.kind.as_str(),
-            personal_fields: r.personal_fields,
-        });
-    }
+    let items = claiming::reimbursers_for(&state, &d.agency_code, d.receipt.issued_at)
+        .await?
+        .into_iter()
+        .map(|c| ReimburserOptionView {
+            claim_by: c.claim_by.map(Into::into),
+            claim_within_days: c.reimburser.claim_within_days,
+            app_id: c.reimburser.app_id,
+            name: c.reimburser.name,
+            kind: c.reimburser.kind.as_str(),
+            personal_fields: c.reimburser.personal_fields,
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(ReimburserListView { items }))
-}
-
-/// The payer's consent to sharing personal data with the reimburser.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimConsent {
-    /// Exactly the reimburser's `personalFields` (any order).
-    #[schema(example = json!(["name", "id_card_no"]))]
-    pub fields: Vec<String>,
-    pub accepted: bool,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimRequest {
-    /// The reimburser's appId (from `GET /v1/mp/reimbursers`).
-    #[schema(example = "insurer01")]
-    pub reimburser: String,
-    /// 1 to 20 receipts of the wallet (their ids).
-    pub receipts: Vec<Uuid>,
-    pub consent: ClaimConsent,
-    /// Consented fields the profile does not hold (`email`, `medical_card_no`).
-    #[serde(default)]
-    #[schema(example = json!({}))]
-    pub personal_data: BTreeMap<String, String>,
-    /// The claim's own fields the reimburser asks for (bank account, reference, …);
-    /// kept sealed. Names 1-32 `[A-Za-z0-9_]`, values at most 200 characters.
-    #[serde(default)]
-    #[schema(example = json!({"bankAccount": "6222020200112233445", "policyNo": "P2026-0001"}))]
-    pub fields: BTreeMap<String, String>,
 }
 
 /// One receipt of a claim, as the payer sees it.
@@ -335,40 +288,12 @@ async fn view_of(
         reason: claim.reason.clone(),
         consented_fields: claim.consented_fields.clone(),
         fields,
-        withdrawable: matches!(
-            claim.status,
-            piaojia_store::ClaimStatus::Submitted | piaojia_store::ClaimStatus::Received
-        ),
+        withdrawable: claiming::withdrawable(claim.status),
         receipts,
         history,
         created_at: claim.created_at.into(),
         updated_at: claim.updated_at.into(),
     })
-}
-
-fn refusal(index: usize, refusal: ClaimRefusal) -> ApiError {
-    let (code, what) = match refusal {
-        ClaimRefusal::NotInWallet => (ErrorCode::ReceiptNotFound, "no such receipt in this wallet"),
-        ClaimRefusal::NotAccepted => (
-            ErrorCode::ReimburserDoesNotAccept,
-            "this reimburser does not accept receipts of this agency",
-        ),
-        ClaimRefusal::PastDeadline => (
-            ErrorCode::ClaimDeadlinePassed,
-            "this receipt was issued longer ago than this reimburser accepts (claimWithinDays)",
-        ),
-        ClaimRefusal::Reversed => (ErrorCode::ReceiptReversed, "the issuer reversed this receipt (冲红)"),
-        ClaimRefusal::LockedByOther => (
-            ErrorCode::ReceiptLockedByOther,
-            "another reimburser holds the lock on this receipt",
-        ),
-        ClaimRefusal::AlreadyClosed => (ErrorCode::ReceiptAlreadyClosed, "this receipt is already reimbursed"),
-        ClaimRefusal::AlreadyClaimed => (
-            ErrorCode::ReceiptAlreadyClaimed,
-            "this receipt is already in an open claim",
-        ),
-    };
-    ApiError::with(code, what).field(format!("/receipts/{index}"), code.as_str(), what)
 }
 
 /// Submit a claim: receipts of the wallet to one reimburser, with the consented
@@ -402,164 +327,13 @@ pub async fn submit(
     payer: Payer,
     body: web::Json<ClaimRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    let mut p = Problems::default();
-    if body.receipts.is_empty() || body.receipts.len() > CLAIM_RECEIPTS_MAX {
-        p.push(
-            "/receipts",
-            "invalid_length",
-            format!("1 to {CLAIM_RECEIPTS_MAX} receipts"),
-        );
-    }
-    for (i, id) in body.receipts.iter().enumerate() {
-        if body.receipts[..i].contains(id) {
-            p.push(&format!("/receipts/{i}"), "duplicate", "each receipt once");
-        }
-    }
-    if !body.consent.accepted {
-        p.push(
-            "/consent/accepted",
-            "required",
-            "the payer must accept sharing the listed data",
-        );
-    }
-    if body.fields.len() > FIELDS_MAX {
-        p.push("/fields", "too_many", format!("at most {FIELDS_MAX} fields"));
-    }
-    for (k, v) in &body.fields {
-        let name_ok =
-            !k.is_empty() && k.len() <= FIELD_NAME_MAX && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !name_ok {
-            p.push(&format!("/fields/{k}"), "invalid_format", "names are 1-32 [A-Za-z0-9_]");
-        } else if v.trim().is_empty() || v.chars().count() > FIELD_VALUE_MAX {
-            p.push(&format!("/fields/{k}"), "invalid_length", "1 to 200 characters");
-        }
-    }
-    p.into_result()?;
-
-    let reimburser = state.store.reimburser(&body.reimburser).await?;
-    let enabled = match &reimburser {
-        Some(r) => state.store.app(&r.app_id).await?.is_some_and(|a| a.enabled),
-        None => false,
+    let claimant = claiming::Claimant {
+        payer: &payer.record,
+        app_id: &payer.app.app_id,
+        scope: payer.scope(),
+        remote_addr: piaojia_web::client::client_ip(&req, &state.settings.trusted_proxies).map(|ip| ip.to_string()),
     };
-    let Some(reimburser) = reimburser.filter(|_| enabled) else {
-        return Err(ApiError::with(
-            ErrorCode::ReimburserNotFound,
-            "no registered reimburser with this appId",
-        )
-        .field(
-            "/reimburser",
-            "reimburser_not_found",
-            "use an appId from GET /v1/mp/reimbursers",
-        ));
-    };
-    // The consent: exactly the reimburser's fields, each once.
-    let mut asked: Vec<&str> = reimburser.personal_fields.iter().map(String::as_str).collect();
-    let mut given: Vec<&str> = body.consent.fields.iter().map(String::as_str).collect();
-    asked.sort_unstable();
-    given.sort_unstable();
-    if asked != given {
-        return Err(ApiError::with(
-            ErrorCode::ConsentMismatch,
-            format!(
-                "the consent must list exactly the fields this reimburser receives: {}",
-                reimburser.personal_fields.join(", ")
-            ),
-        )
-        .field(
-            "/consent/fields",
-            "consent_mismatch",
-            reimburser.personal_fields.join(", "),
-        ));
-    }
-
-    // The consented values: the profile's, then what the payer typed in.
-    let profile = payer.record.profile_sealed.as_deref().and_then(|s| {
-        state
-            .keyring
-            .open_json::<SealedProfile>(s, purpose::PAYER_PROFILE)
-            .inspect_err(|e| tracing::error!(payer_id = %payer.id, error = %e, "profile cannot be opened"))
-            .ok()
-    });
-    let mut personal: BTreeMap<String, String> = BTreeMap::new();
-    let mut p = Problems::default();
-    for field in &reimburser.personal_fields {
-        let from_profile = profile.as_ref().and_then(|pr| match field.as_str() {
-            "name" => Some(pr.name.clone()),
-            "id_card_no" => Some(pr.id_number.clone()),
-            "phone" => pr.phone.clone(),
-            _ => None,
-        });
-        let typed = body
-            .personal_data
-            .get(field)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty());
-        let value = if FROM_PROFILE.contains(&field.as_str()) {
-            from_profile
-        } else {
-            typed
-        };
-        match value {
-            Some(v) if v.chars().count() <= FIELD_VALUE_MAX => {
-                personal.insert(field.clone(), v);
-            }
-            Some(_) => p.push(&format!("/personalData/{field}"), "too_long", "at most 200 characters"),
-            None if FROM_PROFILE.contains(&field.as_str()) => p.push(
-                &format!("/personalData/{field}"),
-                "profile_required",
-                "register this in the profile first (PUT /v1/mp/profile)",
-            ),
-            None => p.push(
-                &format!("/personalData/{field}"),
-                "required",
-                "the reimburser receives this field",
-            ),
-        }
-    }
-    p.into_result()?;
-
-    let mut accepted_agency_ids = Vec::with_capacity(reimburser.accepted_agencies.len());
-    for code in &reimburser.accepted_agencies {
-        if let Some(a) = state.store.agency_by_code(code).await? {
-            accepted_agency_ids.push(a.id);
-        }
-    }
-    let app_id = &reimburser.app_id;
-    let fields_sealed =
-        (!body.fields.is_empty()).then(|| state.keyring.seal_json(&body.fields, &purpose::claim_fields(app_id)));
-    let outcome = state
-        .store
-        .submit_claim(NewClaim {
-            id: Uuid::now_v7(),
-            payer_id: payer.id,
-            reimburser_app_id: app_id.clone(),
-            mp_app_id: payer.app.app_id.clone(),
-            receipt_ids: body.receipts.clone(),
-            consented_fields: reimburser.personal_fields.clone(),
-            personal_sealed: state.keyring.seal_json(&personal, &purpose::claim_personal(app_id)),
-            fields_sealed,
-            accepted_agency_ids,
-            issued_after: reimburser.claim_deadline_cutoff(piaojia_store::Timestamp::now()),
-            scope: payer.scope().map(<[Uuid]>::to_vec),
-            remote_addr: piaojia_web::client::client_ip(&req, &state.settings.trusted_proxies).map(|ip| ip.to_string()),
-        })
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound(piaojia_store::Entity::App) => ApiError::with(
-                ErrorCode::ReimburserNotFound,
-                "no registered reimburser with this appId",
-            ),
-            other => other.into(),
-        })?;
-    let claim = match outcome {
-        SubmitOutcome::Submitted(claim) => *claim,
-        SubmitOutcome::Refused { index, refusal: r } => return Err(refusal(index, r)),
-    };
-    tracing::info!(claim_id = %claim.id, reimburser = %app_id, receipts = claim.receipt_ids.len(), "claim submitted");
-    if let Some(wake) = &state.wake {
-        wake().await;
-    }
+    let claim = claiming::submit(&state, claimant, &body).await?;
     Ok(HttpResponse::Created().json(claim_view(&state, &claim, false).await?))
 }
 
@@ -671,25 +445,7 @@ pub async fn withdraw(
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let remote = piaojia_web::client::client_ip(&req, &state.settings.trusted_proxies).map(|ip| ip.to_string());
-    let claim = match state.store.withdraw_claim(payer.id, path.into_inner(), remote).await? {
-        WithdrawOutcome::Withdrawn(c) => *c,
-        WithdrawOutcome::NotFound => return Err(claim_not_found()),
-        WithdrawOutcome::Locked(_) => {
-            return Err(ApiError::with(
-                ErrorCode::ClaimLocked,
-                "the reimburser locked this claim's receipts: it can no longer be withdrawn",
-            ));
-        }
-        WithdrawOutcome::Closed(c) => {
-            return Err(ApiError::with(
-                ErrorCode::ClaimClosed,
-                format!("this claim is already {}", c.status),
-            ));
-        }
-    };
-    if let Some(wake) = &state.wake {
-        wake().await;
-    }
+    let claim = claiming::withdraw(&state, payer.id, path.into_inner(), remote).await?;
     Ok(HttpResponse::Ok().json(claim_view(&state, &claim, true).await?))
 }
 
@@ -701,12 +457,5 @@ mod tests {
     fn values_are_masked_but_their_tail() {
         assert_eq!(mask_value("6222020200112233445"), "***************3445");
         assert_eq!(mask_value("abc"), "***");
-    }
-
-    #[test]
-    fn the_profile_fields_are_known_personal_fields() {
-        for f in FROM_PROFILE {
-            assert!(["name", "id_card_no", "phone", "email", "medical_card_no"].contains(f));
-        }
     }
 }

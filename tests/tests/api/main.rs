@@ -13,6 +13,7 @@ mod official_account;
 mod operability;
 mod pages;
 mod pages_browser;
+mod pages_claims;
 mod privacy;
 mod receipts;
 mod reimbursement;

@@ -5,6 +5,9 @@
 //! stands for WeChat's chat: it shows the template message and makes the
 //! browser that payer's WeChat browser in the simulator.
 //!
+//! And claiming reimbursement: the claim form, the claim submitted, 我的报销 and
+//! the withdrawal.
+//!
 //! Skipped (with a message) where Chromium is not installed; `.ci/run` installs it.
 
 use piaojia_tests::both_modes;
@@ -14,6 +17,7 @@ use piaojia_tests::samples::{self, BATCH};
 use serde_json::Value;
 
 use super::pages::{OA, hospital, push, receipt_url, template_to};
+use super::pages_claims;
 
 fn mode_name(mode: Mode) -> &'static str {
     match mode {
@@ -153,5 +157,74 @@ both_modes!(chromium_paper_qr, |mode: Mode| async move {
     let text = browser.wait_for_text("已加入您的票夹").await;
     assert!(text.contains("已加入您的票夹") && text.contains("0000000023"), "{text}");
     browser.screenshot(&format!("paper-qr-{m}-2-added")).await;
+    browser.close().await;
+});
+
+// Online reimbursement: "申请报销" on the receipt, the claim form (the reimburser,
+// what it receives, the consent), the claim submitted, 我的报销, the withdrawal.
+both_modes!(chromium_claim, |mode: Mode| async move {
+    let Some(browser) = Chromium::start().await else { return };
+    let app = spawn_app(mode).await;
+    let issuer = hospital(&app).await;
+    app.create_reimburser_until(
+        "insurer-h5",
+        &[&issuer.agency_code],
+        None,
+        &["name", "id_card_no"],
+        Some(3650),
+    )
+    .await;
+    let payer = piaojia_wechat_sim::new_openid();
+    let mut r = samples::outpatient(24);
+    r["openID"] = payer.clone().into();
+    let created: Value = push(&app, &issuer, &r).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    pages_claims::register(&app, &payer).await;
+    let m = mode_name(mode);
+
+    browser.goto(&payer_page(&app, &payer)).await;
+    browser.goto(&receipt_url(&app, &id)).await;
+    let text = browser.wait_for_text("申请报销").await;
+    assert!(text.contains("¥128.50") && text.contains("未报销"), "{text}");
+    browser.click("a.btn[href$='/claim']").await;
+    let text = browser.wait_for_text("选择报销方").await;
+    for seen in [
+        "申请报销",
+        "0000000024",
+        "insurer-h5 保险",
+        "商业保险公司",
+        "将获取的个人信息",
+        "姓名、身份证号",
+        "报销期限",
+        "我同意向insurer-h5 保险提供以下个人信息，仅用于本次报销：姓名、身份证号",
+        "收款银行账号",
+        "提交报销申请",
+    ] {
+        assert!(text.contains(seen), "{seen} not shown: {text}");
+    }
+    assert!(!text.contains("实名登记"), "registered: {text}");
+    fits_the_phone(&browser).await;
+    browser.screenshot(&format!("claim-{m}-1-form")).await;
+
+    // Submitted without the consent: the form again, saying why.
+    browser.click("input[name=reimburser]").await;
+    browser.click("form button[type=submit]").await;
+    let text = browser.wait_for_text("请勾选同意").await;
+    assert!(text.contains("insurer-h5 保险"), "{text}");
+    browser.screenshot(&format!("claim-{m}-2-no-consent")).await;
+
+    browser.click("input[name=consent]").await;
+    browser.click("form button[type=submit]").await;
+    let text = browser.wait_for_text("报销申请已提交").await;
+    for seen in ["我的报销", "insurer-h5 保险", "已提交", "0000000024", "撤回申请"] {
+        assert!(text.contains(seen), "{seen} not shown: {text}");
+    }
+    fits_the_phone(&browser).await;
+    browser.screenshot(&format!("claim-{m}-3-claims")).await;
+
+    browser.click("form button[type=submit]").await;
+    let text = browser.wait_for_text("报销申请已撤回").await;
+    assert!(text.contains("已撤回") && !text.contains("撤回申请"), "{text}");
+    browser.screenshot(&format!("claim-{m}-4-withdrawn")).await;
     browser.close().await;
 });
