@@ -55,25 +55,18 @@ fn kind_label(kind: ReimburserKind) -> &'static str {
     }
 }
 
-/// A claim's status as the payer reads it on the pages.
+/// A claim's status as the payer reads it on the pages: the same words as the
+/// mini-program and the messages, with the amount paid or the reason.
 pub fn status_label(c: &ClaimRecord) -> String {
-    match c.status {
-        ClaimStatus::Submitted => "已提交".to_owned(),
-        ClaimStatus::Received => "已受理".to_owned(),
-        ClaimStatus::Locked => "已锁定".to_owned(),
-        ClaimStatus::Reimbursed => match c.paid_fen {
-            Some(f) => format!("已报销（{}）", yuan(f)),
-            None => "已报销".to_owned(),
-        },
-        ClaimStatus::Rejected => match c.reason.as_deref() {
-            Some(r) if !r.is_empty() => format!("已驳回（{r}）"),
-            _ => "已驳回".to_owned(),
-        },
-        ClaimStatus::Withdrawn => "已撤回".to_owned(),
-        ClaimStatus::Cancelled => match c.reason.as_deref() {
-            Some(r) if !r.is_empty() => format!("已作废（{r}）"),
-            _ => "已作废".to_owned(),
-        },
+    let label = c.status.label_zh();
+    let detail = match c.status {
+        ClaimStatus::Reimbursed => c.paid_fen.map(yuan),
+        ClaimStatus::Rejected | ClaimStatus::Cancelled => c.reason.clone().filter(|r| !r.is_empty()),
+        _ => None,
+    };
+    match detail {
+        Some(d) => format!("{label}（{d}）"),
+        None => label.to_owned(),
     }
 }
 
@@ -372,8 +365,8 @@ async fn own_claims(
         .collect())
 }
 
-/// 我的报销: the payer's claims with their status (已提交, 已受理, 已锁定, 已报销
-/// with the amount paid, 已驳回 with the reason, 已撤回) and "撤回申请" while withdrawable.
+/// 我的报销: the payer's claims with their status (已提交, 已受理, 审核中, 已报销
+/// with the amount paid, 未通过 with the reason, 已撤回) and "撤回申请" while withdrawable.
 #[utoipa::path(get, path = "/h5/{appId}/claims", tag = "pages",
     params(("appId" = String, Path, description = "The official account's WeChat appid")),
     responses((status = 200, description = "The claims page", content_type = "text/html", body = String),
