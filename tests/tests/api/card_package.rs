@@ -60,6 +60,35 @@ async fn pushed_with_link(
     (created, path)
 }
 
+/// A receipt of `payer` pushed, taken into their card package (the payer agrees
+/// at WeChat's page) and its card's `code` recorded: its id and the card.
+async fn in_card_package(
+    app: &TestApp,
+    issuer: &piaojia_tests::harness::Issuer,
+    n: u64,
+    payer: &str,
+) -> (uuid::Uuid, piaojia_wechat_sim::SimCard) {
+    let sim = app.sim.as_ref().expect("sim");
+    let (created, path) = pushed_with_link(app, issuer, n, payer).await;
+    let receipt_id = uuid::Uuid::parse_str(created["id"].as_str().expect("id")).expect("uuid");
+    let auth_url = app.get(&path).await.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    sim.authorize_invoice(&auth_url, payer).await.expect("agreed");
+    let card = eventually(15, || async { sim.card_package(OA, payer).into_iter().next() }).await;
+    // The card is in WeChat's package a moment before insertbill's answer is recorded.
+    eventually(10, || async {
+        app.store
+            .card_order_for_receipt(receipt_id)
+            .await
+            .expect("store")
+            .filter(|o| o.code.is_some())
+    })
+    .await;
+    (receipt_id, card)
+}
+
 both_modes!(card_package_journey, |mode: Mode| async move {
     let app = TestConfig::new(mode).await.spawn().await;
     let sim = app.sim.clone().expect("sim");
@@ -199,23 +228,7 @@ both_modes!(
         official_account(&app, &issuer.agency_code, OA, None, Some("{cardUrl}")).await;
         enable(&app, &issuer.agency_code).await;
         let payer = piaojia_wechat_sim::new_openid();
-        let (created, path) = pushed_with_link(&app, &issuer, 2, &payer).await;
-        let receipt_id = uuid::Uuid::parse_str(created["id"].as_str().expect("id")).expect("uuid");
-        let auth_url = app.get(&path).await.headers()["location"]
-            .to_str()
-            .expect("location")
-            .to_owned();
-        sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
-        let card = eventually(15, || async { sim.card_package(OA, &payer).into_iter().next() }).await;
-        // The card is in WeChat's package a moment before insertbill's answer is recorded.
-        eventually(10, || async {
-            app.store
-                .card_order_for_receipt(receipt_id)
-                .await
-                .expect("store")
-                .filter(|o| o.code.is_some())
-        })
-        .await;
+        let (receipt_id, card) = in_card_package(&app, &issuer, 2, &payer).await;
 
         // The reimbursement flow locks, then closes: mirrored to the card.
         let wake = piaojia_notifier::Wake::local();
@@ -283,22 +296,7 @@ both_modes!(a_lock_taken_through_wechat_is_kept_here, |mode: Mode| async move {
     enable(&app, &issuer.agency_code).await;
     let insurer = app.create_reimburser("insurer-a", &[&issuer.agency_code]).await;
     let payer = piaojia_wechat_sim::new_openid();
-    let (created, path) = pushed_with_link(&app, &issuer, 2, &payer).await;
-    let receipt_id = uuid::Uuid::parse_str(created["id"].as_str().expect("id")).expect("uuid");
-    let auth_url = app.get(&path).await.headers()["location"]
-        .to_str()
-        .expect("location")
-        .to_owned();
-    sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
-    let card = eventually(15, || async { sim.card_package(OA, &payer).into_iter().next() }).await;
-    eventually(10, || async {
-        app.store
-            .card_order_for_receipt(receipt_id)
-            .await
-            .expect("store")
-            .filter(|o| o.code.is_some())
-    })
-    .await;
+    let (receipt_id, card) = in_card_package(&app, &issuer, 2, &payer).await;
     let gh = sim.app(OA).expect("app").original_id;
     // WeChat de-duplicates by sender and CreateTime: each report a second apart.
     let sent = std::sync::atomic::AtomicI64::new(chrono::Utc::now().timestamp());

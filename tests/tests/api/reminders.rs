@@ -65,6 +65,31 @@ async fn scan(app: &TestApp, cfg: &ReminderSettings) -> (u64, u64) {
     (run.recorded, run.queued)
 }
 
+/// The payer signs in to the wallet, registers (collecting `collected` receipts)
+/// and accepts the long-term template: their openid and token.
+async fn registered_payer(app: &TestApp, collected: u64) -> (String, String) {
+    let openid = piaojia_wechat_sim::new_openid();
+    let session = app.mp_login(WALLET, &openid, None).await;
+    let token = session["accessToken"].as_str().expect("token").to_owned();
+    let code = app.sim.as_ref().expect("sim").issue_phone_code(WALLET, "13900139000");
+    let body = json!({"name": NAME, "idType": "resident", "idNumber": ID, "phoneCode": code,
+        "consent": {"version": "2026-11", "accepted": true}});
+    let registered = json_of(app.mp("PUT", "/v1/mp/profile", &token, Some(&body)).await, 200).await;
+    assert_eq!(registered["collected"], collected, "{registered}");
+    json_of(
+        app.mp(
+            "POST",
+            "/v1/mp/subscriptions",
+            &token,
+            Some(&json!({"results": {WALLET_TMPL: "accept"}})),
+        )
+        .await,
+        200,
+    )
+    .await;
+    (openid, token)
+}
+
 both_modes!(reminders_come_once_and_only_when_due, |mode: Mode| async move {
     let mut config = TestConfig::new(mode).await;
     // The test runs each scan itself.
@@ -85,25 +110,7 @@ both_modes!(reminders_come_once_and_only_when_due, |mode: Mode| async move {
     }
 
     // The payer registers (collecting 1-4) under the long-term template.
-    let openid = piaojia_wechat_sim::new_openid();
-    let session = app.mp_login(WALLET, &openid, None).await;
-    let token = session["accessToken"].as_str().expect("token").to_owned();
-    let code = app.sim.as_ref().expect("sim").issue_phone_code(WALLET, "13900139000");
-    let body = json!({"name": NAME, "idType": "resident", "idNumber": ID, "phoneCode": code,
-        "consent": {"version": "2026-11", "accepted": true}});
-    let registered = json_of(app.mp("PUT", "/v1/mp/profile", &token, Some(&body)).await, 200).await;
-    assert_eq!(registered["collected"], 4, "{registered}");
-    json_of(
-        app.mp(
-            "POST",
-            "/v1/mp/subscriptions",
-            &token,
-            Some(&json!({"results": {WALLET_TMPL: "accept"}})),
-        )
-        .await,
-        200,
-    )
-    .await;
+    let (openid, token) = registered_payer(&app, 4).await;
 
     // 2 is claimed, 3 locked by the insurer, 4 removed from the wallet.
     let claim = json!({"reimburser": "insurer-r", "receipts": [ids[2]],
@@ -215,25 +222,7 @@ both_modes!(
             ids.push(created["id"].as_str().expect("id").to_owned());
             issued.push(at);
         }
-        let openid = piaojia_wechat_sim::new_openid();
-        let session = app.mp_login(WALLET, &openid, None).await;
-        let token = session["accessToken"].as_str().expect("token").to_owned();
-        let code = app.sim.as_ref().expect("sim").issue_phone_code(WALLET, "13900139000");
-        let body = json!({"name": NAME, "idType": "resident", "idNumber": ID, "phoneCode": code,
-        "consent": {"version": "2026-11", "accepted": true}});
-        let registered = json_of(app.mp("PUT", "/v1/mp/profile", &token, Some(&body)).await, 200).await;
-        assert_eq!(registered["collected"], 3, "{registered}");
-        json_of(
-            app.mp(
-                "POST",
-                "/v1/mp/subscriptions",
-                &token,
-                Some(&json!({"results": {WALLET_TMPL: "accept"}})),
-            )
-            .await,
-            200,
-        )
-        .await;
+        let (openid, token) = registered_payer(&app, 3).await;
 
         // The payer sees each reimburser's deadline for the receipt.
         let options = json_of(
@@ -336,25 +325,7 @@ both_modes!(concurrent_scans_remind_once, |mode: Mode| async move {
     for n in 1..=RECEIPTS {
         json_of(app.push(&issuer, &receipt(n)).await, 201).await;
     }
-    let openid = piaojia_wechat_sim::new_openid();
-    let session = app.mp_login(WALLET, &openid, None).await;
-    let token = session["accessToken"].as_str().expect("token").to_owned();
-    let code = app.sim.as_ref().expect("sim").issue_phone_code(WALLET, "13900139000");
-    let body = json!({"name": NAME, "idType": "resident", "idNumber": ID, "phoneCode": code,
-        "consent": {"version": "2026-11", "accepted": true}});
-    let registered = json_of(app.mp("PUT", "/v1/mp/profile", &token, Some(&body)).await, 200).await;
-    assert_eq!(registered["collected"], RECEIPTS, "{registered}");
-    json_of(
-        app.mp(
-            "POST",
-            "/v1/mp/subscriptions",
-            &token,
-            Some(&json!({"results": {WALLET_TMPL: "accept"}})),
-        )
-        .await,
-        200,
-    )
-    .await;
+    let (openid, _token) = registered_payer(&app, RECEIPTS).await;
 
     let app = std::sync::Arc::new(app);
     let second = second.map(std::sync::Arc::new);
