@@ -600,7 +600,9 @@ both_modes!(failed_events_are_retried_then_reported, |mode: Mode| async move {
     assert_eq!(r.status(), 200);
     let again: Value = r.json().await.expect("json");
     assert_eq!(again["status"], "pending");
-    assert_eq!(again["attempts"], 0);
+    // Starting over: 0, or 1 when a worker, woken by the re-drive, took it
+    // before the answer was read back.
+    assert!(again["attempts"].as_i64().is_some_and(|a| a <= 1), "{again}");
     let refailed = eventually(15, || async {
         authorize_events()
             .await
