@@ -11,6 +11,9 @@ use piaojia_core::settings::ReminderSettings;
 use piaojia_store::reminders::{DeadlineWindow, ReminderRun, ReminderScan};
 use piaojia_store::{Store, Timestamp};
 
+/// Reminders written per transaction.
+const REMINDERS_PER_TRANSACTION: u64 = 50;
+
 /// One scan now (nothing in the quiet hours).
 pub async fn run_once(
     store: &dyn Store,
@@ -47,9 +50,26 @@ pub async fn run_once(
             .iter()
             .map(|(code, days)| (code.clone(), cutoff(*days)))
             .collect(),
-        limit: i64::from(cfg.batch.max(1)),
+        limit: 0,
     };
-    let run = store.send_due_reminders(&scan).await?;
+    // In short transactions: one of `batch` would hold SQLite's write turn (and
+    // every push waiting for it) for as long as it takes to write them all.
+    let batch = u64::from(cfg.batch.max(1));
+    let mut run = ReminderRun::default();
+    while run.recorded < batch {
+        let chunk = (batch - run.recorded).min(REMINDERS_PER_TRANSACTION);
+        let done = store
+            .send_due_reminders(&ReminderScan {
+                limit: chunk as i64,
+                ..scan.clone()
+            })
+            .await?;
+        run.recorded += done.recorded;
+        run.queued += done.queued;
+        if done.recorded < chunk {
+            break;
+        }
+    }
     if run.queued > 0 {
         tracing::info!(
             recorded = run.recorded,
