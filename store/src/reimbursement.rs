@@ -578,13 +578,15 @@ impl<D: Dialect> Reimbursement for Db<D> {
             "SELECT ",
             STATE_COLUMNS,
             " FROM receipts WHERE reimbursement_state = 'LOCK' AND reimbursement_locked_at < $1 \
-             AND reimbursement_holder <> 'wechat' ORDER BY id LIMIT $2"
+             AND reimbursement_holder <> $3 ORDER BY id LIMIT $2"
         );
         let now = Timestamp::now();
         let mut tx = self.d.write().await?;
         let rows: Vec<StateRow> = Sql::new(D::row_lock(FIND, concatcp!(FIND, " FOR UPDATE SKIP LOCKED")))
             .bind(before)
             .bind(limit)
+            // WeChat's own reimbursers hold their locks there; they do not expire here.
+            .bind(piaojia_core::parties::WECHAT_REIMBURSER)
             .fetch_all(tx.conn())
             .await?;
         let mut released = Vec::with_capacity(rows.len());

@@ -177,8 +177,6 @@ pub struct ClaimListQuery {
     pub limit: Option<u32>,
 }
 
-const DEFAULT_PAGE: u32 = 20;
-
 fn mask_value(v: &str) -> String {
     let chars: Vec<char> = v.chars().collect();
     if chars.len() <= 4 {
@@ -361,20 +359,7 @@ pub async fn list(
     let q = query.into_inner();
     let max = state.settings.miniprogram.page_size_max;
     let mut p = Problems::default();
-    let after = match q.cursor.as_deref() {
-        None => None,
-        Some(c) => {
-            let parsed = super::receipts::decode_cursor(c);
-            if parsed.is_none() {
-                p.push("/cursor", "invalid_value", "use nextCursor of the previous page");
-            }
-            parsed
-        }
-    };
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-    if limit == 0 || limit > max {
-        p.push("/limit", "out_of_range", format!("between 1 and {max}"));
-    }
+    let (after, limit) = super::receipts::page(&mut p, q.cursor.as_deref(), q.limit, max);
     p.into_result()?;
     // One more than asked tells whether another page follows.
     let mut claims = state

@@ -43,6 +43,28 @@ pub(crate) fn encode_cursor(issued_at: DateTime<Utc>, id: Uuid) -> String {
     B64URL.encode(format!("{}:{}", issued_at.timestamp_micros(), id.simple()))
 }
 
+/// A page's `cursor` (a `nextCursor`) and `limit` (1 to `max`, 20 when absent),
+/// each problem pushed onto `p`.
+pub(crate) fn page(
+    p: &mut Problems,
+    cursor: Option<&str>,
+    limit: Option<u32>,
+    max: u32,
+) -> (Option<(DateTime<Utc>, Uuid)>, u32) {
+    let after = cursor.and_then(|c| {
+        let parsed = decode_cursor(c);
+        if parsed.is_none() {
+            p.push("/cursor", "invalid_value", "use nextCursor of the previous page");
+        }
+        parsed
+    });
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > max {
+        p.push("/limit", "out_of_range", format!("between 1 and {max}"));
+    }
+    (after, limit)
+}
+
 pub(crate) fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let raw = String::from_utf8(B64URL.decode(s).ok()?).ok()?;
     let (micros, id) = raw.split_once(':')?;
@@ -127,20 +149,7 @@ fn wallet_query(payer: &Payer, q: ListQuery, max: u32) -> Result<WalletQuery, Ap
     if text.is_some_and(|t| t.chars().count() > 50) {
         p.push("/q", "too_long", "at most 50 characters");
     }
-    let after = match q.cursor.as_deref() {
-        None => None,
-        Some(c) => {
-            let parsed = decode_cursor(c);
-            if parsed.is_none() {
-                p.push("/cursor", "invalid_value", "use nextCursor of the previous page");
-            }
-            parsed
-        }
-    };
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-    if limit == 0 || limit > max {
-        p.push("/limit", "out_of_range", format!("between 1 and {max}"));
-    }
+    let (after, limit) = page(&mut p, q.cursor.as_deref(), q.limit, max);
     p.into_result()?;
     Ok(WalletQuery {
         payer_id: payer.id,
