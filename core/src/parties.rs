@@ -58,6 +58,93 @@ spelled!(ReimburserKind {
     Employer => "employer",
 });
 
+/// A field of the claim's own that a reimburser asks payers for (bank account,
+/// policy number …): its name as the reimburser receives it, the label payers
+/// read, and whether a claim needs it. Values are kept sealed for that reimburser.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimField {
+    /// 1-32 `[A-Za-z0-9_]`.
+    #[schema(example = "bankAccount")]
+    pub name: String,
+    /// What payers read (Chinese), 1-20 characters.
+    #[schema(example = "收款银行账号")]
+    pub label: String,
+    #[serde(default)]
+    pub required: bool,
+}
+
+impl ClaimField {
+    /// Most fields a reimburser may ask for.
+    pub const MAX: usize = 10;
+    pub const NAME_MAX: usize = 32;
+    pub const LABEL_MAX: usize = 20;
+
+    /// The fields a reimburser that names none is offered on the pages (both optional).
+    pub fn defaults() -> Vec<ClaimField> {
+        vec![
+            ClaimField {
+                name: "bankAccount".into(),
+                label: "收款银行账号".into(),
+                required: false,
+            },
+            ClaimField {
+                name: "note".into(),
+                label: "备注".into(),
+                required: false,
+            },
+        ]
+    }
+
+    /// True for a field name a claim may carry.
+    pub fn valid_name(name: &str) -> bool {
+        !name.is_empty() && name.len() <= Self::NAME_MAX && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    }
+
+    /// Parses the command line's `NAME:LABEL` or `NAME:LABEL:required`.
+    pub fn parse_spec(spec: &str) -> Result<ClaimField, String> {
+        let mut parts = spec.splitn(3, ':');
+        let name = parts.next().unwrap_or_default().trim();
+        let label = parts.next().unwrap_or_default().trim();
+        let required = match parts.next().map(str::trim) {
+            None | Some("optional") => false,
+            Some("required") => true,
+            Some(other) => {
+                return Err(format!(
+                    "claim field {spec:?}: {other:?} is neither required nor optional"
+                ));
+            }
+        };
+        let field = ClaimField {
+            name: name.to_owned(),
+            label: label.to_owned(),
+            required,
+        };
+        Self::check_all(std::slice::from_ref(&field))?;
+        Ok(field)
+    }
+
+    /// Checks a reimburser's list: names, labels, each name once, at most [`Self::MAX`].
+    pub fn check_all(fields: &[ClaimField]) -> Result<(), String> {
+        if fields.len() > Self::MAX {
+            return Err(format!("at most {} claim fields", Self::MAX));
+        }
+        for (i, f) in fields.iter().enumerate() {
+            if !Self::valid_name(&f.name) {
+                return Err(format!("claim field name {:?} must be 1-32 [A-Za-z0-9_]", f.name));
+            }
+            let n = f.label.trim().chars().count();
+            if n == 0 || n > Self::LABEL_MAX || f.label.chars().any(char::is_control) {
+                return Err(format!("claim field {:?}: its label must be 1-20 characters", f.name));
+            }
+            if fields[..i].iter().any(|g| g.name == f.name) {
+                return Err(format!("claim field {:?} is named twice", f.name));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a reimburser asks of a receipt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -153,6 +240,28 @@ pub fn reimbursement_transition(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claim_fields_from_the_command_line() {
+        let f = ClaimField::parse_spec("bankAccount:收款银行账号:required").expect("parses");
+        assert_eq!(
+            (f.name.as_str(), f.label.as_str(), f.required),
+            ("bankAccount", "收款银行账号", true)
+        );
+        assert!(!ClaimField::parse_spec("policyNo:保单号").expect("parses").required);
+        for bad in [
+            "",
+            "policyNo",
+            "policy no:保单号",
+            "policyNo:保单号:maybe",
+            "x:一二三四五六七八九十一二三四五六七八九十一",
+        ] {
+            assert!(ClaimField::parse_spec(bad).is_err(), "{bad:?} accepted");
+        }
+        let twice = [ClaimField::defaults(), ClaimField::defaults()].concat();
+        assert!(ClaimField::check_all(&twice).is_err());
+        assert!(ClaimField::check_all(&ClaimField::defaults()).is_ok());
+    }
 
     #[test]
     fn one_holder_and_closing_needs_its_lock() {

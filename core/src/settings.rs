@@ -450,6 +450,9 @@ pub struct ReimburserProvision {
     /// It reimburses a receipt only this many days after its issue (none: no limit).
     #[serde(default)]
     pub claim_within_days: Option<u32>,
+    /// The claim's own fields it asks payers for: `[{name, label, required}]`.
+    #[serde(default)]
+    pub claim_fields: Vec<crate::parties::ClaimField>,
     #[serde(default = "enabled_default")]
     pub enabled: bool,
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use piaojia_core::parties::ClaimField;
 use piaojia_core::settings::{DEFAULTS_TOML, Settings};
 use piaojia_core::{pii, signing};
 use piaojia_store::AppKind;
@@ -231,6 +232,10 @@ pub struct ReimburserArgs {
     /// It reimburses a receipt only this many days after its issue (default: no limit).
     #[arg(long)]
     pub claim_within_days: Option<u32>,
+    /// A field of the claim's own it asks payers for (repeatable), as
+    /// `NAME:LABEL` or `NAME:LABEL:required`, e.g. `bankAccount:收款银行账号:required`.
+    #[arg(long = "claim-field", value_parser = ClaimField::parse_spec)]
+    pub claim_fields: Vec<ClaimField>,
 }
 
 impl From<ReimburserArgs> for provisioning::ReimburserSpec {
@@ -244,6 +249,7 @@ impl From<ReimburserArgs> for provisioning::ReimburserSpec {
             accepted_agencies: a.accepted_agencies,
             personal_fields: a.personal_fields,
             claim_within_days: a.claim_within_days,
+            claim_fields: a.claim_fields,
         }
     }
 }

@@ -63,8 +63,9 @@ pub struct ClaimRequest {
     #[serde(default)]
     #[schema(example = json!({}))]
     pub personal_data: BTreeMap<String, String>,
-    /// The claim's own fields the reimburser asks for (bank account, reference, …);
-    /// kept sealed. Names 1-32 `[A-Za-z0-9_]`, values at most 200 characters.
+    /// The claim's own fields the reimburser asks for (its `claimFields`: no other
+    /// name, every required one; any names when it lists none); kept sealed.
+    /// Names 1-32 `[A-Za-z0-9_]`, values 1-200 characters.
     #[serde(default)]
     #[schema(example = json!({"bankAccount": "6222020200112233445", "policyNo": "P2026-0001"}))]
     pub fields: BTreeMap<String, String>,
@@ -191,6 +192,35 @@ fn check_shape(body: &ClaimRequest) -> Result<(), ApiError> {
     p.into_result()
 }
 
+/// The claim's own fields against what the reimburser asks for: when it names
+/// its fields, no other field and every required one; when it names none, any.
+fn check_fields(reimburser: &Reimburser, fields: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if reimburser.claim_fields.is_empty() {
+        return Ok(());
+    }
+    let mut p = Problems::default();
+    for k in fields.keys() {
+        if !reimburser.claim_fields.iter().any(|f| &f.name == k) {
+            let asked: Vec<&str> = reimburser.claim_fields.iter().map(|f| f.name.as_str()).collect();
+            p.push(
+                &format!("/fields/{k}"),
+                "unknown_field",
+                format!("this reimburser asks for {}", asked.join(", ")),
+            );
+        }
+    }
+    for f in reimburser.claim_fields.iter().filter(|f| f.required) {
+        if !fields.contains_key(&f.name) {
+            p.push(
+                &format!("/fields/{}", f.name),
+                "required",
+                format!("the reimburser needs {}", f.name),
+            );
+        }
+    }
+    p.into_result()
+}
+
 /// The consented values: the profile's, then what the payer typed in.
 fn personal_data(
     state: &WalletState,
@@ -276,6 +306,7 @@ pub async fn submit(state: &WalletState, claimant: Claimant<'_>, body: &ClaimReq
             reimburser.personal_fields.join(", "),
         ));
     }
+    check_fields(&reimburser, &body.fields)?;
     let personal = personal_data(state, claimant.payer, &reimburser, &body.personal_data)?;
 
     let mut accepted_agency_ids = Vec::with_capacity(reimburser.accepted_agencies.len());

@@ -229,6 +229,9 @@ pub trait Claims: Send + Sync {
     /// The reimburser's latest claim including this receipt that was neither
     /// withdrawn nor cancelled: what entitles it to the payer's personal data.
     async fn claim_holding(&self, app_id: &str, receipt_id: Uuid) -> Result<Option<ClaimRecord>>;
+    /// Which of these receipts an open claim (submitted, received, locked) holds:
+    /// `(receipt id, claim id, the claim's payer)`.
+    async fn open_claims_of(&self, receipt_ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid, Option<Uuid>)>>;
     /// The claim's receipts in full, in the claim's order.
     async fn claim_receipts(&self, claim: &ClaimRecord) -> Result<Vec<StoredReceipt>> {
         Ok(self
@@ -1076,6 +1079,16 @@ impl<D: Dialect> Claims for Db<D> {
         .fetch_all(&mut *conn)
         .await?;
         Ok(with_receipts(&mut *conn, rows).await?.pop())
+    }
+
+    async fn open_claims_of(&self, receipt_ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid, Option<Uuid>)>> {
+        let mut sql = Sql::new(
+            "SELECT cr.receipt_id, c.id, c.payer_id FROM claim_receipts cr JOIN claims c ON c.id = cr.claim_id \
+             WHERE cr.open = true AND cr.receipt_id IN ",
+        );
+        sql.push_list(receipt_ids.iter().copied());
+        let rows: Vec<(Uuid, Uuid, Option<Uuid>)> = sql.fetch_all(&mut *self.d.read().await?).await?;
+        Ok(rows)
     }
 
     async fn claims_receipts(&self, claims: &[ClaimRecord]) -> Result<Vec<Vec<StoredReceipt>>> {

@@ -7,7 +7,9 @@
 
 use async_trait::async_trait;
 use const_format::concatcp;
-use piaojia_core::parties::{ReimbursementAction, ReimbursementRefusal, ReimburserKind, reimbursement_transition};
+use piaojia_core::parties::{
+    ClaimField, ReimbursementAction, ReimbursementRefusal, ReimburserKind, reimbursement_transition,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -28,6 +30,8 @@ pub struct NewReimburser {
     pub personal_fields: Vec<String>,
     /// It reimburses a receipt only this many days after its issue (None: no limit).
     pub claim_within_days: Option<u32>,
+    /// The claim's own fields it asks payers for (empty: it names none).
+    pub claim_fields: Vec<ClaimField>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,6 +42,8 @@ pub struct Reimburser {
     pub accepted_agencies: Vec<String>,
     pub personal_fields: Vec<String>,
     pub claim_within_days: Option<u32>,
+    /// The claim's own fields it asks payers for (empty: it names none).
+    pub claim_fields: Vec<ClaimField>,
     pub created_at: Timestamp,
 }
 
@@ -164,6 +170,7 @@ struct ReimburserRow {
     accepted_agencies: sqlx::types::Json<Vec<String>>,
     personal_fields: sqlx::types::Json<Vec<String>>,
     claim_within_days: Option<i64>,
+    claim_fields: sqlx::types::Json<Vec<ClaimField>>,
     created_at: Timestamp,
 }
 
@@ -177,13 +184,14 @@ impl ReimburserRow {
             accepted_agencies: self.accepted_agencies.0,
             personal_fields: self.personal_fields.0,
             claim_within_days: self.claim_within_days.and_then(|d| u32::try_from(d).ok()),
+            claim_fields: self.claim_fields.0,
             created_at: self.created_at,
         })
     }
 }
 
 const REIMBURSER_COLUMNS: &str =
-    "app_id, kind, name, accepted_agencies, personal_fields, claim_within_days, created_at";
+    "app_id, kind, name, accepted_agencies, personal_fields, claim_within_days, claim_fields, created_at";
 
 #[derive(sqlx::FromRow)]
 struct StateRow {
@@ -327,10 +335,11 @@ impl<D: Dialect> Reimbursement for Db<D> {
         let mut tx = self.d.write().await?;
         Sql::new(
             "INSERT INTO reimbursers (app_id, kind, name, accepted_agencies, personal_fields, claim_within_days, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $7, $6, $6) \
+             claim_fields, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $7, $8, $6, $6) \
              ON CONFLICT (app_id) DO UPDATE SET kind = excluded.kind, name = excluded.name, \
              accepted_agencies = excluded.accepted_agencies, personal_fields = excluded.personal_fields, \
-             claim_within_days = excluded.claim_within_days, updated_at = excluded.updated_at",
+             claim_within_days = excluded.claim_within_days, claim_fields = excluded.claim_fields, \
+             updated_at = excluded.updated_at",
         )
         .bind(&r.app_id)
         .bind(r.kind.as_str())
@@ -339,6 +348,7 @@ impl<D: Dialect> Reimbursement for Db<D> {
         .bind(Json(&r.personal_fields))
         .bind(now)
         .bind(r.claim_within_days.map(i64::from))
+        .bind(Json(&r.claim_fields))
         .execute(tx.conn())
         .await
         .map_err(|e| write_error(e, "reimburser"))?;

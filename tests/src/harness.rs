@@ -264,30 +264,45 @@ impl TestApp {
         personal_fields: &[&str],
         claim_within_days: Option<u32>,
     ) -> Issuer {
+        let mut spec = Self::reimburser_spec(app_id, accepted, webhook_url, personal_fields);
+        spec.claim_within_days = claim_within_days;
+        self.create_reimburser_from(spec).await
+    }
+
+    /// What registers a commercial insurer of these agencies, to adjust before
+    /// [`Self::create_reimburser_from`].
+    pub fn reimburser_spec(
+        app_id: &str,
+        accepted: &[&str],
+        webhook_url: Option<&str>,
+        personal_fields: &[&str],
+    ) -> provisioning::ReimburserSpec {
         let org: String = app_id
             .chars()
             .filter(char::is_ascii_alphanumeric)
             .map(|c| c.to_ascii_uppercase())
             .take(29)
             .collect();
-        let view = provisioning::create_reimburser(
-            self.store.as_ref(),
-            &self.keyring,
-            provisioning::ReimburserSpec {
-                app_id: app_id.to_owned(),
-                kind: "commercial_insurer".to_owned(),
-                name: format!("{app_id} 保险"),
-                org_code: format!("ORG{org}"),
-                webhook_url: webhook_url.map(str::to_owned),
-                accepted_agencies: accepted.iter().map(|a| (*a).to_owned()).collect(),
-                personal_fields: personal_fields.iter().map(|f| (*f).to_owned()).collect(),
-                claim_within_days,
-            },
-        )
-        .await
-        .expect("reimburser created");
+        provisioning::ReimburserSpec {
+            app_id: app_id.to_owned(),
+            kind: "commercial_insurer".to_owned(),
+            name: format!("{app_id} 保险"),
+            org_code: format!("ORG{org}"),
+            webhook_url: webhook_url.map(str::to_owned),
+            accepted_agencies: accepted.iter().map(|a| (*a).to_owned()).collect(),
+            personal_fields: personal_fields.iter().map(|f| (*f).to_owned()).collect(),
+            claim_within_days: None,
+            claim_fields: Vec::new(),
+        }
+    }
+
+    pub async fn create_reimburser_from(&self, spec: provisioning::ReimburserSpec) -> Issuer {
+        let agency_code = spec.org_code.clone();
+        let view = provisioning::create_reimburser(self.store.as_ref(), &self.keyring, spec)
+            .await
+            .expect("reimburser created");
         Issuer {
-            agency_code: format!("ORG{org}"),
+            agency_code,
             app_id: view.app.app_id,
             secret: view.app.secret.expect("a new app has a secret"),
         }
@@ -462,6 +477,21 @@ impl TestApp {
 }
 
 /// Reads a problem+json answer, checking its media type and status.
+/// A problem's `errors` as (pointer, code) pairs, in its order.
+pub fn field_codes(problem: &Value) -> Vec<(String, String)> {
+    problem["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| {
+            (
+                e["pointer"].as_str().unwrap_or_default().to_owned(),
+                e["code"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
 pub async fn problem(resp: reqwest::Response, status: u16) -> Value {
     assert_eq!(resp.status().as_u16(), status, "unexpected status");
     let ct = resp

@@ -2,6 +2,7 @@
 //! (`piaojia agency …`, `piaojia app …`) or declared in the settings file.
 //! Secrets are generated with a CSPRNG, shown once, and stored sealed.
 
+use piaojia_core::parties::ClaimField;
 use piaojia_core::pii::purpose;
 use piaojia_core::pii::{self, Keyring};
 use piaojia_core::settings::{AgencyProvision, ReimburserProvision};
@@ -339,6 +340,7 @@ pub struct ReimburserView {
     pub accepted_agencies: Vec<String>,
     pub personal_fields: Vec<String>,
     pub claim_within_days: Option<u32>,
+    pub claim_fields: Vec<ClaimField>,
 }
 
 /// Personal fields a reimburser may be allowed to receive.
@@ -358,6 +360,8 @@ pub struct ReimburserSpec {
     pub personal_fields: Vec<String>,
     /// It reimburses a receipt only this many days after its issue (None: no limit).
     pub claim_within_days: Option<u32>,
+    /// The claim's own fields it asks payers for (empty: it names none).
+    pub claim_fields: Vec<ClaimField>,
 }
 
 fn check_reimburser(spec: &ReimburserSpec) -> Result<ReimburserKind> {
@@ -381,6 +385,7 @@ fn check_reimburser(spec: &ReimburserSpec) -> Result<ReimburserKind> {
             "claim_within_days must be at least 1 (leave it out for no limit)".into(),
         ));
     }
+    ClaimField::check_all(&spec.claim_fields).map_err(ProvisionError::Invalid)?;
     Ok(kind)
 }
 
@@ -400,6 +405,7 @@ async fn save_profile(
             accepted_agencies: spec.accepted_agencies.clone(),
             personal_fields: spec.personal_fields.clone(),
             claim_within_days: spec.claim_within_days,
+            claim_fields: spec.claim_fields.clone(),
         })
         .await?)
 }
@@ -411,6 +417,7 @@ fn reimburser_view(app: AppView, profile: piaojia_store::Reimburser) -> Reimburs
         accepted_agencies: profile.accepted_agencies,
         personal_fields: profile.personal_fields,
         claim_within_days: profile.claim_within_days,
+        claim_fields: profile.claim_fields,
     }
 }
 
@@ -487,6 +494,7 @@ pub async fn apply_declared_reimbursers(
             accepted_agencies: decl.accepted_agencies.clone(),
             personal_fields: decl.personal_fields.clone(),
             claim_within_days: decl.claim_within_days,
+            claim_fields: decl.claim_fields.clone(),
         };
         let kind = check_reimburser(&spec)?;
         let org = match store.agency_by_code(&spec.org_code).await? {

@@ -13,26 +13,27 @@ use std::collections::BTreeMap;
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use piaojia_core::parties::ClaimField;
 use piaojia_core::parties::ReimburserKind;
 use piaojia_miniprogram_api::claiming::{self, ClaimConsent, ClaimRequest, Claimant, PROFILE_REQUIRED};
-use piaojia_store::wallets::WalletDetail;
-use piaojia_store::{ClaimRecord, ClaimStatus, ReimbursementState};
+use piaojia_store::wallets::{WalletDetail, WalletQuery};
+use piaojia_store::{ClaimRecord, ClaimStatus, ReimbursementState, Timestamp};
 use piaojia_web::error::{ApiError, ErrorCode};
 use uuid::Uuid;
 
-use super::routes::{beijing_time, own_receipt, query_map, signed_in, yuan};
+use super::routes::{beijing_time, decode_cursor, encode_cursor, own_receipt, query_map, signed_in, yuan};
 use super::session::{self, PageSession};
-use super::views::{self, ClaimForm, ClaimLine, ReimburserOption};
+use super::views::{self, ClaimForm, ClaimLine, OtherReceipt, OwnField, ReimburserOption};
 use super::{OfficialAccount, PageError, account_path, official_account, page};
 use crate::state::AppState;
 
-/// The payer's claims a page lists at most (newest first).
-const CLAIMS_SHOWN: i64 = 50;
+/// The payer's claims one page of 我的报销 lists (newest first; "更早的申请" for more).
+const CLAIMS_SHOWN: i64 = 20;
+/// The wallet's other receipts a claim form offers at most.
+const OTHERS_SHOWN: i64 = 50;
 /// Largest form body accepted.
-const FORM_MAX: usize = 8 * 1024;
+const FORM_MAX: usize = 16 * 1024;
 
-/// The claim's own fields the form offers: name (as the reimburser receives it), label.
-pub const OWN_FIELDS: [(&str, &str); 2] = [("bankAccount", "收款银行账号"), ("note", "备注")];
 /// Consented personal fields the payer types in (the others come from the profile).
 const TYPED_FIELDS: [&str; 2] = ["email", "medical_card_no"];
 
@@ -70,14 +71,28 @@ pub fn status_label(c: &ClaimRecord) -> String {
     }
 }
 
-/// The payer's open claim holding this receipt, if any.
-async fn open_claim_of(state: &AppState, payer_id: Uuid, receipt_id: Uuid) -> Result<Option<ClaimRecord>, PageError> {
+/// True when one of the payer's own open claims holds this receipt.
+async fn in_own_open_claim(state: &AppState, payer_id: Uuid, receipt_id: Uuid) -> Result<bool, PageError> {
     Ok(state
         .store
-        .payer_claims(payer_id, None, CLAIMS_SHOWN)
+        .open_claims_of(&[receipt_id])
         .await?
-        .into_iter()
-        .find(|c| claiming::is_open(c.status) && c.receipt_ids.contains(&receipt_id)))
+        .iter()
+        .any(|(_, _, payer)| *payer == Some(payer_id)))
+}
+
+/// The claim's own fields a reimburser is asked on the form: the ones it names,
+/// or the usual pair (bank account, note) when it names none.
+fn asked_fields(r: &piaojia_store::Reimburser) -> Vec<ClaimField> {
+    if r.claim_fields.is_empty() {
+        ClaimField::defaults()
+    } else {
+        r.claim_fields.clone()
+    }
+}
+
+fn own_field_input(app_id: &str, name: &str) -> String {
+    format!("field.{app_id}.{name}")
 }
 
 /// What the receipt page offers about reimbursement: "申请报销" for a receipt
@@ -97,7 +112,7 @@ pub async fn offer(
     if r.reversal.is_some() {
         return Ok(None);
     }
-    if open_claim_of(state, payer_id, r.id).await?.is_some() {
+    if in_own_open_claim(state, payer_id, r.id).await? {
         return Ok(Some(ClaimOffer::Pending(account_path(&oa.appid, "/claims"))));
     }
     if r.reimbursement_state != ReimbursementState::Init {
@@ -109,15 +124,57 @@ pub async fn offer(
     ))))
 }
 
+/// The wallet's other receipts of this account's agency a claim may include:
+/// not reversed, not locked or reimbursed, in no open claim, newest first.
+async fn other_claimable(
+    state: &AppState,
+    oa: &OfficialAccount,
+    payer_id: Uuid,
+    except: Uuid,
+) -> Result<Vec<piaojia_store::wallets::WalletItem>, PageError> {
+    let items = state
+        .store
+        .wallet_page(&WalletQuery {
+            payer_id,
+            scope: Some(vec![oa.agency_id]),
+            agency_code: None,
+            issued_from: None,
+            issued_before: None,
+            bus_type: None,
+            min_fen: None,
+            max_fen: None,
+            reversed: Some(false),
+            reimbursement_state: Some(ReimbursementState::Init),
+            text: None,
+            after: None,
+            limit: OTHERS_SHOWN,
+        })
+        .await?;
+    let ids: Vec<Uuid> = items.iter().map(|i| i.receipt_id).collect();
+    let held: Vec<Uuid> = state
+        .store
+        .open_claims_of(&ids)
+        .await?
+        .into_iter()
+        .map(|(r, _, _)| r)
+        .collect();
+    Ok(items
+        .into_iter()
+        .filter(|i| i.receipt_id != except && !held.contains(&i.receipt_id))
+        .collect())
+}
+
 /// The form of a receipt's claim, with what the payer chose when it comes again.
+#[allow(clippy::too_many_arguments)]
 async fn claim_form(
     state: &AppState,
     oa: &OfficialAccount,
     s: &PageSession,
     w: &WalletDetail,
     chosen: Option<&str>,
+    chosen_others: &[Uuid],
     typed: &BTreeMap<String, String>,
-    problem: Option<&'static str>,
+    problem: Option<String>,
 ) -> Result<ClaimForm, PageError> {
     let payer = state
         .store
@@ -152,6 +209,18 @@ async fn claim_form(
                         )
                     })
                     .collect(),
+                claim_fields: asked_fields(&r)
+                    .into_iter()
+                    .map(|f| {
+                        let input = own_field_input(&r.app_id, &f.name);
+                        OwnField {
+                            value: typed.get(&input).cloned().unwrap_or_default(),
+                            input,
+                            label: f.label,
+                            required: f.required,
+                        }
+                    })
+                    .collect(),
                 deadline: c.claim_by.map(|t| beijing_date(t.as_datetime())),
                 within_days: r.claim_within_days,
                 profile_missing: needs_profile && !registered,
@@ -169,10 +238,22 @@ async fn claim_form(
         amount: yuan(w.receipt.total_fen),
         issued_at: beijing_time(w.receipt.issued_at.as_datetime()),
         options,
-        own_fields: OWN_FIELDS
-            .iter()
-            .map(|(k, label)| (*k, *label, typed.get(*k).cloned().unwrap_or_default()))
+        others: other_claimable(state, oa, s.payer_id, w.receipt.id)
+            .await?
+            .into_iter()
+            .map(|i| OtherReceipt {
+                checked: chosen_others.contains(&i.receipt_id),
+                id: i.receipt_id.to_string(),
+                text: format!(
+                    "{} {} · {} · {}",
+                    i.bill_batch_code,
+                    i.bill_no,
+                    beijing_date(i.issued_at.as_datetime()),
+                    yuan(i.total_fen)
+                ),
+            })
             .collect(),
+        receipts_max: claiming::CLAIM_RECEIPTS_MAX,
         problem,
         back: account_path(&oa.appid, &format!("/receipts/{}", w.receipt.id)),
     })
@@ -210,23 +291,32 @@ pub async fn form(
         Some(ClaimOffer::Pending(_)) => return Err(PageError::already_claimed().back_to(&oa.appid)),
         None => return Err(PageError::not_claimable().back_to(&oa.appid)),
     }
-    let f = claim_form(&state, &oa, &s, &w, None, &BTreeMap::new(), None).await?;
+    let f = claim_form(&state, &oa, &s, &w, None, &[], &BTreeMap::new(), None).await?;
     Ok(page(views::claim_form(&f)))
 }
 
 /// The refusal in words a payer understands: `Ok` shows the form again with it.
-fn refusal_text(e: &ApiError) -> Result<&'static str, PageError> {
-    Ok(match e.code() {
+/// A refusal of one receipt of several names that receipt.
+fn refusal_text(e: &ApiError, bills: &[String]) -> Result<String, PageError> {
+    let problem = e.problem();
+    let text = match e.code() {
         ErrorCode::ValidationFailed => {
-            let problem = e.problem();
             if problem.errors.iter().any(|f| f.code == PROFILE_REQUIRED) {
                 "该报销方需要您的实名信息，请先在票夹小程序完成实名登记。"
             } else if problem.errors.iter().any(|f| f.pointer == "/consent/accepted") {
                 "请勾选同意向所选报销方提供所列个人信息。"
+            } else if problem.errors.iter().any(|f| f.pointer == "/receipts") {
+                "一次报销的票据数量超过上限，请减少勾选的票据。"
             } else if problem.errors.iter().any(|f| f.pointer.starts_with("/personalData/")) {
                 "请填写报销方需要的个人信息（每项最多200字）。"
+            } else if problem
+                .errors
+                .iter()
+                .any(|f| f.pointer.starts_with("/fields/") && f.code == "required")
+            {
+                "请填写报销方要求的必填报销信息。"
             } else {
-                "收款银行账号或备注有误（每项最多200字）。"
+                "报销信息有误（每项最多200字）。"
             }
         }
         ErrorCode::ConsentMismatch => "报销方需要的个人信息已变更，请重新确认后提交。",
@@ -236,8 +326,21 @@ fn refusal_text(e: &ApiError) -> Result<&'static str, PageError> {
         ErrorCode::ReceiptLockedByOther => "这张票据正由其他报销方处理，暂不能申请。",
         ErrorCode::ReceiptAlreadyClosed => "这张票据已报销，不能再次申请。",
         ErrorCode::ReceiptReversed => "这张票据已冲红，不能报销。",
+        ErrorCode::ReceiptNotFound if bills.len() > 1 => "所选票据中有一张已不在您的票夹中。",
         ErrorCode::ReceiptNotFound => return Err(PageError::receipt_not_found()),
         _ => return Err(api_unavailable(e)),
+    };
+    // Which receipt of several: the refusal's `/receipts/<index>`.
+    let which = problem
+        .errors
+        .iter()
+        .find_map(|f| f.pointer.strip_prefix("/receipts/"))
+        .and_then(|i| i.parse::<usize>().ok())
+        .and_then(|i| bills.get(i))
+        .filter(|b| bills.len() > 1 && !b.is_empty());
+    Ok(match which {
+        Some(bill) => format!("票据 {bill}：{text}"),
+        None => text.to_owned(),
     })
 }
 
@@ -246,7 +349,7 @@ fn refusal_text(e: &ApiError) -> Result<&'static str, PageError> {
 #[utoipa::path(post, path = "/h5/{appId}/receipts/{receiptId}/claim", tag = "pages",
     params(("appId" = String, Path), ("receiptId" = Uuid, Path)),
     request_body(content = String, content_type = "application/x-www-form-urlencoded",
-        description = "`csrf`, `reimburser` (its appId), `consent` (`<appId>:<fields>` as the form lists them), `personal.<field>` for typed fields, `bankAccount`, `note`"),
+        description = "`csrf`, `reimburser` (its appId), `consent` (`<appId>:<fields>` as the form lists them), `personal.<field>` for typed fields, `field.<appId>.<name>` for the claim's own fields the chosen reimburser asks for (its `claimFields`, or 收款银行账号 `bankAccount` and 备注 `note` when it names none), `receipt` (repeatable) for other receipts of the wallet the claim includes (at most 20 in all)"),
     responses((status = 303, description = "Submitted: on to 我的报销"),
         (status = 403, description = "An error page: missing or wrong CSRF token", content_type = "text/html"),
         (status = 404, description = "An error page: not in this payer's wallet", content_type = "text/html"),
@@ -290,13 +393,22 @@ pub async fn submit(
         });
     let typed: BTreeMap<String, String> = pairs
         .iter()
-        .filter(|(n, v)| (n.starts_with("personal.") || OWN_FIELDS.iter().any(|(k, _)| k == n)) && !v.trim().is_empty())
+        .filter(|(n, v)| (n.starts_with("personal.") || n.starts_with("field.")) && !v.trim().is_empty())
         .map(|(n, v)| (n.clone(), v.trim().to_owned()))
         .collect();
-    let again = |problem: &'static str| {
-        let (state, oa, s, w, reimburser, typed) = (&state, &oa, &s, &w, &reimburser, &typed);
+    // This receipt first, then the others the payer ticked (each once).
+    let mut receipts = vec![w.receipt.id];
+    for (_, v) in pairs.iter().filter(|(n, _)| n == "receipt") {
+        match Uuid::parse_str(v) {
+            Ok(id) if !receipts.contains(&id) => receipts.push(id),
+            Ok(_) => {}
+            Err(_) => return Err(PageError::bad_request().back_to(&oa.appid)),
+        }
+    }
+    let again = |problem: String| {
+        let (state, oa, s, w, reimburser, typed, others) = (&state, &oa, &s, &w, &reimburser, &typed, &receipts[1..]);
         async move {
-            let f = claim_form(state, oa, s, w, Some(reimburser), typed, Some(problem)).await?;
+            let f = claim_form(state, oa, s, w, Some(reimburser), others, typed, Some(problem)).await?;
             Ok::<_, PageError>(
                 HttpResponse::build(StatusCode::UNPROCESSABLE_ENTITY)
                     .content_type("text/html; charset=utf-8")
@@ -306,16 +418,17 @@ pub async fn submit(
         }
     };
     if reimburser.is_empty() {
-        return again("请选择一个报销方。").await;
+        return again("请选择一个报销方。".to_owned()).await;
     }
     let payer = state
         .store
         .payer(s.payer_id)
         .await?
         .ok_or_else(PageError::unavailable)?;
+    let own_prefix = format!("field.{reimburser}.");
     let request = ClaimRequest {
         reimburser: reimburser.clone(),
-        receipts: vec![w.receipt.id],
+        receipts: receipts.clone(),
         consent: ClaimConsent {
             accepted: consent.is_some(),
             fields: consent.unwrap_or_default(),
@@ -324,9 +437,9 @@ pub async fn submit(
             .iter()
             .filter_map(|(k, v)| k.strip_prefix("personal.").map(|f| (f.to_owned(), v.clone())))
             .collect(),
-        fields: OWN_FIELDS
+        fields: typed
             .iter()
-            .filter_map(|(k, _)| typed.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+            .filter_map(|(k, v)| k.strip_prefix(&own_prefix).map(|f| (f.to_owned(), v.clone())))
             .collect(),
     };
     let claimant = Claimant {
@@ -343,33 +456,77 @@ pub async fn submit(
                 .insert_header((header::LOCATION, account_path(&oa.appid, "/claims?submitted=1")))
                 .finish())
         }
-        Err(e) => match refusal_text(&e) {
+        Err(e) => match refusal_text(&e, &bills_of(&state, s.payer_id, &oa, &receipts).await?) {
             Ok(text) => again(text).await,
             Err(page_error) => Err(page_error.back_to(&oa.appid)),
         },
     }
 }
 
-/// The payer's claims of this account's agency, newest first.
+/// How the form names each receipt of a claim ("code number"), in the claim's order.
+async fn bills_of(
+    state: &AppState,
+    payer_id: Uuid,
+    oa: &OfficialAccount,
+    receipts: &[Uuid],
+) -> Result<Vec<String>, PageError> {
+    let mut bills = Vec::with_capacity(receipts.len());
+    for id in receipts {
+        let bill = state
+            .store
+            .wallet_receipt(payer_id, *id, Some(std::slice::from_ref(&oa.agency_id)))
+            .await?
+            .map(|w| format!("{} {}", w.receipt.bill_batch_code, w.receipt.bill_no))
+            .unwrap_or_default();
+        bills.push(bill);
+    }
+    Ok(bills)
+}
+
+/// True for a claim of this account's agency (all its receipts are).
+fn of_agency(oa: &OfficialAccount, receipts: &[piaojia_store::StoredReceipt]) -> bool {
+    !receipts.is_empty() && receipts.iter().all(|r| r.agency_id == oa.agency_id)
+}
+
+/// One page of the payer's claims of this account's agency, newest first, after
+/// the keyset cursor; and the cursor of the next page when there is one.
 async fn own_claims(
     state: &AppState,
     oa: &OfficialAccount,
     payer_id: Uuid,
-) -> Result<Vec<(ClaimRecord, Vec<piaojia_store::StoredReceipt>)>, PageError> {
-    let claims = state.store.payer_claims(payer_id, None, CLAIMS_SHOWN).await?;
-    let receipts = state.store.claims_receipts(&claims).await?;
-    Ok(claims
-        .into_iter()
-        .zip(receipts)
-        .filter(|(_, rs)| !rs.is_empty() && rs.iter().all(|r| r.agency_id == oa.agency_id))
-        .collect())
+    mut after: Option<(Timestamp, Uuid)>,
+) -> Result<(ClaimsPage, Option<(Timestamp, Uuid)>), PageError> {
+    let mut out = Vec::new();
+    // Claims of other agencies (through other channels) are skipped, so a page
+    // may take more than one read to fill.
+    loop {
+        let claims = state.store.payer_claims(payer_id, after, CLAIMS_SHOWN + 1).await?;
+        let more = claims.len() as i64 > CLAIMS_SHOWN;
+        let receipts = state.store.claims_receipts(&claims).await?;
+        for (c, rs) in claims.into_iter().zip(receipts) {
+            if out.len() as i64 == CLAIMS_SHOWN {
+                let next = out.last().map(|(c, _): &(ClaimRecord, _)| (c.created_at, c.id));
+                return Ok((out, next));
+            }
+            after = Some((c.created_at, c.id));
+            if of_agency(oa, &rs) {
+                out.push((c, rs));
+            }
+        }
+        if !more {
+            return Ok((out, None));
+        }
+    }
 }
+
+type ClaimsPage = Vec<(ClaimRecord, Vec<piaojia_store::StoredReceipt>)>;
 
 /// 我的报销: the payer's claims with their status (已提交, 已受理, 审核中, 已报销
 /// with the amount paid, 未通过 with the reason, 已撤回) and "撤回申请" while withdrawable.
 #[utoipa::path(get, path = "/h5/{appId}/claims", tag = "pages",
-    params(("appId" = String, Path, description = "The official account's WeChat appid")),
-    responses((status = 200, description = "The claims page", content_type = "text/html", body = String),
+    params(("appId" = String, Path, description = "The official account's WeChat appid"),
+        ("cursor" = Option<String>, Query, description = "The next (older) page, from the page's 更早的申请 link")),
+    responses((status = 200, description = "The claims page (20 claims a page, newest first)", content_type = "text/html", body = String),
         (status = 302, description = "Not signed in: to WeChat's authorize page (snsapi_base)"),
         (status = 404, description = "An error page: no such official account", content_type = "text/html")))]
 #[get("/h5/{appid}/claims")]
@@ -390,9 +547,22 @@ pub async fn list(
     } else {
         None
     };
+    let after = q
+        .get("cursor")
+        .map(|c| decode_cursor(c).ok_or_else(|| PageError::bad_request().back_to(&oa.appid)))
+        .transpose()?
+        .map(|(at, id)| (Timestamp::from(at), id));
+    let (claims, next) = own_claims(&state, &oa, s.payer_id, after).await?;
+    let older = next.map(|(at, id)| {
+        format!(
+            "{}?cursor={}",
+            account_path(&oa.appid, "/claims"),
+            encode_cursor(at.as_datetime(), id)
+        )
+    });
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     let mut lines = Vec::new();
-    for (c, receipts) in own_claims(&state, &oa, s.payer_id).await? {
+    for (c, receipts) in claims {
         if !names.contains_key(&c.reimburser_app_id) {
             let name = state
                 .store
@@ -426,6 +596,7 @@ pub async fn list(
         &s.csrf,
         &lines,
         notice,
+        older.as_deref(),
         &account_path(&oa.appid, "/receipts"),
     )))
 }
@@ -459,12 +630,11 @@ pub async fn withdraw(
     }
     let not_found = || PageError::claim_not_found().back_to(&oa.appid);
     let cid = Uuid::parse_str(&cid).map_err(|_| not_found())?;
-    // Only a claim of this account's agency, as the list shows them.
-    if !own_claims(&state, &oa, s.payer_id)
-        .await?
-        .iter()
-        .any(|(c, _)| c.id == cid)
-    {
+    // Only the payer's claim of this account's agency, as the list shows them.
+    let Some(claim) = state.store.payer_claim(s.payer_id, cid).await? else {
+        return Err(not_found());
+    };
+    if !of_agency(&oa, &state.store.claim_receipts(&claim).await?) {
         return Err(not_found());
     }
     let remote = piaojia_web::client::client_ip(&req, &state.settings.server.trusted_proxies).map(|ip| ip.to_string());

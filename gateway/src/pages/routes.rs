@@ -203,11 +203,11 @@ fn list_query(
     (query, form, problem)
 }
 
-fn encode_cursor(issued_at: DateTime<Utc>, id: Uuid) -> String {
+pub(super) fn encode_cursor(issued_at: DateTime<Utc>, id: Uuid) -> String {
     B64URL.encode(format!("{}:{}", issued_at.timestamp_micros(), id.simple()))
 }
 
-fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
+pub(super) fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let raw = String::from_utf8(B64URL.decode(s).ok()?).ok()?;
     let (micros, id) = raw.split_once(':')?;
     Some((

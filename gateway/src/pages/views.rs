@@ -294,6 +294,24 @@ pub struct ReimburserOption {
     pub deadline: Option<String>,
     /// It receives real-name fields the payer has not registered.
     pub profile_missing: bool,
+    /// The claim's own fields it asks for.
+    pub claim_fields: Vec<OwnField>,
+    pub checked: bool,
+}
+
+/// A field of the claim's own on the form.
+pub struct OwnField {
+    /// The input's name: `field.<appId>.<name>`.
+    pub input: String,
+    pub label: String,
+    pub required: bool,
+    pub value: String,
+}
+
+/// Another receipt of the wallet the claim may include.
+pub struct OtherReceipt {
+    pub id: String,
+    pub text: String,
     pub checked: bool,
 }
 
@@ -306,9 +324,11 @@ pub struct ClaimForm {
     pub amount: String,
     pub issued_at: String,
     pub options: Vec<ReimburserOption>,
-    /// The claim's own fields: name, label, value.
-    pub own_fields: Vec<(&'static str, &'static str, String)>,
-    pub problem: Option<&'static str>,
+    /// The wallet's other receipts still to be claimed (this agency's, newest first).
+    pub others: Vec<OtherReceipt>,
+    /// Most receipts in one claim.
+    pub receipts_max: usize,
+    pub problem: Option<String>,
     pub back: String,
 }
 
@@ -317,7 +337,7 @@ pub fn claim_form(f: &ClaimForm) -> Markup {
         "申请报销",
         Some(&f.agency_name),
         html! {
-            @if let Some(p) = f.problem { div.card.error role="alert" { p { (p) } } }
+            @if let Some(p) = &f.problem { div.card.error role="alert" { p { (p) } } }
             div.card {
                 h2 { "报销的票据" }
                 div.row { span { "票据" } span { (f.bill) } }
@@ -330,6 +350,18 @@ pub fn claim_form(f: &ClaimForm) -> Markup {
             } @else {
                 form method="post" action=(f.action) {
                     input type="hidden" name="csrf" value=(f.csrf);
+                    @if !f.others.is_empty() {
+                        fieldset.card {
+                            h2 { "同时报销其他票据" }
+                            p.muted { "可多选，一次最多" (f.receipts_max) "张（含上面这张）。" }
+                            @for o in &f.others {
+                                label.pick {
+                                    input type="checkbox" name="receipt" value=(o.id) checked[o.checked];
+                                    span { (o.text) }
+                                }
+                            }
+                        }
+                    }
                     h2.section { "选择报销方" }
                     @for o in &f.options {
                         fieldset.card.choice {
@@ -347,19 +379,19 @@ pub fn claim_form(f: &ClaimForm) -> Markup {
                             @for (name, label, value) in &o.typed {
                                 label.field { (label) input type="text" name=(name) maxlength="200" value=(value); }
                             }
+                            @for c in &o.claim_fields {
+                                label.field {
+                                    (c.label) @if c.required { "（必填）" } @else { "（选填）" }
+                                    input type="text" name=(c.input) maxlength="200" value=(c.value);
+                                }
+                            }
                             label.consent {
                                 input type="checkbox" name="consent" value=(o.consent_value);
                                 span { "我同意向" (o.name) "提供以下个人信息，仅用于本次报销：" (o.fields.join("、")) }
                             }
                         }
                     }
-                    div.card {
-                        h2 { "报销信息" }
-                        @for (name, label, value) in &f.own_fields {
-                            label.field { (label) input type="text" name=(name) maxlength="200" value=(value); }
-                        }
-                        p.muted { "选填。信息加密保存，仅所选报销方可见。" }
-                    }
+                    p.muted { "报销信息加密保存，仅所选报销方可见。" }
                     button.btn type="submit" { "提交报销申请" }
                 }
                 a.btn.secondary href=(f.back) { "返回票据" }
@@ -382,7 +414,14 @@ pub struct ClaimLine {
     pub closed: bool,
 }
 
-pub fn claim_list(account: &str, csrf: &str, lines: &[ClaimLine], notice: Option<&str>, back: &str) -> Markup {
+pub fn claim_list(
+    account: &str,
+    csrf: &str,
+    lines: &[ClaimLine],
+    notice: Option<&str>,
+    older: Option<&str>,
+    back: &str,
+) -> Markup {
     layout(
         "我的报销",
         Some(account),
@@ -408,6 +447,7 @@ pub fn claim_list(account: &str, csrf: &str, lines: &[ClaimLine], notice: Option
                     }
                 }
             }
+            @if let Some(href) = older { a.btn.secondary href=(href) { "更早的申请" } }
             a.btn.secondary href=(back) { "返回我的票据" }
         },
     )

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
 use piaojia_core::money::format_yuan;
+use piaojia_core::parties::ClaimField;
 use piaojia_core::pii::purpose;
 use piaojia_store::ClaimRecord;
 use piaojia_web::error::{ApiError, Problem};
@@ -50,6 +51,9 @@ pub struct ReimburserOptionView {
     /// The last moment this receipt may be claimed with it (from `claimWithinDays`).
     #[schema(example = "2027-05-22T01:30:00Z")]
     pub claim_by: Option<chrono::DateTime<chrono::Utc>>,
+    /// The claim's own fields it asks for (the claim's `fields`: no other name,
+    /// every required one); empty: it names none and any fields are passed on.
+    pub claim_fields: Vec<ClaimField>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -65,7 +69,7 @@ pub struct ReimburserListView {
     security(("payer_jwt" = [])),
     params(ReimbursersQuery),
     responses(
-        (status = 200, body = ReimburserListView, example = json!({"items": [{"appId": "insurer01", "name": "示例人寿保险", "kind": "commercial_insurer", "personalFields": ["name", "id_card_no"], "claimWithinDays": 180, "claimBy": "2027-05-22T01:30:00Z"}]})),
+        (status = 200, body = ReimburserListView, example = json!({"items": [{"appId": "insurer01", "name": "示例人寿保险", "kind": "commercial_insurer", "personalFields": ["name", "id_card_no"], "claimWithinDays": 180, "claimBy": "2027-05-22T01:30:00Z", "claimFields": [{"name": "bankAccount", "label": "收款银行账号", "required": true}, {"name": "policyNo", "label": "保单号", "required": false}]}]})),
         (status = 400, description = "`invalid_query`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "`auth_missing`, `token_invalid`, `token_expired`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`receipt_not_found`", body = Problem, content_type = "application/problem+json"),
@@ -88,6 +92,7 @@ pub async fn reimbursers(
             name: c.reimburser.name,
             kind: c.reimburser.kind.as_str(),
             personal_fields: c.reimburser.personal_fields,
+            claim_fields: c.reimburser.claim_fields,
         })
         .collect();
     Ok(HttpResponse::Ok().json(ReimburserListView { items }))

@@ -482,6 +482,7 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
             accepted_agencies: vec![],
             personal_fields: vec![],
             claim_within_days: Some(30),
+            claim_fields: vec![],
         })
         .await?;
     let lock = store

@@ -6,8 +6,9 @@
 //! rejection and the issuer's reversal (which cancels the claim).
 
 use base64::Engine as _;
+use piaojia_core::parties::ClaimField;
 use piaojia_tests::both_modes;
-use piaojia_tests::harness::{Captured, Issuer, Mode, TestApp, TestConfig, eventually, problem, receiver};
+use piaojia_tests::harness::{Captured, Issuer, Mode, TestApp, TestConfig, eventually, field_codes, problem, receiver};
 use piaojia_tests::samples::{self, BATCH};
 use serde_json::{Value, json};
 
@@ -1076,3 +1077,70 @@ both_modes!(
         assert!(sim.sent_subscribe_messages().is_empty(), "no subscribe message");
     }
 );
+
+both_modes!(a_reimburser_names_its_claim_fields, |mode: Mode| async move {
+    let w = world(mode).await;
+    let mut spec = TestApp::reimburser_spec("insurer-d", &[AGENCY], None, &["name"]);
+    spec.claim_fields = vec![
+        ClaimField::parse_spec("policyNo:保单号:required").expect("spec"),
+        ClaimField::parse_spec("iban:收款账号").expect("spec"),
+    ];
+    let d = w.app.create_reimburser_from(spec).await;
+    let r1 = w.ids[1].as_str();
+    let list = json_of(
+        w.app
+            .mp("GET", &format!("/v1/mp/reimbursers?receipt={r1}"), &w.token, None)
+            .await,
+        200,
+    )
+    .await;
+    let items = list["items"].as_array().expect("items");
+    let offered = items
+        .iter()
+        .find(|i| i["appId"] == "insurer-d")
+        .expect("insurer-d offered");
+    assert_eq!(
+        offered["claimFields"],
+        json!([{"name": "policyNo", "label": "保单号", "required": true},
+               {"name": "iban", "label": "收款账号", "required": false}]),
+        "{list}"
+    );
+    // One that names none lists none, and takes any fields (as before).
+    let a = items
+        .iter()
+        .find(|i| i["appId"] == "insurer-a")
+        .expect("insurer-a offered");
+    assert_eq!(a["claimFields"], json!([]));
+
+    // A field it does not ask for, and the required one missing.
+    let mut body = claim_body("insurer-d", &[r1], &["name"]);
+    body["fields"] = json!({"bankAccount": "6222020200112233445"});
+    let p = problem(submit(&w, &body).await, 422).await;
+    assert_eq!(p["code"], "validation_failed");
+    let mut seen = field_codes(&p);
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("/fields/bankAccount".to_owned(), "unknown_field".to_owned()),
+            ("/fields/policyNo".to_owned(), "required".to_owned()),
+        ],
+        "{p}"
+    );
+    let mut body = claim_body("insurer-d", &[r1], &["name"]);
+    body["fields"] = json!({"policyNo": "P2026-0099"});
+    let claim = json_of(submit(&w, &body).await, 201).await;
+    let detail = json_of(
+        w.app
+            .signed(
+                &d,
+                "GET",
+                &format!("/v1/reimburser/claims/{}", claim["id"].as_str().expect("id")),
+                None,
+            )
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(detail["fields"], json!({"policyNo": "P2026-0099"}), "{detail}");
+});

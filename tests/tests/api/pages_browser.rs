@@ -179,6 +179,9 @@ both_modes!(chromium_claim, |mode: Mode| async move {
     r["openID"] = payer.clone().into();
     let created: Value = push(&app, &issuer, &r).await;
     let id = created["id"].as_str().expect("id").to_owned();
+    let mut second = samples::outpatient(25);
+    second["openID"] = payer.clone().into();
+    push(&app, &issuer, &second).await;
     pages_claims::register(&app, &payer).await;
     let m = mode_name(mode);
 
@@ -198,6 +201,8 @@ both_modes!(chromium_claim, |mode: Mode| async move {
         "报销期限",
         "我同意向insurer-h5 保险提供以下个人信息，仅用于本次报销：姓名、身份证号",
         "收款银行账号",
+        "同时报销其他票据",
+        "0000000025",
         "提交报销申请",
     ] {
         assert!(text.contains(seen), "{seen} not shown: {text}");
@@ -213,10 +218,22 @@ both_modes!(chromium_claim, |mode: Mode| async move {
     assert!(text.contains("insurer-h5 保险"), "{text}");
     browser.screenshot(&format!("claim-{m}-2-no-consent")).await;
 
+    // The second receipt ticked, a bank account typed, the consent given.
+    browser.click("input[name=receipt]").await;
+    browser
+        .script("document.querySelector(\"input[name='field.insurer-h5.bankAccount']\").value = '6222020200112233445'; return 'ok';")
+        .await;
     browser.click("input[name=consent]").await;
     browser.click("form button[type=submit]").await;
     let text = browser.wait_for_text("报销申请已提交").await;
-    for seen in ["我的报销", "insurer-h5 保险", "已提交", "0000000024", "撤回申请"] {
+    for seen in [
+        "我的报销",
+        "insurer-h5 保险",
+        "已提交",
+        "0000000024",
+        "0000000025",
+        "撤回申请",
+    ] {
         assert!(text.contains(seen), "{seen} not shown: {text}");
     }
     fits_the_phone(&browser).await;

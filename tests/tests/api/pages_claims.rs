@@ -6,6 +6,7 @@
 //! withdraws it; another payer reaches nothing of it.
 
 use piaojia_core::identity::IdType;
+use piaojia_core::parties::ClaimField;
 use piaojia_core::pii::purpose;
 use piaojia_miniprogram_api::routes::profile::SealedProfile;
 use piaojia_store::Timestamp;
@@ -133,7 +134,7 @@ both_modes!(payer_claims_from_the_pages, |mode: Mode| async move {
             &[
                 ("csrf", &csrf),
                 ("reimburser", "insurer-h5"),
-                ("bankAccount", "6222020200112233445"),
+                ("field.insurer-h5.bankAccount", "6222020200112233445"),
             ],
         )
         .await;
@@ -156,8 +157,8 @@ both_modes!(payer_claims_from_the_pages, |mode: Mode| async move {
                 ("csrf", &csrf),
                 ("reimburser", "insurer-h5"),
                 ("consent", consent),
-                ("bankAccount", "6222020200112233445"),
-                ("note", "门诊报销"),
+                ("field.insurer-h5.bankAccount", "6222020200112233445"),
+                ("field.insurer-h5.note", "门诊报销"),
             ],
         )
         .await;
@@ -247,4 +248,175 @@ both_modes!(payer_claims_from_the_pages, |mode: Mode| async move {
     assert_eq!(detail["status"], "withdrawn", "{detail}");
     let receipt = phone.get(&receipt_url(&app, &id)).await;
     assert!(receipt.body.contains("申请报销"), "{}", receipt.body);
+});
+
+both_modes!(
+    a_claim_of_several_receipts_with_the_reimbursers_fields,
+    |mode: Mode| async move {
+        let app = spawn_app(mode).await;
+        let issuer = hospital(&app).await;
+        let mut spec = TestApp::reimburser_spec("insurer-f", &[&issuer.agency_code], None, &["name"]);
+        spec.claim_fields = vec![
+            ClaimField::parse_spec("policyNo:保单号:required").expect("spec"),
+            ClaimField::parse_spec("iban:收款账号").expect("spec"),
+        ];
+        let insurer = app.create_reimburser_from(spec).await;
+        let payer = piaojia_wechat_sim::new_openid();
+        let mut ids = Vec::new();
+        for n in [31, 32, 33] {
+            let mut r = samples::outpatient(n);
+            r["openID"] = payer.clone().into();
+            ids.push(push(&app, &issuer, &r).await["id"].as_str().expect("id").to_owned());
+        }
+        register(&app, &payer).await;
+
+        let mut phone = Browser::of_wechat_user(OA, &payer);
+        let form = phone.get(&claim_url(&app, &ids[0])).await;
+        assert_eq!(form.status, 200, "{}", form.body);
+        // The reimburser's own fields instead of the usual pair, and the wallet's
+        // other receipts to tick.
+        for seen in [
+            "保单号（必填）",
+            "收款账号（选填）",
+            "同时报销其他票据",
+            "0000000032",
+            "0000000033",
+        ] {
+            assert!(form.body.contains(seen), "{seen} missing: {}", form.body);
+        }
+        assert!(!form.body.contains("收款银行账号"), "{}", form.body);
+        let csrf = form.hidden("csrf").expect("csrf");
+        let base = [
+            ("csrf", csrf.as_str()),
+            ("reimburser", "insurer-f"),
+            ("consent", "insurer-f:name"),
+            ("receipt", ids[1].as_str()),
+        ];
+        // The required field missing: the form again, with the ticked receipt still ticked.
+        let missing = phone.post_form(&claim_url(&app, &ids[0]), &base).await;
+        assert_eq!(missing.status, 422, "{}", missing.body);
+        assert!(missing.body.contains("必填报销信息"), "{}", missing.body);
+        assert!(
+            missing.body.contains(&format!("value=\"{}\" checked", ids[1])),
+            "{}",
+            missing.body
+        );
+        // A receipt that is not the payer's: refused, and named nothing of it.
+        let stranger_receipt = {
+            // Another person's (another name and ID number, another openid).
+            let mut r = samples::outpatient_of_own_payer(34);
+            r["openID"] = piaojia_wechat_sim::new_openid().into();
+            push(&app, &issuer, &r).await["id"].as_str().expect("id").to_owned()
+        };
+        let mut with_foreign = base.to_vec();
+        with_foreign.push(("field.insurer-f.policyNo", "P-1"));
+        with_foreign.push(("receipt", &stranger_receipt));
+        let foreign = phone.post_form(&claim_url(&app, &ids[0]), &with_foreign).await;
+        assert_eq!(foreign.status, 422, "{}", foreign.body);
+        assert!(foreign.body.contains("已不在您的票夹中"), "{}", foreign.body);
+        assert!(!foreign.body.contains("0000000034"), "{}", foreign.body);
+
+        let mut fields = base.to_vec();
+        fields.push(("field.insurer-f.policyNo", "P2026-0042"));
+        // What another reimburser's inputs would carry is not passed on.
+        fields.push(("field.other.secret", "x"));
+        let submitted = phone.post_form(&claim_url(&app, &ids[0]), &fields).await;
+        assert_eq!(submitted.status, 200, "{}", submitted.body);
+        assert!(submitted.body.contains("0000000031") && submitted.body.contains("0000000032"));
+        let feed: Value = app
+            .signed(&insurer, "GET", "/v1/reimburser/claims", None)
+            .await
+            .json()
+            .await
+            .expect("json");
+        let claim = &feed["items"][0];
+        let bills: Vec<&str> = claim["receipts"]
+            .as_array()
+            .expect("receipts")
+            .iter()
+            .filter_map(|r| r["billNo"].as_str())
+            .collect();
+        assert_eq!(bills, ["0000000031", "0000000032"], "{feed}");
+        let detail: Value = app
+            .signed(
+                &insurer,
+                "GET",
+                &format!("/v1/reimburser/claims/{}", claim["id"].as_str().expect("id")),
+                None,
+            )
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            detail["fields"],
+            serde_json::json!({"policyNo": "P2026-0042"}),
+            "{detail}"
+        );
+
+        // The third receipt's form no longer offers the two in the claim.
+        let third = phone.get(&claim_url(&app, &ids[2])).await;
+        assert_eq!(third.status, 200, "{}", third.body);
+        assert!(!third.body.contains("同时报销其他票据"), "{}", third.body);
+    }
+);
+
+both_modes!(my_claims_come_in_pages, |mode: Mode| async move {
+    let app = spawn_app(mode).await;
+    let issuer = hospital(&app).await;
+    app.create_reimburser_until("insurer-p", &[&issuer.agency_code], None, &[], None)
+        .await;
+    let payer = piaojia_wechat_sim::new_openid();
+    let mut phone = Browser::of_wechat_user(OA, &payer);
+    // 21 claims of one receipt each, oldest first (each withdrawn to free the next).
+    let mut r = samples::outpatient(41);
+    r["openID"] = payer.clone().into();
+    let id = push(&app, &issuer, &r).await["id"].as_str().expect("id").to_owned();
+    for i in 0..21 {
+        let form = phone.get(&claim_url(&app, &id)).await;
+        assert_eq!(form.status, 200, "{}", form.body);
+        let csrf = form.hidden("csrf").expect("csrf");
+        let note = format!("第{i}次");
+        let done = phone
+            .post_form(
+                &claim_url(&app, &id),
+                &[
+                    ("csrf", &csrf),
+                    ("reimburser", "insurer-p"),
+                    ("consent", "insurer-p:"),
+                    ("field.insurer-p.note", &note),
+                ],
+            )
+            .await;
+        assert_eq!(done.status, 200, "{}", done.body);
+        let action = done
+            .body
+            .split("action=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .expect("the withdrawal form")
+            .to_owned();
+        let withdrawn = phone
+            .post_form(&format!("{}{action}", app.address), &[("csrf", &csrf)])
+            .await;
+        assert_eq!(withdrawn.status, 200, "{}", withdrawn.body);
+    }
+    let first = phone.get(&claims_url(&app)).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body.matches("已撤回</span>").count(), 20, "{}", first.body);
+    let older = first
+        .body
+        .split("href=\"")
+        .filter_map(|s| s.split('"').next())
+        .find(|h| h.contains("/claims?cursor="))
+        .expect("更早的申请")
+        .replace("&amp;", "&");
+    assert!(first.body.contains("更早的申请"));
+    let second = phone.get(&format!("{}{older}", app.address)).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(second.body.matches("已撤回</span>").count(), 1, "{}", second.body);
+    assert!(!second.body.contains("更早的申请"));
+    // A forged cursor is an error page, not a 500.
+    let bad = phone.get(&format!("{}?cursor=%%%", claims_url(&app))).await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
 });

@@ -9,7 +9,7 @@
 use piaojia_store::wallets::WalletAdd;
 use piaojia_tests::both_modes;
 use piaojia_tests::browser::Browser;
-use piaojia_tests::harness::{Issuer, Mode, TestApp, problem, spawn_app};
+use piaojia_tests::harness::{Issuer, Mode, TestApp, field_codes, problem, spawn_app};
 use piaojia_tests::samples;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -187,20 +187,6 @@ both_modes!(
         assert_eq!(reported(&app, &issuer, &body, 200).await, first);
     }
 );
-
-fn field_codes(problem: &Value) -> Vec<(String, String)> {
-    problem["errors"]
-        .as_array()
-        .expect("errors")
-        .iter()
-        .map(|e| {
-            (
-                e["pointer"].as_str().unwrap_or_default().to_owned(),
-                e["code"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
 
 both_modes!(invalid_reports_are_refused_field_by_field, |mode: Mode| async move {
     let app = spawn_app(mode).await;
