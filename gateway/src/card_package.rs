@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpRequest, HttpResponse, get, http::StatusCode, web};
 use async_trait::async_trait;
 use piaojia_core::pii::{Keyring, purpose};
-use piaojia_notifier::channels::card::{CardSupport, STATUS};
+use piaojia_notifier::channels::card::{CARD_CODE_UNKNOWN, CardSupport, STATUS, card_alert_key};
 use piaojia_notifier::routing;
 use piaojia_notifier::tracker::{Scope, Tracker};
 use piaojia_store::{
@@ -408,7 +408,8 @@ async fn card_authorisation(
             updated_at: Timestamp::now(),
         })
         .await?;
-    if order.code.is_some() {
+    // In the package, whether or not WeChat's answer with its code reached us.
+    if order.inserted_at.is_some() {
         return Ok(Taken::Already);
     }
     let app = credentials(state.store.as_ref(), &state.keyring, receipt.agency_id, appid)
@@ -492,15 +493,43 @@ pub const WECHAT_LOCK_CONFLICT: &str = "wechat_lock_conflict";
 /// its lock; so no reimburser of piaojia pays a receipt paid through WeChat. Our
 /// own mirror of a state is no news. A receipt another party holds here is left
 /// as it is and reported (`wechat_lock_conflict`).
-pub async fn wechat_status(state: &AppState, card_id: &str, code: &str, status: ReimburseStatus) -> anyhow::Result<()> {
+///
+/// A card whose code we never learned (insertbill's answer was lost) is known by
+/// its first report: the payer's one inserted card of that template without a
+/// code. Its code is recorded, the alert `card_code_unknown` resolved, and a
+/// reversal the card missed meanwhile is mirrored now.
+pub async fn wechat_status(
+    state: &AppState,
+    card_id: &str,
+    code: &str,
+    openid: &str,
+    status: ReimburseStatus,
+) -> anyhow::Result<()> {
     use piaojia_core::parties::WECHAT_REIMBURSER;
     use piaojia_store::{
         ReceiptKey, ReimbursementAction as A, ReimbursementChange, ReimbursementOutcome, ReimbursementRequest,
     };
     let store = state.store.as_ref();
-    let Some(order) = store.card_order_by_code(card_id, code).await? else {
-        tracing::warn!(card_id, "update_invoice_status for a card that is not ours");
-        return Ok(());
+    let order = match store.card_order_by_code(card_id, code).await? {
+        Some(order) => order,
+        None => match store.learn_card_code(card_id, openid, code).await? {
+            Some(order) => {
+                tracing::info!(order_id = %order.order_id, "a card's code learned from WeChat's report");
+                resolve_alert(store, CARD_CODE_UNKNOWN, &card_alert_key(&order.order_id)).await?;
+                let reversed = store
+                    .reimbursement_of(order.receipt_id)
+                    .await?
+                    .is_some_and(|r| r.state == ReimbursementState::Cancel);
+                if reversed && order.card_status.as_deref() != Some(ReimburseStatus::Cancel.as_str()) {
+                    mirror_reimbursement(store, &state.wake, order.receipt_id, ReimbursementState::Cancel).await?;
+                }
+                order
+            }
+            None => {
+                tracing::warn!(card_id, "update_invoice_status for a card that is not ours");
+                return Ok(());
+            }
+        },
     };
     store
         .record_wechat_card_status(card_id, code, status.as_str(), Timestamp::now())
@@ -586,6 +615,16 @@ pub async fn wechat_status(state: &AppState, card_id: &str, code: &str, status: 
             }
         }
         other => tracing::warn!(receipt = %order.receipt_id, ?other, "a reimbursement through WeChat was not kept"),
+    }
+    Ok(())
+}
+
+/// Resolves a firing alert, if there is one.
+async fn resolve_alert(store: &dyn Store, rule: &str, key: &str) -> Result<(), StoreError> {
+    if let Some(mut alert) = store.firing_alert(rule, key).await? {
+        alert.state = piaojia_store::AlertState::Resolved;
+        alert.resolved_at = Some(Timestamp::now());
+        store.save_alert(&alert).await?;
     }
     Ok(())
 }

@@ -321,7 +321,7 @@ pub(crate) async fn handle(state: &AppState, appid: &str, ev: event::Event) -> a
             tracing::info!(appid, "user_authorize_invoice without a successful order");
         }
         EventKind::UpdateInvoiceStatus { status, card_id, code } => {
-            crate::card_package::wechat_status(state, card_id, code, *status).await?;
+            crate::card_package::wechat_status(state, card_id, code, openid, *status).await?;
         }
         // Other menu keys, messages and events need nothing of us.
         _ => {}

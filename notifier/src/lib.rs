@@ -128,6 +128,7 @@ impl Notifier {
             deps.keyring.clone(),
             deps.wechat.clone(),
             deps.card_support.clone(),
+            alerts::Alerter::new(deps.store.clone(), deps.config.alerts.clone()),
         ));
         for kind in ChannelKind::ALL.iter().filter(|k| k.is_card()) {
             adapters.insert(*kind, card.clone());

@@ -112,8 +112,13 @@ pub trait OfficialAccount: Send + Sync {
         at: Timestamp,
         deliveries: Vec<NewDelivery>,
     ) -> Result<Option<Vec<Delivery>>>;
-    /// The card was inserted with `code`.
-    async fn card_inserted(&self, order_id: &str, code: &str, at: Timestamp) -> Result<()>;
+    /// The card was inserted with `code` (`None`: it is in the payer's package but
+    /// WeChat's answer with its code was lost).
+    async fn card_inserted(&self, order_id: &str, code: Option<&str>, at: Timestamp) -> Result<()>;
+    /// A card of `card_id` in `open_id`'s package reported with `code` that no
+    /// order of ours holds: when exactly one inserted order of theirs has no code
+    /// yet (its insertion's answer was lost), it is that one; the code is recorded.
+    async fn learn_card_code(&self, card_id: &str, open_id: &str, code: &str) -> Result<Option<CardOrder>>;
     /// The status we set on the card.
     async fn set_card_status(&self, order_id: &str, status: &str, at: Timestamp) -> Result<()>;
     /// What WeChat reported of a card (`update_invoice_status`); false when no
@@ -431,7 +436,7 @@ impl<D: Dialect> OfficialAccount for Db<D> {
         Ok(Some(deliveries(rows)?))
     }
 
-    async fn card_inserted(&self, order_id: &str, code: &str, at: Timestamp) -> Result<()> {
+    async fn card_inserted(&self, order_id: &str, code: Option<&str>, at: Timestamp) -> Result<()> {
         let n = Sql::new(
             "UPDATE card_orders SET code = $2, inserted_at = $3, card_status = 'INVOICE_REIMBURSE_INIT', \
              updated_at = $3 WHERE order_id = $1",
@@ -446,6 +451,38 @@ impl<D: Dialect> OfficialAccount for Db<D> {
             return Err(StoreError::NotFound(crate::Entity::Receipt));
         }
         Ok(())
+    }
+
+    async fn learn_card_code(&self, card_id: &str, open_id: &str, code: &str) -> Result<Option<CardOrder>> {
+        let mut tx = self.d.write().await?;
+        let candidates: Vec<(String,)> = Sql::new(
+            "SELECT order_id FROM card_orders WHERE card_id = $1 AND open_id = $2 \
+             AND inserted_at IS NOT NULL AND code IS NULL LIMIT 2",
+        )
+        .bind(card_id)
+        .bind(open_id)
+        .fetch_all(tx.conn())
+        .await?;
+        let [(order_id,)] = candidates.as_slice() else {
+            return Ok(None);
+        };
+        Sql::new("UPDATE card_orders SET code = $2, updated_at = $3 WHERE order_id = $1 AND code IS NULL")
+            .bind(order_id)
+            .bind(code)
+            .bind(Timestamp::now())
+            .execute(tx.conn())
+            .await
+            .map_err(|e| write_error(e, "card_code"))?;
+        let order: Option<OrderRow> = Sql::new(concatcp!(
+            "SELECT ",
+            ORDER_COLUMNS,
+            " FROM card_orders WHERE order_id = $1"
+        ))
+        .bind(order_id)
+        .fetch_optional(tx.conn())
+        .await?;
+        tx.commit().await?;
+        Ok(order.map(CardOrder::from))
     }
 
     async fn set_card_status(&self, order_id: &str, status: &str, at: Timestamp) -> Result<()> {

@@ -12,12 +12,14 @@ use async_trait::async_trait;
 use piaojia_core::pii::{Keyring, purpose};
 use piaojia_core::receipt::PayerIdentity;
 use piaojia_store::{CardOrder, CardUnit, ChannelKind, ClaimedDelivery, Store, Timestamp};
-use piaojia_wechat::client::{AppCredentials, InsertBill, ReimburseStatus, WechatClient};
+use piaojia_wechat::client::{AppCredentials, CallError, InsertBill, ReimburseStatus, WechatClient};
+use piaojia_wechat::errcode;
 use secrecy::SecretString;
 use uuid::Uuid;
 
 use super::wechat::classify;
 use super::{ChannelAdapter, SendResult};
+use crate::alerts::Alerter;
 
 /// What the card package needs of the gateway: the receipt files and the signed
 /// "收入微信卡包" links (the notifier holds neither the file store nor the public URL).
@@ -35,7 +37,16 @@ pub const MEDIA_ID: &str = "sMediaId";
 /// The payload key of a `card_status` delivery: the `INVOICE_REIMBURSE_*` status to set.
 pub const STATUS: &str = "status";
 
+/// The alert of a card in a payer's package whose code WeChat's lost answer
+/// carried (key `card:<order_id>`); resolved when WeChat reports the card.
+pub const CARD_CODE_UNKNOWN: &str = "card_code_unknown";
+
+pub fn card_alert_key(order_id: &str) -> String {
+    format!("card:{order_id}")
+}
+
 pub struct CardChannel {
+    alerter: Alerter,
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
     client: Arc<WechatClient>,
@@ -64,8 +75,10 @@ impl CardChannel {
         keyring: Arc<Keyring>,
         client: Arc<WechatClient>,
         support: Option<Arc<dyn CardSupport>>,
+        alerter: Alerter,
     ) -> Self {
         Self {
+            alerter,
             store,
             keyring,
             client,
@@ -185,7 +198,7 @@ impl CardChannel {
             Ok(inserted) => {
                 if let Err(e) = self
                     .store
-                    .card_inserted(&order.order_id, &inserted.code, Timestamp::now())
+                    .card_inserted(&order.order_id, Some(&inserted.code), Timestamp::now())
                     .await
                 {
                     tracing::error!(error = %e, "recording the inserted card failed");
@@ -193,6 +206,33 @@ impl CardChannel {
                 SendResult::Delivered {
                     provider_ref: Some(inserted.code),
                 }
+            }
+            // 72024 on our own authorised order: its card exists. piaojia never
+            // rejects an order (`rejectinsert`), so only an earlier insertbill of
+            // ours whose answer was lost (a timeout: WeChat inserted, we never read
+            // the code) can have closed it. The card is in the payer's package:
+            // delivered, with its code unknown until WeChat reports the card
+            // (`update_invoice_status`); until then its status cannot be mirrored,
+            // which the alert says.
+            Err(CallError::Wechat(e)) if e.errcode == errcode::INVOICE_BAD_STATUS => {
+                tracing::warn!(order_id = %order.order_id, "insertbill: the order already has its card (an earlier answer was lost)");
+                if let Err(e) = self.store.card_inserted(&order.order_id, None, Timestamp::now()).await {
+                    tracing::error!(error = %e, "recording the inserted card failed");
+                    return store_error(e);
+                }
+                let message = format!(
+                    "the card of receipt {} {} is in the payer's card package, but WeChat's answer with its code \
+                     was lost: its status (reversal, reimbursement) cannot be mirrored until WeChat reports the card",
+                    r.bill_batch_code, r.bill_no
+                );
+                if let Err(e) = self
+                    .alerter
+                    .fire(CARD_CODE_UNKNOWN, &card_alert_key(&order.order_id), message)
+                    .await
+                {
+                    tracing::error!(error = %e, "raising the alert failed");
+                }
+                SendResult::Delivered { provider_ref: None }
             }
             Err(e) => classify(e),
         }
@@ -210,6 +250,11 @@ impl CardChannel {
             return permanent("the delivery carries no card status");
         };
         let Some(code) = &order.code else {
+            if order.inserted_at.is_some() {
+                return permanent(
+                    "the card's code is unknown (insertbill's answer was lost) until WeChat reports the card",
+                );
+            }
             return permanent("no card was inserted for the receipt");
         };
         match self.client.update_card_status(app, &order.card_id, code, status).await {

@@ -394,7 +394,7 @@ async fn write_everywhere(store: &dyn Store, agency_id: Uuid) -> TestResult {
             .await?
             .is_some()
     );
-    store.card_inserted("order-times", "code-times", later).await?;
+    store.card_inserted("order-times", Some("code-times"), later).await?;
     store
         .set_card_status("order-times", "INVOICE_REIMBURSE_LOCK", later)
         .await?;

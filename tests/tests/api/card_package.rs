@@ -668,3 +668,115 @@ both_modes!(failed_events_are_retried_then_reported, |mode: Mode| async move {
     assert_eq!(sim.card_package(OA, &payer).len(), 1, "inserted once");
     assert!(listed("?status=failed").await.as_array().expect("list").is_empty());
 });
+
+both_modes!(a_card_whose_insertion_answer_was_lost, |mode: Mode| async move {
+    let app = TestConfig::new(mode).await.spawn().await;
+    let sim = app.sim.clone().expect("sim");
+    let issuer = app.issuer().await;
+    official_account(&app, &issuer.agency_code, OA, None, Some("{cardUrl}")).await;
+    enable(&app, &issuer.agency_code).await;
+    let payer = piaojia_wechat_sim::new_openid();
+    let (created, path) = pushed_with_link(&app, &issuer, 3, &payer).await;
+    let receipt_id = uuid::Uuid::parse_str(created["id"].as_str().expect("id")).expect("uuid");
+    // insertbill takes effect at WeChat but answers after our timeout (2 s).
+    sim.set_faults(
+        piaojia_wechat_sim::FaultScope::Path(piaojia_wechat_sim::paths::INSERT_BILL.to_owned()),
+        piaojia_wechat_sim::Faults::timeouts(1.0, 3_000),
+    );
+    let auth_url = app.get(&path).await.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    sim.authorize_invoice(&auth_url, &payer).await.expect("agreed");
+    let card = eventually(15, || async { sim.card_package(OA, &payer).into_iter().next() }).await;
+    sim.set_faults(
+        piaojia_wechat_sim::FaultScope::Path(piaojia_wechat_sim::paths::INSERT_BILL.to_owned()),
+        piaojia_wechat_sim::Faults::default(),
+    );
+    // The retry hears 72024 (the order has its card): delivered, its code unknown,
+    // and the operators are told its status cannot be mirrored.
+    let order = eventually(20, || async {
+        app.store
+            .card_order_for_receipt(receipt_id)
+            .await
+            .expect("store")
+            .filter(|o| o.inserted_at.is_some())
+    })
+    .await;
+    assert_eq!(order.code, None);
+    let key = format!("card:{}", order.order_id);
+    eventually(10, || async {
+        app.store.firing_alert("card_code_unknown", &key).await.expect("store")
+    })
+    .await;
+    let inserts: Vec<Value> = eventually(10, || async {
+        let list: Vec<Value> = app
+            .ops("GET", "/v1/ops/deliveries?channel=card_insert", None)
+            .await
+            .json()
+            .await
+            .expect("json");
+        list.iter().all(|d| d["status"] == "delivered").then_some(list)
+    })
+    .await;
+    assert_eq!(inserts.len(), 1, "{inserts:?}");
+    assert!(inserts[0]["attempts"].as_i64() >= Some(2), "{inserts:?}");
+    assert_eq!(sim.card_package(OA, &payer).len(), 1, "one card, inserted once");
+    // The link says it is in the card package, and asks WeChat for nothing more.
+    assert_eq!(app.get(&path).await.status().as_u16(), 200);
+
+    // Reversed meanwhile: the card cannot be cancelled yet.
+    let red = json!({"redBillBatchCode": BATCH, "redBillNo": "0000009003", "redRandom": "9f8e7d",
+        "reversedAt": "2026-11-23T10:00:00+08:00", "reason": "患者退费"});
+    let resp = app
+        .signed(
+            &issuer,
+            "POST",
+            &format!("/v1/receipts/{BATCH}/0000000003/reversal"),
+            Some(&red),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 201);
+    // WeChat's first report of the card (a reimburser there locks it) names its
+    // code: learned, the alert resolved, the missed reversal mirrored (CANCEL),
+    // and the lock refused here as on any reversed receipt.
+    let gh = sim.app(OA).expect("app").original_id;
+    let xml = piaojia_wechat::event::Event::update_invoice_status(
+        &gh,
+        &payer,
+        chrono::Utc::now().timestamp(),
+        piaojia_wechat::client::ReimburseStatus::Lock,
+        &card.card_id,
+        &card.code,
+    );
+    assert!(sim.push_xml(OA, Some(&payer), &xml).await.expect("push").acknowledged);
+    let learned = eventually(10, || async {
+        app.store
+            .card_order_for_receipt(receipt_id)
+            .await
+            .expect("store")
+            .filter(|o| o.code.is_some())
+    })
+    .await;
+    assert_eq!(learned.code.as_deref(), Some(card.code.as_str()));
+    eventually(10, || async {
+        app.store
+            .firing_alert("card_code_unknown", &key)
+            .await
+            .expect("store")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually(15, || async {
+        (sim.card(&card.card_id, &card.code)?.status == CardStatus::Cancel).then_some(())
+    })
+    .await;
+    let state = app
+        .store
+        .reimbursement_of(receipt_id)
+        .await
+        .expect("store")
+        .expect("state");
+    assert_eq!(state.state, ReimbursementState::Cancel);
+});
