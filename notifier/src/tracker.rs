@@ -51,6 +51,8 @@ struct Counts {
     attempts: i64,
     successes: i64,
     buckets: [i64; BUCKETS_MS.len()],
+    /// Changed since its row was last written: an idle process writes nothing.
+    dirty: bool,
 }
 
 /// Counts of one minute, one scope and one key.
@@ -82,33 +84,49 @@ impl Tracker {
         c.attempts += 1;
         c.successes += i64::from(success);
         c.buckets[bucket] += 1;
+        c.dirty = true;
     }
 
     /// Writes this process's rows; minutes older than a day are forgotten here.
     pub async fn flush(&self, store: &dyn Store) -> piaojia_store::Result<()> {
-        let rows: Vec<StatsRow> = {
+        let (keys, rows): (Vec<MinuteKey>, Vec<StatsRow>) = {
             let mut minutes = self.minutes.lock().expect("tracker lock");
             let horizon = Utc::now() - TimeDelta::minutes(2);
-            let rows = minutes
-                .iter()
-                .map(|((minute, scope, key), c)| StatsRow {
-                    minute: (*minute).into(),
-                    scope: scope.as_str().to_owned(),
-                    key: key.clone(),
-                    writer: self.writer.clone(),
-                    attempts: c.attempts,
-                    successes: c.successes,
-                    latency_buckets: c.buckets.to_vec(),
+            let changed = minutes
+                .iter_mut()
+                .filter_map(|(k, c)| std::mem::take(&mut c.dirty).then_some((k, c)))
+                .map(|(k, c)| {
+                    let (minute, scope, key) = k;
+                    let row = StatsRow {
+                        minute: (*minute).into(),
+                        scope: scope.as_str().to_owned(),
+                        key: key.clone(),
+                        writer: self.writer.clone(),
+                        attempts: c.attempts,
+                        successes: c.successes,
+                        latency_buckets: c.buckets.to_vec(),
+                    };
+                    (k.clone(), row)
                 })
-                .collect();
+                .unzip();
             // Closed minutes are final once flushed.
             minutes.retain(|(minute, _, _), _| *minute >= horizon);
-            rows
+            changed
         };
         if rows.is_empty() {
             return Ok(());
         }
-        store.upsert_stats(rows).await
+        let result = store.upsert_stats(rows).await;
+        if result.is_err() {
+            // Not written: the next flush tries again.
+            let mut minutes = self.minutes.lock().expect("tracker lock");
+            for k in keys {
+                if let Some(c) = minutes.get_mut(&k) {
+                    c.dirty = true;
+                }
+            }
+        }
+        result
     }
 }
 

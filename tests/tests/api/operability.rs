@@ -237,3 +237,93 @@ both_modes!(the_sandbox_admin_needs_the_operator_token, |mode: Mode| async move 
         "answered with a WeChat errcode, not refused"
     );
 });
+
+/// Whether anything was written since `mark` ([`write_mark`]): SQLite's
+/// `data_version` moves when another connection commits a change; on PostgreSQL a
+/// row inserted or updated since carries a newer `xmin` than the mark's xid.
+enum WriteMark {
+    Sqlite(sqlx::SqliteConnection, i64),
+    Postgres(sqlx::PgConnection, i64),
+}
+
+async fn write_mark(url: &str) -> WriteMark {
+    use sqlx::Connection as _;
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("sqlite");
+        let v: i64 = sqlx::query_scalar("PRAGMA data_version")
+            .fetch_one(&mut conn)
+            .await
+            .expect("data_version");
+        WriteMark::Sqlite(conn, v)
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
+        let xid: i64 = sqlx::query_scalar("SELECT (txid_current() % 4294967296)::int8")
+            .fetch_one(&mut conn)
+            .await
+            .expect("xid");
+        WriteMark::Postgres(conn, xid)
+    }
+}
+
+/// The tables written since the mark (SQLite: `["?"]` when anything was).
+async fn written_since(mark: &mut WriteMark) -> Vec<String> {
+    match mark {
+        WriteMark::Sqlite(conn, v) => {
+            let now: i64 = sqlx::query_scalar("PRAGMA data_version")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("data_version");
+            if now == *v { Vec::new() } else { vec!["?".to_owned()] }
+        }
+        WriteMark::Postgres(conn, xid) => {
+            let tables: Vec<String> =
+                sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()")
+                    .fetch_all(&mut *conn)
+                    .await
+                    .expect("tables");
+            let mut written = Vec::new();
+            for t in tables {
+                // The names come from pg_tables, not from outside.
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM \"{t}\" WHERE xmin::text::int8 >= $1"
+                )))
+                .bind(*xid)
+                .fetch_one(&mut *conn)
+                .await
+                .expect("count");
+                if n > 0 {
+                    written.push(t);
+                }
+            }
+            written
+        }
+    }
+}
+
+both_modes!(an_idle_gateway_writes_nothing, |mode: Mode| async move {
+    let mut config = TestConfig::new(mode).await;
+    // Every periodic job at least once in the window: the alerts' evaluation, the
+    // notifier's polls, the inbox's, reminders' and lock expiry's scans, the figures' flush.
+    config.set("PIAOJIA_ALERTS__EVALUATE_EVERY_SECS", "1");
+    config.set("PIAOJIA_REMINDERS__CHECK_SECS", "1");
+    config.set("PIAOJIA_REIMBURSEMENT__EXPIRY_CHECK_SECS", "1");
+    let app = config.spawn().await;
+    let issuer = app.issuer().await;
+    assert_eq!(app.push(&issuer, &samples::outpatient(1)).await.status().as_u16(), 201);
+    // What the push set going (its deliveries, their figures) settles first.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let mut mark = write_mark(&app.config.settings().database_url()).await;
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    assert_eq!(
+        written_since(&mut mark).await,
+        Vec::<String>::new(),
+        "an idle gateway wrote"
+    );
+    // The check sees a write when there is one.
+    assert_eq!(app.push(&issuer, &samples::outpatient(2)).await.status().as_u16(), 201);
+    let written = written_since(&mut mark).await;
+    assert!(!written.is_empty());
+    if mode == Mode::ScaleOut {
+        assert!(written.iter().any(|t| t == "receipts"), "{written:?}");
+    }
+});
