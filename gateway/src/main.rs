@@ -1,5 +1,10 @@
 use clap::Parser as _;
 
+// A request allocates and frees many small buffers across worker threads: glibc's
+// malloc took about a tenth of the server's CPU in the delivery benchmark.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = piaojia_gateway::cli::Cli::parse();
