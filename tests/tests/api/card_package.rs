@@ -89,6 +89,26 @@ async fn in_card_package(
     (receipt_id, card)
 }
 
+/// WeChat reports a status of one of our cards (`update_invoice_status`), as a
+/// reimburser's change through WeChat's own calls makes it do.
+async fn report_card_status(
+    sim: &piaojia_wechat_sim::Simulator,
+    payer: &str,
+    card: &piaojia_wechat_sim::SimCard,
+    status: piaojia_wechat::client::ReimburseStatus,
+) {
+    let gh = sim.app(OA).expect("app").original_id;
+    let xml = piaojia_wechat::event::Event::update_invoice_status(
+        &gh,
+        payer,
+        chrono::Utc::now().timestamp(),
+        status,
+        &card.card_id,
+        &card.code,
+    );
+    assert!(sim.push_xml(OA, Some(payer), &xml).await.expect("push").acknowledged);
+}
+
 both_modes!(card_package_journey, |mode: Mode| async move {
     let app = TestConfig::new(mode).await.spawn().await;
     let sim = app.sim.clone().expect("sim");
@@ -262,16 +282,7 @@ both_modes!(
         );
 
         // WeChat's update_invoice_status is recorded on the card.
-        let gh = sim.app(OA).expect("app").original_id;
-        let xml = piaojia_wechat::event::Event::update_invoice_status(
-            &gh,
-            &payer,
-            chrono::Utc::now().timestamp(),
-            piaojia_wechat::client::ReimburseStatus::Lock,
-            &card.card_id,
-            &card.code,
-        );
-        assert!(sim.push_xml(OA, Some(&payer), &xml).await.expect("push").acknowledged);
+        report_card_status(&sim, &payer, &card, piaojia_wechat::client::ReimburseStatus::Lock).await;
         eventually(10, || async {
             app.store
                 .card_order_for_receipt(receipt_id)
@@ -740,16 +751,7 @@ both_modes!(a_card_whose_insertion_answer_was_lost, |mode: Mode| async move {
     // WeChat's first report of the card (a reimburser there locks it) names its
     // code: learned, the alert resolved, the missed reversal mirrored (CANCEL),
     // and the lock refused here as on any reversed receipt.
-    let gh = sim.app(OA).expect("app").original_id;
-    let xml = piaojia_wechat::event::Event::update_invoice_status(
-        &gh,
-        &payer,
-        chrono::Utc::now().timestamp(),
-        piaojia_wechat::client::ReimburseStatus::Lock,
-        &card.card_id,
-        &card.code,
-    );
-    assert!(sim.push_xml(OA, Some(&payer), &xml).await.expect("push").acknowledged);
+    report_card_status(&sim, &payer, &card, piaojia_wechat::client::ReimburseStatus::Lock).await;
     let learned = eventually(10, || async {
         app.store
             .card_order_for_receipt(receipt_id)
