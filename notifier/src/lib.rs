@@ -171,13 +171,26 @@ impl Notifier {
         self.inner.wake.spawn_listener(shutdown.clone());
         let housekeeping = tokio::spawn(self.clone().housekeeping(shutdown.clone()));
         let poll = self.inner.config.notifier.poll_interval;
+        let n = &self.inner.config.notifier;
+        let base = (n.batch_size as usize).clamp(1, n.concurrency.max(1));
+        let mut ask = base;
         tracing::info!(owner = %self.inner.owner, "notifier started");
         while !shutdown.is_cancelled() {
             let last_claim = Instant::now();
-            match self.claim().await {
-                // A full batch: more is probably due.
-                Ok(Claimed { claimed, asked }) if asked > 0 && claimed == asked => continue,
-                Ok(_) => {}
+            match self.claim(ask).await {
+                // A full batch: more is probably due, and the next claim asks for
+                // twice as many. Each claim waits its turn among the writes (on
+                // SQLite, in line with the pushes' group commits of up to 64
+                // receipts): a fixed small claim falls behind the pushes it follows.
+                Ok(Claimed { claimed, asked }) if asked > 0 && claimed == asked => {
+                    ask = (ask * 2).min(n.concurrency.max(1));
+                    continue;
+                }
+                Ok(Claimed { claimed, .. }) => {
+                    if claimed < ask / 2 {
+                        ask = (ask / 2).max(base);
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "claiming deliveries failed"),
             }
             tokio::select! {
@@ -204,10 +217,9 @@ impl Notifier {
     /// Claims one batch for free workers and starts sending it. A busy notifier
     /// waits a moment for a whole batch of workers to come free, so that under load
     /// it claims in batches rather than once per worker that finishes.
-    async fn claim(&self) -> piaojia_store::Result<Claimed> {
+    async fn claim(&self, batch: usize) -> piaojia_store::Result<Claimed> {
         let inner = &self.inner;
         let n = &inner.config.notifier;
-        let batch = (n.batch_size as usize).clamp(1, n.concurrency.max(1));
         let permits = inner.permits.clone();
         let gathered = tokio::time::timeout(BATCH_GATHER, permits.clone().acquire_many_owned(batch as u32)).await;
         let mut workers = match gathered {

@@ -351,7 +351,7 @@ pub fn claim_form(f: &ClaimForm) -> Markup {
                 form method="post" action=(f.action) {
                     input type="hidden" name="csrf" value=(f.csrf);
                     @if !f.others.is_empty() {
-                        fieldset.card {
+                        fieldset.card.choice {
                             h2 { "同时报销其他票据" }
                             p.muted { "可多选，一次最多" (f.receipts_max) "张（含上面这张）。" }
                             @for o in &f.others {
