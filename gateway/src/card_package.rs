@@ -497,7 +497,7 @@ pub const WECHAT_LOCK_CONFLICT: &str = "wechat_lock_conflict";
 /// A card whose code we never learned (insertbill's answer was lost) is known by
 /// its first report: the payer's one inserted card of that template without a
 /// code. Its code is recorded, the alert `card_code_unknown` resolved, and a
-/// reversal the card missed meanwhile is mirrored now.
+/// state the card missed meanwhile (reversal, lock, closure) is mirrored now.
 pub async fn wechat_status(
     state: &AppState,
     card_id: &str,
@@ -515,13 +515,16 @@ pub async fn wechat_status(
         None => match store.learn_card_code(card_id, openid, code).await? {
             Some(order) => {
                 tracing::info!(order_id = %order.order_id, "a card's code learned from WeChat's report");
-                resolve_alert(store, CARD_CODE_UNKNOWN, &card_alert_key(&order.order_id)).await?;
-                let reversed = store
-                    .reimbursement_of(order.receipt_id)
-                    .await?
-                    .is_some_and(|r| r.state == ReimbursementState::Cancel);
-                if reversed && order.card_status.as_deref() != Some(ReimburseStatus::Cancel.as_str()) {
-                    mirror_reimbursement(store, &state.wake, order.receipt_id, ReimbursementState::Cancel).await?;
+                state
+                    .alerter
+                    .resolve(CARD_CODE_UNKNOWN, &card_alert_key(&order.order_id))
+                    .await?;
+                // What the card missed while its code was unknown (a reversal, a
+                // reimburser's lock or closure here) is mirrored now.
+                if let Some(now) = store.reimbursement_of(order.receipt_id).await?
+                    && order.card_status.as_deref() != Some(card_state(now.state).as_str())
+                {
+                    mirror_reimbursement(store, &state.wake, order.receipt_id, now.state).await?;
                 }
                 order
             }
@@ -598,33 +601,9 @@ pub async fn wechat_status(
                 now.state.as_str(),
             );
             let key = format!("receipt:{}/{}", now.bill_batch_code, now.bill_no);
-            if store.firing_alert(WECHAT_LOCK_CONFLICT, &key).await?.is_none() {
-                let at = Timestamp::now();
-                store
-                    .save_alert(&piaojia_store::Alert {
-                        id: Uuid::now_v7(),
-                        rule: WECHAT_LOCK_CONFLICT.to_owned(),
-                        key,
-                        state: piaojia_store::AlertState::Firing,
-                        message,
-                        started_at: at,
-                        last_notified_at: at,
-                        resolved_at: None,
-                    })
-                    .await?;
-            }
+            state.alerter.fire(WECHAT_LOCK_CONFLICT, &key, message).await?;
         }
         other => tracing::warn!(receipt = %order.receipt_id, ?other, "a reimbursement through WeChat was not kept"),
-    }
-    Ok(())
-}
-
-/// Resolves a firing alert, if there is one.
-async fn resolve_alert(store: &dyn Store, rule: &str, key: &str) -> Result<(), StoreError> {
-    if let Some(mut alert) = store.firing_alert(rule, key).await? {
-        alert.state = piaojia_store::AlertState::Resolved;
-        alert.resolved_at = Some(Timestamp::now());
-        store.save_alert(&alert).await?;
     }
     Ok(())
 }

@@ -169,16 +169,17 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
             files: files.clone(),
             links: card_links.clone(),
         });
+    let alerter = Arc::new(piaojia_notifier::alerts::Alerter::new(
+        store.clone(),
+        settings.alerts.clone(),
+    ));
     let intake = crate::issuer::intake::Intake::new(
         store.clone(),
         keyring.clone(),
         files,
         apps.clone(),
         wake.clone(),
-        Arc::new(piaojia_notifier::alerts::Alerter::new(
-            store.clone(),
-            settings.alerts.clone(),
-        )),
+        alerter.clone(),
     );
     Ok(AppState {
         settings,
@@ -189,6 +190,7 @@ pub async fn build_state(settings: Settings, own_port: u16) -> anyhow::Result<Ap
         intake,
         redis,
         metrics: telemetry::metrics_handle(),
+        alerter,
         wake,
         tracker: piaojia_notifier::tracker::Tracker::new(format!("gw-{}", uuid::Uuid::now_v7().simple())),
         wechat,
@@ -256,6 +258,7 @@ impl Application {
                 wake: state.wake.clone(),
                 tracker: state.tracker.clone(),
                 card_support: Some(state.card_support.clone()),
+                alerter: Some(state.alerter.clone()),
             })?;
             let token = CancellationToken::new();
             tokio::spawn({

@@ -25,6 +25,8 @@ pub struct AppState {
     /// Tells the notifier (here or in other processes) that work is due.
     pub wake: piaojia_notifier::Wake,
     pub tracker: Arc<piaojia_notifier::tracker::Tracker>,
+    /// Raises and resolves operators' alerts (the intake, the card package, the notifier).
+    pub alerter: Arc<piaojia_notifier::alerts::Alerter>,
     pub wechat: Arc<piaojia_wechat::client::WechatClient>,
     /// The built-in WeChat simulator (sandbox mode only).
     pub sandbox: Option<crate::Sandbox>,

@@ -76,6 +76,8 @@ pub struct NotifierDeps {
     pub tracker: Arc<Tracker>,
     /// Receipt files and signed links for the card package (the gateway's).
     pub card_support: Option<Arc<dyn crate::channels::card::CardSupport>>,
+    /// The process's alerter, when it has one (else the notifier makes its own).
+    pub alerter: Option<Arc<alerts::Alerter>>,
 }
 
 struct Inner {
@@ -86,7 +88,7 @@ struct Inner {
     breakers: Breakers,
     tracker: Arc<Tracker>,
     adapters: HashMap<ChannelKind, Arc<dyn ChannelAdapter>>,
-    alerter: alerts::Alerter,
+    alerter: Arc<alerts::Alerter>,
     wake: Wake,
     permits: Arc<Semaphore>,
     completions: Completions,
@@ -108,6 +110,10 @@ impl Notifier {
     pub fn new(deps: NotifierDeps) -> anyhow::Result<Self> {
         let n = &deps.config.notifier;
         let timeout = n.request_timeout;
+        let alerter = deps
+            .alerter
+            .clone()
+            .unwrap_or_else(|| Arc::new(alerts::Alerter::new(deps.store.clone(), deps.config.alerts.clone())));
         let mut adapters: HashMap<ChannelKind, Arc<dyn ChannelAdapter>> = HashMap::new();
         let webhook: Arc<dyn ChannelAdapter> =
             Arc::new(WebhookChannel::new(deps.store.clone(), deps.keyring.clone(), timeout)?);
@@ -128,7 +134,7 @@ impl Notifier {
             deps.keyring.clone(),
             deps.wechat.clone(),
             deps.card_support.clone(),
-            alerts::Alerter::new(deps.store.clone(), deps.config.alerts.clone()),
+            alerter.clone(),
         ));
         for kind in ChannelKind::ALL.iter().filter(|k| k.is_card()) {
             adapters.insert(*kind, card.clone());
@@ -152,7 +158,7 @@ impl Notifier {
                     open_for: n.breaker_open,
                     max_open_for: n.breaker_max_open,
                 }),
-                alerter: alerts::Alerter::new(deps.store.clone(), deps.config.alerts.clone()),
+                alerter,
                 permits: Arc::new(Semaphore::new(n.concurrency)),
                 callbacks,
                 backlog_reported: Mutex::default(),

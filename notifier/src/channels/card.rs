@@ -46,7 +46,7 @@ pub fn card_alert_key(order_id: &str) -> String {
 }
 
 pub struct CardChannel {
-    alerter: Alerter,
+    alerter: Arc<Alerter>,
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
     client: Arc<WechatClient>,
@@ -75,7 +75,7 @@ impl CardChannel {
         keyring: Arc<Keyring>,
         client: Arc<WechatClient>,
         support: Option<Arc<dyn CardSupport>>,
-        alerter: Alerter,
+        alerter: Arc<Alerter>,
     ) -> Self {
         Self {
             alerter,
