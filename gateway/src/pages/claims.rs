@@ -296,8 +296,8 @@ pub async fn form(
 }
 
 /// The refusal in words a payer understands: `Ok` shows the form again with it.
-/// A refusal of one receipt of several names that receipt.
-fn refusal_text(e: &ApiError, bills: &[String]) -> Result<String, PageError> {
+/// A refusal of one receipt of several (`several`) names that receipt (`bill`).
+fn refusal_text(e: &ApiError, several: bool, bill: Option<String>) -> Result<String, PageError> {
     let problem = e.problem();
     let text = match e.code() {
         ErrorCode::ValidationFailed => {
@@ -326,22 +326,44 @@ fn refusal_text(e: &ApiError, bills: &[String]) -> Result<String, PageError> {
         ErrorCode::ReceiptLockedByOther => "这张票据正由其他报销方处理，暂不能申请。",
         ErrorCode::ReceiptAlreadyClosed => "这张票据已报销，不能再次申请。",
         ErrorCode::ReceiptReversed => "这张票据已冲红，不能报销。",
-        ErrorCode::ReceiptNotFound if bills.len() > 1 => "所选票据中有一张已不在您的票夹中。",
+        ErrorCode::ReceiptNotFound if several => "所选票据中有一张已不在您的票夹中。",
         ErrorCode::ReceiptNotFound => return Err(PageError::receipt_not_found()),
         _ => return Err(api_unavailable(e)),
     };
-    // Which receipt of several: the refusal's `/receipts/<index>`.
-    let which = problem
+    Ok(match bill {
+        Some(bill) => format!("票据 {bill}：{text}"),
+        None => text.to_owned(),
+    })
+}
+
+/// The receipt of several that a refusal concerns (its `/receipts/<index>`), as the
+/// form names it ("code number"); none for a claim of one, or one not in the wallet.
+/// One read: the refused receipt's, whatever the form carried.
+async fn refused_bill(
+    state: &AppState,
+    payer_id: Uuid,
+    oa: &OfficialAccount,
+    e: &ApiError,
+    receipts: &[Uuid],
+) -> Result<Option<String>, PageError> {
+    if receipts.len() < 2 {
+        return Ok(None);
+    }
+    let Some(id) = e
+        .problem()
         .errors
         .iter()
         .find_map(|f| f.pointer.strip_prefix("/receipts/"))
         .and_then(|i| i.parse::<usize>().ok())
-        .and_then(|i| bills.get(i))
-        .filter(|b| bills.len() > 1 && !b.is_empty());
-    Ok(match which {
-        Some(bill) => format!("票据 {bill}：{text}"),
-        None => text.to_owned(),
-    })
+        .and_then(|i| receipts.get(i))
+    else {
+        return Ok(None);
+    };
+    Ok(state
+        .store
+        .wallet_receipt(payer_id, *id, Some(std::slice::from_ref(&oa.agency_id)))
+        .await?
+        .map(|w| format!("{} {}", w.receipt.bill_batch_code, w.receipt.bill_no)))
 }
 
 /// Submits the claim form: the chosen reimburser, the consent (the fields it
@@ -456,31 +478,14 @@ pub async fn submit(
                 .insert_header((header::LOCATION, account_path(&oa.appid, "/claims?submitted=1")))
                 .finish())
         }
-        Err(e) => match refusal_text(&e, &bills_of(&state, s.payer_id, &oa, &receipts).await?) {
-            Ok(text) => again(text).await,
-            Err(page_error) => Err(page_error.back_to(&oa.appid)),
-        },
+        Err(e) => {
+            let bill = refused_bill(&state, s.payer_id, &oa, &e, &receipts).await?;
+            match refusal_text(&e, receipts.len() > 1, bill) {
+                Ok(text) => again(text).await,
+                Err(page_error) => Err(page_error.back_to(&oa.appid)),
+            }
+        }
     }
-}
-
-/// How the form names each receipt of a claim ("code number"), in the claim's order.
-async fn bills_of(
-    state: &AppState,
-    payer_id: Uuid,
-    oa: &OfficialAccount,
-    receipts: &[Uuid],
-) -> Result<Vec<String>, PageError> {
-    let mut bills = Vec::with_capacity(receipts.len());
-    for id in receipts {
-        let bill = state
-            .store
-            .wallet_receipt(payer_id, *id, Some(std::slice::from_ref(&oa.agency_id)))
-            .await?
-            .map(|w| format!("{} {}", w.receipt.bill_batch_code, w.receipt.bill_no))
-            .unwrap_or_default();
-        bills.push(bill);
-    }
-    Ok(bills)
 }
 
 /// True for a claim of this account's agency (all its receipts are).

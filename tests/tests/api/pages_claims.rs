@@ -358,6 +358,26 @@ both_modes!(
         let third = phone.get(&claim_url(&app, &ids[2])).await;
         assert_eq!(third.status, 200, "{}", third.body);
         assert!(!third.body.contains("同时报销其他票据"), "{}", third.body);
+        // One already claimed, sent anyway with it: refused, naming that one.
+        let csrf = third.hidden("csrf").expect("csrf");
+        let again = phone
+            .post_form(
+                &claim_url(&app, &ids[2]),
+                &[
+                    ("csrf", csrf.as_str()),
+                    ("reimburser", "insurer-f"),
+                    ("consent", "insurer-f:name"),
+                    ("field.insurer-f.policyNo", "P-2"),
+                    ("receipt", ids[1].as_str()),
+                ],
+            )
+            .await;
+        assert_eq!(again.status, 422, "{}", again.body);
+        assert!(
+            again.body.contains("票据 11060124 0000000032：") && again.body.contains("不能重复申请"),
+            "{}",
+            again.body
+        );
     }
 );
 
