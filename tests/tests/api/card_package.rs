@@ -60,6 +60,23 @@ async fn pushed_with_link(
     (created, path)
 }
 
+/// The receipt's card order once it meets `pred`, waiting up to `secs` seconds.
+async fn card_order_where(
+    app: &TestApp,
+    receipt_id: uuid::Uuid,
+    secs: u64,
+    pred: impl Fn(&piaojia_store::CardOrder) -> bool,
+) -> piaojia_store::CardOrder {
+    eventually(secs, || async {
+        app.store
+            .card_order_for_receipt(receipt_id)
+            .await
+            .expect("store")
+            .filter(|o| pred(o))
+    })
+    .await
+}
+
 /// A receipt of `payer` pushed, taken into their card package (the payer agrees
 /// at WeChat's page) and its card's `code` recorded: its id and the card.
 async fn in_card_package(
@@ -78,14 +95,7 @@ async fn in_card_package(
     sim.authorize_invoice(&auth_url, payer).await.expect("agreed");
     let card = eventually(15, || async { sim.card_package(OA, payer).into_iter().next() }).await;
     // The card is in WeChat's package a moment before insertbill's answer is recorded.
-    eventually(10, || async {
-        app.store
-            .card_order_for_receipt(receipt_id)
-            .await
-            .expect("store")
-            .filter(|o| o.code.is_some())
-    })
-    .await;
+    card_order_where(app, receipt_id, 10, |o| o.code.is_some()).await;
     (receipt_id, card)
 }
 
@@ -157,14 +167,7 @@ both_modes!(card_package_journey, |mode: Mode| async move {
     assert_eq!(card.status, CardStatus::Init);
     // The card's 抬头 is the payer named on the receipt, not the hospital.
     assert_eq!(Some(card.title.as_str()), samples::outpatient(1)["payer"].as_str());
-    let stored = eventually(10, || async {
-        app.store
-            .card_order_for_receipt(receipt_id)
-            .await
-            .expect("store")
-            .filter(|o| o.code.is_some())
-    })
-    .await;
+    let stored = card_order_where(&app, receipt_id, 10, |o| o.code.is_some()).await;
     assert_eq!(stored.code.as_deref(), Some(card.code.as_str()));
     // A second agreement (WeChat's retry, or the payer again) starts nothing twice.
     assert!(
@@ -227,12 +230,8 @@ both_modes!(card_package_journey, |mode: Mode| async move {
         (sim.card(&card.card_id, &card.code)?.status == CardStatus::Cancel).then_some(())
     })
     .await;
-    eventually(10, || async {
-        app.store
-            .card_order_for_receipt(receipt_id)
-            .await
-            .expect("store")
-            .filter(|o| o.card_status.as_deref() == Some("INVOICE_REIMBURSE_CANCEL"))
+    card_order_where(&app, receipt_id, 10, |o| {
+        o.card_status.as_deref() == Some("INVOICE_REIMBURSE_CANCEL")
     })
     .await;
     // A reversed receipt is not offered again.
@@ -283,12 +282,8 @@ both_modes!(
 
         // WeChat's update_invoice_status is recorded on the card.
         report_card_status(&sim, &payer, &card, piaojia_wechat::client::ReimburseStatus::Lock).await;
-        eventually(10, || async {
-            app.store
-                .card_order_for_receipt(receipt_id)
-                .await
-                .expect("store")
-                .filter(|o| o.wechat_status.as_deref() == Some("INVOICE_REIMBURSE_LOCK"))
+        card_order_where(&app, receipt_id, 10, |o| {
+            o.wechat_status.as_deref() == Some("INVOICE_REIMBURSE_LOCK")
         })
         .await;
     }
@@ -329,14 +324,7 @@ both_modes!(a_lock_taken_through_wechat_is_kept_here, |mode: Mode| async move {
     let wechat_status_is = |status: &'static str| {
         let app = &app;
         async move {
-            eventually(10, || async {
-                app.store
-                    .card_order_for_receipt(receipt_id)
-                    .await
-                    .expect("store")
-                    .filter(|o| o.wechat_status.as_deref() == Some(status))
-            })
-            .await;
+            card_order_where(app, receipt_id, 10, |o| o.wechat_status.as_deref() == Some(status)).await;
         }
     };
     let holding = || async {
@@ -372,12 +360,8 @@ both_modes!(a_lock_taken_through_wechat_is_kept_here, |mode: Mode| async move {
         (sim.card(&card.card_id, &card.code)?.status == CardStatus::Lock).then_some(())
     })
     .await;
-    eventually(10, || async {
-        app.store
-            .card_order_for_receipt(receipt_id)
-            .await
-            .expect("store")
-            .filter(|o| o.card_status.as_deref() == Some("INVOICE_REIMBURSE_LOCK"))
+    card_order_where(&app, receipt_id, 10, |o| {
+        o.card_status.as_deref() == Some("INVOICE_REIMBURSE_LOCK")
     })
     .await;
     report(W::Lock).await;
@@ -404,12 +388,8 @@ both_modes!(a_lock_taken_through_wechat_is_kept_here, |mode: Mode| async move {
 
     // The insurer lets go; then a reimburser locks it through WeChat: kept here.
     assert_eq!(call("unlock", "wx-2").await.status().as_u16(), 200);
-    eventually(15, || async {
-        app.store
-            .card_order_for_receipt(receipt_id)
-            .await
-            .expect("store")
-            .filter(|o| o.card_status.as_deref() == Some("INVOICE_REIMBURSE_INIT"))
+    card_order_where(&app, receipt_id, 15, |o| {
+        o.card_status.as_deref() == Some("INVOICE_REIMBURSE_INIT")
     })
     .await;
     report(W::Lock).await;
@@ -706,14 +686,7 @@ both_modes!(a_card_whose_insertion_answer_was_lost, |mode: Mode| async move {
     );
     // The retry hears 72024 (the order has its card): delivered, its code unknown,
     // and the operators are told its status cannot be mirrored.
-    let order = eventually(20, || async {
-        app.store
-            .card_order_for_receipt(receipt_id)
-            .await
-            .expect("store")
-            .filter(|o| o.inserted_at.is_some())
-    })
-    .await;
+    let order = card_order_where(&app, receipt_id, 20, |o| o.inserted_at.is_some()).await;
     assert_eq!(order.code, None);
     let key = format!("card:{}", order.order_id);
     eventually(10, || async {
@@ -752,14 +725,7 @@ both_modes!(a_card_whose_insertion_answer_was_lost, |mode: Mode| async move {
     // code: learned, the alert resolved, the missed reversal mirrored (CANCEL),
     // and the lock refused here as on any reversed receipt.
     report_card_status(&sim, &payer, &card, piaojia_wechat::client::ReimburseStatus::Lock).await;
-    let learned = eventually(10, || async {
-        app.store
-            .card_order_for_receipt(receipt_id)
-            .await
-            .expect("store")
-            .filter(|o| o.code.is_some())
-    })
-    .await;
+    let learned = card_order_where(&app, receipt_id, 10, |o| o.code.is_some()).await;
     assert_eq!(learned.code.as_deref(), Some(card.code.as_str()));
     eventually(10, || async {
         app.store
