@@ -320,13 +320,42 @@ fn classify_existing(existing: StoredReceipt, new: &NewReceiptRecord) -> InsertO
     }
 }
 
-/// A pushed receipt as its INSERT returns it, with whether another agency holds
+/// A pushed receipt's INSERT answer: its id, and whether another agency holds
 /// the same code and number (the subquery sees only committed rows of others).
+/// The rest of the row is what was pushed: it is not read back.
 #[derive(sqlx::FromRow)]
 struct InsertedRow {
-    #[sqlx(flatten)]
-    receipt: ReceiptRow,
+    id: Uuid,
     identity_clash: bool,
+}
+
+/// A just-inserted receipt as stored, from what was written.
+fn created_receipt(r: &NewReceiptRecord, deliveries: Vec<DeliveryRow>) -> Result<StoredReceipt> {
+    Ok(StoredReceipt {
+        id: r.id,
+        agency_id: r.agency_id,
+        issuer_app_id: r.issuer_app_id.clone(),
+        bill_batch_code: r.bill_batch_code.clone(),
+        bill_no: r.bill_no.clone(),
+        random: r.random.clone(),
+        bus_no: r.bus_no.clone(),
+        bus_type: r.bus_type.clone(),
+        payer_type: r.payer_type,
+        issued_at: r.issued_at,
+        total_fen: r.total_fen,
+        content_hash: r.content_hash.clone(),
+        payer_sealed: r.payer_sealed.clone(),
+        payer_id_index: r.payer_id_index.clone(),
+        payer_phone_index: r.payer_phone_index.clone(),
+        payer_name_index: r.payer_name_index.clone(),
+        open_id: r.open_id.clone(),
+        details: r.details.clone(),
+        file: r.file.clone(),
+        received_at: r.received_at,
+        reimbursement_state: ReimbursementState::Init,
+        reversal: None,
+        deliveries: queue::deliveries(deliveries)?,
+    })
 }
 
 /// The answer to a reversal request that the stored receipt refuses, or `None`
@@ -344,109 +373,201 @@ fn refuse_reversal(stored: StoredReceipt, request: &Reversal) -> Option<Reversal
     }
 }
 
-const INSERT_RECEIPT: &str = "INSERT INTO receipts (id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, \
-     bus_no, bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, payer_id_index, \
-     payer_phone_index, payer_name_index, open_id, details, file, received_at, reimbursement_state, updated_at, \
-     search_text, wechat_order_no) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-     $18, $19, $20, 'INIT', $21, $22, $23";
+const RECEIPT_INSERT_COLUMNS: &str = "id, agency_id, issuer_app_id, bill_batch_code, bill_no, random, bus_no, \
+     bus_type, payer_type, issued_at, total_fen, content_hash, payer_sealed, payer_id_index, payer_phone_index, \
+     payer_name_index, open_id, details, file, received_at, search_text, wechat_order_no";
 const ON_IDENTITY_TAKEN: &str = " ON CONFLICT (agency_id, bill_batch_code, bill_no) DO NOTHING RETURNING ";
 const RETURNING_CLASH: &str = ", EXISTS (SELECT 1 FROM receipts other WHERE other.bill_batch_code = receipts.bill_batch_code \
      AND other.bill_no = receipts.bill_no AND other.agency_id <> receipts.agency_id) AS identity_clash";
 
-/// Writes a pushed receipt in the caller's intake transaction.
-async fn insert_in<D: Dialect>(
-    conn: &mut D::Conn,
-    r: &NewReceiptRecord,
-    deliveries: Vec<NewDelivery>,
-) -> Result<InsertOutcome> {
-    let now = Timestamp::now();
-    let lock_keys = wallets::receipt_lock_keys(r);
-    let insert = match D::BACKEND {
+/// Inserts the receipts of a batch of pushes in one statement: the rows it
+/// inserted (a receipt whose identity is taken, by a committed push or an earlier
+/// one of this batch, is left out).
+async fn insert_receipts<D: Dialect>(conn: &mut D::Conn, jobs: &[PushJob], now: Timestamp) -> Result<Vec<InsertedRow>> {
+    let rs = || jobs.iter().map(|(r, _)| r);
+    let texts = |f: &dyn Fn(&NewReceiptRecord) -> Option<String>| rs().map(f).collect::<Vec<_>>();
+    let sql = match D::BACKEND {
         // A concurrent insert of the same identity makes this wait for the other
-        // transaction; once it commits we get no row and read its receipt below.
-        // The statement also takes the payer's identity locks (saving a round
-        // trip): a registration holding them has committed by the time they are
-        // ours, and the matching below is a later statement, so it sees that payer.
-        Backend::Postgres => Sql::new(concatcp!(
-            INSERT_RECEIPT,
-            " FROM (SELECT count(pg_advisory_xact_lock(k)) FROM unnest($24::bigint[]) AS k) AS locked",
-            ON_IDENTITY_TAKEN,
-            RECEIPT_COLUMNS,
-            RETURNING_CLASH
-        )),
-        // Writers are serialised, so a taken identity is simply a committed row.
-        // (`WHERE true`: SQLite's upsert after a SELECT needs a WHERE to parse.)
-        Backend::Sqlite => Sql::new(concatcp!(
-            INSERT_RECEIPT,
-            " WHERE true",
-            ON_IDENTITY_TAKEN,
-            RECEIPT_COLUMNS,
-            RETURNING_CLASH
-        )),
+        // transaction; once it commits we get no row and read its receipt later.
+        // The statement also takes the payers' identity locks (saving a round
+        // trip), all of the batch's in one order: a registration holding them has
+        // committed by the time they are ours, and the matching is a later
+        // statement, so it sees that payer. Arrays keep it prepared whatever the count.
+        Backend::Postgres => {
+            let mut keys: Vec<i64> = rs().flat_map(wallets::receipt_lock_keys).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            Sql::new(concatcp!(
+                "INSERT INTO receipts (",
+                RECEIPT_INSERT_COLUMNS,
+                ", reimbursement_state, updated_at) SELECT u.id, u.agency_id, u.issuer_app_id, u.bill_batch_code, \
+                 u.bill_no, u.random, u.bus_no, u.bus_type, u.payer_type, u.issued_at, u.total_fen, u.content_hash, \
+                 u.payer_sealed, u.payer_id_index, u.payer_phone_index, u.payer_name_index, u.open_id, u.details::jsonb, \
+                 u.file::jsonb, u.received_at, u.search_text, u.wechat_order_no, 'INIT', $23 \
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                 $8::text[], $9::text[], $10::timestamptz[], $11::bigint[], $12::text[], $13::text[], $14::text[], \
+                 $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::timestamptz[], $21::text[], \
+                 $22::text[]) AS u (",
+                RECEIPT_INSERT_COLUMNS,
+                ") CROSS JOIN (SELECT count(pg_advisory_xact_lock(k)) FROM unnest($24::bigint[]) AS k) AS locked",
+                ON_IDENTITY_TAKEN,
+                "id",
+                RETURNING_CLASH
+            ))
+            .bind(rs().map(|r| r.id).collect::<Vec<_>>())
+            .bind(rs().map(|r| r.agency_id).collect::<Vec<_>>())
+            .bind(texts(&|r| Some(r.issuer_app_id.clone())))
+            .bind(texts(&|r| Some(r.bill_batch_code.clone())))
+            .bind(texts(&|r| Some(r.bill_no.clone())))
+            .bind(texts(&|r| Some(r.random.clone())))
+            .bind(texts(&|r| Some(r.bus_no.clone())))
+            .bind(texts(&|r| Some(r.bus_type.clone())))
+            .bind(texts(&|r| Some(r.payer_type.as_code().to_owned())))
+            .bind(rs().map(|r| Some(r.issued_at)).collect::<Vec<_>>())
+            .bind(rs().map(|r| Some(r.total_fen)).collect::<Vec<_>>())
+            .bind(texts(&|r| Some(r.content_hash.clone())))
+            .bind(texts(&|r| Some(r.payer_sealed.clone())))
+            .bind(texts(&|r| r.payer_id_index.clone()))
+            .bind(texts(&|r| r.payer_phone_index.clone()))
+            .bind(texts(&|r| r.payer_name_index.clone()))
+            .bind(texts(&|r| r.open_id.clone()))
+            .bind(texts(&|r| Some(r.details.to_string())))
+            .bind(texts(&|r| r.file.as_ref().and_then(|f| serde_json::to_string(f).ok())))
+            .bind(rs().map(|r| Some(r.received_at)).collect::<Vec<_>>())
+            .bind(texts(&|r| Some(r.search_text.clone())))
+            .bind(texts(&|r| r.wechat_order_no.clone()))
+            .bind(now)
+            .bind(keys.into_iter().map(Some).collect::<Vec<_>>())
+        }
+        // Writers are serialised, so a taken identity is simply a committed row
+        // or one of this batch.
+        Backend::Sqlite => {
+            let mut sql = Sql::new(concatcp!(
+                "INSERT INTO receipts (",
+                RECEIPT_INSERT_COLUMNS,
+                ", reimbursement_state, updated_at) VALUES "
+            ));
+            for (i, r) in rs().enumerate() {
+                sql.push(if i == 0 { "(" } else { ", (" });
+                sql.push_bind(r.id).push(", ").push_bind(r.agency_id).push(", ");
+                sql.push_bind(&r.issuer_app_id)
+                    .push(", ")
+                    .push_bind(&r.bill_batch_code)
+                    .push(", ");
+                sql.push_bind(&r.bill_no).push(", ").push_bind(&r.random).push(", ");
+                sql.push_bind(&r.bus_no).push(", ").push_bind(&r.bus_type).push(", ");
+                sql.push_bind(r.payer_type.as_code())
+                    .push(", ")
+                    .push_bind(r.issued_at)
+                    .push(", ");
+                sql.push_bind(r.total_fen)
+                    .push(", ")
+                    .push_bind(&r.content_hash)
+                    .push(", ");
+                sql.push_bind(&r.payer_sealed)
+                    .push(", ")
+                    .push_bind(&r.payer_id_index)
+                    .push(", ");
+                sql.push_bind(&r.payer_phone_index)
+                    .push(", ")
+                    .push_bind(&r.payer_name_index)
+                    .push(", ");
+                sql.push_bind(&r.open_id)
+                    .push(", ")
+                    .push_bind(Json(&r.details))
+                    .push(", ");
+                sql.push_bind(r.file.as_ref().map(Json))
+                    .push(", ")
+                    .push_bind(r.received_at)
+                    .push(", ");
+                sql.push_bind(&r.search_text)
+                    .push(", ")
+                    .push_bind(&r.wechat_order_no)
+                    .push(", 'INIT', ");
+                sql.push_bind(now).push(")");
+            }
+            sql.push(ON_IDENTITY_TAKEN).push("id").push(RETURNING_CLASH);
+            sql
+        }
     };
-    let mut insert = insert
-        .bind(r.id)
+    sql.fetch_all(&mut *conn)
+        .await
+        .map_err(|e| write_error(e, "receipt_id"))
+}
+
+/// Writes a batch of pushes in the caller's intake transaction, in a handful of
+/// statements whatever the batch's size (a statement is a round trip, and on
+/// SQLite two thread hand-offs): the receipts, the payers they match, the wallets
+/// of their openids, their deliveries. A push whose identity is taken then reads
+/// what holds it.
+async fn insert_all<D: Dialect>(conn: &mut D::Conn, jobs: &[PushJob]) -> Result<Vec<InsertOutcome>> {
+    use std::collections::HashMap;
+    let now = Timestamp::now();
+    let mut inserted: HashMap<Uuid, bool> = insert_receipts::<D>(&mut *conn, jobs, now)
+        .await?
+        .into_iter()
+        .map(|row| (row.id, row.identity_clash))
+        .collect();
+    let created: Vec<&PushJob> = jobs.iter().filter(|(r, _)| inserted.contains_key(&r.id)).collect();
+    let receipts: Vec<&NewReceiptRecord> = created.iter().map(|(r, _)| r).collect();
+    let matched = wallets::verified_payers_of::<D>(&mut *conn, &receipts).await?;
+    let mut planned: Vec<Vec<NewDelivery>> = Vec::with_capacity(created.len());
+    for (r, deliveries) in &created {
+        let mut mine = deliveries.clone();
+        if let Some(payers) = matched.get(&r.id) {
+            let owed = wallets::collect_for_payers::<D>(&mut *conn, r, payers, &mine, now).await?;
+            mine.extend(owed);
+        }
+        planned.push(mine);
+    }
+    let openids: Vec<(&str, &str, Uuid)> = receipts
+        .iter()
+        .filter_map(|r| match (&r.openid_wallet, &r.open_id) {
+            (Some(app), Some(openid)) => Some((app.as_str(), openid.as_str(), r.id)),
+            _ => None,
+        })
+        .collect();
+    crate::pages::collect_all_under_openid::<D>(&mut *conn, &openids, now).await?;
+    let batch: Vec<(Uuid, Uuid, &[NewDelivery])> = receipts
+        .iter()
+        .zip(&planned)
+        .map(|(r, p)| (r.id, r.agency_id, p.as_slice()))
+        .collect();
+    let mut stored: HashMap<Uuid, Vec<DeliveryRow>> = HashMap::new();
+    for row in queue::insert_deliveries_of::<D>(&mut *conn, &batch, now).await? {
+        stored.entry(row.receipt_id()).or_default().push(row);
+    }
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for (i, (r, _)) in jobs.iter().enumerate() {
+        if let Some(identity_clash) = inserted.remove(&r.id) {
+            // The statement's own rows are not in its snapshot: a clash with an
+            // earlier push of this batch is found here.
+            let clash_in_batch = jobs[..i].iter().any(|(other, _)| {
+                other.bill_batch_code == r.bill_batch_code
+                    && other.bill_no == r.bill_no
+                    && other.agency_id != r.agency_id
+            });
+            outcomes.push(InsertOutcome::Created {
+                receipt: created_receipt(r, stored.remove(&r.id).unwrap_or_default())?,
+                identity_clash: identity_clash || clash_in_batch,
+            });
+            continue;
+        }
+        // PostgreSQL at READ COMMITTED: this statement sees the row that won the conflict.
+        let row: Option<ReceiptRow> = Sql::new(concatcp!(
+            "SELECT ",
+            RECEIPT_COLUMNS,
+            " FROM receipts WHERE agency_id = $1 AND bill_batch_code = $2 AND bill_no = $3"
+        ))
         .bind(r.agency_id)
-        .bind(&r.issuer_app_id)
         .bind(&r.bill_batch_code)
         .bind(&r.bill_no)
-        .bind(&r.random)
-        .bind(&r.bus_no)
-        .bind(&r.bus_type)
-        .bind(r.payer_type.as_code())
-        .bind(r.issued_at)
-        .bind(r.total_fen)
-        .bind(&r.content_hash)
-        .bind(&r.payer_sealed)
-        .bind(&r.payer_id_index)
-        .bind(&r.payer_phone_index)
-        .bind(&r.payer_name_index)
-        .bind(&r.open_id)
-        .bind(Json(&r.details))
-        .bind(r.file.as_ref().map(Json))
-        .bind(r.received_at)
-        .bind(now)
-        .bind(&r.search_text)
-        .bind(&r.wechat_order_no);
-    if D::BACKEND == Backend::Postgres {
-        insert = insert.bind(lock_keys.iter().map(|k| Some(*k)).collect::<Vec<_>>());
-    }
-    let inserted: Option<InsertedRow> = insert
         .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| write_error(e, "receipt_id"))?;
-    if let Some(InsertedRow {
-        receipt: row,
-        identity_clash,
-    }) = inserted
-    {
-        // The rows come back from the writes themselves: no reading back.
-        let mut planned = deliveries;
-        let owed =
-            wallets::collect_new_receipt::<D>(&mut *conn, r, &planned, now, D::BACKEND == Backend::Postgres).await?;
-        planned.extend(owed);
-        if let (Some(app), Some(openid)) = (&r.openid_wallet, &r.open_id) {
-            crate::pages::collect_under_openid::<D>(&mut *conn, app, openid, row.id, now).await?;
-        }
-        let stored = queue::insert_deliveries::<D>(&mut *conn, row.id, r.agency_id, &planned, now).await?;
-        return Ok(InsertOutcome::Created {
-            receipt: row.into_receipt(stored)?,
-            identity_clash,
-        });
+        .await?;
+        let existing = written(with_deliveries(&mut *conn, row).await?, "conflicting receipt")?;
+        outcomes.push(classify_existing(existing, r));
     }
-    // PostgreSQL at READ COMMITTED: this statement sees the row that won the conflict.
-    let row: Option<ReceiptRow> = Sql::new(concatcp!(
-        "SELECT ",
-        RECEIPT_COLUMNS,
-        " FROM receipts WHERE agency_id = $1 AND bill_batch_code = $2 AND bill_no = $3"
-    ))
-    .bind(r.agency_id)
-    .bind(&r.bill_batch_code)
-    .bind(&r.bill_no)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let existing = written(with_deliveries(conn, row).await?, "conflicting receipt")?;
-    Ok(classify_existing(existing, r))
+    Ok(outcomes)
 }
 
 /// One push: the receipt and the deliveries its issue calls for.
@@ -478,10 +599,7 @@ async fn commit_pushes<D: Dialect>(d: Arc<D>, jobs: Vec<PushJob>) -> Result<Vec<
 
 async fn insert_batch<D: Dialect>(d: &D, jobs: &[PushJob]) -> Result<Vec<InsertOutcome>> {
     let mut tx = d.intake().await?;
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for (receipt, deliveries) in jobs {
-        outcomes.push(insert_in::<D>(tx.conn(), receipt, deliveries.clone()).await?);
-    }
+    let outcomes = insert_all::<D>(tx.conn(), jobs).await?;
     tx.commit().await?;
     Ok(outcomes)
 }

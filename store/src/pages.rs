@@ -240,6 +240,140 @@ pub(crate) async fn collect_under_openid<D: Dialect>(
     Ok((payer, collect_into(&mut *conn, payer, receipt_id, now).await?))
 }
 
+/// A push's (appid, openid, receipt) for [`collect_all_under_openid`].
+pub(crate) type OpenidPush<'a> = (&'a str, &'a str, Uuid);
+
+/// [`collect_under_openid`] for a batch of pushes, in one statement on
+/// PostgreSQL and three on SQLite whatever their number: each receipt collected
+/// into the wallet of the payer its (appid, openid) names, created when new.
+/// An (appid, openid) that comes twice is collected the second time on its own,
+/// once the first has made its payer.
+pub(crate) async fn collect_all_under_openid<'a, D: Dialect>(
+    conn: &mut D::Conn,
+    pushes: &[OpenidPush<'a>],
+    now: Timestamp,
+) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    let (first, again): (Vec<OpenidPush<'a>>, Vec<OpenidPush<'a>>) = pushes
+        .iter()
+        .copied()
+        .partition(|&(app, openid, _)| seen.insert((app, openid)));
+    let first: Vec<(&'a str, &'a str, Uuid, Uuid)> = first
+        .into_iter()
+        .map(|(app, openid, receipt)| (app, openid, receipt, Uuid::now_v7()))
+        .collect();
+    match (first.len(), D::BACKEND) {
+        (0, _) => {}
+        (1, _) => {
+            let (app, openid, receipt, _) = first[0];
+            collect_under_openid::<D>(&mut *conn, app, openid, receipt, now).await?;
+        }
+        (_, crate::Backend::Postgres) => {
+            // As in `collect_under_openid`, a NULL payer is an openid whose first
+            // sight a concurrent transaction won: that one goes statement by statement.
+            let rows: Vec<(Uuid, Uuid, Option<Uuid>)> = Sql::new(
+                "WITH u AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::uuid[]) \
+                            AS u (app_id, openid, receipt_id, fresh)), \
+                 found AS (SELECT u.receipt_id, i.payer_id FROM u JOIN payer_identities i \
+                           ON i.app_id = u.app_id AND i.openid = u.openid), \
+                 fresh AS (INSERT INTO payers (id, created_at, updated_at) SELECT u.fresh, $5, $5 FROM u \
+                           WHERE NOT EXISTS (SELECT 1 FROM found f WHERE f.receipt_id = u.receipt_id) RETURNING id), \
+                 identity AS (INSERT INTO payer_identities (app_id, openid, payer_id, created_at, last_login_at) \
+                              SELECT u.app_id, u.openid, u.fresh, $5, $5 FROM u JOIN fresh ON fresh.id = u.fresh \
+                              ON CONFLICT (app_id, openid) DO NOTHING RETURNING payer_id), \
+                 payer AS (SELECT receipt_id, payer_id FROM found \
+                           UNION ALL SELECT u.receipt_id, i.payer_id FROM identity i JOIN u ON u.fresh = i.payer_id), \
+                 entry AS (INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
+                           SELECT p.payer_id, r.id, r.agency_id, r.issued_at, 'collected', '[]', $5 \
+                           FROM payer p JOIN receipts r ON r.id = p.receipt_id \
+                           ON CONFLICT (payer_id, receipt_id) DO NOTHING) \
+                 SELECT u.receipt_id, u.fresh, p.payer_id FROM u LEFT JOIN payer p ON p.receipt_id = u.receipt_id",
+            )
+            .bind(first.iter().map(|(app, ..)| Some((*app).to_owned())).collect::<Vec<_>>())
+            .bind(first.iter().map(|(_, openid, ..)| Some((*openid).to_owned())).collect::<Vec<_>>())
+            .bind(first.iter().map(|(_, _, receipt, _)| *receipt).collect::<Vec<_>>())
+            .bind(first.iter().map(|(.., fresh)| *fresh).collect::<Vec<_>>())
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| write_error(e, "wallet_entry"))?;
+            for (receipt, fresh, payer) in rows {
+                if payer.is_some() {
+                    continue;
+                }
+                let Some((app, openid, ..)) = first.iter().find(|(.., r, _)| *r == receipt) else {
+                    continue;
+                };
+                Sql::new("DELETE FROM payers WHERE id = $1")
+                    .bind(fresh)
+                    .execute(&mut *conn)
+                    .await?;
+                let payer = payer_for_openid(&mut *conn, app, openid, now).await?;
+                collect_into(&mut *conn, payer, receipt, now).await?;
+            }
+        }
+        (_, crate::Backend::Sqlite) => {
+            // This transaction is the only writer: nothing comes between the statements.
+            let list = |sql: &mut Sql<'a>| {
+                sql.push("WITH u (app_id, openid, receipt_id, fresh) AS (VALUES ");
+                for (i, &(app, openid, receipt, fresh)) in first.iter().enumerate() {
+                    sql.push(if i == 0 { "(" } else { ", (" });
+                    sql.push_bind(app).push(", ").push_bind(openid).push(", ");
+                    sql.push_bind(receipt).push(", ").push_bind(fresh).push(")");
+                }
+                sql.push(") ");
+            };
+            let mut payers = Sql::new("");
+            list(&mut payers);
+            payers
+                .push("INSERT INTO payers (id, created_at, updated_at) SELECT u.fresh, ")
+                .push_bind(now)
+                .push(", ")
+                .push_bind(now)
+                .push(
+                    " FROM u WHERE NOT EXISTS (SELECT 1 FROM payer_identities i \
+                     WHERE i.app_id = u.app_id AND i.openid = u.openid)",
+                );
+            payers.execute(&mut *conn).await?;
+            let mut identities = Sql::new("");
+            list(&mut identities);
+            identities
+                .push(
+                    "INSERT INTO payer_identities (app_id, openid, payer_id, created_at, last_login_at) \
+                     SELECT u.app_id, u.openid, u.fresh, ",
+                )
+                .push_bind(now)
+                .push(", ")
+                .push_bind(now)
+                .push(" FROM u WHERE EXISTS (SELECT 1 FROM payers p WHERE p.id = u.fresh)");
+            identities
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| write_error(e, "payer_identity"))?;
+            let mut entries = Sql::new("");
+            list(&mut entries);
+            entries
+                .push(
+                    "INSERT INTO wallet_entries (payer_id, receipt_id, agency_id, issued_at, source, tags, added_at) \
+                     SELECT i.payer_id, r.id, r.agency_id, r.issued_at, 'collected', '[]', ",
+                )
+                .push_bind(now)
+                .push(
+                    " FROM u JOIN payer_identities i ON i.app_id = u.app_id AND i.openid = u.openid \
+                     JOIN receipts r ON r.id = u.receipt_id WHERE true ON CONFLICT (payer_id, receipt_id) DO NOTHING",
+                );
+            entries
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| write_error(e, "wallet_entry"))?;
+        }
+    }
+    for (app, openid, receipt) in again {
+        collect_under_openid::<D>(&mut *conn, app, openid, receipt, now).await?;
+    }
+    Ok(())
+}
+
 /// Collects a receipt into a payer's wallet (restoring nothing the payer removed).
 pub(crate) async fn collect_into<C: Conn + ?Sized>(
     conn: &mut C,

@@ -354,12 +354,26 @@ pub(crate) async fn insert_deliveries<D: Dialect>(
     new: &[NewDelivery],
     now: Timestamp,
 ) -> Result<Vec<DeliveryRow>> {
+    insert_deliveries_of::<D>(conn, &[(receipt_id, agency_id, new)], now).await
+}
+
+/// [`insert_deliveries`] for several receipts (receipt, its agency, its
+/// deliveries) in one statement, as for a batch of pushes; in id order.
+pub(crate) async fn insert_deliveries_of<D: Dialect>(
+    conn: &mut D::Conn,
+    receipts: &[(Uuid, Uuid, &[NewDelivery])],
+    now: Timestamp,
+) -> Result<Vec<DeliveryRow>> {
     const INSERT: &str = "INSERT INTO deliveries (id, receipt_id, agency_id, event, channel, target, interface, \
          payload, status, attempts, next_attempt_at, created_at, updated_at) ";
-    let mut rows: Vec<DeliveryRow> = match (new.len(), D::BACKEND) {
+    let all: Vec<(Uuid, Uuid, &NewDelivery)> = receipts
+        .iter()
+        .flat_map(|(receipt, agency, new)| new.iter().map(move |d| (*receipt, *agency, d)))
+        .collect();
+    let mut rows: Vec<DeliveryRow> = match (all.len(), D::BACKEND) {
         (0, _) => return Ok(Vec::new()),
         (1, _) => {
-            let d = &new[0];
+            let (receipt_id, agency_id, d) = all[0];
             Sql::new(concatcp!(
                 INSERT,
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $9) RETURNING ",
@@ -381,21 +395,22 @@ pub(crate) async fn insert_deliveries<D: Dialect>(
         (_, Backend::Postgres) => {
             Sql::new(concatcp!(
                 INSERT,
-                "SELECT u.id, $2, $3, u.event, u.channel, u.target, u.interface, u.payload::jsonb, 'pending', 0, \
-                 $9, $9, $9 FROM UNNEST($1::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
-                 AS u (id, event, channel, target, interface, payload) RETURNING ",
+                "SELECT u.id, u.receipt_id, u.agency_id, u.event, u.channel, u.target, u.interface, u.payload::jsonb, \
+                 'pending', 0, $9, $9, $9 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], \
+                 $6::text[], $7::text[], $8::text[]) AS u (id, receipt_id, agency_id, event, channel, target, interface, \
+                 payload) RETURNING ",
                 DELIVERY_COLUMNS
             ))
-            .bind(new.iter().map(|d| d.id).collect::<Vec<_>>())
-            .bind(receipt_id)
-            .bind(agency_id)
-            .bind(texts(new, |d| d.event.as_str().to_owned()))
-            .bind(texts(new, |d| d.channel.as_str().to_owned()))
-            .bind(texts(new, |d| d.target.clone()))
-            .bind(texts(new, |d| d.interface.clone()))
+            .bind(all.iter().map(|(_, _, d)| d.id).collect::<Vec<_>>())
+            .bind(all.iter().map(|(r, _, _)| *r).collect::<Vec<_>>())
+            .bind(all.iter().map(|(_, a, _)| *a).collect::<Vec<_>>())
+            .bind(texts(&all, |d| d.event.as_str().to_owned()))
+            .bind(texts(&all, |d| d.channel.as_str().to_owned()))
+            .bind(texts(&all, |d| d.target.clone()))
+            .bind(texts(&all, |d| d.interface.clone()))
             .bind(
-                new.iter()
-                    .map(|d| d.payload.as_ref().map(ToString::to_string))
+                all.iter()
+                    .map(|(_, _, d)| d.payload.as_ref().map(ToString::to_string))
                     .collect::<Vec<_>>(),
             )
             .bind(now)
@@ -405,13 +420,13 @@ pub(crate) async fn insert_deliveries<D: Dialect>(
         (_, Backend::Sqlite) => {
             let mut sql = Sql::new(INSERT);
             sql.push("VALUES ");
-            for (i, d) in new.iter().enumerate() {
+            for (i, (receipt_id, agency_id, d)) in all.iter().enumerate() {
                 sql.push(if i == 0 { "(" } else { ", (" });
                 sql.push_bind(d.id)
                     .push(", ")
-                    .push_bind(receipt_id)
+                    .push_bind(*receipt_id)
                     .push(", ")
-                    .push_bind(agency_id);
+                    .push_bind(*agency_id);
                 sql.push(", ")
                     .push_bind(d.event.as_str())
                     .push(", ")
@@ -436,8 +451,8 @@ pub(crate) async fn insert_deliveries<D: Dialect>(
     Ok(rows)
 }
 
-fn texts(new: &[NewDelivery], f: impl Fn(&NewDelivery) -> String) -> Vec<Option<String>> {
-    new.iter().map(|d| Some(f(d))).collect()
+fn texts(all: &[(Uuid, Uuid, &NewDelivery)], f: impl Fn(&NewDelivery) -> String) -> Vec<Option<String>> {
+    all.iter().map(|(_, _, d)| Some(f(d))).collect()
 }
 
 /// (appid, openid) of the claimed template messages whose payer unfollowed: one

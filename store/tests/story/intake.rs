@@ -17,6 +17,7 @@ chapters!(
     create_duplicate_conflict,
     concurrent_identical_inserts,
     one_bad_push_fails_only_itself,
+    a_batch_collects_each_openid_once,
     lookup_is_scoped_by_agency,
     reversal_rules,
     deliveries_share_the_transaction,
@@ -219,6 +220,57 @@ async fn one_bad_push_fails_only_itself(fx: &Fixture) -> TestResult {
             .ok_or("an acknowledged push is missing")?;
         assert_eq!(r.deliveries.len(), 2);
     }
+    Ok(())
+}
+
+// Concurrent pushes with openids share statements (one for the wallets of a whole
+// batch): an openid pushed several times in one batch makes one payer whose
+// wallet holds each of its receipts; every other openid its own.
+async fn a_batch_collects_each_openid_once(fx: &Fixture) -> TestResult {
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let start = Arc::new(tokio::sync::Barrier::new(30));
+    let mut tasks = Vec::new();
+    for i in 0..30u32 {
+        let store = Arc::clone(&store);
+        let start = Arc::clone(&start);
+        let openid = if i < 10 {
+            "o-shared".to_owned()
+        } else {
+            format!("o-{i}")
+        };
+        let push = piaojia_store::NewReceiptRecord {
+            open_id: Some(openid.clone()),
+            openid_wallet: Some("wx-mp".to_owned()),
+            ..receipt(a, &format!("{:010}", 500 + i), &format!("h-{i}"))
+        };
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            (openid, store.insert_receipt(push, issued_deliveries()).await)
+        }));
+    }
+    let mut payers = std::collections::HashMap::new();
+    for task in tasks {
+        let (openid, outcome) = task.await?;
+        let r = created(outcome?)?;
+        assert_eq!(r.deliveries.len(), 2);
+        let (payer, added) = store.collect_for_openid("wx-mp", &openid, r.id).await?;
+        assert_eq!(
+            added,
+            piaojia_store::wallets::WalletAdd::AlreadyThere,
+            "collected with the push"
+        );
+        payers.entry(openid).or_insert_with(Vec::new).push(payer);
+    }
+    assert_eq!(payers.len(), 21);
+    let shared = &payers["o-shared"];
+    assert_eq!(shared.len(), 10);
+    assert!(
+        shared.iter().all(|p| *p == shared[0]),
+        "one payer per openid: {shared:?}"
+    );
+    let distinct: std::collections::HashSet<_> = payers.values().map(|p| p[0]).collect();
+    assert_eq!(distinct.len(), 21, "a payer of its own for every other openid");
     Ok(())
 }
 

@@ -518,14 +518,17 @@ both_modes!(failed_events_are_retried_then_reported, |mode: Mode| async move {
     .await;
     assert_eq!(failed.attempts, 4, "the first try and three retries");
     assert!(failed.last_error.as_deref().is_some_and(|e| !e.is_empty()));
-    let alerts: Value = app.ops("GET", "/v1/ops/alerts", None).await.json().await.expect("json");
-    let alert = alerts
-        .as_array()
-        .expect("alerts")
-        .iter()
-        .find(|a| a["rule"] == piaojia_gateway::inbox::EVENT_FAILED_RULE)
-        .cloned()
-        .expect("the failed event is reported");
+    // The alert is raised just after the event is marked failed.
+    let alert = eventually(5, || async {
+        let alerts: Value = app.ops("GET", "/v1/ops/alerts", None).await.json().await.expect("json");
+        alerts
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .find(|a| a["rule"] == piaojia_gateway::inbox::EVENT_FAILED_RULE)
+            .cloned()
+    })
+    .await;
     assert!(alert["key"].as_str().expect("key").contains(OA));
     assert!(sim.card_package(OA, &payer).is_empty());
 
