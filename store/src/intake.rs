@@ -520,10 +520,10 @@ async fn insert_all<D: Dialect>(conn: &mut D::Conn, jobs: &[PushJob]) -> Result<
         }
         planned.push(mine);
     }
-    let openids: Vec<(&str, &str, Uuid)> = receipts
+    let openids: Vec<crate::pages::OpenidPush> = receipts
         .iter()
         .filter_map(|r| match (&r.openid_wallet, &r.open_id) {
-            (Some(app), Some(openid)) => Some((app.as_str(), openid.as_str(), r.id)),
+            (Some(app), Some(openid)) => Some((app.as_str(), openid.as_str(), r.id, r.agency_id, r.issued_at)),
             _ => None,
         })
         .collect();
