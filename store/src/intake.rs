@@ -486,7 +486,7 @@ async fn insert_receipts<D: Dialect>(conn: &mut D::Conn, jobs: &[PushJob], now: 
                     .push(", 'INIT', ");
                 sql.push_bind(now).push(")");
             }
-            sql.push(ON_IDENTITY_TAKEN).push("id").push(RETURNING_CLASH);
+            sql.push(ON_IDENTITY_TAKEN).push("id").push(RETURNING_CLASH).prepared();
             sql
         }
     };

@@ -347,7 +347,7 @@ pub(crate) async fn collect_all_under_openid<'a, D: Dialect>(
                     sql.push_bind(app).push(", ").push_bind(openid).push(", ");
                     sql.push_bind(receipt).push(", ").push_bind(fresh).push(")");
                 }
-                sql.push(") ");
+                sql.push(") ").prepared();
             };
             let mut payers = Sql::new("");
             list(&mut payers);

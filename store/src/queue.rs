@@ -441,7 +441,7 @@ pub(crate) async fn insert_deliveries_of<D: Dialect>(
                     .push_bind(now);
                 sql.push(")");
             }
-            sql.push(" RETURNING ").push(DELIVERY_COLUMNS);
+            sql.push(" RETURNING ").push(DELIVERY_COLUMNS).prepared();
             sql.fetch_all(conn).await
         }
     }

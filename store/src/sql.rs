@@ -166,6 +166,8 @@ fn null_json() -> Box<RawValue> {
 pub(crate) struct Sql<'a> {
     text: Cow<'static, str>,
     pub(crate) args: Vec<Arg<'a>>,
+    /// Keep text built at run time prepared too (see [`Sql::prepared`]).
+    keep: bool,
 }
 
 impl<'a> Sql<'a> {
@@ -173,7 +175,17 @@ impl<'a> Sql<'a> {
         Self {
             text: Cow::Borrowed(text),
             args: Vec::new(),
+            keep: false,
         }
+    }
+
+    /// Keeps this statement prepared even though its text is built at run time:
+    /// for text that takes few shapes and runs all the time (a batch's multi-row
+    /// insert on SQLite, one shape per batch size), where parsing it anew each time
+    /// would cost the one writer more than running it.
+    pub(crate) fn prepared(&mut self) -> &mut Self {
+        self.keep = true;
+        self
     }
 
     /// Binds the next `$n`.
@@ -218,7 +230,7 @@ impl<'a> Sql<'a> {
     pub(crate) fn into_parts(self) -> (SqlStr, bool, Vec<Arg<'a>>) {
         match self.text {
             Cow::Borrowed(s) => (s.into_sql_str(), true, self.args),
-            Cow::Owned(s) => (AssertSqlSafe(s).into_sql_str(), false, self.args),
+            Cow::Owned(s) => (AssertSqlSafe(s).into_sql_str(), self.keep, self.args),
         }
     }
 

@@ -80,11 +80,13 @@ impl SqliteStore {
                 .await?;
             // Writing through one connection keeps its page cache warm: a
             // connection's cache is dropped whenever another one has written.
+            // Room for the batch statements kept prepared (`Sql::prepared`): a
+            // few for each batch size up to 64, beside every static statement.
             let writes = SqlitePoolOptions::new()
                 .max_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
-                .connect_with(options)
+                .connect_with(options.statement_cache_capacity(1024))
                 .await?;
             (pool, writes)
         };

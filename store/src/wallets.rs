@@ -839,7 +839,8 @@ fn push_sqlite_identities<'a>(
     }
     sql.push(") SELECT u.receipt_id, p.id FROM u JOIN payers p ON ")
         .push(payer_match(crate::Backend::Sqlite))
-        .push(" ORDER BY u.receipt_id, p.id");
+        .push(" ORDER BY u.receipt_id, p.id")
+        .prepared();
 }
 
 /// Appends `AND w.agency_id IN (…)` for an agency mini-program's scope.
