@@ -205,6 +205,9 @@ pub struct LogSettings {
 #[serde(deny_unknown_fields)]
 pub struct NotifierSettings {
     pub enabled: bool,
+    /// Pushes' deliveries go straight to this process's free workers, leased in
+    /// the intake's transaction, instead of waiting for a claim.
+    pub handoff: bool,
     pub concurrency: usize,
     pub batch_size: i64,
     #[serde(rename = "poll_interval_ms", deserialize_with = "millis")]

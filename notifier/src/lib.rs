@@ -20,15 +20,15 @@ pub mod wake;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
 use piaojia_core::pii::Keyring;
 use piaojia_core::settings::{AlertSettings, NotifierSettings};
-use piaojia_store::{ChannelKind, Store, Timestamp};
+use piaojia_store::{ChannelKind, ClaimedDelivery, Handoff, Reserved, Store, Timestamp};
 use piaojia_wechat::client::WechatClient;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -105,6 +105,42 @@ pub struct Notifier {
     inner: Arc<Inner>,
 }
 
+/// The notifier's free workers, as the intake sees them ([`Handoff`]).
+struct Workers {
+    /// Weak: the store holds this, and the notifier holds the store.
+    notifier: Weak<Inner>,
+    /// Where the notifier runs. An intake may commit on an HTTP worker's runtime,
+    /// which stops with the server: a send started there would die with it, and
+    /// so would the connections it left in the WeChat client's pool.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Handoff for Workers {
+    fn reserve(&self, wanted: usize) -> Option<Reserved> {
+        let inner = self.notifier.upgrade()?;
+        // Free workers only: a claim waiting for workers gets those that come free
+        // first (the semaphore serves waiters before `try_acquire`).
+        let free = inner.permits.available_permits().min(wanted);
+        if free == 0 {
+            return None;
+        }
+        let workers = inner
+            .permits
+            .clone()
+            .try_acquire_many_owned(u32::try_from(free).ok()?)
+            .ok()?;
+        let lease = TimeDelta::from_std(inner.config.notifier.lease).unwrap_or(TimeDelta::seconds(30));
+        let notifier = Notifier { inner };
+        let runtime = self.runtime.clone();
+        Some(Reserved::new(
+            notifier.inner.owner.clone(),
+            Timestamp::now() + lease,
+            free,
+            move |jobs| notifier.start_handed(jobs, workers, &runtime),
+        ))
+    }
+}
+
 impl Notifier {
     /// Needs a Tokio runtime: it starts the writer that records finished attempts.
     pub fn new(deps: NotifierDeps) -> anyhow::Result<Self> {
@@ -175,6 +211,12 @@ impl Notifier {
     /// finish (their leases would otherwise hand them to another worker later).
     pub async fn run(&self, shutdown: CancellationToken) {
         self.inner.wake.spawn_listener(shutdown.clone());
+        if self.inner.config.notifier.handoff {
+            self.inner.store.hand_off_to(Some(Arc::new(Workers {
+                notifier: Arc::downgrade(&self.inner),
+                runtime: tokio::runtime::Handle::current(),
+            })));
+        }
         let housekeeping = tokio::spawn(self.clone().housekeeping(shutdown.clone()));
         let poll = self.inner.config.notifier.poll_interval;
         let n = &self.inner.config.notifier;
@@ -212,7 +254,10 @@ impl Notifier {
                 () = tokio::time::sleep_until((last_claim + CLAIM_SPACING).into()) => {}
             }
         }
-        // Wait for in-flight sends.
+        // No more deliveries from the intake; then wait for in-flight sends.
+        if self.inner.config.notifier.handoff {
+            self.inner.store.hand_off_to(None);
+        }
         let total = self.inner.config.notifier.concurrency as u32;
         let _ = self.inner.permits.acquire_many(total).await;
         housekeeping.abort();
@@ -260,6 +305,24 @@ impl Notifier {
             });
         }
         Ok(Claimed { claimed, asked })
+    }
+
+    /// Starts the deliveries an intake leased to this notifier's reserved workers.
+    fn start_handed(
+        &self,
+        jobs: Vec<ClaimedDelivery>,
+        mut workers: OwnedSemaphorePermit,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        metrics::counter!("piaojia_delivery_handoffs_total").increment(jobs.len() as u64);
+        for job in jobs {
+            let Some(worker) = workers.split(1) else { break };
+            let this = self.clone();
+            runtime.spawn(async move {
+                this.process(job).await;
+                drop(worker);
+            });
+        }
     }
 
     /// Stats flushing, backlog gauges and alert evaluation.

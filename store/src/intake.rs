@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use uuid::Uuid;
 
-use crate::queue::{self, Delivery, DeliveryRow, NewDelivery};
+use crate::queue::{self, ClaimedDelivery, Delivery, DeliveryRow, Handoff, NewDelivery, Reserved};
 use crate::sql::{Conn, Dialect, Json, Sql, Tx, write_error, written};
 use crate::wallets::{self, WalletChannel};
 use crate::{Backend, Db, Result, StoreError, Timestamp};
@@ -128,6 +128,9 @@ pub enum InsertOutcome {
         /// issuer pushed what is not its own, or a real clash. Operators are told;
         /// neither receipt is blocked, and the issuer learns nothing.
         identity_clash: bool,
+        /// How many of its deliveries went straight to this process's notifier
+        /// workers ([`crate::queue::Handoff`]): only the others need a wake-up.
+        handed_off: usize,
     },
     /// The same receipt was pushed before by this agency: the first result.
     Duplicate(StoredReceipt),
@@ -157,6 +160,9 @@ pub trait Intake: Send + Sync {
     /// `Duplicate`, with other content `Conflict`; deliveries are only written for
     /// `Created`.
     async fn insert_receipt(&self, receipt: NewReceiptRecord, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome>;
+    /// Where pushes' deliveries go at once, leased in the intake's own transaction,
+    /// while that notifier has free workers (`None`: every delivery waits for a claim).
+    fn hand_off_to(&self, handoff: Option<Arc<dyn Handoff>>);
     /// A receipt of one agency by its identity, with its deliveries.
     async fn receipt(&self, agency_id: Uuid, bill_batch_code: &str, bill_no: &str) -> Result<Option<StoredReceipt>>;
     /// The receipts of every agency with this code and number (deliveries not
@@ -500,8 +506,12 @@ async fn insert_receipts<D: Dialect>(conn: &mut D::Conn, jobs: &[PushJob], now: 
 /// SQLite two thread hand-offs): the receipts, the payers they match, the wallets
 /// of their openids, their deliveries. A push whose identity is taken then reads
 /// what holds it.
-async fn insert_all<D: Dialect>(conn: &mut D::Conn, jobs: &[PushJob]) -> Result<Vec<InsertOutcome>> {
-    use std::collections::HashMap;
+async fn insert_all<D: Dialect>(
+    conn: &mut D::Conn,
+    jobs: &[PushJob],
+    handoff: Option<&dyn Handoff>,
+) -> Result<(Vec<InsertOutcome>, Option<Handed>)> {
+    use std::collections::{HashMap, HashSet};
     let now = Timestamp::now();
     let mut inserted: HashMap<Uuid, bool> = insert_receipts::<D>(&mut *conn, jobs, now)
         .await?
@@ -533,8 +543,23 @@ async fn insert_all<D: Dialect>(conn: &mut D::Conn, jobs: &[PushJob]) -> Result<
         .zip(&planned)
         .map(|(r, p)| (r.id, r.agency_id, p.as_slice()))
         .collect();
+    // Free workers of this process's notifier take the first deliveries as they are
+    // written; the rest wait for a claim.
+    let total: usize = planned.iter().map(Vec::len).sum();
+    let reserved = handoff.filter(|_| total > 0).and_then(|h| h.reserve(total));
+    let lease = reserved.as_ref().map(|r| queue::IntakeLease {
+        owner: &r.owner,
+        until: r.lease_until,
+        count: r.count.min(total),
+    });
+    let leased: HashSet<Uuid> = planned
+        .iter()
+        .flatten()
+        .take(lease.map_or(0, |l| l.count))
+        .map(|d| d.id)
+        .collect();
     let mut stored: HashMap<Uuid, Vec<DeliveryRow>> = HashMap::new();
-    for row in queue::insert_deliveries_of::<D>(&mut *conn, &batch, now).await? {
+    for row in queue::insert_deliveries_of::<D>(&mut *conn, &batch, now, lease).await? {
         stored.entry(row.receipt_id()).or_default().push(row);
     }
     let mut outcomes = Vec::with_capacity(jobs.len());
@@ -547,9 +572,12 @@ async fn insert_all<D: Dialect>(conn: &mut D::Conn, jobs: &[PushJob]) -> Result<
                     && other.bill_no == r.bill_no
                     && other.agency_id != r.agency_id
             });
+            let receipt = created_receipt(r, stored.remove(&r.id).unwrap_or_default())?;
+            let handed_off = receipt.deliveries.iter().filter(|d| leased.contains(&d.id)).count();
             outcomes.push(InsertOutcome::Created {
-                receipt: created_receipt(r, stored.remove(&r.id).unwrap_or_default())?,
+                receipt,
                 identity_clash: identity_clash || clash_in_batch,
+                handed_off,
             });
             continue;
         }
@@ -567,7 +595,32 @@ async fn insert_all<D: Dialect>(conn: &mut D::Conn, jobs: &[PushJob]) -> Result<
         let existing = written(with_deliveries(&mut *conn, row).await?, "conflicting receipt")?;
         outcomes.push(classify_existing(existing, r));
     }
-    Ok(outcomes)
+    let handed = match reserved {
+        Some(reserved) => {
+            let records: HashMap<Uuid, &NewReceiptRecord> = receipts.iter().map(|r| (r.id, *r)).collect();
+            let mine = outcomes
+                .iter()
+                .filter_map(|o| match o {
+                    InsertOutcome::Created { receipt, .. } => Some(receipt),
+                    _ => None,
+                })
+                .flat_map(|receipt| receipt.deliveries.iter())
+                .filter(|d| leased.contains(&d.id))
+                .filter_map(|d| records.get(&d.receipt_id).map(|r| (d.clone(), *r)))
+                .collect();
+            let jobs = queue::leased_jobs(&mut *conn, mine, reserved.lease_until).await?;
+            Some(Handed { reserved, jobs })
+        }
+        None => None,
+    };
+    Ok((outcomes, handed))
+}
+
+/// Deliveries leased in an intake transaction and the workers reserved for them:
+/// started once the transaction has committed.
+struct Handed {
+    reserved: Reserved,
+    jobs: Vec<ClaimedDelivery>,
 }
 
 /// One push: the receipt and the deliveries its issue calls for.
@@ -576,9 +629,14 @@ pub(crate) type PushJob = (NewReceiptRecord, Vec<NewDelivery>);
 /// Stores a batch of pushes in one transaction (see `group_commit.rs`); when that
 /// fails, each push again in a transaction of its own, so every push gets its own
 /// answer. A database that cannot be reached fails the whole batch at once.
-async fn commit_pushes<D: Dialect>(d: Arc<D>, jobs: Vec<PushJob>) -> Result<Vec<Result<InsertOutcome>>> {
+async fn commit_pushes<D: Dialect>(
+    d: Arc<D>,
+    jobs: Vec<PushJob>,
+    handoff: Option<Arc<dyn Handoff>>,
+) -> Result<Vec<Result<InsertOutcome>>> {
+    let handoff = handoff.as_deref();
     if jobs.len() > 1 {
-        match insert_batch(&*d, &jobs).await {
+        match insert_batch(&*d, &jobs, handoff).await {
             Ok(outcomes) => return Ok(outcomes.into_iter().map(Ok).collect()),
             Err(e) if e.is_unavailable() => return Err(e),
             Err(e) => {
@@ -589,7 +647,7 @@ async fn commit_pushes<D: Dialect>(d: Arc<D>, jobs: Vec<PushJob>) -> Result<Vec<
     let mut results = Vec::with_capacity(jobs.len());
     for job in &jobs {
         results.push(
-            insert_batch(&*d, std::slice::from_ref(job))
+            insert_batch(&*d, std::slice::from_ref(job), handoff)
                 .await
                 .map(|mut o| o.remove(0)),
         );
@@ -597,10 +655,18 @@ async fn commit_pushes<D: Dialect>(d: Arc<D>, jobs: Vec<PushJob>) -> Result<Vec<
     Ok(results)
 }
 
-async fn insert_batch<D: Dialect>(d: &D, jobs: &[PushJob]) -> Result<Vec<InsertOutcome>> {
+async fn insert_batch<D: Dialect>(
+    d: &D,
+    jobs: &[PushJob],
+    handoff: Option<&dyn Handoff>,
+) -> Result<Vec<InsertOutcome>> {
     let mut tx = d.intake().await?;
-    let outcomes = insert_all::<D>(tx.conn(), jobs).await?;
+    let (outcomes, handed) = insert_all::<D>(tx.conn(), jobs, handoff).await?;
     tx.commit().await?;
+    // Only now: a worker must never send what a rollback could still undo.
+    if let Some(Handed { reserved, jobs }) = handed {
+        reserved.start(jobs);
+    }
     Ok(outcomes)
 }
 
@@ -608,13 +674,16 @@ async fn insert_batch<D: Dialect>(d: &D, jobs: &[PushJob]) -> Result<Vec<InsertO
 impl<D: Dialect> Intake for Db<D> {
     async fn insert_receipt(&self, receipt: NewReceiptRecord, deliveries: Vec<NewDelivery>) -> Result<InsertOutcome> {
         let d = self.d.clone();
+        let handoff = self.handoff.clone();
         self.intake
             .submit((receipt, deliveries), move |jobs| {
                 let d = d.clone();
+                // Read per batch: the notifier may have stopped since the push came.
+                let handoff = handoff.read().unwrap_or_else(|p| p.into_inner()).clone();
                 async move {
                     let n = jobs.len();
                     let work = d.clone();
-                    match d.run_intake(Box::pin(commit_pushes::<D>(work, jobs))).await {
+                    match d.run_intake(Box::pin(commit_pushes::<D>(work, jobs, handoff))).await {
                         Ok(results) => results,
                         Err(e) => std::iter::once(Err(e))
                             .chain((1..n).map(|_| Err(StoreError::Database(sqlx::Error::PoolClosed))))
@@ -623,6 +692,10 @@ impl<D: Dialect> Intake for Db<D> {
                 }
             })
             .await
+    }
+
+    fn hand_off_to(&self, handoff: Option<Arc<dyn Handoff>>) {
+        *self.handoff.write().unwrap_or_else(|p| p.into_inner()) = handoff;
     }
 
     async fn receipt(&self, agency_id: Uuid, bill_batch_code: &str, bill_no: &str) -> Result<Option<StoredReceipt>> {

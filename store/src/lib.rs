@@ -59,7 +59,7 @@ pub use piaojia_core::parties::{ReimbursementAction, ReimbursementRefusal, Reimb
 pub use postgres::PgStore;
 pub use queue::{
     AttemptRecord, ClaimedDelivery, Completion, Delivery, DeliveryFilter, DeliveryQueue, DeliveryReceipt,
-    DeliveryUpdate, NewDelivery,
+    DeliveryUpdate, Handoff, NewDelivery, Reserved,
 };
 #[cfg(feature = "test-support")]
 pub use reimbursement::TestSupport;
@@ -183,6 +183,8 @@ pub(crate) struct Db<D> {
     pub(crate) d: Arc<D>,
     /// Pushes waiting to share a write transaction.
     pub(crate) intake: Arc<group_commit::GroupCommit<intake::PushJob, InsertOutcome>>,
+    /// This process's notifier, taking pushes' deliveries straight from their commit.
+    pub(crate) handoff: Arc<std::sync::RwLock<Option<Arc<dyn queue::Handoff>>>>,
 }
 
 impl<D: sql::Dialect> Db<D> {
@@ -191,6 +193,7 @@ impl<D: sql::Dialect> Db<D> {
         Self {
             d: Arc::new(d),
             intake: Arc::new(group_commit::GroupCommit::new(committers)),
+            handoff: Arc::default(),
         }
     }
 }

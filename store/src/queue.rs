@@ -85,6 +85,52 @@ pub struct ClaimedDelivery {
     pub unfollowed: bool,
 }
 
+/// Workers of a notifier in this process that take a push's deliveries straight
+/// from the intake's commit: leased to them in the insert, the deliveries skip the
+/// claim (a write transaction per batch, and the wait for its turn).
+pub trait Handoff: Send + Sync {
+    /// Holds up to `wanted` free workers; `None` when none is free.
+    fn reserve(&self, wanted: usize) -> Option<Reserved>;
+}
+
+/// Workers held for one intake transaction. Dropped unused (the transaction
+/// failed), they are free again.
+pub struct Reserved {
+    pub owner: String,
+    pub lease_until: Timestamp,
+    pub count: usize,
+    start: Box<dyn FnOnce(Vec<ClaimedDelivery>) + Send>,
+}
+
+impl Reserved {
+    pub fn new(
+        owner: String,
+        lease_until: Timestamp,
+        count: usize,
+        start: impl FnOnce(Vec<ClaimedDelivery>) + Send + 'static,
+    ) -> Self {
+        Self {
+            owner,
+            lease_until,
+            count,
+            start: Box::new(start),
+        }
+    }
+
+    /// Hands the committed deliveries leased to these workers over to them.
+    pub(crate) fn start(self, jobs: Vec<ClaimedDelivery>) {
+        (self.start)(jobs);
+    }
+}
+
+/// The lease an intake gives the first `count` of the deliveries it inserts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IntakeLease<'a> {
+    pub(crate) owner: &'a str,
+    pub(crate) until: Timestamp,
+    pub(crate) count: usize,
+}
+
 /// One try at a delivery, kept for audit and operators.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptRecord {
@@ -354,51 +400,59 @@ pub(crate) async fn insert_deliveries<D: Dialect>(
     new: &[NewDelivery],
     now: Timestamp,
 ) -> Result<Vec<DeliveryRow>> {
-    insert_deliveries_of::<D>(conn, &[(receipt_id, agency_id, new)], now).await
+    insert_deliveries_of::<D>(conn, &[(receipt_id, agency_id, new)], now, None).await
 }
 
 /// [`insert_deliveries`] for several receipts (receipt, its agency, its
-/// deliveries) in one statement, as for a batch of pushes; in id order.
+/// deliveries) in one statement, as for a batch of pushes; in id order. With a
+/// lease, the first `lease.count` of them (in the order given) are leased at once.
 pub(crate) async fn insert_deliveries_of<D: Dialect>(
     conn: &mut D::Conn,
     receipts: &[(Uuid, Uuid, &[NewDelivery])],
     now: Timestamp,
+    lease: Option<IntakeLease<'_>>,
 ) -> Result<Vec<DeliveryRow>> {
     const INSERT: &str = "INSERT INTO deliveries (id, receipt_id, agency_id, event, channel, target, interface, \
-         payload, status, attempts, next_attempt_at, created_at, updated_at) ";
+         payload, status, attempts, next_attempt_at, created_at, updated_at, lease_owner, lease_until) ";
     let all: Vec<(Uuid, Uuid, &NewDelivery)> = receipts
         .iter()
         .flat_map(|(receipt, agency, new)| new.iter().map(move |d| (*receipt, *agency, d)))
         .collect();
-    let mut rows: Vec<DeliveryRow> = match (all.len(), D::BACKEND) {
-        (0, _) => return Ok(Vec::new()),
-        (1, _) => {
-            let (receipt_id, agency_id, d) = all[0];
-            Sql::new(concatcp!(
-                INSERT,
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $9) RETURNING ",
-                DELIVERY_COLUMNS
-            ))
-            .bind(d.id)
-            .bind(receipt_id)
-            .bind(agency_id)
-            .bind(d.event.as_str())
-            .bind(d.channel.as_str())
-            .bind(&d.target)
-            .bind(&d.interface)
-            .bind(d.payload.as_ref().map(Json))
-            .bind(now)
-            .fetch_all(conn)
-            .await
-        }
-        // Arrays keep the statement prepared whatever the count.
-        (_, Backend::Postgres) => {
-            Sql::new(concatcp!(
+    let leased = lease.map_or(0, |l| l.count);
+    let owner = |i: usize| lease.filter(|_| i < leased).map(|l| l.owner);
+    let until = |i: usize| lease.filter(|_| i < leased).map(|l| l.until);
+    let mut rows: Vec<DeliveryRow> =
+        match (all.len(), D::BACKEND) {
+            (0, _) => return Ok(Vec::new()),
+            (1, _) => {
+                let (receipt_id, agency_id, d) = all[0];
+                Sql::new(concatcp!(
+                    INSERT,
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $9, $10, $11) RETURNING ",
+                    DELIVERY_COLUMNS
+                ))
+                .bind(d.id)
+                .bind(receipt_id)
+                .bind(agency_id)
+                .bind(d.event.as_str())
+                .bind(d.channel.as_str())
+                .bind(&d.target)
+                .bind(&d.interface)
+                .bind(d.payload.as_ref().map(Json))
+                .bind(now)
+                .bind(owner(0))
+                .bind(until(0))
+                .fetch_all(conn)
+                .await
+            }
+            // Arrays keep the statement prepared whatever the count.
+            (_, Backend::Postgres) => Sql::new(concatcp!(
                 INSERT,
                 "SELECT u.id, u.receipt_id, u.agency_id, u.event, u.channel, u.target, u.interface, u.payload::jsonb, \
-                 'pending', 0, $9, $9, $9 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], \
-                 $6::text[], $7::text[], $8::text[]) AS u (id, receipt_id, agency_id, event, channel, target, interface, \
-                 payload) RETURNING ",
+                 'pending', 0, $9, $9, $9, u.lease_owner, u.lease_until FROM UNNEST($1::uuid[], $2::uuid[], \
+                 $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $10::text[], \
+                 $11::timestamptz[]) AS u (id, receipt_id, agency_id, event, channel, target, interface, payload, \
+                 lease_owner, lease_until) RETURNING ",
                 DELIVERY_COLUMNS
             ))
             .bind(all.iter().map(|(_, _, d)| d.id).collect::<Vec<_>>())
@@ -414,38 +468,40 @@ pub(crate) async fn insert_deliveries_of<D: Dialect>(
                     .collect::<Vec<_>>(),
             )
             .bind(now)
+            .bind((0..all.len()).map(|i| owner(i).map(str::to_owned)).collect::<Vec<_>>())
+            .bind((0..all.len()).map(until).collect::<Vec<_>>())
             .fetch_all(conn)
-            .await
-        }
-        (_, Backend::Sqlite) => {
-            let mut sql = Sql::new(INSERT);
-            sql.push("VALUES ");
-            for (i, (receipt_id, agency_id, d)) in all.iter().enumerate() {
-                sql.push(if i == 0 { "(" } else { ", (" });
-                sql.push_bind(d.id)
-                    .push(", ")
-                    .push_bind(*receipt_id)
-                    .push(", ")
-                    .push_bind(*agency_id);
-                sql.push(", ")
-                    .push_bind(d.event.as_str())
-                    .push(", ")
-                    .push_bind(d.channel.as_str());
-                sql.push(", ").push_bind(&d.target).push(", ").push_bind(&d.interface);
-                sql.push(", ").push_bind(d.payload.as_ref().map(Json));
-                sql.push(", 'pending', 0, ")
-                    .push_bind(now)
-                    .push(", ")
-                    .push_bind(now)
-                    .push(", ")
-                    .push_bind(now);
-                sql.push(")");
+            .await,
+            (_, Backend::Sqlite) => {
+                let mut sql = Sql::new(INSERT);
+                sql.push("VALUES ");
+                for (i, (receipt_id, agency_id, d)) in all.iter().enumerate() {
+                    sql.push(if i == 0 { "(" } else { ", (" });
+                    sql.push_bind(d.id)
+                        .push(", ")
+                        .push_bind(*receipt_id)
+                        .push(", ")
+                        .push_bind(*agency_id);
+                    sql.push(", ")
+                        .push_bind(d.event.as_str())
+                        .push(", ")
+                        .push_bind(d.channel.as_str());
+                    sql.push(", ").push_bind(&d.target).push(", ").push_bind(&d.interface);
+                    sql.push(", ").push_bind(d.payload.as_ref().map(Json));
+                    sql.push(", 'pending', 0, ")
+                        .push_bind(now)
+                        .push(", ")
+                        .push_bind(now)
+                        .push(", ")
+                        .push_bind(now);
+                    sql.push(", ").push_bind(owner(i)).push(", ").push_bind(until(i));
+                    sql.push(")");
+                }
+                sql.push(" RETURNING ").push(DELIVERY_COLUMNS).prepared();
+                sql.fetch_all(conn).await
             }
-            sql.push(" RETURNING ").push(DELIVERY_COLUMNS).prepared();
-            sql.fetch_all(conn).await
         }
-    }
-    .map_err(|e| write_error(e, "delivery_id"))?;
+        .map_err(|e| write_error(e, "delivery_id"))?;
     // RETURNING's order is not promised.
     rows.sort_by_key(|row| row.id);
     Ok(rows)
@@ -461,15 +517,28 @@ async fn unfollowed_targets<C: Conn + ?Sized>(
     conn: &mut C,
     rows: &[DeliveryRow],
 ) -> Result<std::collections::HashSet<(String, String)>> {
+    unfollowed_among(
+        conn,
+        rows.iter()
+            .map(|r| (r.channel.as_str(), r.interface.as_str(), r.target.as_str())),
+    )
+    .await
+}
+
+/// [`unfollowed_targets`] of (channel, interface, target) triples.
+async fn unfollowed_among<'a, C: Conn + ?Sized>(
+    conn: &mut C,
+    deliveries: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+) -> Result<std::collections::HashSet<(String, String)>> {
     let template = ChannelKind::WechatTemplate.as_str();
     let mut apps: Vec<&str> = Vec::new();
     let mut targets: Vec<&str> = Vec::new();
-    for row in rows.iter().filter(|r| r.channel == template) {
-        let Some(app) = piaojia_core::delivery::interface_app(&row.interface) else {
+    for (_, interface, target) in deliveries.filter(|(channel, _, _)| *channel == template) {
+        let Some(app) = piaojia_core::delivery::interface_app(interface) else {
             continue;
         };
         apps.push(app);
-        targets.push(&row.target);
+        targets.push(target);
     }
     if targets.is_empty() {
         return Ok(Default::default());
@@ -483,6 +552,69 @@ async fn unfollowed_targets<C: Conn + ?Sized>(
     sql.push_list(targets.into_iter().map(str::to_owned));
     let found: Vec<(String, String)> = sql.fetch_all(conn).await?;
     Ok(found.into_iter().collect())
+}
+
+/// A template message whose payer unfollowed the official account.
+fn is_unfollowed(delivery: &Delivery, unfollowed: &std::collections::HashSet<(String, String)>) -> bool {
+    delivery.channel == ChannelKind::WechatTemplate
+        && piaojia_core::delivery::interface_app(&delivery.interface)
+            .is_some_and(|app| unfollowed.contains(&(app.to_owned(), delivery.target.clone())))
+}
+
+/// The deliveries an intake leased in its transaction, ready for the workers it
+/// reserved: each with its receipt as just pushed, as a claim would return them.
+pub(crate) async fn leased_jobs<C: Conn + ?Sized>(
+    conn: &mut C,
+    leased: Vec<(Delivery, &crate::NewReceiptRecord)>,
+    lease_until: Timestamp,
+) -> Result<Vec<ClaimedDelivery>> {
+    if leased.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut agency_ids: Vec<Uuid> = leased.iter().map(|(_, r)| r.agency_id).collect();
+    agency_ids.sort_unstable();
+    agency_ids.dedup();
+    let mut sql = Sql::new("SELECT id, code, name FROM agencies WHERE id IN ");
+    sql.push_list(agency_ids);
+    let rows: Vec<(Uuid, String, String)> = sql.fetch_all(&mut *conn).await?;
+    let agencies: HashMap<Uuid, (String, String)> =
+        rows.into_iter().map(|(id, code, name)| (id, (code, name))).collect();
+    let unfollowed = unfollowed_among(
+        &mut *conn,
+        leased
+            .iter()
+            .map(|(d, _)| (d.channel.as_str(), d.interface.as_str(), d.target.as_str())),
+    )
+    .await?;
+    leased
+        .into_iter()
+        .map(|(delivery, r)| {
+            let (agency_code, agency_name) = agencies
+                .get(&r.agency_id)
+                .cloned()
+                .ok_or_else(|| StoreError::Corrupt(format!("receipt {}: agency {} missing", r.id, r.agency_id)))?;
+            Ok(ClaimedDelivery {
+                unfollowed: is_unfollowed(&delivery, &unfollowed),
+                delivery,
+                receipt: DeliveryReceipt {
+                    id: r.id,
+                    agency_id: r.agency_id,
+                    agency_code,
+                    agency_name,
+                    issuer_app_id: r.issuer_app_id.clone(),
+                    bill_batch_code: r.bill_batch_code.clone(),
+                    bill_no: r.bill_no.clone(),
+                    bus_type: r.bus_type.clone(),
+                    issued_at: r.issued_at,
+                    total_fen: r.total_fen,
+                    open_id: r.open_id.clone(),
+                    reversed: false,
+                    reimbursement_state: ReimbursementState::Init,
+                },
+                lease_until,
+            })
+        })
+        .collect()
 }
 
 /// The deliveries of one receipt, oldest first.
@@ -816,14 +948,11 @@ impl<D: Dialect> DeliveryQueue for Db<D> {
                         delivery.id, delivery.receipt_id
                     ))
                 })?;
-                let unfollowed = delivery.channel == ChannelKind::WechatTemplate
-                    && piaojia_core::delivery::interface_app(&delivery.interface)
-                        .is_some_and(|app| unfollowed.contains(&(app.to_owned(), delivery.target.clone())));
                 Ok(ClaimedDelivery {
+                    unfollowed: is_unfollowed(&delivery, &unfollowed),
                     delivery,
                     receipt,
                     lease_until,
-                    unfollowed,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

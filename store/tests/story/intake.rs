@@ -88,6 +88,7 @@ async fn create_duplicate_conflict(fx: &Fixture) -> TestResult {
     let InsertOutcome::Created {
         receipt: theirs,
         identity_clash: true,
+        ..
     } = clash
     else {
         return Err(format!("expected Created with a clash, got {clash:?}").into());

@@ -22,6 +22,7 @@ chapters!(
     completions_in_one_batch,
     provider_reports_only_take_back_a_delivery,
     listing_and_redrive,
+    pushes_hand_deliveries_to_free_workers,
 );
 
 const TEMPLATE: ChannelKind = ChannelKind::WechatTemplate;
@@ -796,5 +797,186 @@ async fn listing_and_redrive(fx: &Fixture) -> TestResult {
         .claim_deliveries("w", start + spacing, start + Duration::seconds(60), 10)
         .await?;
     assert_eq!(claimed_ids(&second), [d[1]]);
+    Ok(())
+}
+
+/// This process's notifier, as the intake sees it: `free` workers, each handed
+/// delivery recorded; workers reserved for a transaction that does not commit come
+/// free again.
+struct Workers {
+    free: Arc<std::sync::atomic::AtomicUsize>,
+    handed: Arc<std::sync::Mutex<Vec<piaojia_store::ClaimedDelivery>>>,
+    lease: Duration,
+}
+
+/// Gives a reservation's unused workers back when it is dropped.
+struct Held(Arc<std::sync::atomic::AtomicUsize>, usize);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_add(self.1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl piaojia_store::Handoff for Workers {
+    fn reserve(&self, wanted: usize) -> Option<piaojia_store::Reserved> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = wanted.min(self.free.load(SeqCst));
+        if n == 0 {
+            return None;
+        }
+        self.free.fetch_sub(n, SeqCst);
+        let held = Held(self.free.clone(), n);
+        let handed = self.handed.clone();
+        Some(piaojia_store::Reserved::new(
+            "worker-h".to_owned(),
+            Timestamp::now() + self.lease,
+            n,
+            move |jobs| {
+                let mut held = held;
+                held.1 -= jobs.len();
+                handed.lock().unwrap_or_else(|p| p.into_inner()).extend(jobs);
+            },
+        ))
+    }
+}
+
+async fn pushes_hand_deliveries_to_free_workers(fx: &Fixture) -> TestResult {
+    use piaojia_store::InsertOutcome;
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = fx.migrated().await?;
+    let a = one_agency(&*store, "A001").await?;
+    let workers = Arc::new(Workers {
+        free: Arc::new(3.into()),
+        handed: Arc::default(),
+        lease: Duration::seconds(30),
+    });
+    store.hand_off_to(Some(workers.clone()));
+    let handed = || workers.handed.lock().map(|h| h.clone()).unwrap_or_default();
+    store.set_following("wxpay", "o-gone", false, Timestamp::now()).await?;
+    let template = |target: &str| NewDelivery {
+        target: target.to_owned(),
+        interface: "wechat:wxpay:template_send".to_owned(),
+        ..delivery(DeliveryEvent::Issued, TEMPLATE)
+    };
+
+    // Three free workers take both deliveries of the first receipt, leased to them
+    // in its insert, with the receipt a claim would have read.
+    let first = store
+        .insert_receipt(
+            crate::support::receipt(a, "0000000001", "hash-1"),
+            vec![delivery(DeliveryEvent::Issued, WEBHOOK), template("o-gone")],
+        )
+        .await?;
+    let InsertOutcome::Created {
+        receipt, handed_off: 2, ..
+    } = first
+    else {
+        return Err(format!("expected both deliveries handed off, got {first:?}").into());
+    };
+    let jobs = handed();
+    assert_eq!(jobs.len(), 2);
+    for job in &jobs {
+        assert_eq!(job.receipt.id, receipt.id);
+        assert_eq!(job.receipt.agency_code, "A001");
+        assert_eq!(job.receipt.agency_name, "医院 A001");
+        assert_eq!(job.receipt.bill_no, "0000000001");
+        assert_eq!(job.receipt.total_fen, receipt.total_fen);
+        assert_eq!(job.receipt.reimbursement_state, ReimbursementState::Init);
+        assert!(!job.receipt.reversed);
+        assert_eq!(job.delivery.attempts, 0);
+        // Read in the same transaction, as a claim reads it.
+        assert_eq!(job.unfollowed, job.delivery.channel == TEMPLATE, "{job:?}");
+    }
+    assert_eq!(workers.free.load(SeqCst), 1);
+
+    // One worker left: the second receipt's first delivery goes to it, the other
+    // waits for a claim; a leased one is nobody else's until its lease runs out.
+    let second = store
+        .insert_receipt(
+            crate::support::receipt(a, "0000000002", "hash-2"),
+            vec![template("o-here"), delivery(DeliveryEvent::Issued, WEBHOOK)],
+        )
+        .await?;
+    assert!(
+        matches!(second, InsertOutcome::Created { handed_off: 1, .. }),
+        "{second:?}"
+    );
+    let jobs = handed();
+    assert_eq!(jobs.len(), 3);
+    assert!(!jobs[2].unfollowed);
+    let now = Timestamp::now() + Duration::seconds(1);
+    let others = store
+        .claim_deliveries("worker-c", now, now + Duration::seconds(60), 10)
+        .await?;
+    let waiting = crate::support::created(second.clone())?.deliveries[1].id;
+    assert_eq!(claimed_ids(&others), vec![waiting], "only the delivery no worker took");
+
+    // A handed delivery is completed under the lease the intake gave it.
+    assert!(
+        complete(
+            &*store,
+            jobs[0].delivery.id,
+            "worker-h",
+            attempt(AttemptOutcome::Success, None),
+            DeliveryUpdate::Delivered { provider_ref: None },
+            vec![],
+        )
+        .await?
+    );
+    assert_eq!(
+        must_delivery(&*store, jobs[0].delivery.id).await?.status,
+        DeliveryStatus::Delivered
+    );
+
+    // The process died with the rest in hand: once their leases run out, any
+    // notifier claims them, so nothing handed off is lost.
+    let later = Timestamp::now() + Duration::seconds(31);
+    let reclaimed = store
+        .claim_deliveries("worker-c", later, later + Duration::seconds(60), 10)
+        .await?;
+    let mut expected = vec![jobs[1].delivery.id, jobs[2].delivery.id];
+    expected.sort();
+    let mut got = claimed_ids(&reclaimed);
+    got.sort();
+    assert_eq!(got, expected);
+
+    // A repeat creates nothing and hands nothing off.
+    workers.free.store(5, SeqCst);
+    let repeat = store
+        .insert_receipt(
+            crate::support::receipt(a, "0000000001", "hash-1"),
+            vec![delivery(DeliveryEvent::Issued, WEBHOOK)],
+        )
+        .await?;
+    assert!(matches!(repeat, InsertOutcome::Duplicate(_)), "{repeat:?}");
+    assert_eq!(handed().len(), 3);
+
+    // A push whose transaction fails starts nothing, and its workers come free.
+    let reused = NewDelivery {
+        id: jobs[0].delivery.id,
+        ..delivery(DeliveryEvent::Issued, WEBHOOK)
+    };
+    let failed = store
+        .insert_receipt(crate::support::receipt(a, "0000000003", "hash-3"), vec![reused])
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(handed().len(), 3);
+    assert_eq!(workers.free.load(SeqCst), 5);
+    assert!(store.receipt(a, "11010125", "0000000003").await?.is_none());
+
+    // Without a notifier to hand to, every delivery waits for a claim.
+    store.hand_off_to(None);
+    let alone = store
+        .insert_receipt(
+            crate::support::receipt(a, "0000000004", "hash-4"),
+            vec![delivery(DeliveryEvent::Issued, WEBHOOK)],
+        )
+        .await?;
+    assert!(
+        matches!(alone, InsertOutcome::Created { handed_off: 0, .. }),
+        "{alone:?}"
+    );
+    assert_eq!(workers.free.load(SeqCst), 5);
     Ok(())
 }

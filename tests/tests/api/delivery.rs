@@ -472,3 +472,65 @@ async fn two_notifiers_send_each_receipt_once() {
         "both processes did work"
     );
 }
+
+/// `piaojia_delivery_handoffs_total` as the app's metrics listener shows it.
+async fn handoffs(app: &TestApp) -> u64 {
+    let base = app.metrics_address.clone().expect("a metrics listener");
+    let text = app
+        .client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("piaojia_delivery_handoffs_total "))
+        .map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+both_modes!(
+    pushes_hand_their_deliveries_to_this_process_workers,
+    |mode: Mode| async move {
+        // Claimed (handoff off), then handed off from the push's commit: the payer
+        // gets every receipt either way, each once.
+        for (handoff, first) in [(false, 1u64), (true, 101)] {
+            let mut config = TestConfig::new(mode).await;
+            config.set("PIAOJIA_NOTIFIER__HANDOFF", handoff.to_string());
+            let app = config.spawn().await;
+            let sim = app.sim.clone().expect("sandbox simulator");
+            app.create_agency(AGENCY, &[]).await;
+            let issuer = app.create_issuer(AGENCY, "hosp01-his", None).await;
+            app.wechat_channel(AGENCY, "wechat_template", OA, "TMPL-RECEIPT-ISSUED")
+                .await;
+            let before = handoffs(&app).await;
+            let mut openids = Vec::new();
+            let pushes = (first..first + 5).map(|n| {
+                let openid = piaojia_wechat_sim::new_openid();
+                openids.push(openid.clone());
+                let (app, issuer) = (&app, &issuer);
+                async move {
+                    let resp = app.push(issuer, &with_openid(n, &openid)).await;
+                    assert_eq!(resp.status().as_u16(), 201);
+                }
+            });
+            futures_util::future::join_all(pushes).await;
+            for n in first..first + 5 {
+                let read = first_delivery_reaches(&app, &issuer, n, "delivered").await;
+                assert_eq!(read["deliveries"][0]["attempts"], 1, "handoff={handoff}");
+            }
+            let mut sent: Vec<String> = sim.sent_template_messages().into_iter().map(|m| m.touser).collect();
+            sent.sort();
+            openids.sort();
+            assert_eq!(sent, openids, "each payer once (handoff={handoff})");
+            let handed = handoffs(&app).await - before;
+            if handoff {
+                assert!(handed >= 5, "every template message from its push's commit: {handed}");
+            } else {
+                assert_eq!(handed, 0, "all claimed");
+            }
+            app.stop().await;
+        }
+    }
+);
