@@ -608,7 +608,7 @@ async fn insert_all<D: Dialect>(
                 .filter(|d| leased.contains(&d.id))
                 .filter_map(|d| records.get(&d.receipt_id).map(|r| (d.clone(), *r)))
                 .collect();
-            let jobs = queue::leased_jobs(&mut *conn, mine, reserved.lease_until).await?;
+            let jobs = queue::leased_jobs::<D>(&mut *conn, mine, reserved.lease_until).await?;
             Some(Handed { reserved, jobs })
         }
         None => None,

@@ -521,14 +521,17 @@ async fn unfollowed_targets<C: Conn + ?Sized>(
         conn,
         rows.iter()
             .map(|r| (r.channel.as_str(), r.interface.as_str(), r.target.as_str())),
+        false,
     )
     .await
 }
 
-/// [`unfollowed_targets`] of (channel, interface, target) triples.
+/// [`unfollowed_targets`] of (channel, interface, target) triples; `keep`: the
+/// statement stays prepared (see [`Sql::prepared`]).
 async fn unfollowed_among<'a, C: Conn + ?Sized>(
     conn: &mut C,
     deliveries: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+    keep: bool,
 ) -> Result<std::collections::HashSet<(String, String)>> {
     let template = ChannelKind::WechatTemplate.as_str();
     let mut apps: Vec<&str> = Vec::new();
@@ -550,6 +553,9 @@ async fn unfollowed_among<'a, C: Conn + ?Sized>(
     sql.push_list(apps.into_iter().map(str::to_owned));
     sql.push(" AND open_id IN ");
     sql.push_list(targets.into_iter().map(str::to_owned));
+    if keep {
+        sql.prepared();
+    }
     let found: Vec<(String, String)> = sql.fetch_all(conn).await?;
     Ok(found.into_iter().collect())
 }
@@ -563,11 +569,15 @@ fn is_unfollowed(delivery: &Delivery, unfollowed: &std::collections::HashSet<(St
 
 /// The deliveries an intake leased in its transaction, ready for the workers it
 /// reserved: each with its receipt as just pushed, as a claim would return them.
-pub(crate) async fn leased_jobs<C: Conn + ?Sized>(
-    conn: &mut C,
+pub(crate) async fn leased_jobs<D: Dialect>(
+    conn: &mut D::Conn,
     leased: Vec<(Delivery, &crate::NewReceiptRecord)>,
     lease_until: Timestamp,
 ) -> Result<Vec<ClaimedDelivery>> {
+    // Every intake batch runs these on SQLite's one writer: kept prepared there, as
+    // the batch's other statements are (PostgreSQL's smaller statement cache would
+    // churn through the list lengths).
+    let keep = D::BACKEND == Backend::Sqlite;
     if leased.is_empty() {
         return Ok(Vec::new());
     }
@@ -576,6 +586,9 @@ pub(crate) async fn leased_jobs<C: Conn + ?Sized>(
     agency_ids.dedup();
     let mut sql = Sql::new("SELECT id, code, name FROM agencies WHERE id IN ");
     sql.push_list(agency_ids);
+    if keep {
+        sql.prepared();
+    }
     let rows: Vec<(Uuid, String, String)> = sql.fetch_all(&mut *conn).await?;
     let agencies: HashMap<Uuid, (String, String)> =
         rows.into_iter().map(|(id, code, name)| (id, (code, name))).collect();
@@ -584,6 +597,7 @@ pub(crate) async fn leased_jobs<C: Conn + ?Sized>(
         leased
             .iter()
             .map(|(d, _)| (d.channel.as_str(), d.interface.as_str(), d.target.as_str())),
+        keep,
     )
     .await?;
     leased
@@ -782,7 +796,8 @@ async fn complete_batch<D: Dialect>(
             .push_bind(now)
             .push(" FROM u WHERE deliveries.id = u.id AND deliveries.lease_owner = ")
             .push_bind(owner)
-            .push(" AND deliveries.status = 'pending' RETURNING id, receipt_id, agency_id");
+            .push(" AND deliveries.status = 'pending' RETURNING id, receipt_id, agency_id")
+            .prepared();
             sql.fetch_all(&mut *conn).await?
         }
     };
@@ -835,6 +850,7 @@ async fn complete_batch<D: Dialect>(
                         .push_bind(&a.detail)
                         .push(")");
                 }
+                sql.prepared();
                 sql.execute(&mut *conn).await
             }
         }
