@@ -474,6 +474,19 @@ impl TestApp {
             .await
             .expect("request sent")
     }
+
+    /// The Prometheus text of the app's metrics listener (`server.metrics_address`).
+    pub async fn metrics(&self) -> String {
+        let base = self.metrics_address.clone().expect("a metrics listener");
+        let resp = self
+            .client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics scraped");
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.text().await.expect("metrics text")
+    }
 }
 
 /// Reads a problem+json answer, checking its media type and status.

@@ -83,18 +83,6 @@ fn rust_sources(dir: &Path, out: &mut String) {
     }
 }
 
-async fn scrape(app: &TestApp) -> String {
-    let base = app.metrics_address.clone().expect("a metrics listener");
-    let resp = app
-        .client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics scraped");
-    assert_eq!(resp.status().as_u16(), 200);
-    resp.text().await.expect("metrics text")
-}
-
 async fn alert_raised(app: &TestApp, rule: &'static str) {
     eventually_named(20, rule, || async move {
         let alerts: Value = app.ops("GET", "/v1/ops/alerts", None).await.json().await.ok()?;
@@ -200,7 +188,7 @@ both_modes!(alert_rules_name_exported_metrics, |mode: Mode| async move {
     // The gauges follow within a housekeeping round (5 s).
     let deadline = Instant::now() + Duration::from_secs(20);
     let (missing, metrics) = loop {
-        let metrics = scrape(&app).await;
+        let metrics = app.metrics().await;
         let have = exported(&metrics);
         let missing: Vec<&String> = referenced
             .iter()
@@ -254,7 +242,7 @@ both_modes!(alert_rules_name_exported_metrics, |mode: Mode| async move {
     eventually_named(15, "the gauges back at zero", || {
         let (backlog, oldest, open) = (backlog.clone(), oldest.clone(), open.clone());
         async move {
-            let metrics = scrape(app).await;
+            let metrics = app.metrics().await;
             [&backlog, &oldest, &open]
                 .iter()
                 .all(|p| gauge(&metrics, p) == Some(0.0))

@@ -475,17 +475,9 @@ async fn two_notifiers_send_each_receipt_once() {
 
 /// `piaojia_delivery_handoffs_total` as the app's metrics listener shows it.
 async fn handoffs(app: &TestApp) -> u64 {
-    let base = app.metrics_address.clone().expect("a metrics listener");
-    let text = app
-        .client
-        .get(format!("{base}/metrics"))
-        .send()
+    app.metrics()
         .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("piaojia_delivery_handoffs_total "))
         .map_or(0, |v| v.trim().parse().expect("a count"))
 }

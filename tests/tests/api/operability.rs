@@ -20,16 +20,8 @@ both_modes!(health_readiness_and_metrics, |mode: Mode| async move {
     // Not on the public port: app ids, WeChat appids and traffic are for operators.
     assert_eq!(problem(app.get("/metrics").await, 404).await["code"], "route_not_found");
     // On the metrics listener (server.metrics_address) only.
-    let metrics_base = app.metrics_address.clone().expect("a metrics listener");
-    assert_ne!(metrics_base, app.address);
-    let resp = app
-        .client
-        .get(format!("{metrics_base}/metrics"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(resp.status().as_u16(), 200);
-    let metrics = resp.text().await.expect("text");
+    assert_ne!(app.metrics_address.as_deref(), Some(app.address.as_str()));
+    let metrics = app.metrics().await;
     assert!(metrics.contains("http_requests_total{"), "{metrics}");
     assert!(
         metrics.contains("route=\"/v1/receipts\""),
